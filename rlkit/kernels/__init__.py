@@ -1,0 +1,1 @@
+"""Compute kernels: per-token logprobs/entropy (and, later, packing and sequence parallelism)."""

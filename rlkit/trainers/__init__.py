@@ -1,0 +1,1 @@
+"""GRPO-family training: advantages, losses and the algorithm-blind loop (rlkit.trainers.grpo)."""

@@ -1,0 +1,75 @@
+"""Advantage estimators: pure functions ``fn(rewards [N], group_ids [N], scale) -> advantages [N]``.
+
+Every sample of a group must be present (DESIGN "keep groups whole"). The trainer gathers the whole
+step's rewards across data-parallel ranks before calling, so "batch" statistics are global.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlkit._registry import Registry
+
+ADVANTAGES = Registry("advantage estimator")
+EPS = 1e-6
+
+
+def resolve_advantage(name: str):
+    return ADVANTAGES.resolve(name)
+
+
+def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample group mean, group unbiased std (0 for a group of one) and group size, each [N]."""
+    _, inv = torch.unique(group_ids, return_inverse=True)
+    k = int(inv.max()) + 1 if inv.numel() else 0
+    v = values.double()
+    count = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, torch.ones_like(v))
+    mean = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, v) / count
+    sq = torch.zeros(k, dtype=torch.float64).index_add_(0, inv, (v - mean[inv]) ** 2)
+    std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.zeros_like(sq))
+    return mean[inv].to(values.dtype), std[inv].to(values.dtype), count[inv].to(values.dtype)
+
+
+@ADVANTAGES.register("grpo")
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "group") -> torch.Tensor:
+    """GRPO (Shao et al. 2024, DeepSeekMath eq. 3): A_i = (r_i - mean_g(r)) / (std_g(r) + eps).
+
+    scale="group": divide by the group's unbiased std (the paper); "batch": by the std of all rewards
+    in the step (TRL's scale_rewards="batch"); "none": no division (Dr.GRPO, Liu et al. 2025 sec. 3.1).
+    A zero-variance group gets advantage 0 for every member.
+    """
+    mean, std, _ = group_stats(rewards, group_ids)
+    centred = rewards - mean
+    if scale == "group":
+        return centred / (std + EPS)
+    if scale == "batch":
+        return centred / (rewards.std() + EPS) if rewards.numel() > 1 else centred
+    if scale == "none":
+        return centred
+    raise ValueError(f"unknown advantage scale {scale!r}; valid: group, batch, none")
+
+
+@ADVANTAGES.register("dr_grpo")
+def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none") -> torch.Tensor:
+    """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", eq. 3): A_i = r_i - mean_g(r).
+
+    No std division whatever `scale` says; pair it with aggregation "seq-mean-token-sum-norm" to also
+    drop the 1/|o_i| length normalisation.
+    """
+    mean, _, _ = group_stats(rewards, group_ids)
+    return rewards - mean
+
+
+@ADVANTAGES.register("rloo")
+def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none") -> torch.Tensor:
+    """RLOO (Ahmadian et al. 2024, eq. 5): A_i = r_i - mean_{j != i} r_j = G/(G-1) * (r_i - mean_g(r)).
+
+    `scale` "group"/"batch" additionally divide by the group / batch std, as in grpo.
+    """
+    mean, std, count = group_stats(rewards, group_ids)
+    adv = (rewards - mean) * count / (count - 1).clamp(min=1)
+    if scale == "group":
+        return adv / (std + EPS)
+    if scale == "batch":
+        return adv / (rewards.std() + EPS) if rewards.numel() > 1 else adv
+    return adv

@@ -1,0 +1,92 @@
+"""Checkpoints: written to a temporary directory and renamed into place, never half-written.
+
+Layout of ``RUN_DIR/checkpoints/step_000012/``::
+
+    policy/              HF checkpoint (or PEFT adapter) + tokenizer: load with transformers or vLLM by path
+    accelerate/          accelerator.save_state: model, optimizer, scheduler, RNG states (any backend)
+    trainer_state.json   step, policy version, data position, rlkit version, and any controller state
+    COMPLETE             written last, before the rename
+
+``find_latest`` only returns directories with ``COMPLETE``; stray ``*.tmp-*`` directories from a killed
+run are ignored and removed by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "COMPLETE").exists()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
+    """``None`` -> no resume; ``"auto"`` -> latest complete checkpoint of the run dir (or None);
+    a path -> that checkpoint (must be complete)."""
+    if not resume:
+        return None
+    if resume == "auto":
+        return find_latest(run_dir)
+    path = Path(resume)
+    if not (path / "COMPLETE").exists():
+        raise FileNotFoundError(f"--resume {resume}: not a complete rlkit checkpoint (no COMPLETE marker)")
+    return path
+
+
+def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, tokenizer,
+                    trainer_state: dict, keep_last: int) -> Path:
+    """Collective: every rank calls it (accelerate gathers sharded states); rank 0 renames and rotates.
+
+    `prepared` is the accelerate-prepared LogprobPolicy; its ``.model`` (HF or PEFT) is exported.
+    """
+    root = checkpoint_root(run_dir)
+    final = root / f"step_{step:06d}"
+    tmp = root / f"step_{step:06d}.tmp-{os.environ.get('RLKIT_RUN_ID', 'run')}"
+    if accelerator.is_main_process:
+        for stale in root.glob("*.tmp-*") if root.exists() else []:
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "accelerate"))
+    full = accelerator.get_state_dict(prepared)  # gathered on rank 0 under ZeRO-3 / FSDP
+    if accelerator.is_main_process:
+        inner = accelerator.unwrap_model(prepared).model
+        state = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
+        inner.save_pretrained(tmp / "policy", state_dict=state)
+        tokenizer.save_pretrained(tmp / "policy")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        (tmp / "COMPLETE").write_text("ok\n")
+        if final.exists():  # re-saving the same step (e.g. final == periodic): replace atomically
+            old = final.with_name(final.name + ".old")
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        for stale in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_trainer_state(path: Path) -> dict:
+    return json.loads((path / "trainer_state.json").read_text())

@@ -1,0 +1,335 @@
+"""The GRPO-family training loop: one readable step, algorithm-blind (DESIGN rules 1 and 6).
+
+The advantage estimator and the policy loss are resolved once from the config and called as plain
+functions; GRPO, Dr.GRPO, DAPO-style clipping and RLOO differ only in those and in config values.
+Runs on one process or many (``accelerate launch``: DDP, DeepSpeed ZeRO, FSDP2 through accelerate
+config files); each process owns a colocated rollout engine and a disjoint slice of every prompt batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlkit.config import Config, save_config, to_dict
+from rlkit.data import PromptSampler, load_prompt_sets
+from rlkit.logging import RunLogger
+from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
+from rlkit.rewards import RewardSet
+from rlkit.rollout import SamplingSpec, make_engine
+from rlkit.rollout.weights import exported_weights
+from rlkit.trainers import checkpoint as ckpt
+from rlkit.trainers.advantages import resolve_advantage
+from rlkit.trainers.batch import LogprobPolicy, collate, micro_batches, to_completion_space
+from rlkit.trainers.evaluate import accuracy_reward, before_after_table, evaluate, length_stats
+from rlkit.trainers.losses import LossInputs, aggregation_denominator, aggregation_weights, resolve_loss
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    steps_done: int
+    before: dict
+    after: dict
+    last_metrics: dict
+
+
+def _setup_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cuda = torch.cuda.is_available()
+    dtype = pick_dtype(cfg.model.dtype, torch.device("cuda" if cuda else "cpu"))
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    acc = Accelerator(cpu=not cuda, mixed_precision=precision)
+    set_seed(cfg.train.seed + acc.process_index)
+    return acc, dtype
+
+
+def _optimizer_and_schedule(cfg: Config, model, total_updates: int):
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.optim.schedule]
+    sched = get_scheduler(name, opt, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=max(total_updates, 1))
+    return opt, sched
+
+
+def _sync_weights(engine, prepared, acc) -> float:
+    t = time.perf_counter()
+    with exported_weights(acc.unwrap_model(prepared).model) as named:
+        engine.update_weights(named)
+    return time.perf_counter() - t
+
+
+def train(cfg: Config, resume: str | None = None) -> RunResult:
+    """Run GRPO-family training as configured. ``resume``: None, "auto" or a checkpoint path."""
+    # 0. set-up: accelerator, run dir, model, optimizer, engine, data, rewards, logging
+    acc, dtype = _setup_accelerator(cfg)
+    run_dir = Path(cfg.output_dir)
+    resume_path = ckpt.resolve_resume(resume, run_dir)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+    if acc.is_main_process:  # converts the embedded model once; the other ranks then find it cached
+        resolve_model_path(cfg.model.name_or_path)
+    acc.wait_for_everyone()
+    model_path = resolve_model_path(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    hf_model = load_policy(model_path, torch.float32, gradient_checkpointing=cfg.model.gradient_checkpointing,
+                           lora=cfg.model.lora)
+    ref_model = None
+    if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:
+        ref_model = LogprobPolicy(load_policy(model_path, dtype)).to(acc.device).eval().requires_grad_(False)
+    train_set, eval_set = load_prompt_sets(cfg.data, tokenizer)
+    steps_per_rollout = cfg.algorithm.mu * cfg.algorithm.minibatches
+    optimizer, scheduler = _optimizer_and_schedule(cfg, hf_model, cfg.train.steps * steps_per_rollout)
+    # the scheduler is registered, not prepared: accelerate would step it once per process
+    prepared, optimizer = acc.prepare(LogprobPolicy(hf_model), optimizer)
+    acc.register_for_checkpointing(scheduler)
+    engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype)
+    rewards = RewardSet.from_config(cfg.rewards)
+    accuracy_fn = accuracy_reward(cfg)
+    advantage_fn = resolve_advantage(cfg.algorithm.advantage)
+    a = cfg.algorithm
+    loss_fn = functools.partial(resolve_loss(a.loss), epsilon_low=a.epsilon_low, epsilon_high=a.epsilon_high,
+                                dual_clip=a.dual_clip, kl_coef=a.kl_coef)
+    sampler = PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+    logger = RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
+                       project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name)
+    if train_set.skipped_long:
+        logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
+    start_step, before = 0, {}
+    if resume_path is not None:
+        acc.load_state(str(resume_path / "accelerate"))
+        state = ckpt.load_trainer_state(resume_path)
+        start_step, before = state["step"], state.get("eval_before", {})
+        sampler.load_state_dict(state["sampler"])
+        _sync_weights(engine, prepared, acc)
+        engine.version = state["policy_version"]
+        logger.console(f"resumed from {resume_path} at step {start_step}")
+
+    eval_kw = dict(temperature=cfg.rollout.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                   seed=cfg.train.seed)
+    if cfg.train.eval_before and not before and eval_set.prompts:
+        before = evaluate(engine, eval_set.prompts, accuracy_fn, **eval_kw)
+        logger.log(start_step, {f"eval/{k}": v for k, v in before.items()})
+    world, rank, G = acc.num_processes, acc.process_index, cfg.rollout.group_size
+    pad_id = tokenizer.pad_token_id
+    metrics: dict = {}
+    bar = _progress(cfg, acc, start_step)
+    for step in range(start_step, cfg.train.steps):
+        t_step = time.perf_counter()
+        # 1. prompts: a global batch from the seeded sampler; this rank takes its slice
+        global_idx = sampler.next_batch(cfg.rollout.prompts_per_step * world)
+        local = [train_set.prompts[i] for i in global_idx[rank::world]]
+
+        # 2. rollout: G completions per prompt from the colocated engine (behaviour logprobs included)
+        t0 = time.perf_counter()
+        engine.wake()
+        spec = SamplingSpec(n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                            top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
+                            seed=cfg.train.seed * 100_003 + step * 1009 + rank)
+        samples = engine.generate([p.ids for p in local], spec)
+        engine.sleep()
+        t_rollout = time.perf_counter() - t0
+        n_gen_tokens = sum(s.num_tokens for s in samples)
+
+        # 3. rewards: every term per sample, combined by weight (errors name the reward and sample)
+        t0 = time.perf_counter()
+        columns = {k: [local[s.group_id].columns.get(k) for s in samples] for k in local[0].columns}
+        values = rewards([local[s.group_id].text for s in samples], [s.text for s in samples],
+                         [s.completion_ids for s in samples], columns,
+                         finish_reason=[s.finish_reason for s in samples],
+                         num_tokens=[s.num_tokens for s in samples], step=step)
+        t_reward = time.perf_counter() - t0
+
+        # 4. advantages over the whole step: gather rewards from all ranks, keep this rank's slice
+        group_ids = torch.tensor([rank * len(local) + s.group_id for s in samples])
+        all_rewards = acc.gather(values.total.to(acc.device)).cpu()
+        all_groups = acc.gather(group_ids.to(acc.device)).cpu()
+        advantages = advantage_fn(all_rewards, all_groups, a.scale)[rank * len(samples):(rank + 1) * len(samples)]
+
+        # 5. token masks (optionally dropping truncated completions) and per-token behaviour logprobs
+        keep = torch.tensor([not (a.mask_truncated and s.finish_reason == "length") for s in samples], dtype=torch.float32)
+        order = list(range(len(samples)))
+        random.Random(cfg.train.seed + step).shuffle(order)
+        minibatch_rows = [order[i::a.minibatches] for i in range(a.minibatches)]
+        cmax = max(1, max(s.num_tokens for s in samples))
+        full_mask = to_completion_space([[1.0] * s.num_tokens for s in samples], cmax) * keep[:, None]
+        behaviour = to_completion_space([s.logprobs for s in samples], cmax)
+
+        # 6. old logprobs (needed when the policy moves within the step) and reference logprobs
+        t0 = time.perf_counter()
+        need_old = steps_per_rollout > 1
+        old_lp = _score_all(prepared, samples, pad_id, cfg, acc, cmax) if need_old else None
+        ref_lp = _score_all(ref_model or prepared, samples, pad_id, cfg, acc, cmax,
+                            disable_adapter=ref_model is None) if a.kl_coef > 0 else None
+        t_old = time.perf_counter() - t0
+
+        # 7. policy updates: mu passes x minibatches, micro-batches accumulate into one optimizer step
+        t0 = time.perf_counter()
+        prepared.train()
+        sums = {"clip_frac": 0.0, "ratio": 0.0, "kl": 0.0, "entropy": 0.0, "mismatch": 0.0, "tokens": 0.0}
+        grad_norms = []
+        for epoch in range(a.mu):
+            for mb_index, rows in enumerate(minibatch_rows):
+                denom = aggregation_denominator(full_mask[rows], a.aggregation, cfg.rollout.max_new_tokens)
+                denom = float(acc.reduce(torch.tensor(denom, device=acc.device), reduction="sum"))
+                weights = aggregation_weights(full_mask[rows], a.aggregation, denom) * world  # DDP averages
+                micro = micro_batches(list(range(len(rows))), cfg.optim.micro_batch_size)
+                for k, mrows in enumerate(micro):
+                    idx = [rows[j] for j in mrows]
+                    mb = collate([samples[i] for i in idx], pad_id).to(acc.device)
+                    width = mb.completion_mask.shape[1]
+                    ctx = acc.no_sync(prepared) if k < len(micro) - 1 else _nullcontext()
+                    with ctx, acc.autocast():
+                        lp, ent = prepared(mb, temperature=cfg.rollout.temperature, with_entropy=True)
+                        mask = full_mask[idx, :width].to(acc.device)
+                        old = old_lp[idx, :width].to(acc.device) if old_lp is not None else lp.detach()
+                        out = loss_fn(LossInputs(
+                            logprobs=lp, old_logprobs=old, advantages=advantages[idx].to(acc.device), mask=mask,
+                            token_weights=weights[mrows, :width].to(acc.device),
+                            ref_logprobs=ref_lp[idx, :width].to(acc.device) if ref_lp is not None else None))
+                        acc.backward(out.loss)
+                    if epoch == 0:  # first pass: entropy of every sample; mismatch before any update
+                        real = mb.completion_mask
+                        sums["entropy"] += float((ent * real).sum())
+                        sums["tokens"] += float(real.sum())
+                        if mb_index == 0:
+                            diff = (lp.detach().float() - behaviour[idx, :width].to(acc.device)).abs()
+                            sums["mismatch"] += float((diff * real).sum())
+                            sums["mismatch_tokens"] = sums.get("mismatch_tokens", 0.0) + float(real.sum())
+                    for key, v in out.stats.items():
+                        sums[key] = sums.get(key, 0.0) + float(v)
+                gn = acc.clip_grad_norm_(prepared.parameters(), cfg.optim.max_grad_norm or float("inf"))
+                grad_norms.append(float(gn))
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+        t_train = time.perf_counter() - t0
+
+        # 8. weight sync: the engine generates with the updated policy from the next step on
+        t_sync = _sync_weights(engine, prepared, acc)
+
+        # 9. metrics, sample completions, periodic eval and checkpoint
+        metrics = _step_metrics(values, samples, sums, full_mask, grad_norms, scheduler, acc, a.mu,
+                                n_gen_tokens, t_rollout, t_reward, t_old, t_train, t_sync, engine.version)
+        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+            t0 = time.perf_counter()
+            metrics.update({f"eval/{k}": v for k, v in evaluate(engine, eval_set.prompts, accuracy_fn, **eval_kw).items()})
+            metrics["time/eval"] = time.perf_counter() - t0
+        if cfg.logging.completions_every and step % cfg.logging.completions_every == 0:
+            logger.log_completions(step + 1, _completion_rows(samples, values, advantages, local, cfg.logging.completions_count))
+        last = step + 1 == cfg.train.steps
+        if (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
+            t0 = time.perf_counter()
+            ckpt.save_checkpoint(run_dir, step + 1, acc, prepared, tokenizer, {
+                "step": step + 1, "policy_version": engine.version, "sampler": sampler.state_dict(),
+                "eval_before": before, "world_size": world}, cfg.checkpoint.keep_last)
+            metrics["time/checkpoint"] = time.perf_counter() - t0
+        metrics["time/step"] = time.perf_counter() - t_step
+        logger.log(step + 1, metrics)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', 0):.2f}",
+                            len=f"{metrics['completion/mean_tokens']:.0f}")
+    if bar is not None:
+        bar.close()
+
+    # 10. final held-out evaluation and the before/after table
+    after = {}
+    if cfg.train.eval_after and eval_set.prompts:
+        after = evaluate(engine, eval_set.prompts, accuracy_fn, **eval_kw)
+        logger.log(cfg.train.steps, {f"eval_after/{k}": v for k, v in after.items()})
+    if before or after:
+        summary = {"before": before, "after": after, "steps": cfg.train.steps}
+        if acc.is_main_process:
+            (run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        logger.console(before_after_table(before, after, len(eval_set.prompts), cfg.data.eval))
+    logger.finish()
+    return RunResult(run_dir, cfg.train.steps, before, after, metrics)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _progress(cfg, acc, start):
+    if not (cfg.logging.progress and acc.is_main_process):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+@torch.no_grad()
+def _score_all(policy, samples, pad_id, cfg, acc, cmax, disable_adapter: bool = False) -> torch.Tensor:
+    """Logprobs [N, cmax] of every sample's completion under `policy` (no grad)."""
+    out = torch.zeros((len(samples), cmax), dtype=torch.float32)
+    peft_model = acc.unwrap_model(policy).model
+    for idx in micro_batches(list(range(len(samples))), cfg.optim.micro_batch_size):
+        mb = collate([samples[i] for i in idx], pad_id).to(acc.device)
+        adapter_off = peft_model.disable_adapter() if disable_adapter else _nullcontext()
+        with adapter_off, acc.autocast():
+            lp, _ = policy(mb, temperature=cfg.rollout.temperature)
+        out[idx, :lp.shape[1]] = lp.float().cpu()
+    return out
+
+
+def _step_metrics(values, samples, sums, full_mask, grad_norms, scheduler, acc, mu, n_gen_tokens,
+                  t_rollout, t_reward, t_old, t_train, t_sync, version) -> dict:
+    lengths = [s.num_tokens for s in samples]
+    st = length_stats(lengths)
+    n_tok = max(float(full_mask.sum()) * mu, 1.0)
+    first_pass_tok = max(sums["tokens"], 1.0)
+    m = {"reward/mean": float(values.total.mean()), "reward/std": float(values.total.std()) if len(samples) > 1 else 0.0}
+    for name, t in values.terms.items():
+        valid = t[~torch.isnan(t)]
+        m[f"reward/{name}"] = float(valid.mean()) if valid.numel() else math.nan
+    if "math_correct" in values.terms:
+        m["accuracy"] = m["reward/math_correct"]
+    m.update({f"completion/{k}_tokens": v for k, v in st.items()})
+    m["completion/truncation_rate"] = sum(s.finish_reason == "length" for s in samples) / len(samples)
+    m["loss/clip_frac"] = sums["clip_frac"] / n_tok
+    m["loss/ratio"] = sums["ratio"] / n_tok
+    m["loss/kl"] = sums["kl"] / n_tok
+    m["loss/entropy"] = sums["entropy"] / first_pass_tok
+    m["loss/logprob_mismatch"] = sums["mismatch"] / max(sums.get("mismatch_tokens", 0.0), 1.0)
+    m["optim/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    m["optim/lr"] = scheduler.get_last_lr()[0]
+    m["throughput/rollout_tokens_per_s"] = n_gen_tokens / max(t_rollout, 1e-9)
+    train_tokens = sum(len(s.prompt_ids) + s.num_tokens for s in samples) * mu
+    m["throughput/train_tokens_per_s"] = train_tokens / max(t_train, 1e-9)
+    m.update({"time/rollout": t_rollout, "time/reward": t_reward, "time/old_logprobs": t_old,
+              "time/train": t_train, "time/weight_sync": t_sync, "policy_version": version})
+    if acc.num_processes > 1:
+        keys = sorted(k for k in m if not k.startswith("time/") and isinstance(m[k], float) and math.isfinite(m[k]))
+        red = acc.reduce(torch.tensor([m[k] for k in keys], device=acc.device, dtype=torch.float64), reduction="mean")
+        m.update(dict(zip(keys, red.cpu().tolist())))
+    return m
+
+
+def _completion_rows(samples, values, advantages, local, count) -> list[dict]:
+    rows = []
+    for i, s in enumerate(samples[:count]):
+        rows.append({"prompt": local[s.group_id].columns.get("question", "")[:300], "completion": s.text,
+                     "reward": float(values.total[i]), "advantage": float(advantages[i]),
+                     "tokens": s.num_tokens, "finish_reason": s.finish_reason})
+    return rows
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

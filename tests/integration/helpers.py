@@ -1,0 +1,14 @@
+"""Rewards used by the integration tests (importable as `helpers:<name>`)."""
+
+
+def digit_fraction(prompts, completions, completion_ids, **kwargs):
+    """Fraction of completion characters that are digits: varies across random completions."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) + (len(set(ids)) % 3) * 0.1
+            for c, ids in zip(completions, completion_ids)]
+
+
+def fails_at_step_two(prompts, completions, completion_ids, step, **kwargs):
+    """Raises on training step index 1 (the second step), for the bad-input test."""
+    if step == 1:
+        raise ValueError("reward backend unavailable")
+    return [0.0] * len(completions)

@@ -1,0 +1,193 @@
+"""Tiny random Qwen2 through the real pipeline: vLLM CPU rollouts, rewards, GRPO updates, sync, checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlkit.config import load_config
+from rlkit.rewards import RewardError
+from rlkit.rollout.base import SamplingSpec
+
+HERE = Path(__file__).parent
+TOL_LOGPROB = 1e-4  # fp32 on both sides; measured ~5e-7
+
+
+def _cfg(model_dir, out, **over):
+    base = {
+        "model.name_or_path": str(model_dir), "output_dir": str(out), "train.steps": 2,
+        "rollout.prompts_per_step": 2, "rollout.group_size": 4, "rollout.max_new_tokens": 24,
+        "rollout.kv_cache_gib": 1, "data.eval_size": 4, "optim.lr": 1e-3, "optim.micro_batch_size": 3,
+        "rewards": [{"name": "helpers:digit_fraction"}], "logging.progress": False,
+    }
+    base.update(over)
+    return load_config(overrides=base)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    from rlkit.rollout.vllm_engine import VLLMEngine
+
+    return VLLMEngine(str(tiny_model_dir), max_model_len=512, kv_cache_gib=1)
+
+
+def _prompt_ids(tok, q="Tom has 3 apples and buys 4 more. How many apples?"):
+    text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_vllm_behaviour_logprobs_match_trainer(engine, tiny_model_dir):
+    from rlkit.models import load_policy, load_tokenizer
+    from rlkit.trainers.batch import LogprobPolicy, collate, to_completion_space
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    samples = engine.generate([_prompt_ids(tok), _prompt_ids(tok, "What is 7 times 6?")],
+                              SamplingSpec(n=3, temperature=0.7, max_new_tokens=20))
+    assert len(samples) == 6 and all(len(s.logprobs) == s.num_tokens for s in samples)
+    policy = LogprobPolicy(load_policy(str(tiny_model_dir), torch.float32))
+    mb = collate(samples, tok.pad_token_id)
+    with torch.no_grad():
+        lp, _ = policy(mb, temperature=0.7)
+    ref = to_completion_space([s.logprobs for s in samples], lp.shape[1])
+    err = ((lp - ref).abs() * mb.completion_mask).max().item()
+    assert err < TOL_LOGPROB, err
+
+
+def test_weight_sync_changes_the_next_generation(engine, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    ids = _prompt_ids(tok)
+    greedy = SamplingSpec(n=1, temperature=0.0, max_new_tokens=16, logprobs=False)
+    before = engine.generate([ids], greedy)[0].completion_ids
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    for seed in (1, 2):  # two successive syncs
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        version = engine.version
+        engine.update_weights(model.state_dict().items())
+        assert engine.version == version + 1
+        after = engine.generate([ids], greedy)[0].completion_ids
+        hf = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=16, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+        assert after != before
+        assert after == hf[:len(after)]  # the engine now generates exactly what the updated model generates
+        before = after
+    engine.update_weights(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).state_dict().items())
+
+
+def test_two_grpo_steps_change_every_trainable_parameter(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from rlkit.trainers.grpo import train
+
+    result = train(_cfg(tiny_model_dir, tmp_path / "run"))
+    assert result.steps_done == 2
+    init = load_file(str(tiny_model_dir / "model.safetensors"))
+    final = load_file(str(tmp_path / "run" / "checkpoints" / "step_000002" / "policy" / "model.safetensors"))
+    assert init.keys() == final.keys()
+    unchanged = [k for k in init if torch.equal(init[k], final[k])]
+    assert not unchanged, f"parameters that did not change: {unchanged}"
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for m in steps:
+        assert m["loss/logprob_mismatch"] < TOL_LOGPROB  # vLLM vs trainer logprobs before the update
+        assert m["policy_version"] == m["step"]
+        for key in ("reward/digit_fraction", "completion/p90_tokens", "completion/truncation_rate", "loss/clip_frac",
+                    "loss/entropy", "optim/grad_norm", "optim/lr", "throughput/rollout_tokens_per_s",
+                    "throughput/train_tokens_per_s", "time/rollout", "time/train", "time/weight_sync"):
+            assert key in m, key
+        assert m["optim/grad_norm"] > 0
+
+
+def test_mu_minibatches_kl_and_dual_clip_run(tiny_model_dir, tmp_path):
+    from rlkit.trainers.grpo import train
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "algorithm.mu": 2, "algorithm.minibatches": 2, "algorithm.kl_coef": 0.1, "algorithm.dual_clip": 3.0,
+        "algorithm.epsilon_high": 0.28, "algorithm.aggregation": "seq-mean-token-sum-norm",
+        "train.steps": 1, "train.eval_before": False})
+    m = train(cfg).last_metrics
+    assert m["loss/kl"] > 0  # the policy moved away from the reference within the step
+    assert m["loss/ratio"] != 1.0
+
+
+def test_mask_truncated_drops_truncated_completions(tiny_model_dir, tmp_path):
+    from rlkit.trainers.grpo import train
+
+    # a random model never emits EOS within 24 tokens: every completion is truncated, nothing is trained
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"algorithm.mask_truncated": True, "train.steps": 1,
+                                                   "train.eval_before": False, "train.eval_after": False})
+    m = train(cfg).last_metrics
+    assert m["completion/truncation_rate"] == 1.0
+    assert m["optim/grad_norm"] == 0.0
+
+
+def test_reward_error_stops_the_step_and_keeps_saved_checkpoints(tiny_model_dir, tmp_path):
+    from rlkit.trainers.grpo import train
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"rewards": [{"name": "helpers:fails_at_step_two"}],
+                                                   "checkpoint.every": 1, "train.eval_before": False})
+    with pytest.raises(RewardError, match=r"reward 'fails_at_step_two' raised ValueError: reward backend unavailable at sample 0 \(prompt:"):
+        train(cfg)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["step_000001"]
+    assert (tmp_path / "run" / "checkpoints" / "step_000001" / "COMPLETE").exists()
+
+
+def _rlkit(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "rlkit.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+def test_cli_train_end_to_end_and_resume(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "cli-run"
+    common = [f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}", "--rollout.prompts_per_step=2",
+              "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
+              "--rewards=[{name: 'helpers:digit_fraction'}, {name: math_correct, weight: 0.5}]",
+              "--checkpoint.every=1", "--checkpoint.keep_last=2", "--logging.progress=false"]
+    proc = _rlkit("train", *common, "--train.steps=2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Held-out evaluation on 4 prompts" in proc.stdout and "| accuracy" in proc.stdout
+    config = json.loads((run / "config.json").read_text())
+    assert config["rollout"]["max_new_tokens"] == 16 and config["rewards"][1]["weight"] == 0.5
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["step"] == 0 and "eval/accuracy" in lines[0]
+    assert [x["step"] for x in lines if "reward/mean" in x] == [1, 2]
+    assert {"reward/digit_fraction", "reward/math_correct", "accuracy"} <= set(lines[1])
+    assert (run / "completions.jsonl").exists() and (run / "eval_summary.json").exists()
+    ck = run / "checkpoints" / "step_000002"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+    assert {"policy", "accelerate", "trainer_state.json", "COMPLETE"} <= {p.name for p in ck.iterdir()}
+    state = json.loads((ck / "trainer_state.json").read_text())
+    assert state["step"] == 2 and state["policy_version"] == 2 and state["sampler"]["position"] == 4
+    AutoModelForCausalLM.from_pretrained(ck / "policy")  # a normal HF checkpoint
+
+    # resume: continue to step 3 from the latest checkpoint; keep_last=2 rotates step_000001 away
+    proc = _rlkit("train", *common, "--train.steps=3", "--resume=auto", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from {ck} at step 2" in proc.stdout
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "reward/mean" in x] == [1, 2, 3]
+    assert [x["policy_version"] for x in lines if "reward/mean" in x] == [1, 2, 3]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002", "step_000003"]
+    assert json.loads((run / "checkpoints" / "step_000003" / "trainer_state.json").read_text())["sampler"]["position"] == 6
+
+
+def test_cli_rejects_unknown_reward_before_loading_anything(tmp_path):
+    proc = _rlkit("train", "--rewards=[{name: acuracy}]", f"--output_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown reward 'acuracy'; registered rewards: boxed_format, math_correct" in proc.stderr
+    assert not (tmp_path / "r").exists()

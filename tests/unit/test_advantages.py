@@ -1,0 +1,60 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlkit.trainers.advantages import dr_grpo_advantages, grpo_advantages, resolve_advantage, rloo_advantages
+
+R = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])
+G = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_grpo_group_scale_hand_computed():
+    # group 0: mean 0.5, unbiased std sqrt(1/3); group 1: zero variance -> all zero
+    std = math.sqrt(((0.5**2) * 4) / 3)
+    expected = torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]) / torch.tensor([std] * 4 + [1] * 4)
+    expected[4:] = 0
+    got = grpo_advantages(R, G, "group")
+    assert torch.allclose(got[:4], expected[:4], atol=1e-5)
+    assert torch.equal(got[4:], torch.zeros(4))
+
+
+def test_grpo_batch_and_none_scale():
+    batch_std = R.std()
+    assert torch.allclose(grpo_advantages(R, G, "batch"), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]) / (batch_std + 1e-6))
+    assert torch.allclose(grpo_advantages(R, G, "none"), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="valid: group, batch, none"):
+        grpo_advantages(R, G, "bogus")
+
+
+def test_dr_grpo_ignores_scale_and_rloo_leave_one_out():
+    assert torch.allclose(dr_grpo_advantages(R, G, "group"), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    # RLOO: r_i - mean of the other three; for r=1: 1 - 1/3, for r=0: 0 - 2/3
+    got = rloo_advantages(R, G)
+    assert torch.allclose(got[:4], torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3]), atol=1e-6)
+
+
+def test_groups_need_not_be_contiguous():
+    ids = torch.tensor([3, 7, 3, 7])
+    r = torch.tensor([1.0, 5.0, 3.0, 5.0])
+    assert torch.allclose(grpo_advantages(r, ids, "none"), torch.tensor([-1.0, 0.0, 1.0, 0.0]))
+
+
+def test_registry_resolution_and_errors():
+    assert resolve_advantage("grpo") is grpo_advantages
+    assert resolve_advantage("rlkit.trainers.advantages:rloo_advantages") is rloo_advantages
+    with pytest.raises(KeyError, match="valid: dr_grpo, grpo, rloo"):
+        resolve_advantage("nope")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.floats(-5, 5, allow_nan=False), min_size=2, max_size=6), min_size=1, max_size=5))
+def test_group_advantages_sum_to_zero_per_group(groups):
+    r = torch.tensor([v for g in groups for v in g], dtype=torch.float64)
+    ids = torch.tensor([i for i, g in enumerate(groups) for _ in g])
+    for scale in ("group", "none"):
+        adv = grpo_advantages(r, ids, scale)
+        for i in range(len(groups)):
+            assert abs(float(adv[ids == i].sum())) < 1e-6

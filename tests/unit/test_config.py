@@ -1,0 +1,89 @@
+import json
+
+import pytest
+
+from rlkit.cli import main
+from rlkit.config import Config, ConfigError, load_config, save_config
+
+
+def test_defaults_are_valid_and_are_the_embedded_demo():
+    cfg = load_config()
+    assert cfg.model.name_or_path == "smollm2-135m-instruct"
+    assert cfg.rollout.engine == "vllm"
+    assert [t.name for t in cfg.rewards] == ["math_correct", "boxed_format"]
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  temperature: 0.7\n  group_size: 8\nrewards:\n  - name: math_correct\n    weight: 2\n")
+    cfg = load_config(path, ["rollout.temperature=0.9", "algorithm.epsilon_high=0.28", "output_dir=/x"])
+    assert cfg.rollout.temperature == 0.9 and cfg.rollout.group_size == 8
+    assert cfg.algorithm.epsilon_high == 0.28 and cfg.output_dir == "/x"
+    assert cfg.rewards[0].weight == 2.0
+
+
+def test_unknown_key_names_key_file_and_valid_keys(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("rollout:\n  temprature: 0.7\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "bad.yaml" in msg and "'rollout.temprature'" in msg and "temperature" in msg
+
+
+def test_invalid_choice_lists_choices():
+    with pytest.raises(ConfigError, match="valid choices: token-mean, seq-mean-token-mean, seq-mean-token-sum-norm"):
+        load_config(overrides=["algorithm.aggregation=mean"])
+
+
+def test_type_errors_and_cross_checks():
+    with pytest.raises(ConfigError, match="'rollout.group_size' must be an integer"):
+        load_config(overrides=["rollout.group_size=four"])
+    with pytest.raises(ConfigError, match="group_size' must be >= 2"):
+        load_config(overrides=["rollout.group_size=1"])
+    with pytest.raises(ConfigError, match="must divide"):
+        load_config(overrides=["algorithm.minibatches=5"])
+
+
+def test_unknown_reward_fails_at_parse_time_with_valid_names():
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.name: unknown reward 'acuracy'.*math_correct"):
+        load_config(overrides={"rewards": [{"name": "acuracy"}]})
+
+
+def test_unknown_advantage_and_loss():
+    with pytest.raises(ConfigError, match="algorithm.advantage: unknown advantage estimator 'gpro'"):
+        load_config(overrides=["algorithm.advantage=gpro"])
+    with pytest.raises(ConfigError, match="algorithm.loss: unknown policy loss"):
+        load_config(overrides=["algorithm.loss=ppo"])
+
+
+def test_save_round_trip(tmp_path):
+    cfg = load_config(overrides=["train.steps=3"])
+    save_config(cfg, tmp_path / "config.json")
+    data = json.loads((tmp_path / "config.json").read_text())
+    data.pop("output_dir")
+    assert load_config(overrides={k: v for k, v in data.items()}) == Config(**{**cfg.__dict__, "output_dir": Config().output_dir})
+
+
+def test_cli_reports_config_errors(capsys):
+    assert main(["train", "--rollout.temperature=hot"]) == 2
+    assert "'rollout.temperature' must be a number" in capsys.readouterr().err
+    assert main(["train", "--rewards", "[{name: nope}]"]) == 2
+    assert "unknown reward 'nope'" in capsys.readouterr().err
+
+
+def test_cli_help_documents_every_option(capsys):
+    from rlkit.config import iter_leaves
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for key, *_ in iter_leaves():
+        assert f"--{key}" in out
+    assert "--resume" in out
+
+
+def test_cli_lists_rewards(capsys):
+    assert main(["rewards"]) == 0
+    out = capsys.readouterr().out
+    assert "math_correct" in out and "boxed_format" in out
