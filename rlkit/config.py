@@ -125,7 +125,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = opt(12, "training steps (one rollout batch each)")
+    steps: int = opt(10, "training steps (one rollout batch each)")
     seed: int = opt(0, "seed for data order, sampling and init")
     eval_every: int = opt(0, "evaluate on the held-out slice every N steps (0 = only before and after)")
     eval_before: bool = opt(True, "evaluate before training (the 'before' column)")

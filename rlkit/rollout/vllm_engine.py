@@ -9,6 +9,7 @@ every weight update so no KV computed by old weights is reused.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 
@@ -22,6 +23,9 @@ class VLLMEngine:
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 2.0, enable_sleep: bool = False,
                  dtype: torch.dtype | None = None, progress: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the console to rlkit's own progress
+        # vLLM's in-place reload warns for weightless modules (rotary embeddings) on every sync: noise
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
         if not on_cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))

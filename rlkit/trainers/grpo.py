@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,10 @@ from rlkit.rollout import SamplingSpec, make_engine
 from rlkit.rollout.weights import exported_weights
 from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.advantages import resolve_advantage
-from rlkit.trainers.batch import LogprobPolicy, collate, micro_batches, to_completion_space
+from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.evaluate import accuracy_reward, before_after_table, evaluate, length_stats
-from rlkit.trainers.losses import LossInputs, aggregation_denominator, aggregation_weights, resolve_loss
+from rlkit.trainers.losses import resolve_loss
+from rlkit.trainers.update import UpdateBatch, score_all, update_policy
 
 
 @dataclass
@@ -71,67 +71,98 @@ def _sync_weights(engine, prepared, acc) -> float:
     return time.perf_counter() - t
 
 
-def train(cfg: Config, resume: str | None = None) -> RunResult:
-    """Run GRPO-family training as configured. ``resume``: None, "auto" or a checkpoint path."""
-    # 0. set-up: accelerator, run dir, model, optimizer, engine, data, rewards, logging
+@dataclass
+class Run:
+    """Everything the loop needs, built once by ``setup`` from the config."""
+
+    cfg: Config
+    acc: object
+    run_dir: Path
+    tokenizer: object
+    prepared: object  # accelerate-prepared LogprobPolicy
+    ref_model: object | None
+    optimizer: object
+    scheduler: object
+    engine: object
+    rewards: RewardSet
+    accuracy_fn: object
+    advantage_fn: object
+    loss_fn: object
+    train_set: object
+    eval_set: object
+    sampler: PromptSampler
+    logger: RunLogger
+    start_step: int = 0
+    before: dict | None = None
+
+
+def setup(cfg: Config, resume: str | None = None) -> Run:
+    """Accelerator, run dir, model, optimizer, engine, data, rewards, logging; restore a checkpoint."""
     acc, dtype = _setup_accelerator(cfg)
     run_dir = Path(cfg.output_dir)
     resume_path = ckpt.resolve_resume(resume, run_dir)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
-    if acc.is_main_process:  # converts the embedded model once; the other ranks then find it cached
-        resolve_model_path(cfg.model.name_or_path)
+        resolve_model_path(cfg.model.name_or_path)  # converts the embedded model once; other ranks find it cached
     acc.wait_for_everyone()
     model_path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
     hf_model = load_policy(model_path, torch.float32, gradient_checkpointing=cfg.model.gradient_checkpointing,
                            lora=cfg.model.lora)
     ref_model = None
-    if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:
+    if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
         ref_model = LogprobPolicy(load_policy(model_path, dtype)).to(acc.device).eval().requires_grad_(False)
     train_set, eval_set = load_prompt_sets(cfg.data, tokenizer)
-    steps_per_rollout = cfg.algorithm.mu * cfg.algorithm.minibatches
-    optimizer, scheduler = _optimizer_and_schedule(cfg, hf_model, cfg.train.steps * steps_per_rollout)
+    total_updates = cfg.train.steps * cfg.algorithm.mu * cfg.algorithm.minibatches
+    optimizer, scheduler = _optimizer_and_schedule(cfg, hf_model, total_updates)
     # the scheduler is registered, not prepared: accelerate would step it once per process
     prepared, optimizer = acc.prepare(LogprobPolicy(hf_model), optimizer)
     acc.register_for_checkpointing(scheduler)
     engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype)
-    rewards = RewardSet.from_config(cfg.rewards)
-    accuracy_fn = accuracy_reward(cfg)
-    advantage_fn = resolve_advantage(cfg.algorithm.advantage)
     a = cfg.algorithm
-    loss_fn = functools.partial(resolve_loss(a.loss), epsilon_low=a.epsilon_low, epsilon_high=a.epsilon_high,
-                                dual_clip=a.dual_clip, kl_coef=a.kl_coef)
-    sampler = PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle)
-    logger = RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
-                       project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name)
+    run = Run(
+        cfg=cfg, acc=acc, run_dir=run_dir, tokenizer=tokenizer, prepared=prepared, ref_model=ref_model,
+        optimizer=optimizer, scheduler=scheduler, engine=engine, rewards=RewardSet.from_config(cfg.rewards),
+        accuracy_fn=accuracy_reward(cfg), advantage_fn=resolve_advantage(a.advantage),
+        loss_fn=functools.partial(resolve_loss(a.loss), epsilon_low=a.epsilon_low, epsilon_high=a.epsilon_high,
+                                  dual_clip=a.dual_clip, kl_coef=a.kl_coef),
+        train_set=train_set, eval_set=eval_set,
+        sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
+        logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
+                         project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name))
     if train_set.skipped_long:
-        logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
-    start_step, before = 0, {}
+        run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
     if resume_path is not None:
         acc.load_state(str(resume_path / "accelerate"))
         state = ckpt.load_trainer_state(resume_path)
-        start_step, before = state["step"], state.get("eval_before", {})
-        sampler.load_state_dict(state["sampler"])
+        run.start_step, run.before = state["step"], state.get("eval_before") or None
+        run.sampler.load_state_dict(state["sampler"])
         _sync_weights(engine, prepared, acc)
         engine.version = state["policy_version"]
-        logger.console(f"resumed from {resume_path} at step {start_step}")
+        run.logger.console(f"resumed from {resume_path} at step {run.start_step}")
+    return run
 
+
+def train(cfg: Config, resume: str | None = None) -> RunResult:
+    """Run GRPO-family training as configured. ``resume``: None, "auto" or a checkpoint path."""
+    # 0. set-up (and restore from a checkpoint), then the "before" column of the held-out table
+    run = setup(cfg, resume)
+    acc, engine, a, G = run.acc, run.engine, cfg.algorithm, cfg.rollout.group_size
+    world, rank, pad_id = acc.num_processes, acc.process_index, run.tokenizer.pad_token_id
     eval_kw = dict(temperature=cfg.rollout.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                    seed=cfg.train.seed)
-    if cfg.train.eval_before and not before and eval_set.prompts:
-        before = evaluate(engine, eval_set.prompts, accuracy_fn, **eval_kw)
-        logger.log(start_step, {f"eval/{k}": v for k, v in before.items()})
-    world, rank, G = acc.num_processes, acc.process_index, cfg.rollout.group_size
-    pad_id = tokenizer.pad_token_id
+    before = run.before or {}
+    if cfg.train.eval_before and not before and run.eval_set.prompts:
+        before = evaluate(engine, run.eval_set.prompts, run.accuracy_fn, **eval_kw)
+        run.logger.log(run.start_step, {f"eval/{k}": v for k, v in before.items()})
     metrics: dict = {}
-    bar = _progress(cfg, acc, start_step)
-    for step in range(start_step, cfg.train.steps):
+    bar = _progress(cfg, acc, run.start_step)
+    for step in range(run.start_step, cfg.train.steps):
         t_step = time.perf_counter()
         # 1. prompts: a global batch from the seeded sampler; this rank takes its slice
-        global_idx = sampler.next_batch(cfg.rollout.prompts_per_step * world)
-        local = [train_set.prompts[i] for i in global_idx[rank::world]]
+        global_idx = run.sampler.next_batch(cfg.rollout.prompts_per_step * world)
+        local = [run.train_set.prompts[i] for i in global_idx[rank::world]]
 
         # 2. rollout: G completions per prompt from the colocated engine (behaviour logprobs included)
         t0 = time.perf_counter()
@@ -142,103 +173,64 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         samples = engine.generate([p.ids for p in local], spec)
         engine.sleep()
         t_rollout = time.perf_counter() - t0
-        n_gen_tokens = sum(s.num_tokens for s in samples)
 
         # 3. rewards: every term per sample, combined by weight (errors name the reward and sample)
         t0 = time.perf_counter()
         columns = {k: [local[s.group_id].columns.get(k) for s in samples] for k in local[0].columns}
-        values = rewards([local[s.group_id].text for s in samples], [s.text for s in samples],
-                         [s.completion_ids for s in samples], columns,
-                         finish_reason=[s.finish_reason for s in samples],
-                         num_tokens=[s.num_tokens for s in samples], step=step)
+        values = run.rewards([local[s.group_id].text for s in samples], [s.text for s in samples],
+                             [s.completion_ids for s in samples], columns,
+                             finish_reason=[s.finish_reason for s in samples],
+                             num_tokens=[s.num_tokens for s in samples], step=step)
         t_reward = time.perf_counter() - t0
 
         # 4. advantages over the whole step: gather rewards from all ranks, keep this rank's slice
         group_ids = torch.tensor([rank * len(local) + s.group_id for s in samples])
         all_rewards = acc.gather(values.total.to(acc.device)).cpu()
         all_groups = acc.gather(group_ids.to(acc.device)).cpu()
-        advantages = advantage_fn(all_rewards, all_groups, a.scale)[rank * len(samples):(rank + 1) * len(samples)]
+        advantages = run.advantage_fn(all_rewards, all_groups, a.scale)[rank * len(samples):(rank + 1) * len(samples)]
+        batch = UpdateBatch.from_samples(samples, advantages, a.mask_truncated)
 
-        # 5. token masks (optionally dropping truncated completions) and per-token behaviour logprobs
-        keep = torch.tensor([not (a.mask_truncated and s.finish_reason == "length") for s in samples], dtype=torch.float32)
-        order = list(range(len(samples)))
-        random.Random(cfg.train.seed + step).shuffle(order)
-        minibatch_rows = [order[i::a.minibatches] for i in range(a.minibatches)]
-        cmax = max(1, max(s.num_tokens for s in samples))
-        full_mask = to_completion_space([[1.0] * s.num_tokens for s in samples], cmax) * keep[:, None]
-        behaviour = to_completion_space([s.logprobs for s in samples], cmax)
-
-        # 6. old logprobs (needed when the policy moves within the step) and reference logprobs
+        # 5. old logprobs (only when the policy moves within the step) and reference logprobs
         t0 = time.perf_counter()
-        need_old = steps_per_rollout > 1
-        old_lp = _score_all(prepared, samples, pad_id, cfg, acc, cmax) if need_old else None
-        ref_lp = _score_all(ref_model or prepared, samples, pad_id, cfg, acc, cmax,
-                            disable_adapter=ref_model is None) if a.kl_coef > 0 else None
+        score = functools.partial(score_all, samples=samples, pad_id=pad_id, acc=acc, width=batch.mask.shape[1],
+                                  temperature=cfg.rollout.temperature, micro_batch_size=cfg.optim.micro_batch_size)
+        if a.mu * a.minibatches > 1:
+            batch.old_logprobs = score(run.prepared)
+        if a.kl_coef > 0:
+            batch.ref_logprobs = score(run.ref_model or run.prepared, disable_adapter=run.ref_model is None)
         t_old = time.perf_counter() - t0
 
-        # 7. policy updates: mu passes x minibatches, micro-batches accumulate into one optimizer step
+        # 6. policy updates: mu passes x minibatches, exact aggregation across micro-batches and ranks
         t0 = time.perf_counter()
-        prepared.train()
-        sums = {"clip_frac": 0.0, "ratio": 0.0, "kl": 0.0, "entropy": 0.0, "mismatch": 0.0, "tokens": 0.0}
-        grad_norms = []
-        for epoch in range(a.mu):
-            for mb_index, rows in enumerate(minibatch_rows):
-                denom = aggregation_denominator(full_mask[rows], a.aggregation, cfg.rollout.max_new_tokens)
-                denom = float(acc.reduce(torch.tensor(denom, device=acc.device), reduction="sum"))
-                weights = aggregation_weights(full_mask[rows], a.aggregation, denom) * world  # DDP averages
-                micro = micro_batches(list(range(len(rows))), cfg.optim.micro_batch_size)
-                for k, mrows in enumerate(micro):
-                    idx = [rows[j] for j in mrows]
-                    mb = collate([samples[i] for i in idx], pad_id).to(acc.device)
-                    width = mb.completion_mask.shape[1]
-                    ctx = acc.no_sync(prepared) if k < len(micro) - 1 else _nullcontext()
-                    with ctx, acc.autocast():
-                        lp, ent = prepared(mb, temperature=cfg.rollout.temperature, with_entropy=True)
-                        mask = full_mask[idx, :width].to(acc.device)
-                        old = old_lp[idx, :width].to(acc.device) if old_lp is not None else lp.detach()
-                        out = loss_fn(LossInputs(
-                            logprobs=lp, old_logprobs=old, advantages=advantages[idx].to(acc.device), mask=mask,
-                            token_weights=weights[mrows, :width].to(acc.device),
-                            ref_logprobs=ref_lp[idx, :width].to(acc.device) if ref_lp is not None else None))
-                        acc.backward(out.loss)
-                    if epoch == 0:  # first pass: entropy of every sample; mismatch before any update
-                        real = mb.completion_mask
-                        sums["entropy"] += float((ent * real).sum())
-                        sums["tokens"] += float(real.sum())
-                        if mb_index == 0:
-                            diff = (lp.detach().float() - behaviour[idx, :width].to(acc.device)).abs()
-                            sums["mismatch"] += float((diff * real).sum())
-                            sums["mismatch_tokens"] = sums.get("mismatch_tokens", 0.0) + float(real.sum())
-                    for key, v in out.stats.items():
-                        sums[key] = sums.get(key, 0.0) + float(v)
-                gn = acc.clip_grad_norm_(prepared.parameters(), cfg.optim.max_grad_norm or float("inf"))
-                grad_norms.append(float(gn))
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+        sums = update_policy(run.prepared, run.optimizer, run.scheduler, acc, batch, loss_fn=run.loss_fn,
+                             algorithm=a, pad_id=pad_id, temperature=cfg.rollout.temperature,
+                             micro_batch_size=cfg.optim.micro_batch_size, max_new_tokens=cfg.rollout.max_new_tokens,
+                             max_grad_norm=cfg.optim.max_grad_norm, seed=cfg.train.seed + step)
         t_train = time.perf_counter() - t0
 
-        # 8. weight sync: the engine generates with the updated policy from the next step on
-        t_sync = _sync_weights(engine, prepared, acc)
+        # 7. weight sync: the engine generates with the updated policy from the next step on
+        t_sync = _sync_weights(engine, run.prepared, acc)
 
-        # 9. metrics, sample completions, periodic eval and checkpoint
-        metrics = _step_metrics(values, samples, sums, full_mask, grad_norms, scheduler, acc, a.mu,
-                                n_gen_tokens, t_rollout, t_reward, t_old, t_train, t_sync, engine.version)
+        # 8. metrics, sample completions, periodic eval and checkpoint
+        metrics = _step_metrics(values, samples, sums, batch.mask, run.scheduler, acc, a.mu,
+                                t_rollout, t_reward, t_old, t_train, t_sync, engine.version)
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
             t0 = time.perf_counter()
-            metrics.update({f"eval/{k}": v for k, v in evaluate(engine, eval_set.prompts, accuracy_fn, **eval_kw).items()})
+            result = evaluate(engine, run.eval_set.prompts, run.accuracy_fn, **eval_kw)
+            metrics.update({f"eval/{k}": v for k, v in result.items()})
             metrics["time/eval"] = time.perf_counter() - t0
         if cfg.logging.completions_every and step % cfg.logging.completions_every == 0:
-            logger.log_completions(step + 1, _completion_rows(samples, values, advantages, local, cfg.logging.completions_count))
+            rows = _completion_rows(samples, values, advantages, local, cfg.logging.completions_count)
+            run.logger.log_completions(step + 1, rows)
         last = step + 1 == cfg.train.steps
         if (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
             t0 = time.perf_counter()
-            ckpt.save_checkpoint(run_dir, step + 1, acc, prepared, tokenizer, {
-                "step": step + 1, "policy_version": engine.version, "sampler": sampler.state_dict(),
+            ckpt.save_checkpoint(run.run_dir, step + 1, acc, run.prepared, run.tokenizer, {
+                "step": step + 1, "policy_version": engine.version, "sampler": run.sampler.state_dict(),
                 "eval_before": before, "world_size": world}, cfg.checkpoint.keep_last)
             metrics["time/checkpoint"] = time.perf_counter() - t0
         metrics["time/step"] = time.perf_counter() - t_step
-        logger.log(step + 1, metrics)
+        run.logger.log(step + 1, metrics)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', 0):.2f}",
@@ -246,26 +238,17 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     if bar is not None:
         bar.close()
 
-    # 10. final held-out evaluation and the before/after table
+    # 9. final held-out evaluation and the before/after table
     after = {}
-    if cfg.train.eval_after and eval_set.prompts:
-        after = evaluate(engine, eval_set.prompts, accuracy_fn, **eval_kw)
-        logger.log(cfg.train.steps, {f"eval_after/{k}": v for k, v in after.items()})
-    if before or after:
+    if cfg.train.eval_after and run.eval_set.prompts:
+        after = evaluate(engine, run.eval_set.prompts, run.accuracy_fn, **eval_kw)
+        run.logger.log(cfg.train.steps, {f"eval_after/{k}": v for k, v in after.items()})
+    if (before or after) and acc.is_main_process:
         summary = {"before": before, "after": after, "steps": cfg.train.steps}
-        if acc.is_main_process:
-            (run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        logger.console(before_after_table(before, after, len(eval_set.prompts), cfg.data.eval))
-    logger.finish()
-    return RunResult(run_dir, cfg.train.steps, before, after, metrics)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+        (run.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        run.logger.console(before_after_table(before, after, len(run.eval_set.prompts), cfg.data.eval))
+    run.logger.finish()
+    return RunResult(run.run_dir, cfg.train.steps, before, after, metrics)
 
 
 def _progress(cfg, acc, start):
@@ -276,22 +259,9 @@ def _progress(cfg, acc, start):
     return tqdm(total=cfg.train.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
-@torch.no_grad()
-def _score_all(policy, samples, pad_id, cfg, acc, cmax, disable_adapter: bool = False) -> torch.Tensor:
-    """Logprobs [N, cmax] of every sample's completion under `policy` (no grad)."""
-    out = torch.zeros((len(samples), cmax), dtype=torch.float32)
-    peft_model = acc.unwrap_model(policy).model
-    for idx in micro_batches(list(range(len(samples))), cfg.optim.micro_batch_size):
-        mb = collate([samples[i] for i in idx], pad_id).to(acc.device)
-        adapter_off = peft_model.disable_adapter() if disable_adapter else _nullcontext()
-        with adapter_off, acc.autocast():
-            lp, _ = policy(mb, temperature=cfg.rollout.temperature)
-        out[idx, :lp.shape[1]] = lp.float().cpu()
-    return out
-
-
-def _step_metrics(values, samples, sums, full_mask, grad_norms, scheduler, acc, mu, n_gen_tokens,
-                  t_rollout, t_reward, t_old, t_train, t_sync, version) -> dict:
+def _step_metrics(values, samples, sums, full_mask, scheduler, acc, mu, t_rollout, t_reward, t_old, t_train,
+                  t_sync, version) -> dict:
+    grad_norms, n_gen_tokens = sums["grad_norms"], sum(s.num_tokens for s in samples)
     lengths = [s.num_tokens for s in samples]
     st = length_stats(lengths)
     n_tok = max(float(full_mask.sum()) * mu, 1.0)
@@ -308,7 +278,7 @@ def _step_metrics(values, samples, sums, full_mask, grad_norms, scheduler, acc, 
     m["loss/ratio"] = sums["ratio"] / n_tok
     m["loss/kl"] = sums["kl"] / n_tok
     m["loss/entropy"] = sums["entropy"] / first_pass_tok
-    m["loss/logprob_mismatch"] = sums["mismatch"] / max(sums.get("mismatch_tokens", 0.0), 1.0)
+    m["loss/logprob_mismatch"] = sums["mismatch"] / max(sums["mismatch_tokens"], 1.0)
     m["optim/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     m["optim/lr"] = scheduler.get_last_lr()[0]
     m["throughput/rollout_tokens_per_s"] = n_gen_tokens / max(t_rollout, 1e-9)
