@@ -37,6 +37,11 @@ class VLLMEngine:
 
         kwargs = dict(model=model_path, seed=seed, max_model_len=max_model_len, enable_prefix_caching=True,
                       logprobs_mode="processed_logprobs", max_logprobs=1)
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and \
+                torch.distributed.get_world_size() > 1:
+            # one engine per trainer process on the launcher's world (data-parallel colocated rollouts)
+            kwargs.update(distributed_executor_backend="external_launcher",
+                          seed=seed + torch.distributed.get_rank())
         if on_cuda:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep,
                           dtype=str(dtype).replace("torch.", "") if dtype is not None else "auto")

@@ -1,0 +1,40 @@
+"""Run under torchrun (1 or 2 processes): one update_policy call on a fixed synthetic batch, each rank
+taking a strided share; rank 0 saves the updated parameters. SGD (not Adam) so scale errors show."""
+
+import sys
+
+import torch
+from accelerate import Accelerator
+
+from rlkit.config import AlgorithmConfig
+from rlkit.models import load_policy
+from rlkit.rollout.base import Sample
+from rlkit.trainers.batch import LogprobPolicy
+from rlkit.trainers.losses import ppo_clip_loss
+from rlkit.trainers.update import UpdateBatch, update_policy
+
+
+def main(model_dir: str, aggregation: str, out: str) -> None:
+    acc = Accelerator(cpu=True)
+    gen = torch.Generator().manual_seed(0)
+    samples = []
+    for i in range(8):
+        p, c = 3 + i % 4, 2 + (5 * i) % 9
+        ids = torch.randint(5, 400, (p + c,), generator=gen).tolist()
+        samples.append(Sample(ids[:p], ids[p:], [0.0] * c, "stop", "", i // 2))
+    advantages = torch.randn(8, generator=gen)
+    mine = list(range(acc.process_index, 8, acc.num_processes))
+    batch = UpdateBatch.from_samples([samples[i] for i in mine], advantages[mine], mask_truncated=False)
+    model = LogprobPolicy(load_policy(model_dir, torch.float32))
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    prepared, opt = acc.prepare(model, opt)
+    update_policy(prepared, opt, None, acc, batch, loss_fn=ppo_clip_loss,
+                  algorithm=AlgorithmConfig(aggregation=aggregation), pad_id=0, temperature=1.0,
+                  micro_batch_size=2, max_new_tokens=16, max_grad_norm=0.0, seed=0)
+    if acc.is_main_process:
+        torch.save({k: v.detach().clone() for k, v in acc.unwrap_model(prepared).state_dict().items()}, out)
+    acc.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
