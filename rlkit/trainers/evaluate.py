@@ -47,16 +47,17 @@ def accuracy_reward(cfg):
     return build_reward("math_correct")
 
 
-def before_after_table(before: dict, after: dict, n: int, source: str) -> str:
-    def fmt(d, k, pct=False):
+def eval_table(columns: dict[str, dict], n: int, source: str) -> str:
+    """The held-out table, one column per named result (e.g. before / after)."""
+    def fmt(d, k, pct):
         if k not in d:
             return "-"
         return f"{100 * d[k]:.1f}%" if pct else f"{d[k]:.1f}"
 
-    rows = [[label, fmt(before, k, pct), fmt(after, k, pct)] for label, k, pct in (
+    rows = [[label] + [fmt(d, k, pct) for d in columns.values()] for label, k, pct in (
         ("accuracy", "accuracy", True), ("mean completion tokens", "mean_tokens", False),
         ("median completion tokens", "median_tokens", False), ("truncation rate", "truncation_rate", True))]
-    return f"\nHeld-out evaluation on {n} prompts of {source}:\n" + format_table(["metric", "before", "after"], rows)
+    return f"\nHeld-out evaluation on {n} prompts of {source}:\n" + format_table(["metric", *columns], rows)
 
 
 def evaluate_model(cfg) -> dict:
@@ -74,5 +75,5 @@ def evaluate_model(cfg) -> dict:
                          dtype=pick_dtype(cfg.model.dtype, device))
     result = evaluate(engine, eval_set.prompts, accuracy_reward(cfg), temperature=cfg.rollout.eval_temperature,
                       max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
-    print(before_after_table({}, result, len(eval_set.prompts), cfg.data.eval).replace("| before ", "| -      "))
+    print(eval_table({cfg.model.name_or_path: result}, len(eval_set.prompts), cfg.data.eval))
     return result

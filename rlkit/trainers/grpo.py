@@ -28,7 +28,7 @@ from rlkit.rollout.weights import exported_weights
 from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.advantages import resolve_advantage
 from rlkit.trainers.batch import LogprobPolicy
-from rlkit.trainers.evaluate import accuracy_reward, before_after_table, evaluate, length_stats
+from rlkit.trainers.evaluate import accuracy_reward, eval_table, evaluate, length_stats
 from rlkit.trainers.losses import resolve_loss
 from rlkit.trainers.update import UpdateBatch, score_all, update_policy
 
@@ -246,7 +246,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     if (before or after) and acc.is_main_process:
         summary = {"before": before, "after": after, "steps": cfg.train.steps}
         (run.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        run.logger.console(before_after_table(before, after, len(run.eval_set.prompts), cfg.data.eval))
+        run.logger.console(eval_table({"before": before, "after": after}, len(run.eval_set.prompts), cfg.data.eval))
     run.logger.finish()
     return RunResult(run.run_dir, cfg.train.steps, before, after, metrics)
 

@@ -3,7 +3,15 @@ import json
 import pytest
 
 from rlkit.config import DataConfig
-from rlkit.data import DataError, PromptSampler, build_prompts, load_prompt_sets, load_rows, normalise_rows, resolve_source
+from rlkit.data import (
+    DataError,
+    PromptSampler,
+    build_prompts,
+    load_prompt_sets,
+    load_rows,
+    normalise_rows,
+    resolve_source,
+)
 
 
 class FakeTok:

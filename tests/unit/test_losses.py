@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from rlkit.trainers.losses import LossInputs, aggregation_denominator, aggregation_weights, k3_kl, ppo_clip_loss
+from rlkit.trainers.losses import (
+    LossInputs,
+    aggregation_denominator,
+    aggregation_weights,
+    k3_kl,
+    ppo_clip_loss,
+)
 
 
 def _inp(logp, old, adv, mask=None, weights=None, ref=None):
