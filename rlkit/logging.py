@@ -18,6 +18,18 @@ def _clean(v):
     return v
 
 
+def _wandb_key_configured() -> bool:
+    """An API key in the environment or in ~/.netrc (where `wandb login` stores it)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        import netrc
+
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
 class RunLogger:
     def __init__(self, run_dir: Path, *, enabled: bool, report_to: list[str], project: str, config: dict,
                  run_name: str):
@@ -28,7 +40,7 @@ class RunLogger:
         if enabled and "wandb" in report_to:
             import wandb
 
-            if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+            if not os.environ.get("WANDB_MODE") and not _wandb_key_configured():
                 os.environ["WANDB_MODE"] = "offline"
             self.wandb = wandb.init(project=project, name=run_name, config=config, dir=str(self.run_dir),
                                     resume="allow")

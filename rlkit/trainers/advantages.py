@@ -30,6 +30,17 @@ def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Te
     return mean[inv].to(values.dtype), std[inv].to(values.dtype), count[inv].to(values.dtype)
 
 
+def _scaled(adv: torch.Tensor, rewards: torch.Tensor, group_std: torch.Tensor, scale: str) -> torch.Tensor:
+    """Divide by the group std ("group"), the std of all rewards of the step ("batch"), or nothing ("none")."""
+    if scale == "group":
+        return adv / (group_std + EPS)
+    if scale == "batch":
+        return adv / (rewards.std() + EPS) if rewards.numel() > 1 else adv
+    if scale == "none":
+        return adv
+    raise ValueError(f"unknown advantage scale {scale!r}; valid: group, batch, none")
+
+
 @ADVANTAGES.register("grpo")
 def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "group") -> torch.Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath eq. 3): A_i = (r_i - mean_g(r)) / (std_g(r) + eps).
@@ -39,14 +50,7 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str =
     A zero-variance group gets advantage 0 for every member.
     """
     mean, std, _ = group_stats(rewards, group_ids)
-    centred = rewards - mean
-    if scale == "group":
-        return centred / (std + EPS)
-    if scale == "batch":
-        return centred / (rewards.std() + EPS) if rewards.numel() > 1 else centred
-    if scale == "none":
-        return centred
-    raise ValueError(f"unknown advantage scale {scale!r}; valid: group, batch, none")
+    return _scaled(rewards - mean, rewards, std, scale)
 
 
 @ADVANTAGES.register("dr_grpo")
@@ -67,9 +71,4 @@ def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str =
     `scale` "group"/"batch" additionally divide by the group / batch std, as in grpo.
     """
     mean, std, count = group_stats(rewards, group_ids)
-    adv = (rewards - mean) * count / (count - 1).clamp(min=1)
-    if scale == "group":
-        return adv / (std + EPS)
-    if scale == "batch":
-        return adv / (rewards.std() + EPS) if rewards.numel() > 1 else adv
-    return adv
+    return _scaled((rewards - mean) * count / (count - 1).clamp(min=1), rewards, std, scale)

@@ -146,6 +146,8 @@ def test_reward_error_stops_the_step_and_keeps_saved_checkpoints(tiny_model_dir,
 
 def _rlkit(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_MODE", None)
     return subprocess.run([sys.executable, "-m", "rlkit.cli", *args], capture_output=True, text=True, env=env,
                           cwd=cwd, timeout=600)
 
@@ -158,8 +160,10 @@ def test_cli_train_end_to_end_and_resume(tiny_model_dir, tmp_path):
               "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
               "--rewards=[{name: 'helpers:digit_fraction'}, {name: math_correct, weight: 0.5}]",
               "--checkpoint.every=1", "--checkpoint.keep_last=2", "--logging.progress=false"]
-    proc = _rlkit("train", *common, "--train.steps=2", cwd=tmp_path)
+    proc = _rlkit("train", *common, "--train.steps=2", "--logging.report_to=[wandb]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    offline_runs = list((run / "wandb").glob("offline-run-*"))  # no API key: wandb runs offline
+    assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
     assert "Held-out evaluation on 4 prompts" in proc.stdout and "| accuracy" in proc.stdout
     config = json.loads((run / "config.json").read_text())
     assert config["rollout"]["max_new_tokens"] == 16 and config["rewards"][1]["weight"] == 0.5

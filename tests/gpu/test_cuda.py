@@ -1,0 +1,67 @@
+"""CUDA checks of the trainer's forward/backward (the lent GPU has no vLLM: rollouts use the hf engine)."""
+
+import json
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+
+def varied_reward(prompts, completions, completion_ids, **kwargs):
+    """Distinct-token count of each completion: differs across random completions."""
+    return [len(set(ids)) / 16 for ids in completion_ids]
+
+
+CORPUS = [f"Tom has {i} apples and buys {i + 3} more. How many apples? \\boxed{{{2 * i + 3}}}" for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def gpu_model_dir(tmp_path_factory):
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need CUDA (run them with `make test-gpu` on a GPU machine)")
+    from rlkit.models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("m") / "tiny", corpus=CORPUS, hidden_size=256, heads=8,
+                            kv_heads=4, layers=2)
+
+
+def test_cuda_logprobs_and_grads_match_cpu(gpu_model_dir):
+    from rlkit.models import load_policy
+    from rlkit.rollout.base import Sample
+    from rlkit.trainers.batch import LogprobPolicy, collate
+
+    gen = torch.Generator().manual_seed(0)
+    samples = []
+    for i in range(6):
+        ids = torch.randint(5, 300, (4 + i + 7 * (i % 3),), generator=gen).tolist()
+        samples.append(Sample(ids[:4], ids[4:], [], "stop", "", i))
+    out = {}
+    for dev in ("cpu", "cuda"):
+        policy = LogprobPolicy(load_policy(str(gpu_model_dir), torch.float32)).to(dev)
+        mb = collate(samples, 0).to(dev)
+        lp, ent = policy(mb, temperature=0.7, with_entropy=True)
+        (lp * mb.completion_mask).sum().backward()
+        out[dev] = (lp.detach().cpu(), policy.model.lm_head.weight.grad.cpu())
+    assert (out["cpu"][0] - out["cuda"][0]).abs().max() < 1e-3
+    assert torch.allclose(out["cpu"][1], out["cuda"][1], atol=1e-3, rtol=1e-3)
+
+
+def test_two_steps_on_cuda_with_bf16_autocast(gpu_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from rlkit.config import load_config
+    from rlkit.trainers.grpo import train
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": 2 * i}) + "\n" for i in range(40)))
+    cfg = load_config(overrides={
+        "model.name_or_path": str(gpu_model_dir), "output_dir": str(tmp_path / "run"), "rollout.engine": "hf",
+        "data.train": str(data), "data.eval": str(data), "data.eval_size": 4, "train.steps": 2,
+        "train.eval_before": False, "train.eval_after": False, "rollout.max_new_tokens": 16, "optim.lr": 1e-3,
+        "rewards": [{"name": "test_cuda:varied_reward"}], "logging.progress": False})
+    assert cfg.model.dtype == "auto"
+    result = train(cfg)
+    assert result.last_metrics["optim/grad_norm"] > 0
+    init = load_file(str(gpu_model_dir / "model.safetensors"))
+    final = load_file(str(tmp_path / "run" / "checkpoints" / "step_000002" / "policy" / "model.safetensors"))
+    assert sum(not torch.equal(init[k], final[k]) for k in init) > len(init) // 2
