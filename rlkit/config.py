@@ -88,6 +88,8 @@ class RewardTerm:
     name: str = opt("math_correct", "registered name, 'package.module:function', or an installed entry point")
     weight: float = opt(1.0, "weight in the combined reward")
     kwargs: dict = opt(help="keyword arguments for the reward factory", factory=dict)
+    correctness: bool = opt(False, "this term is the verifier: its values reach the other terms as `correct` "
+                            "(automatic for registered verifiers such as math_correct)")
     format: Literal["text", "conversational"] = opt(
         "text", "completions as strings, or as [{'role': 'assistant', 'content': ...}] (TRL conversational rewards)")
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from rlkit.rewards.registry import build_reward
+from rlkit.rewards.registry import build_reward, resolve_reward
 
 
 class RewardError(RuntimeError):
@@ -42,17 +42,32 @@ def _short(text, n: int = 200) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-class RewardSet:
-    """The configured reward terms: ``[(label, weight, fn)]`` or ``[(label, weight, fn, format)]``.
+@dataclass
+class Term:
+    label: str
+    weight: float
+    fn: Callable
+    format: str = "text"  # "text" | "conversational"
+    correctness: bool = False
 
-    format "conversational" hands the reward TRL's conversational shapes: each prompt as
+
+class RewardSet:
+    """The configured reward terms, scored in one call.
+
+    The correctness term (a registered verifier such as ``math_correct``, or a term with
+    ``correctness: true``) is scored first; its values reach every other term as the kwarg ``correct``
+    (list of 0/1 or None), so length terms can gate on correctness without re-running the verifier.
+    format "conversational" hands a term TRL's conversational shapes: each prompt as
     ``[{"role": "user", "content": question}]`` and each completion as ``[{"role": "assistant", "content": text}]``.
     """
 
-    def __init__(self, terms: Sequence[tuple]):
+    def __init__(self, terms: Sequence[Term | tuple]):
         if not terms:
             raise ValueError("RewardSet needs at least one reward term")
-        self.terms = [(t[0], t[1], t[2], t[3] if len(t) > 3 else "text") for t in terms]
+        self.terms = [t if isinstance(t, Term) else Term(*t) for t in terms]
+        if sum(t.correctness for t in self.terms) > 1:
+            raise ValueError("at most one reward term can be the correctness term, got "
+                             + ", ".join(t.label for t in self.terms if t.correctness))
 
     @classmethod
     def from_config(cls, reward_terms) -> RewardSet:
@@ -61,8 +76,13 @@ class RewardSet:
         for term in reward_terms:
             label = _term_label(term.name, taken)
             taken.add(label)
-            built.append((label, float(term.weight), build_reward(term.name, term.kwargs), term.format))
+            is_verifier = term.correctness or resolve_reward(term.name).correctness
+            built.append(Term(label, float(term.weight), build_reward(term.name, term.kwargs), term.format, is_verifier))
         return cls(built)
+
+    @property
+    def correctness_label(self) -> str | None:
+        return next((t.label for t in self.terms if t.correctness), None)
 
     def __call__(self, prompts: Sequence, completions: Sequence[str], completion_ids: Sequence,
                  columns: dict[str, list], **context) -> RewardValues:
@@ -74,15 +94,17 @@ class RewardSet:
         total = torch.zeros(n, dtype=torch.float32)
         chat_prompts = [[{"role": "user", "content": q}] for q in columns.get("question", prompts)]
         chat_completions = [[{"role": "assistant", "content": c}] for c in completions]
-        for label, weight, fn, fmt in self.terms:
-            if fmt == "conversational":
-                values = self._call_one(label, fn, chat_prompts, chat_completions, completion_ids, kwargs)
+        for term in sorted(self.terms, key=lambda t: not t.correctness):  # the verifier first
+            if term.format == "conversational":
+                values = self._call_one(term.label, term.fn, chat_prompts, chat_completions, completion_ids, kwargs)
             else:
-                values = self._call_one(label, fn, prompts, completions, completion_ids, kwargs)
+                values = self._call_one(term.label, term.fn, prompts, completions, completion_ids, kwargs)
+            if term.correctness:
+                kwargs["correct"] = values
             t = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
-            terms[label] = t
-            total += weight * torch.nan_to_num(t, nan=0.0)
-        return RewardValues(total=total, terms=terms)
+            terms[term.label] = t
+            total += term.weight * torch.nan_to_num(t, nan=0.0)
+        return RewardValues(total=total, terms={t.label: terms[t.label] for t in self.terms})
 
     @staticmethod
     def _call_one(label, fn, prompts, completions, completion_ids, kwargs) -> list:

@@ -20,6 +20,7 @@ class RewardEntry:
     obj: Callable
     factory: bool
     doc: str
+    correctness: bool = False  # its values are handed to the other terms as the `correct` kwarg
 
 
 _REGISTRY: dict[str, RewardEntry] = {}
@@ -30,14 +31,15 @@ def _first_line(obj: Any) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def register_reward(name: str, *, factory: bool = False) -> Callable:
+def register_reward(name: str, *, factory: bool = False, correctness: bool = False) -> Callable:
     """Decorator: ``@register_reward("my_reward")`` on a reward function, or with ``factory=True`` on a
-    function/class whose call with the config's ``kwargs`` returns the reward callable."""
+    function/class whose call with the config's ``kwargs`` returns the reward callable.
+    ``correctness=True`` marks a verifier: its 0/1 values reach the other terms as ``correct``."""
 
     def deco(obj: Callable) -> Callable:
         if name in _REGISTRY and _REGISTRY[name].obj is not obj:
             raise ValueError(f"reward name {name!r} is already registered to {_REGISTRY[name].obj!r}")
-        _REGISTRY[name] = RewardEntry(name, obj, factory, _first_line(obj))
+        _REGISTRY[name] = RewardEntry(name, obj, factory, _first_line(obj), correctness)
         return obj
 
     return deco
