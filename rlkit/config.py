@@ -94,6 +94,12 @@ class RewardTerm:
         "text", "completions as strings, or as [{'role': 'assistant', 'content': ...}] (TRL conversational rewards)")
 
 
+@dataclass
+class ShapingTerm:
+    name: str = opt("kimi", "group/batch shaper: a registered name (rlkit.rewards.shaping) or import path")
+    kwargs: dict = opt(help="keyword arguments for the shaper", factory=dict)
+
+
 def _default_rewards() -> list[RewardTerm]:
     return [RewardTerm("math_correct", 1.0), RewardTerm("boxed_format", 0.1)]
 
@@ -156,6 +162,8 @@ class Config:
     data: DataConfig = opt(help="prompt data", factory=DataConfig)
     rollout: RolloutConfig = opt(help="generation", factory=RolloutConfig)
     rewards: list = opt(help="reward terms: list of {name, weight, kwargs}", factory=_default_rewards)
+    shaping: list = opt(help="group/batch reward shaping applied in order after the terms: list of {name, kwargs}",
+                        factory=list)
     algorithm: AlgorithmConfig = opt(help="advantage and loss", factory=AlgorithmConfig)
     optim: OptimConfig = opt(help="optimizer", factory=OptimConfig)
     train: TrainConfig = opt(help="loop", factory=TrainConfig)
@@ -229,6 +237,11 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
             kwargs[name] = _build(tp, value, key + ".", source)
         elif cls is Config and name == "rewards":
             kwargs[name] = _build_rewards(value, source)
+        elif cls is Config and name == "shaping":
+            if not isinstance(value, list):
+                raise ConfigError(f"{source}: 'shaping' must be a list of {{name, kwargs}}, got {value!r}")
+            kwargs[name] = [_build(ShapingTerm, {"name": v} if isinstance(v, str) else v, f"shaping[{i}].", source)
+                            for i, v in enumerate(value)]
         else:
             kwargs[name] = _coerce(value, tp, key, source)
     return cls(**kwargs)
@@ -297,6 +310,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 def validate(cfg: Config, source: str = "config") -> None:
     """Cross-field checks and name resolution (rewards, advantage, loss) at parse time."""
     from rlkit.rewards.registry import resolve_reward
+    from rlkit.rewards.shaping import resolve_shaper
     from rlkit.trainers.advantages import resolve_advantage
     from rlkit.trainers.losses import resolve_loss
 
@@ -325,6 +339,11 @@ def validate(cfg: Config, source: str = "config") -> None:
             resolve_reward(term.name)
         except KeyError as e:
             raise ConfigError(f"{source}: rewards[{i}].name: {e.args[0]}") from None
+    for i, term in enumerate(cfg.shaping):
+        try:
+            resolve_shaper(term.name)
+        except KeyError as e:
+            raise ConfigError(f"{source}: shaping[{i}].name: {e.args[0]}") from None
     for key, resolver in (("advantage", resolve_advantage), ("loss", resolve_loss)):
         try:
             resolver(getattr(cfg.algorithm, key))

@@ -23,6 +23,7 @@ from rlkit.data import PromptSampler, load_prompt_sets
 from rlkit.logging import RunLogger
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
 from rlkit.rewards import RewardSet
+from rlkit.rewards.shaping import ShapingBatch, build_shaper
 from rlkit.rollout import SamplingSpec, make_engine
 from rlkit.rollout.weights import exported_weights
 from rlkit.trainers import checkpoint as ckpt
@@ -85,6 +86,7 @@ class Run:
     scheduler: object
     engine: object
     rewards: RewardSet
+    shapers: list
     accuracy_fn: object
     advantage_fn: object
     loss_fn: object
@@ -124,6 +126,7 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
     run = Run(
         cfg=cfg, acc=acc, run_dir=run_dir, tokenizer=tokenizer, prepared=prepared, ref_model=ref_model,
         optimizer=optimizer, scheduler=scheduler, engine=engine, rewards=RewardSet.from_config(cfg.rewards),
+        shapers=[(t.name.rsplit(":", 1)[-1], build_shaper(t.name, t.kwargs)) for t in cfg.shaping],
         accuracy_fn=accuracy_reward(cfg), advantage_fn=resolve_advantage(a.advantage),
         loss_fn=functools.partial(resolve_loss(a.loss), epsilon_low=a.epsilon_low, epsilon_high=a.epsilon_high,
                                   dual_clip=a.dual_clip, kl_coef=a.kl_coef),
@@ -138,6 +141,8 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
         state = ckpt.load_trainer_state(resume_path)
         run.start_step, run.before = state["step"], state.get("eval_before") or None
         run.sampler.load_state_dict(state["sampler"])
+        for (_, shaper), shaper_state in zip(run.shapers, state.get("shapers", [])):
+            shaper.load_state_dict(shaper_state)
         _sync_weights(engine, prepared, acc)
         engine.version = state["policy_version"]
         run.logger.console(f"resumed from {resume_path} at step {run.start_step}")
@@ -183,11 +188,9 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
                              num_tokens=[s.num_tokens for s in samples], step=step)
         t_reward = time.perf_counter() - t0
 
-        # 4. advantages over the whole step: gather rewards from all ranks, keep this rank's slice
-        group_ids = torch.tensor([rank * len(local) + s.group_id for s in samples])
-        all_rewards = acc.gather(values.total.to(acc.device)).cpu()
-        all_groups = acc.gather(group_ids.to(acc.device)).cpu()
-        advantages = run.advantage_fn(all_rewards, all_groups, a.scale)[rank * len(samples):(rank + 1) * len(samples)]
+        # 4. group/batch shaping and advantages over the whole step (gathered from all ranks); keep this rank's slice
+        shaped, shaping_metrics = _shape(run, acc, values, samples, rank * len(local), step)
+        advantages = run.advantage_fn(shaped.rewards, shaped.group_ids, a.scale)[rank * len(samples):(rank + 1) * len(samples)]
         batch = UpdateBatch.from_samples(samples, advantages, a.mask_truncated)
 
         # 5. old logprobs (only when the policy moves within the step) and reference logprobs
@@ -214,6 +217,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         # 8. metrics, sample completions, periodic eval and checkpoint
         metrics = _step_metrics(values, samples, sums, batch.mask, run.scheduler, acc, a.mu,
                                 t_rollout, t_reward, t_old, t_train, t_sync, engine.version)
+        metrics.update(shaping_metrics)
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
             t0 = time.perf_counter()
             result = evaluate(engine, run.eval_set.prompts, run.accuracy_fn, **eval_kw)
@@ -227,6 +231,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
             t0 = time.perf_counter()
             ckpt.save_checkpoint(run.run_dir, step + 1, acc, run.prepared, run.tokenizer, {
                 "step": step + 1, "policy_version": engine.version, "sampler": run.sampler.state_dict(),
+                "shapers": [shaper.state_dict() for _, shaper in run.shapers],
                 "eval_before": before, "world_size": world}, cfg.checkpoint.keep_last)
             metrics["time/checkpoint"] = time.perf_counter() - t0
         metrics["time/step"] = time.perf_counter() - t_step
@@ -249,6 +254,28 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         run.logger.console(eval_table({"before": before, "after": after}, len(run.eval_set.prompts), cfg.data.eval))
     run.logger.finish()
     return RunResult(run.run_dir, cfg.train.steps, before, after, metrics)
+
+
+def _shape(run: Run, acc, values, samples, group_offset: int, step: int):
+    """Gather the step's rewards, correctness, lengths and groups from all ranks; apply the shapers in order."""
+    def gather(t):
+        return acc.gather(t.to(acc.device)).cpu()
+
+    correct_label = run.rewards.correctness_label
+    correct = values.terms[correct_label] if correct_label else torch.full_like(values.total, float("nan"))
+    batch = ShapingBatch(
+        rewards=gather(values.total), correct=gather(correct),
+        lengths=gather(torch.tensor([float(s.num_tokens) for s in samples])),
+        truncated=gather(torch.tensor([float(s.finish_reason == "length") for s in samples])) > 0.5,
+        group_ids=gather(torch.tensor([group_offset + s.group_id for s in samples])), step=step)
+    metrics = {}
+    for name, shaper in run.shapers:
+        result = shaper(batch)
+        batch.rewards = result.rewards
+        metrics.update({f"shaping/{name}/{k}": v for k, v in result.metrics.items()})
+    if run.shapers:
+        metrics["reward/shaped_mean"] = float(batch.rewards.mean())
+    return batch, metrics
 
 
 def _progress(cfg, acc, start):

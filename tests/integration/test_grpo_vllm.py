@@ -159,6 +159,7 @@ def test_cli_train_end_to_end_and_resume(tiny_model_dir, tmp_path):
     common = [f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}", "--rollout.prompts_per_step=2",
               "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
               "--rewards=[{name: 'helpers:digit_fraction'}, {name: math_correct, weight: 0.5}]",
+              "--shaping=[{name: grpo_lambda, kwargs: {lam: 0.5}}, kimi]",
               "--checkpoint.every=1", "--checkpoint.keep_last=2", "--logging.progress=false"]
     proc = _rlkit("train", *common, "--train.steps=2", "--logging.report_to=[wandb]", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -170,7 +171,9 @@ def test_cli_train_end_to_end_and_resume(tiny_model_dir, tmp_path):
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert lines[0]["step"] == 0 and "eval/accuracy" in lines[0]
     assert [x["step"] for x in lines if "reward/mean" in x] == [1, 2]
-    assert {"reward/digit_fraction", "reward/math_correct", "accuracy"} <= set(lines[1])
+    assert {"reward/digit_fraction", "reward/math_correct", "accuracy", "reward/shaped_mean",
+            "shaping/kimi/bonus_mean"} <= set(lines[1])
+    assert lines[1]["shaping/grpo_lambda/switched_fraction"] == 0.5  # 1 of 2 groups
     assert (run / "completions.jsonl").exists() and (run / "eval_summary.json").exists()
     ck = run / "checkpoints" / "step_000002"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
@@ -187,7 +190,9 @@ def test_cli_train_end_to_end_and_resume(tiny_model_dir, tmp_path):
     assert [x["step"] for x in lines if "reward/mean" in x] == [1, 2, 3]
     assert [x["policy_version"] for x in lines if "reward/mean" in x] == [1, 2, 3]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002", "step_000003"]
-    assert json.loads((run / "checkpoints" / "step_000003" / "trainer_state.json").read_text())["sampler"]["position"] == 6
+    final = json.loads((run / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
+    assert final["sampler"]["position"] == 6
+    assert final["shapers"][0] == {"switched_total": 3, "groups_total": 6}  # controller state survived the restart
 
 
 def test_cli_rejects_unknown_reward_before_loading_anything(tmp_path):

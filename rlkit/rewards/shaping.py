@@ -1,0 +1,161 @@
+"""Group- and batch-level reward shaping (DESIGN rule 3, second layer; methods.md sec. 0 contract 1).
+
+A shaper sees the whole step at once, after the per-sample terms are combined:
+``shaper(batch: ShapingBatch) -> ShapingResult`` with the new per-sample rewards and its metrics.
+The trainer gathers the step from all data-parallel ranks first, so group and batch statistics are
+global. Shapers are configured as ``shaping: [{name, kwargs}]`` and applied in order. Controller state
+(statistics, schedules) is returned by ``state_dict()`` and saved with every checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from rlkit._registry import Registry
+
+SHAPERS = Registry("reward shaper")
+
+
+def resolve_shaper(name: str):
+    return SHAPERS.resolve(name)
+
+
+@dataclass
+class ShapingBatch:
+    """The whole step, [N] each; samples of a group share a group id."""
+
+    rewards: torch.Tensor  # combined per-sample reward (float32)
+    correct: torch.Tensor  # verifier 0/1, NaN where unknown or when the run has no correctness term
+    lengths: torch.Tensor  # completion tokens (float32)
+    truncated: torch.Tensor  # finish_reason == "length" (bool)
+    group_ids: torch.Tensor  # long
+    step: int
+
+
+@dataclass
+class ShapingResult:
+    rewards: torch.Tensor
+    metrics: dict = field(default_factory=dict)
+
+
+def _groups(group_ids: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.nonzero(group_ids == g).flatten() for g in torch.unique(group_ids)]
+
+
+def _need_correct(name: str, correct: torch.Tensor) -> None:
+    if torch.isnan(correct).all():
+        raise ValueError(f"shaper {name!r} needs a correctness term (e.g. math_correct) in `rewards`")
+
+
+def sigmoid_length_penalty(lengths: torch.Tensor, correct: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Arora & Zanette penalty for one group: alpha * sigmoid(z_i) for correct samples, 0 otherwise, with
+    z = (L - mean(L | correct)) / std(L | correct). z = 0 when fewer than 2 correct samples or std = 0
+    (methods.md sec. 1 default; deviates from LASER's code, which then applies the maximum penalty)."""
+    ok = correct >= 1
+    pen = torch.zeros_like(lengths)
+    if int(ok.sum()) == 0:
+        return pen
+    lc = lengths[ok]
+    std = lc.std() if lc.numel() >= 2 else torch.tensor(0.0)
+    z = (lc - lc.mean()) / std if float(std) > 0 else torch.zeros_like(lc)
+    pen[ok] = alpha * torch.sigmoid(z)
+    return pen
+
+
+class _Stateless:
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+@SHAPERS.register("efficient_reasoning")
+class EfficientReasoning(_Stateless):
+    """Arora & Zanette "Training Language Models to Reason Efficiently" (arXiv 2502.04463, eq. 4;
+    LASER Table 2): correct samples get r - alpha * sigmoid((L - mean_c) / std_c), statistics over the
+    group's correct samples; incorrect samples are unchanged. alpha in [0, 1), typically 0.05-0.4."""
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+
+    def __call__(self, b: ShapingBatch) -> ShapingResult:
+        _need_correct("efficient_reasoning", b.correct)
+        r = b.rewards.clone()
+        for idx in _groups(b.group_ids):
+            r[idx] -= sigmoid_length_penalty(b.lengths[idx], b.correct[idx], self.alpha)
+        return ShapingResult(r, {"penalty_mean": float((b.rewards - r).mean())})
+
+
+@SHAPERS.register("kimi")
+class KimiLength(_Stateless):
+    """Kimi k1.5 length reward (arXiv 2501.12599 sec. 2.3.3; LASER's compute_kimi_penalty):
+    lambda_i = 0.5 - (L_i - L_min) / (L_max - L_min) over the group (0 if all lengths are equal);
+    r += coef * lambda_i if correct, r += coef * min(0, lambda_i) if incorrect. coef 0.4 (LASER repo)."""
+
+    def __init__(self, coef: float = 0.4):
+        self.coef = coef
+
+    def __call__(self, b: ShapingBatch) -> ShapingResult:
+        _need_correct("kimi", b.correct)
+        r = b.rewards.clone()
+        for idx in _groups(b.group_ids):
+            L = b.lengths[idx]
+            span = float(L.max() - L.min())
+            lam = 0.5 - (L - L.min()) / span if span > 0 else torch.zeros_like(L)
+            ok = b.correct[idx] >= 1
+            r[idx] += self.coef * torch.where(ok, lam, lam.clamp(max=0.0))
+        return ShapingResult(r, {"bonus_mean": float((r - b.rewards).mean())})
+
+
+@SHAPERS.register("grpo_lambda")
+class GrpoLambda:
+    """GRPO-lambda (Dai, Liu, Si arXiv 2505.18086; methods.md sec. 1): groups with high correctness get the
+    Arora-Zanette length penalty r_i = R_i - alpha * sigmoid(z_i) (correct) / 0 (incorrect); the others keep
+    the plain 0/1 reward. mode="top_fraction": the top ceil(lam * B) groups by pass rate c_k (stable sort,
+    seeded random tie-break); mode="threshold": groups with c_k >= threshold. alpha is not given by the
+    paper; 0.2 is our default (Arora & Zanette use 0.05-0.4). Per-sample rewards are rebuilt from the
+    verifier, so other per-sample terms are dropped, as in the paper."""
+
+    def __init__(self, lam: float = 0.2, alpha: float = 0.2, mode: str = "top_fraction", threshold: float = 0.5,
+                 seed: int = 0):
+        if mode not in ("top_fraction", "threshold"):
+            raise ValueError(f"grpo_lambda: mode must be top_fraction or threshold, got {mode!r}")
+        if mode == "top_fraction" and not 0 < lam <= 1:
+            raise ValueError(f"grpo_lambda: lam must be in (0, 1], got {lam}")
+        self.lam, self.alpha, self.mode, self.threshold, self.seed = lam, alpha, mode, threshold, seed
+        self.switched_total, self.groups_total = 0, 0
+
+    def __call__(self, b: ShapingBatch) -> ShapingResult:
+        _need_correct("grpo_lambda", b.correct)
+        groups = _groups(b.group_ids)
+        correct = torch.nan_to_num(b.correct, nan=0.0)
+        rates = torch.tensor([float(correct[idx].mean()) for idx in groups])
+        if self.mode == "threshold":
+            chosen = set(torch.nonzero(rates >= self.threshold).flatten().tolist())
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + b.step)
+            tie = torch.rand(len(groups), generator=gen)
+            order = sorted(range(len(groups)), key=lambda k: (-float(rates[k]), float(tie[k])))
+            chosen = set(order[:math.ceil(self.lam * len(groups))])
+        r = correct.clone()
+        for k, idx in enumerate(groups):
+            if k in chosen:
+                r[idx] = correct[idx] - sigmoid_length_penalty(b.lengths[idx], correct[idx], self.alpha)
+        self.switched_total += len(chosen)
+        self.groups_total += len(groups)
+        return ShapingResult(r, {"switched_fraction": len(chosen) / max(len(groups), 1),
+                                 "switched_fraction_cumulative": self.switched_total / max(self.groups_total, 1)})
+
+    def state_dict(self) -> dict:
+        return {"switched_total": self.switched_total, "groups_total": self.groups_total}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.switched_total, self.groups_total = state["switched_total"], state["groups_total"]
+
+
+def build_shaper(name: str, kwargs: dict | None = None):
+    return resolve_shaper(name)(**(kwargs or {}))
