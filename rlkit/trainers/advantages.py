@@ -1,4 +1,6 @@
-"""Advantage estimators: pure functions ``fn(rewards [N], group_ids [N], scale) -> advantages [N]``.
+"""Advantage estimators: pure functions ``fn(rewards [N], group_ids [N], scale, lengths=None) -> advantages [N]``.
+
+``lengths`` [N] (completion tokens) is passed by the trainer for estimators that weight by tokens.
 
 Every sample of a group must be present (DESIGN "keep groups whole"). The trainer gathers the whole
 step's rewards across data-parallel ranks before calling, so "batch" statistics are global.
@@ -42,7 +44,8 @@ def _scaled(adv: torch.Tensor, rewards: torch.Tensor, group_std: torch.Tensor, s
 
 
 @ADVANTAGES.register("grpo")
-def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "group") -> torch.Tensor:
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "group",
+                    lengths: torch.Tensor | None = None) -> torch.Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath eq. 3): A_i = (r_i - mean_g(r)) / (std_g(r) + eps).
 
     scale="group": divide by the group's unbiased std (the paper); "batch": by the std of all rewards
@@ -54,7 +57,8 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str =
 
 
 @ADVANTAGES.register("dr_grpo")
-def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none") -> torch.Tensor:
+def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none",
+                       lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", eq. 3): A_i = r_i - mean_g(r).
 
     No std division whatever `scale` says; pair it with aggregation "seq-mean-token-sum-norm" to also
@@ -65,10 +69,31 @@ def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: st
 
 
 @ADVANTAGES.register("rloo")
-def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none") -> torch.Tensor:
+def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none",
+                    lengths: torch.Tensor | None = None) -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024, eq. 5): A_i = r_i - mean_{j != i} r_j = G/(G-1) * (r_i - mean_g(r)).
 
     `scale` "group"/"batch" additionally divide by the group / batch std, as in grpo.
     """
     mean, std, count = group_stats(rewards, group_ids)
     return _scaled((rewards - mean) * count / (count - 1).clamp(min=1), rewards, std, scale)
+
+
+@ADVANTAGES.register("batch_norm")
+def batch_norm_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none",
+                          lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch-normalised group baseline (DLER arXiv 2510.15110 eq. 3; REINFORCE++-baseline, verl's
+    reinforce_plus_plus_baseline): A_i = r_i - mean_g(r), then whitened over the whole step,
+    A_i <- (A_i - m) / sqrt(v + 1e-8), with token-weighted statistics (every response token counts once):
+    m = sum_i L_i A_i / sum_i L_i, v = sum_i L_i (A_i - m)^2 / (sum_i L_i - 1) (Bessel over tokens, as
+    verl's masked_whiten). `scale` is ignored; without `lengths` every sample weighs 1.
+    """
+    mean, _, _ = group_stats(rewards, group_ids)
+    adv = (rewards - mean).double()
+    w = torch.ones_like(adv) if lengths is None else lengths.double().clamp(min=0)
+    total = float(w.sum())
+    if total <= 1:
+        return torch.zeros_like(rewards)
+    m = (w * adv).sum() / total
+    v = (w * (adv - m) ** 2).sum() / (total - 1)
+    return ((adv - m) / torch.sqrt(v + 1e-8)).to(rewards.dtype)

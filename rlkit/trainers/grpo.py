@@ -190,7 +190,8 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
 
         # 4. group/batch shaping and advantages over the whole step (gathered from all ranks); keep this rank's slice
         shaped, shaping_metrics = _shape(run, acc, values, samples, rank * len(local), step)
-        advantages = run.advantage_fn(shaped.rewards, shaped.group_ids, a.scale)[rank * len(samples):(rank + 1) * len(samples)]
+        advantages = run.advantage_fn(shaped.rewards, shaped.group_ids, a.scale, lengths=shaped.lengths)
+        advantages = advantages[rank * len(samples):(rank + 1) * len(samples)]
         batch = UpdateBatch.from_samples(samples, advantages, a.mask_truncated)
 
         # 5. old logprobs (only when the policy moves within the step) and reference logprobs

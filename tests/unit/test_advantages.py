@@ -45,7 +45,7 @@ def test_groups_need_not_be_contiguous():
 def test_registry_resolution_and_errors():
     assert resolve_advantage("grpo") is grpo_advantages
     assert resolve_advantage("rlkit.trainers.advantages:rloo_advantages") is rloo_advantages
-    with pytest.raises(KeyError, match="valid: dr_grpo, grpo, rloo"):
+    with pytest.raises(KeyError, match="valid: batch_norm, dr_grpo, grpo, rloo"):
         resolve_advantage("nope")
 
 
@@ -58,3 +58,29 @@ def test_group_advantages_sum_to_zero_per_group(groups):
         adv = grpo_advantages(r, ids, scale)
         for i in range(len(groups)):
             assert abs(float(adv[ids == i].sum())) < 1e-6
+
+
+def test_batch_norm_hand_computed():
+    from rlkit.trainers.advantages import batch_norm_advantages
+
+    r = torch.tensor([1.0, 0.0, 1.0, 1.0])
+    g = torch.tensor([0, 0, 1, 1])
+    L = torch.tensor([1.0, 3.0, 2.0, 2.0])
+    # group baseline: A = [0.5, -0.5, 0, 0]; token-weighted mean m = (0.5 - 1.5) / 8 = -0.125
+    m = -0.125
+    v = (1 * (0.5 - m) ** 2 + 3 * (-0.5 - m) ** 2 + 4 * m**2) / 7
+    expected = (torch.tensor([0.5, -0.5, 0.0, 0.0]) - m) / math.sqrt(v + 1e-8)
+    assert torch.allclose(batch_norm_advantages(r, g, lengths=L), expected, atol=1e-6)
+    assert resolve_advantage("batch_norm") is batch_norm_advantages
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(-3, 3, allow_nan=False), st.integers(1, 300)), min_size=4, max_size=16))
+def test_batch_norm_has_zero_token_weighted_mean(samples):
+    from rlkit.trainers.advantages import batch_norm_advantages
+
+    r = torch.tensor([x for x, _ in samples], dtype=torch.float64)
+    L = torch.tensor([n for _, n in samples], dtype=torch.float64)
+    g = torch.arange(len(samples)) // 2
+    adv = batch_norm_advantages(r, g, lengths=L)
+    assert abs(float((adv * L).sum() / L.sum())) < 1e-6
