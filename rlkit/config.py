@@ -118,6 +118,10 @@ class AlgorithmConfig:
     mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)")
     minibatches: int = opt(1, "optimizer steps per pass over the rollout batch")
     mask_truncated: bool = opt(False, "drop completions that hit max_new_tokens from the loss")
+    dynamic_sampling: bool = opt(False, "drop groups whose filter metric has zero variance and generate more (DAPO)")
+    dynamic_sampling_metric: Literal["correct", "reward"] = opt(
+        "correct", "filter on the verifier (correct) or on the combined per-sample reward, before group shaping")
+    max_gen_rounds: int = opt(3, "dynamic sampling: generation rounds per step before padding with repeated groups")
 
 
 @dataclass
@@ -326,6 +330,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(cfg.algorithm.mu >= 1 and cfg.algorithm.minibatches >= 1, "'algorithm.mu' and 'algorithm.minibatches' must be >= 1")
     need(cfg.algorithm.dual_clip == 0 or cfg.algorithm.dual_clip > 1, "'algorithm.dual_clip' must be 0 (off) or > 1")
     need(cfg.optim.micro_batch_size >= 1, "'optim.micro_batch_size' must be >= 1")
+    need(cfg.algorithm.max_gen_rounds >= 1, "'algorithm.max_gen_rounds' must be >= 1")
     need(cfg.train.steps >= 0, "'train.steps' must be >= 0")
     need(cfg.checkpoint.keep_last >= 1, "'checkpoint.keep_last' must be >= 1")
     need(len(cfg.optim.betas) == 2, "'optim.betas' must have two numbers")
@@ -339,6 +344,10 @@ def validate(cfg: Config, source: str = "config") -> None:
             resolve_reward(term.name)
         except KeyError as e:
             raise ConfigError(f"{source}: rewards[{i}].name: {e.args[0]}") from None
+    if cfg.algorithm.dynamic_sampling and cfg.algorithm.dynamic_sampling_metric == "correct":
+        need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
+             "dynamic sampling on 'correct' needs a correctness term (e.g. math_correct) in `rewards`, "
+             "or set algorithm.dynamic_sampling_metric=reward")
     for i, term in enumerate(cfg.shaping):
         try:
             resolve_shaper(term.name)

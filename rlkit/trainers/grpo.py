@@ -8,6 +8,7 @@ config files); each process owns a colocated rollout engine and a disjoint slice
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -22,7 +23,7 @@ from rlkit.config import Config, save_config, to_dict
 from rlkit.data import PromptSampler, load_prompt_sets
 from rlkit.logging import RunLogger
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
-from rlkit.rewards import RewardSet
+from rlkit.rewards import RewardSet, RewardValues
 from rlkit.rewards.shaping import ShapingBatch, build_shaper
 from rlkit.rollout import SamplingSpec, make_engine
 from rlkit.rollout.weights import exported_weights
@@ -31,6 +32,7 @@ from rlkit.trainers.advantages import resolve_advantage
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.evaluate import accuracy_reward, eval_table, evaluate, length_stats
 from rlkit.trainers.losses import resolve_loss
+from rlkit.trainers.sampling import fill_quota, informative_groups
 from rlkit.trainers.update import UpdateBatch, score_all, update_policy
 
 
@@ -153,7 +155,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     """Run GRPO-family training as configured. ``resume``: None, "auto" or a checkpoint path."""
     # 0. set-up (and restore from a checkpoint), then the "before" column of the held-out table
     run = setup(cfg, resume)
-    acc, engine, a, G = run.acc, run.engine, cfg.algorithm, cfg.rollout.group_size
+    acc, engine, a = run.acc, run.engine, cfg.algorithm
     world, rank, pad_id = acc.num_processes, acc.process_index, run.tokenizer.pad_token_id
     eval_kw = dict(temperature=cfg.rollout.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                    seed=cfg.train.seed)
@@ -165,28 +167,9 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     bar = _progress(cfg, acc, run.start_step)
     for step in range(run.start_step, cfg.train.steps):
         t_step = time.perf_counter()
-        # 1. prompts: a global batch from the seeded sampler; this rank takes its slice
-        global_idx = run.sampler.next_batch(cfg.rollout.prompts_per_step * world)
-        local = [run.train_set.prompts[i] for i in global_idx[rank::world]]
-
-        # 2. rollout: G completions per prompt from the colocated engine (behaviour logprobs included)
-        t0 = time.perf_counter()
-        engine.wake()
-        spec = SamplingSpec(n=G, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                            top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
-                            seed=cfg.train.seed * 100_003 + step * 1009 + rank)
-        samples = engine.generate([p.ids for p in local], spec)
-        engine.sleep()
-        t_rollout = time.perf_counter() - t0
-
-        # 3. rewards: every term per sample, combined by weight (errors name the reward and sample)
-        t0 = time.perf_counter()
-        columns = {k: [local[s.group_id].columns.get(k) for s in samples] for k in local[0].columns}
-        values = run.rewards([local[s.group_id].text for s in samples], [s.text for s in samples],
-                             [s.completion_ids for s in samples], columns,
-                             finish_reason=[s.finish_reason for s in samples],
-                             num_tokens=[s.num_tokens for s in samples], step=step)
-        t_reward = time.perf_counter() - t0
+        # 1-3. prompts from the seeded sampler (this rank's slice), G completions each from the colocated
+        # engine, every reward term per sample; with dynamic sampling, rounds until the groups carry signal
+        local, samples, values, t_rollout, t_reward, sampling_metrics = _collect(run, step)
 
         # 4. group/batch shaping and advantages over the whole step (gathered from all ranks); keep this rank's slice
         shaped, shaping_metrics = _shape(run, acc, values, samples, rank * len(local), step)
@@ -219,6 +202,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         metrics = _step_metrics(values, samples, sums, batch.mask, run.scheduler, acc, a.mu,
                                 t_rollout, t_reward, t_old, t_train, t_sync, engine.version)
         metrics.update(shaping_metrics)
+        metrics.update(sampling_metrics)
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
             t0 = time.perf_counter()
             result = evaluate(engine, run.eval_set.prompts, run.accuracy_fn, **eval_kw)
@@ -255,6 +239,62 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         run.logger.console(eval_table({"before": before, "after": after}, len(run.eval_set.prompts), cfg.data.eval))
     run.logger.finish()
     return RunResult(run.run_dir, cfg.train.steps, before, after, metrics)
+
+
+def _generate_and_score(run: Run, step: int, n_prompts: int, round_idx: int):
+    cfg, acc = run.cfg, run.acc
+    world, rank = acc.num_processes, acc.process_index
+    global_idx = run.sampler.next_batch(n_prompts * world)
+    local = [run.train_set.prompts[i] for i in global_idx[rank::world]]
+    t0 = time.perf_counter()
+    run.engine.wake()
+    spec = SamplingSpec(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                        top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
+                        seed=cfg.train.seed * 100_003 + step * 1009 + round_idx * 101 + rank)
+    samples = run.engine.generate([p.ids for p in local], spec)
+    run.engine.sleep()
+    t_rollout = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    columns = {k: [local[s.group_id].columns.get(k) for s in samples] for k in local[0].columns}
+    values = run.rewards([local[s.group_id].text for s in samples], [s.text for s in samples],
+                         [s.completion_ids for s in samples], columns,
+                         finish_reason=[s.finish_reason for s in samples],
+                         num_tokens=[s.num_tokens for s in samples], step=step)
+    return local, samples, values, t_rollout, time.perf_counter() - t0
+
+
+def _collect(run: Run, step: int):
+    """Rollout + rewards for one step. With dynamic sampling, groups whose filter metric has zero variance
+    are dropped and more prompts are drawn (all ranks run the same rounds: the deficit is all-reduced),
+    up to max_gen_rounds; a short batch is padded by repeating informative groups."""
+    cfg, acc, a = run.cfg, run.acc, run.cfg.algorithm
+    quota = cfg.rollout.prompts_per_step
+    if not a.dynamic_sampling:
+        local, samples, values, t_rollout, t_reward = _generate_and_score(run, step, quota, 0)
+        return local, samples, values, t_rollout, t_reward, {}
+    kept, fallback, generated, rounds, t_rollout, t_reward = [], [], 0, 0, 0.0, 0.0
+    label = run.rewards.correctness_label
+    while rounds < a.max_gen_rounds:
+        need = int(acc.reduce(torch.tensor(quota - len(kept), device=acc.device), reduction="max"))
+        if need <= 0:
+            break
+        local, samples, values, tr, tw = _generate_and_score(run, step, need, rounds)
+        t_rollout, t_reward, rounds, generated = t_rollout + tr, t_reward + tw, rounds + 1, generated + len(local)
+        gids = torch.tensor([s.group_id for s in samples])
+        good = set(informative_groups(values.terms[label] if a.dynamic_sampling_metric == "correct" else values.total, gids))
+        for g, prompt in enumerate(local):
+            idx = [i for i, s in enumerate(samples) if s.group_id == g]
+            entry = (prompt, [samples[i] for i in idx], values.total[idx], {k: t[idx] for k, t in values.terms.items()})
+            (kept if g in good else fallback).append(entry)
+    informative = len(kept)
+    chosen, padded = fill_quota(kept, quota, fallback)
+    local = [e[0] for e in chosen]
+    samples = [dataclasses.replace(s, group_id=g) for g, e in enumerate(chosen) for s in e[1]]
+    values = RewardValues(total=torch.cat([e[2] for e in chosen]),
+                          terms={k: torch.cat([e[3][k] for e in chosen]) for k in values.terms})
+    metrics = {"sampling/rounds": rounds, "sampling/informative_fraction": informative / max(generated, 1),
+               "sampling/padded_groups": padded}
+    return local, samples, values, t_rollout, t_reward, metrics
 
 
 def _shape(run: Run, acc, values, samples, group_offset: int, step: int):

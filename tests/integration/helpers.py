@@ -12,3 +12,9 @@ def fails_at_step_two(prompts, completions, completion_ids, step, **kwargs):
     if step == 1:
         raise ValueError("reward backend unavailable")
     return [0.0] * len(completions)
+
+
+def even_answers_only(prompts, completions, completion_ids, answer, **kwargs):
+    """Varies with the completion for prompts whose gold answer is even; constant 0 for odd ones
+    (so those groups have zero variance and dynamic sampling must drop them)."""
+    return [(len(set(ids)) % 5) / 4 if float(a) % 2 == 0 else 0.0 for a, ids in zip(answer, completion_ids)]

@@ -115,8 +115,10 @@ def test_mu_minibatches_kl_and_dual_clip_run(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "algorithm.mu": 2, "algorithm.minibatches": 2, "algorithm.kl_coef": 0.1, "algorithm.dual_clip": 3.0,
         "algorithm.epsilon_high": 0.28, "algorithm.aggregation": "seq-mean-token-sum-norm",
-        "train.steps": 1, "train.eval_before": False})
+        "algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_metric": "reward",
+        "algorithm.advantage": "batch_norm", "train.steps": 1, "train.eval_before": False})
     m = train(cfg).last_metrics
+    assert m["sampling/rounds"] >= 1 and m["sampling/padded_groups"] >= 0
     assert m["loss/kl"] > 0  # the policy moved away from the reference within the step
     assert m["loss/ratio"] != 1.0
 
@@ -200,3 +202,20 @@ def test_cli_rejects_unknown_reward_before_loading_anything(tmp_path):
     assert proc.returncode == 2
     assert "unknown reward 'acuracy'; registered rewards: boxed_format, math_correct" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_dynamic_sampling_keeps_only_groups_with_signal(tiny_model_dir, tmp_path):
+    from rlkit.trainers.grpo import _collect, setup
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "rewards": [{"name": "helpers:even_answers_only"}], "algorithm.dynamic_sampling": True,
+        "algorithm.dynamic_sampling_metric": "reward", "algorithm.max_gen_rounds": 4, "rollout.prompts_per_step": 3})
+    run = setup(cfg)
+    local, samples, values, _, _, metrics = _collect(run, step=0)
+    assert len(local) == 3 and len(samples) == 3 * 4 and values.total.numel() == 12
+    assert [s.group_id for s in samples] == [g for g in range(3) for _ in range(4)]
+    for g, prompt in enumerate(local):
+        assert float(prompt.columns["answer"]) % 2 == 0  # odd-answer groups (zero variance) were dropped
+        r = values.total[g * 4:(g + 1) * 4]
+        assert float(r.max() - r.min()) > 0
+    assert 1 <= metrics["sampling/rounds"] <= 4 and metrics["sampling/informative_fraction"] < 1

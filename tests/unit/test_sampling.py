@@ -1,0 +1,42 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlkit.config import ConfigError, load_config
+from rlkit.trainers.sampling import fill_quota, informative_groups
+
+
+def test_informative_groups():
+    v = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5, float("nan"), 2.0])
+    g = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert informative_groups(v, g) == [1]  # group 3 has one known value
+
+
+def test_fill_quota_trims_pads_and_falls_back():
+    assert fill_quota(["a", "b", "c"], 2, []) == (["a", "b"], 0)
+    assert fill_quota(["a", "b"], 5, ["z"]) == (["a", "b", "a", "b", "a"], 3)
+    assert fill_quota([], 2, ["z", "y"]) == (["z", "y"], 2)
+    with pytest.raises(ValueError, match="no groups"):
+        fill_quota([], 1, [])
+
+
+def test_dynamic_sampling_on_correct_needs_a_verifier():
+    with pytest.raises(ConfigError, match="dynamic sampling on 'correct' needs a correctness term"):
+        load_config(overrides={"algorithm.dynamic_sampling": True, "rewards": [{"name": "boxed_format"}]})
+    load_config(overrides={"algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_metric": "reward",
+                           "rewards": [{"name": "boxed_format"}]})
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0.0, 0.5, 1.0]), min_size=2, max_size=4), min_size=1, max_size=8),
+       st.integers(1, 6))
+def test_dynamic_sampling_never_returns_a_zero_variance_group_when_any_has_signal(groups, quota):
+    v = torch.tensor([x for grp in groups for x in grp])
+    g = torch.tensor([i for i, grp in enumerate(groups) for _ in grp])
+    good = informative_groups(v, g)
+    bad = [i for i in range(len(groups)) if i not in good]
+    chosen, padded = fill_quota(good, quota, bad)
+    assert len(chosen) == quota
+    if good:
+        assert all(len(set(groups[i])) > 1 for i in chosen)
