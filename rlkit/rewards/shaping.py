@@ -159,3 +159,33 @@ class GrpoLambda:
 
 def build_shaper(name: str, kwargs: dict | None = None):
     return resolve_shaper(name)(**(kwargs or {}))
+
+
+@SHAPERS.register("da_dler")
+class DifficultyAwareTruncation(_Stateless):
+    """DA-DLER (DLER arXiv 2510.15110 sec. 4.3; methods.md sec. 2): per-question truncation length by pass rate.
+    p_q = group correctness ratio, measured on the rollouts before the tighter cap (methods.md default);
+    with thresholds d_1 < ... < d_n and lengths l_1 ... l_{n+1}, the question gets l_i for p_q in
+    [d_i, d_{i+1}) (d_0 = 0, d_{n+1} = inf). Responses longer than l(q), or truncated by the engine, get
+    reward `rho` (0). Paper: thresholds [0.5], lengths [4000, 2000] (hard questions keep 4000 tokens)."""
+
+    def __init__(self, thresholds=(0.5,), lengths=(4000, 2000), rho: float = 0.0):
+        self.thresholds, self.lengths, self.rho = list(thresholds), list(lengths), rho
+        if len(self.lengths) != len(self.thresholds) + 1:
+            raise ValueError(f"da_dler: need len(lengths) == len(thresholds) + 1, got {self.lengths} / {self.thresholds}")
+        if self.thresholds != sorted(self.thresholds):
+            raise ValueError(f"da_dler: thresholds must be ascending, got {self.thresholds}")
+
+    def cap_for(self, pass_rate: float) -> int:
+        return self.lengths[sum(pass_rate >= d for d in self.thresholds)]
+
+    def __call__(self, b: ShapingBatch) -> ShapingResult:
+        _need_correct("da_dler", b.correct)
+        r = b.rewards.clone()
+        correct = torch.nan_to_num(b.correct, nan=0.0)
+        caps = torch.zeros_like(b.lengths)
+        for idx in _groups(b.group_ids):
+            caps[idx] = float(self.cap_for(float(correct[idx].mean())))
+        cut = (b.lengths > caps) | b.truncated
+        r[cut] = self.rho
+        return ShapingResult(r, {"cut_fraction": float(cut.float().mean()), "cap_mean": float(caps.mean())})

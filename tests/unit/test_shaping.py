@@ -84,7 +84,7 @@ def test_shapers_need_a_correctness_term_and_bad_kwargs_fail():
 def test_config_shaping_section():
     cfg = load_config(overrides={"shaping": [{"name": "grpo_lambda", "kwargs": {"lam": 0.2}}, "kimi"]})
     assert [t.name for t in cfg.shaping] == ["grpo_lambda", "kimi"]
-    with pytest.raises(ConfigError, match=r"shaping\[0\]\.name: unknown reward shaper 'kimmi'; valid: efficient_reasoning, grpo_lambda, kimi"):
+    with pytest.raises(ConfigError, match=r"shaping\[0\]\.name: unknown reward shaper 'kimmi'; valid: da_dler, efficient_reasoning, grpo_lambda, kimi"):
         load_config(overrides={"shaping": ["kimmi"]})
 
 
@@ -100,3 +100,16 @@ def test_length_penalties_keep_correct_above_incorrect(samples):
         bad = [r for r, c in zip(out.tolist(), correct) if not c]
         if good and bad:
             assert min(good) > max(bad)
+
+
+def test_da_dler_tiers_by_pass_rate():
+    # g0: pass rate 0.75 -> cap 20; g1: pass rate 0.25 -> cap 40
+    b = batch([1, 1, 1, 0, 1, 0, 0, 0], [10, 25, 20, 5, 35, 45, 10, 10], [0] * 4 + [1] * 4)
+    b.truncated[6] = True
+    out = build_shaper("da_dler", {"thresholds": [0.5], "lengths": [40, 20]})(b)
+    assert out.rewards.tolist() == [1, 0, 1, 0, 1, 0, 0, 0]  # 25 > 20 is cut in the easy group; 35 <= 40 kept
+    assert out.metrics["cut_fraction"] == pytest.approx(3 / 8)  # index 1, 5 (45 > 40) and the truncated 6
+    tiers = build_shaper("da_dler", {"thresholds": [0.3, 0.7], "lengths": [300, 200, 100]})
+    assert [tiers.cap_for(p) for p in (0.0, 0.3, 0.5, 0.7, 1.0)] == [300, 200, 200, 100, 100]
+    with pytest.raises(ValueError, match="len\\(lengths\\) == len\\(thresholds\\) \\+ 1"):
+        build_shaper("da_dler", {"thresholds": [0.5], "lengths": [1]})
