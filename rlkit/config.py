@@ -108,7 +108,8 @@ def _default_rewards() -> list[RewardTerm]:
 class AlgorithmConfig:
     advantage: str = opt("grpo", "advantage estimator: a registered name (see rlkit.trainers.advantages) or import path")
     scale: Literal["group", "batch", "none"] = opt("group", "divide advantages by the group std, the batch std, or nothing")
-    loss: str = opt("ppo_clip", "policy loss: a registered name or import path")
+    loss: str = opt("ppo_clip", "policy loss: ppo_clip, kl_cov, drpo, or an import path")
+    loss_kwargs: dict = opt(help="extra options of the loss (e.g. drpo: lam, tau, beta, delta)", factory=dict)
     epsilon_low: float = opt(0.2, "PPO clip range below 1")
     epsilon_high: float = opt(0.2, "PPO clip range above 1 (DAPO clip-higher uses 0.28)")
     dual_clip: float = opt(0.0, "dual-clip constant c > 1 for negative advantages (0 = off)")
@@ -358,6 +359,18 @@ def validate(cfg: Config, source: str = "config") -> None:
             resolver(getattr(cfg.algorithm, key))
         except KeyError as e:
             raise ConfigError(f"{source}: algorithm.{key}: {e.args[0]}") from None
+    from rlkit.trainers.losses import build_loss, needs_whole_groups
+
+    try:
+        loss = build_loss(cfg.algorithm, cfg.rollout.max_new_tokens)
+    except KeyError as e:
+        raise ConfigError(f"{source}: algorithm.loss_kwargs: {e.args[0]}") from None
+    if needs_whole_groups(loss):
+        need(cfg.rollout.prompts_per_step % cfg.algorithm.minibatches == 0,
+             f"loss {cfg.algorithm.loss!r} keeps groups whole: 'algorithm.minibatches' must divide "
+             f"'rollout.prompts_per_step' ({cfg.rollout.prompts_per_step})")
+        need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
+             f"loss {cfg.algorithm.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -31,7 +31,7 @@ from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.advantages import resolve_advantage
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.evaluate import accuracy_reward, eval_table, evaluate, length_stats
-from rlkit.trainers.losses import resolve_loss
+from rlkit.trainers.losses import build_loss
 from rlkit.trainers.sampling import fill_quota, informative_groups
 from rlkit.trainers.update import UpdateBatch, score_all, update_policy
 
@@ -130,8 +130,7 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
         optimizer=optimizer, scheduler=scheduler, engine=engine, rewards=RewardSet.from_config(cfg.rewards),
         shapers=[(t.name.rsplit(":", 1)[-1], build_shaper(t.name, t.kwargs)) for t in cfg.shaping],
         accuracy_fn=accuracy_reward(cfg), advantage_fn=resolve_advantage(a.advantage),
-        loss_fn=functools.partial(resolve_loss(a.loss), epsilon_low=a.epsilon_low, epsilon_high=a.epsilon_high,
-                                  dual_clip=a.dual_clip, kl_coef=a.kl_coef),
+        loss_fn=build_loss(a, cfg.rollout.max_new_tokens),
         train_set=train_set, eval_set=eval_set,
         sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
@@ -176,6 +175,8 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         advantages = run.advantage_fn(shaped.rewards, shaped.group_ids, a.scale, lengths=shaped.lengths)
         advantages = advantages[rank * len(samples):(rank + 1) * len(samples)]
         batch = UpdateBatch.from_samples(samples, advantages, a.mask_truncated)
+        if run.rewards.correctness_label:
+            batch.correct = values.terms[run.rewards.correctness_label]
 
         # 5. old logprobs (only when the policy moves within the step) and reference logprobs
         t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import torch
 
 from rlkit.rollout.base import Sample
 from rlkit.trainers.batch import collate, micro_batches, to_completion_space
-from rlkit.trainers.losses import LossInputs, aggregation_denominator, aggregation_weights
+from rlkit.trainers.losses import LossInputs, aggregation_denominator, aggregation_weights, needs_whole_groups
 
 
 @dataclass
@@ -27,6 +27,7 @@ class UpdateBatch:
     behaviour: torch.Tensor  # [N, C] rollout-engine logprobs
     old_logprobs: torch.Tensor | None = None  # [N, C]; None -> the ratio is taken against the current policy
     ref_logprobs: torch.Tensor | None = None  # [N, C]; None -> no KL term
+    correct: torch.Tensor | None = None  # [N] verifier values, for sequence-level losses (DRPO)
 
     @classmethod
     def from_samples(cls, samples: list[Sample], advantages: torch.Tensor, mask_truncated: bool) -> UpdateBatch:
@@ -36,6 +37,22 @@ class UpdateBatch:
         mask = to_completion_space([[1.0] * s.num_tokens for s in samples], cmax) * keep[:, None]
         behaviour = to_completion_space([s.logprobs for s in samples], cmax)
         return cls(samples, advantages, mask, behaviour)
+
+
+def unit_chunks(unit_sizes: list[int], max_rows: int) -> list[list[int]]:
+    """Consecutive units packed into micro-batches of at most `max_rows` rows (a larger unit goes alone).
+    Returns row positions (into the concatenated units)."""
+    chunks, current, pos = [], [], 0
+    for size in unit_sizes:
+        rows = list(range(pos, pos + size))
+        pos += size
+        if current and len(current) + size > max_rows:
+            chunks.append(current)
+            current = []
+        current = current + rows
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 @torch.no_grad()
@@ -64,20 +81,30 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
     Returns token-sums of the loss statistics, entropy and vLLM-vs-trainer mismatch, and grad norms.
     """
     a, world = algorithm, acc.num_processes
-    n = len(batch.samples)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    minibatch_rows = [order[i::a.minibatches] for i in range(a.minibatches)]
+    # units that stay together: single samples, or whole groups for sequence-level losses (DRPO)
+    if needs_whole_groups(loss_fn):
+        by_group: dict[int, list[int]] = {}
+        for i, smp in enumerate(batch.samples):
+            by_group.setdefault(smp.group_id, []).append(i)
+        units = list(by_group.values())
+    else:
+        units = [[i] for i in range(len(batch.samples))]
+    random.Random(seed).shuffle(units)
+    minibatch_units = [units[i::a.minibatches] for i in range(a.minibatches)]
+    group_ids = torch.tensor([smp.group_id for smp in batch.samples])
     sums = {"clip_frac": 0.0, "ratio": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "mismatch": 0.0,
             "mismatch_tokens": 0.0}
     grad_norms = []
     prepared.train()
     for epoch in range(a.mu):
-        for mb_index, rows in enumerate(minibatch_rows):
+        for mb_index, mb_units in enumerate(minibatch_units):
+            rows = [i for unit in mb_units for i in unit]
             denom = aggregation_denominator(batch.mask[rows], a.aggregation, max_new_tokens)
             denom = float(acc.reduce(torch.tensor(denom, device=acc.device), reduction="sum"))
             weights = aggregation_weights(batch.mask[rows], a.aggregation, denom) * world
-            micro = micro_batches(list(range(len(rows))), micro_batch_size)
+            n_groups = float(acc.reduce(torch.tensor(float(len(set(group_ids[rows].tolist()))), device=acc.device),
+                                        reduction="sum"))
+            micro = unit_chunks([len(u) for u in mb_units], micro_batch_size)
             for k, mrows in enumerate(micro):
                 idx = [rows[j] for j in mrows]
                 mb = collate([batch.samples[i] for i in idx], pad_id).to(acc.device)
@@ -91,7 +118,10 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
                     out = loss_fn(LossInputs(
                         logprobs=lp, old_logprobs=old, advantages=batch.advantages[idx].to(acc.device),
                         mask=batch.mask[idx, :width].to(acc.device),
-                        token_weights=weights[mrows, :width].to(acc.device), ref_logprobs=ref))
+                        token_weights=weights[mrows, :width].to(acc.device), ref_logprobs=ref,
+                        group_ids=group_ids[idx].to(acc.device),
+                        correct=batch.correct[idx].to(acc.device) if batch.correct is not None else None,
+                        group_scale=world / max(n_groups, 1.0)))
                     acc.backward(out.loss)
                 if epoch == 0:  # first pass: entropy of every sample; mismatch before any update
                     real = mb.completion_mask

@@ -18,3 +18,8 @@ def even_answers_only(prompts, completions, completion_ids, answer, **kwargs):
     """Varies with the completion for prompts whose gold answer is even; constant 0 for odd ones
     (so those groups have zero variance and dynamic sampling must drop them)."""
     return [(len(set(ids)) % 5) / 4 if float(a) % 2 == 0 else 0.0 for a, ids in zip(answer, completion_ids)]
+
+
+def parity_verifier(prompts, completions, completion_ids, **kwargs):
+    """A stand-in verifier (0/1) that a random model passes about half the time."""
+    return [float(len(set(ids)) % 2) for ids in completion_ids]

@@ -219,3 +219,16 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tiny_model_dir, tmp_path
         r = values.total[g * 4:(g + 1) * 4]
         assert float(r.max() - r.min()) > 0
     assert 1 <= metrics["sampling/rounds"] <= 4 and metrics["sampling/informative_fraction"] < 1
+
+
+def test_drpo_trains_on_whole_groups(tiny_model_dir, tmp_path):
+    from rlkit.trainers.grpo import train
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "rewards": [{"name": "helpers:parity_verifier", "correctness": True}], "algorithm.loss": "drpo",
+        "algorithm.loss_kwargs": {"beta": 10.0, "delta": 0.0}, "algorithm.minibatches": 2,
+        "optim.micro_batch_size": 3, "rollout.prompts_per_step": 4, "train.steps": 1, "train.eval_before": False,
+        "train.eval_after": False})
+    m = train(cfg).last_metrics
+    assert m["optim/grad_norm"] > 0
+    assert m["loss/kl"] != 0  # the second minibatch is scored against the recomputed old policy

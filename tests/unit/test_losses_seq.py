@@ -1,0 +1,106 @@
+"""DRPO, KL-Cov and group-aligned micro-batching (methods.md sec. 3 and 6)."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlkit.config import AlgorithmConfig, ConfigError, load_config
+from rlkit.trainers.losses import (
+    LossInputs,
+    build_loss,
+    drpo_loss,
+    drpo_weights,
+    kl_cov_loss,
+    needs_whole_groups,
+)
+from rlkit.trainers.update import unit_chunks
+
+
+def drpo_inputs(logp, mask, correct, groups, old=None, scale=1.0):
+    logp = torch.tensor(logp, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor(mask, dtype=torch.float64)
+    return LossInputs(logprobs=logp, old_logprobs=logp.detach().clone() if old is None else torch.tensor(old, dtype=torch.float64),
+                      advantages=torch.zeros(len(correct), dtype=torch.float64), mask=mask, token_weights=mask,
+                      group_ids=torch.tensor(groups), correct=torch.tensor(correct, dtype=torch.float64),
+                      group_scale=scale)
+
+
+def test_drpo_hand_computed_value_and_gradient():
+    # s = [-1, -3, -0.5]; equal positive lengths -> w = 0.5 each; one negative -> neg term = s_neg
+    inp = drpo_inputs([[-1.0, -1.0], [-2.0, -4.0], [-0.5, -9.0]], [[1, 1], [1, 1], [1, 0]], [1, 1, 0], [0, 0, 0])
+    out = drpo_loss(inp, max_len=4, tau=10.0)
+    assert out.loss.item() == pytest.approx(-((0.5 * -1 + 0.5 * -3) - (-0.5)))
+    out.loss.backward()
+    g = inp.logprobs.grad
+    assert g[0].tolist() == pytest.approx([-0.25, -0.25])  # -w / |o|
+    assert g[2].tolist() == pytest.approx([1.0, 0.0])  # softmax over one negative = 1, / |o| = 1
+    assert out.stats["mixed_groups"].item() == 1
+
+
+def test_drpo_length_weights_and_unmixed_groups():
+    # positives of length 1 and 3 (C = 4): r_l = 0.75, 0.25; lambda = 0.1 -> w0 = 1 / (1 + e^-5)
+    w = drpo_weights(torch.tensor([0.75, 0.25, 0.5]), torch.tensor([1.0, 1.0, 0.0]), lam=0.1)
+    assert w.tolist() == pytest.approx([1 / (1 + math.exp(-5)), 1 / (1 + math.exp(5)), 0.0])
+    # an all-correct group and a mixed one: the all-correct group adds nothing but counts in group_scale
+    inp = drpo_inputs([[-1.0], [-2.0], [-1.0], [-3.0]], [[1], [1], [1], [1]], [1, 1, 1, 0], [0, 0, 1, 1], scale=0.5)
+    out = drpo_loss(inp, max_len=4)
+    assert out.loss.item() == pytest.approx(-0.5 * (-1.0 - (-3.0)))
+    with pytest.raises(ValueError, match="needs group_ids and correct"):
+        drpo_loss(LossInputs(inp.logprobs, inp.old_logprobs, inp.advantages, inp.mask, inp.mask), max_len=4)
+
+
+def test_drpo_kl_penalty_only_beyond_delta():
+    old = [[-1.0], [-1.0]]
+    near = drpo_inputs([[-1.0], [-1.0 + 1e-6]], [[1], [1]], [1, 1], [0, 0], old=old)  # KL ~ 5e-7 < delta
+    assert drpo_loss(near, max_len=4, delta=1e-4).loss.item() == 0.0
+    far = drpo_inputs([[-1.5], [-1.5]], [[1], [1]], [1, 1], [0, 0], old=old)  # KL = 0.5
+    assert drpo_loss(far, max_len=4, beta=2.0, delta=0.1).loss.item() == pytest.approx(2.0 * 0.4 * 0.5 * 1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.sampled_from([0.0, 1.0])), min_size=1, max_size=10),
+       st.floats(0.01, 10))
+def test_drpo_weights_are_a_distribution_over_positives(samples, lam):
+    rl = torch.tensor([x for x, _ in samples], dtype=torch.float64)
+    c = torch.tensor([y for _, y in samples], dtype=torch.float64)
+    w = drpo_weights(rl, c, lam)
+    assert torch.all(w >= 0)
+    assert torch.all(w[c == 0] == 0)  # incorrect answers never enter the weights
+    if (c == 1).any():
+        assert float(w[c == 1].sum()) == pytest.approx(1.0)
+
+
+def test_kl_cov_penalises_only_the_top_covariance_tokens():
+    logp = torch.tensor([[-0.1, -2.0], [-1.0, -3.0]], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([[-0.3, -2.0], [-1.0, -2.5]], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.float64)
+    inp = LossInputs(logp, old, torch.tensor([1.0, -1.0], dtype=torch.float64), mask, mask / 4)
+    out = kl_cov_loss(inp, kl_cov_ratio=0.25, ppo_kl_coef=1.0)  # k = 1 of 4 tokens
+    # cov = (A - 0)(logp - (-1.525)) = [1.425, -0.475, -0.525, 1.475]: token (1,1) is the top one,
+    # so it alone gets + |logp - old| = 0.5
+    ratio = torch.exp(logp.detach() - old)
+    base = (-torch.tensor([[1.0, 1.0], [-1.0, -1.0]], dtype=torch.float64) * ratio).sum() / 4
+    assert out.loss.item() == pytest.approx(float(base) + 0.5 / 4)
+    assert out.stats["kl_cov_frac"].item() == 1
+
+
+def test_build_loss_binds_config_and_checks_kwargs():
+    fn = build_loss(AlgorithmConfig(loss="drpo", loss_kwargs={"lam": 0.5}), max_new_tokens=64)
+    assert needs_whole_groups(fn) and fn.keywords == {"max_len": 64, "lam": 0.5}
+    assert not needs_whole_groups(build_loss(AlgorithmConfig(), 64))
+    with pytest.raises(ConfigError, match="algorithm.loss_kwargs: loss 'drpo' has no option 'lambda'; valid: max_len, lam, tau"):
+        load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lambda": 0.1}})
+    with pytest.raises(ConfigError, match="'algorithm.minibatches' must divide 'rollout.prompts_per_step'"):
+        load_config(overrides={"algorithm.loss": "drpo", "algorithm.minibatches": 4, "rollout.prompts_per_step": 6,
+                               "rollout.group_size": 2})
+    with pytest.raises(ConfigError, match="loss 'drpo' needs a correctness term"):
+        load_config(overrides={"algorithm.loss": "drpo", "rewards": [{"name": "boxed_format"}]})
+
+
+def test_unit_chunks_keep_units_whole():
+    assert unit_chunks([4, 4, 4], 6) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert unit_chunks([1, 1, 1], 2) == [[0, 1], [2]]
+    assert unit_chunks([2, 2, 8], 4) == [[0, 1, 2, 3], list(range(4, 12))]
