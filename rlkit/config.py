@@ -287,22 +287,55 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Defaults <- YAML file <- overrides; validates every key, choice and registered name."""
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def list_recipes() -> list[tuple[str, str, str]]:
+    """(name, description, paper) of every built-in recipe, from each file's first comment line."""
+    out = []
+    for p in sorted(RECIPES_DIR.glob("*.yaml")):
+        first = p.read_text().splitlines()[0].lstrip("# ").strip()
+        desc, _, paper = first.partition(" | ")
+        out.append((p.stem, desc, paper))
+    return out
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                recipes: list[str] | None = None) -> Config:
+    """Defaults <- recipes (in order) <- YAML file <- overrides; validates every key, choice and name.
+    Mappings merge key by key; lists (rewards, shaping) are replaced by the later source."""
     raw: dict = {}
     source = "defaults"
+    for name in recipes or []:
+        rpath = RECIPES_DIR / f"{name}.yaml"
+        if not rpath.exists():
+            raise ConfigError(f"unknown recipe {name!r}; valid: {', '.join(r[0] for r in list_recipes())}")
+        raw = _deep_merge(raw, _read_yaml(rpath))
+        source = f"recipe {name}"
     if path is not None:
         source = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e}") from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        raw = _deep_merge(raw, _read_yaml(Path(path)))
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         set_dotted(raw, key, value)
