@@ -126,6 +126,20 @@ class AlgorithmConfig:
 
 
 @dataclass
+class BudgetConfig:
+    schedule: Literal["none", "exponential", "steps", "linear"] = opt(
+        "none", "token-budget curriculum (Train Long, Think Short): none, exponential, steps or linear")
+    initial: int = opt(256, "budget B0 at step 0")
+    final: int = opt(87, "final budget (steps and linear schedules)")
+    gamma: float = opt(0.7, "exponential: factor applied every `every` steps")
+    every: int = opt(150, "exponential: decay interval in steps")
+    decays: int = opt(3, "steps/linear: number of decay points spread over train.steps")
+    inject: bool = opt(True, "append the budget sentence to every training prompt")
+    template: str = opt("IMPORTANT: You should use exactly {budget} tokens in your response.",
+                        "the injected sentence; {budget} is replaced by the current budget")
+
+
+@dataclass
 class OptimConfig:
     lr: float = opt(2e-6, "peak learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -170,6 +184,7 @@ class Config:
     shaping: list = opt(help="group/batch reward shaping applied in order after the terms: list of {name, kwargs}",
                         factory=list)
     algorithm: AlgorithmConfig = opt(help="advantage and loss", factory=AlgorithmConfig)
+    budget: BudgetConfig = opt(help="token-budget curriculum", factory=BudgetConfig)
     optim: OptimConfig = opt(help="optimizer", factory=OptimConfig)
     train: TrainConfig = opt(help="loop", factory=TrainConfig)
     checkpoint: CheckpointConfig = opt(help="checkpoints", factory=CheckpointConfig)
@@ -371,6 +386,10 @@ def validate(cfg: Config, source: str = "config") -> None:
     n_seq = cfg.rollout.group_size * cfg.rollout.prompts_per_step
     need(n_seq % cfg.algorithm.minibatches == 0,
          f"'algorithm.minibatches' ({cfg.algorithm.minibatches}) must divide the {n_seq} sequences of a step")
+    from rlkit.rewards.curriculum import check as check_budget
+
+    problem = check_budget(cfg.budget)
+    need(problem is None, str(problem))
     bad_sinks = [s for s in cfg.logging.report_to if s not in ("wandb",)]
     need(not bad_sinks, f"'logging.report_to' has unknown sink {bad_sinks}; valid: wandb")
     for i, term in enumerate(cfg.rewards):

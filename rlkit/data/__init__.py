@@ -122,28 +122,32 @@ class PromptSet:
     source: str = ""
 
 
+def make_prompt(row: dict, tokenizer, data_cfg, extra: str = "") -> Prompt:
+    """Chat-template one row: optional system prompt, then question + suffix (+ `extra`, e.g. a budget)."""
+    content = " ".join(x for x in (row["question"].strip(), data_cfg.prompt_suffix, extra) if x)
+    messages = ([{"role": "system", "content": data_cfg.system_prompt}] if data_cfg.system_prompt else [])
+    messages.append({"role": "user", "content": content})
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = content + "\n"
+    return Prompt(ids=tokenizer(text, add_special_tokens=False)["input_ids"], text=text, columns=row)
+
+
 def build_prompts(rows: list[dict], tokenizer, data_cfg, *, source: str = "") -> PromptSet:
     """Apply the chat template (system prompt optional, question + suffix) and tokenise; prompts over
     ``max_prompt_tokens`` are skipped and counted, or raise with the row's location (on_long_prompt)."""
     prompts, skipped = [], 0
     for row in rows:
-        content = row["question"].strip()
-        if data_cfg.prompt_suffix:
-            content = f"{content} {data_cfg.prompt_suffix}"
-        messages = ([{"role": "system", "content": data_cfg.system_prompt}] if data_cfg.system_prompt else [])
-        messages.append({"role": "user", "content": content})
-        if getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = content + "\n"
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt = make_prompt(row, tokenizer, data_cfg)
+        ids = prompt.ids
         if len(ids) > data_cfg.max_prompt_tokens:
             if data_cfg.on_long_prompt == "error":
                 raise DataError(f"{row['source']}: prompt has {len(ids)} tokens, over "
                                 f"data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
             skipped += 1
             continue
-        prompts.append(Prompt(ids=ids, text=text, columns=row))
+        prompts.append(prompt)
     if not prompts:
         raise DataError(f"{source}: every prompt was longer than data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
     return PromptSet(prompts, skipped, source)

@@ -20,10 +20,11 @@ from pathlib import Path
 import torch
 
 from rlkit.config import Config, save_config, to_dict
-from rlkit.data import PromptSampler, load_prompt_sets
+from rlkit.data import PromptSampler, load_prompt_sets, make_prompt
 from rlkit.logging import RunLogger
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
 from rlkit.rewards import RewardSet, RewardValues
+from rlkit.rewards.curriculum import budget_at
 from rlkit.rewards.shaping import ShapingBatch, build_shaper
 from rlkit.rollout import SamplingSpec, make_engine
 from rlkit.rollout.weights import exported_weights
@@ -204,6 +205,8 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
                                 t_rollout, t_reward, t_old, t_train, t_sync, engine.version)
         metrics.update(shaping_metrics)
         metrics.update(sampling_metrics)
+        if cfg.budget.schedule != "none":
+            metrics["budget/current"] = budget_at(cfg.budget, step, cfg.train.steps)
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
             t0 = time.perf_counter()
             result = evaluate(engine, run.eval_set.prompts, run.accuracy_fn, **eval_kw)
@@ -247,6 +250,10 @@ def _generate_and_score(run: Run, step: int, n_prompts: int, round_idx: int):
     world, rank = acc.num_processes, acc.process_index
     global_idx = run.sampler.next_batch(n_prompts * world)
     local = [run.train_set.prompts[i] for i in global_idx[rank::world]]
+    budget = budget_at(cfg.budget, step, cfg.train.steps)
+    if budget is not None:  # curriculum: the budget goes into the prompt text and the `budget` column
+        extra = cfg.budget.template.format(budget=budget) if cfg.budget.inject else ""
+        local = [make_prompt({**p.columns, "budget": budget}, run.tokenizer, cfg.data, extra) for p in local]
     t0 = time.perf_counter()
     run.engine.wake()
     spec = SamplingSpec(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,

@@ -23,3 +23,8 @@ def even_answers_only(prompts, completions, completion_ids, answer, **kwargs):
 def parity_verifier(prompts, completions, completion_ids, **kwargs):
     """A stand-in verifier (0/1) that a random model passes about half the time."""
     return [float(len(set(ids)) % 2) for ids in completion_ids]
+
+
+def mentions_budget(prompts, completions, completion_ids, budget, **kwargs):
+    """1.0 when the prompt text carries the sample's budget sentence (curriculum injection check)."""
+    return [1.0 if f"use exactly {b} tokens" in p else 0.0 for p, b in zip(prompts, budget)]

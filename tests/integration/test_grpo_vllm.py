@@ -232,3 +232,18 @@ def test_drpo_trains_on_whole_groups(tiny_model_dir, tmp_path):
     m = train(cfg).last_metrics
     assert m["optim/grad_norm"] > 0
     assert m["loss/kl"] != 0  # the second minibatch is scored against the recomputed old policy
+
+
+def test_curriculum_budget_reaches_prompts_and_rewards(tiny_model_dir, tmp_path):
+    from rlkit.trainers.grpo import train
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "rewards": [{"name": "helpers:mentions_budget"}, {"name": "budget_triangular"}, {"name": "helpers:digit_fraction"}],
+        "budget.schedule": "exponential", "budget.initial": 16, "budget.gamma": 0.5, "budget.every": 1,
+        "data.max_prompt_tokens": 400, "train.eval_before": False, "train.eval_after": False})
+    train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["budget/current"] for m in lines] == [16, 8]
+    assert [m["reward/mentions_budget"] for m in lines] == [1.0, 1.0]
+    # all completions are 24 tokens: triangular reward 0.5 at budget 16 (24 in (16, 32]), 0 at budget 8 (24 > 16)
+    assert [m["reward/budget_triangular"] for m in lines] == [pytest.approx(0.5), 0.0]
