@@ -140,6 +140,14 @@ class BudgetConfig:
 
 
 @dataclass
+class DotConfig:
+    enabled: bool = opt(False, "DOT: truncate length outliers inside all-correct groups and re-score them")
+    alpha: float = opt(3.0, "cutoff T = floor(mean + alpha * std) of the group's lengths")
+    margin: float = opt(32, "truncate when L - T >= margin tokens (0 < margin < 1: a fraction of L, at least 16)")
+    success_threshold: float = opt(1.0, "apply to groups whose pass rate is at least this")
+
+
+@dataclass
 class OptimConfig:
     lr: float = opt(2e-6, "peak learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -185,6 +193,7 @@ class Config:
                         factory=list)
     algorithm: AlgorithmConfig = opt(help="advantage and loss", factory=AlgorithmConfig)
     budget: BudgetConfig = opt(help="token-budget curriculum", factory=BudgetConfig)
+    dot: DotConfig = opt(help="dynamic outlier truncation", factory=DotConfig)
     optim: OptimConfig = opt(help="optimizer", factory=OptimConfig)
     train: TrainConfig = opt(help="loop", factory=TrainConfig)
     checkpoint: CheckpointConfig = opt(help="checkpoints", factory=CheckpointConfig)
@@ -401,6 +410,9 @@ def validate(cfg: Config, source: str = "config") -> None:
         need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
              "dynamic sampling on 'correct' needs a correctness term (e.g. math_correct) in `rewards`, "
              "or set algorithm.dynamic_sampling_metric=reward")
+    if cfg.dot.enabled:
+        need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
+             "dot needs a correctness term (e.g. math_correct) in `rewards`")
     for i, term in enumerate(cfg.shaping):
         try:
             resolve_shaper(term.name)

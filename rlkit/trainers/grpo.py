@@ -25,6 +25,7 @@ from rlkit.logging import RunLogger
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
 from rlkit.rewards import RewardSet, RewardValues
 from rlkit.rewards.curriculum import budget_at
+from rlkit.rewards.dot import outlier_cuts, truncate_sample
 from rlkit.rewards.shaping import ShapingBatch, build_shaper
 from rlkit.rollout import SamplingSpec, make_engine
 from rlkit.rollout.weights import exported_weights
@@ -263,12 +264,31 @@ def _generate_and_score(run: Run, step: int, n_prompts: int, round_idx: int):
     run.engine.sleep()
     t_rollout = time.perf_counter() - t0
     t0 = time.perf_counter()
+    values = _score(run, local, samples, step)
+    dot_metrics = {}
+    if cfg.dot.enabled:  # DOT: truncate outliers of all-correct groups, re-run the rewards on them
+        label = run.rewards.correctness_label
+        correct = [None if math.isnan(v) else v for v in values.terms[label].tolist()]
+        cuts = outlier_cuts([s.num_tokens for s in samples], correct, [s.group_id for s in samples],
+                            alpha=cfg.dot.alpha, margin=cfg.dot.margin, success_threshold=cfg.dot.success_threshold)
+        if cuts:
+            idx = sorted(cuts)
+            for i in idx:
+                samples[i] = truncate_sample(samples[i], cuts[i], run.tokenizer)
+            redo = _score(run, local, [samples[i] for i in idx], step)
+            values.total[idx] = redo.total
+            for k in values.terms:
+                values.terms[k][idx] = redo.terms[k]
+        dot_metrics = {"dot/truncated_fraction": len(cuts) / max(len(samples), 1)}
+    return local, samples, values, t_rollout, time.perf_counter() - t0, dot_metrics
+
+
+def _score(run: Run, local, samples, step: int) -> RewardValues:
     columns = {k: [local[s.group_id].columns.get(k) for s in samples] for k in local[0].columns}
-    values = run.rewards([local[s.group_id].text for s in samples], [s.text for s in samples],
-                         [s.completion_ids for s in samples], columns,
-                         finish_reason=[s.finish_reason for s in samples],
-                         num_tokens=[s.num_tokens for s in samples], step=step)
-    return local, samples, values, t_rollout, time.perf_counter() - t0
+    return run.rewards([local[s.group_id].text for s in samples], [s.text for s in samples],
+                       [s.completion_ids for s in samples], columns,
+                       finish_reason=[s.finish_reason for s in samples],
+                       num_tokens=[s.num_tokens for s in samples], step=step)
 
 
 def _collect(run: Run, step: int):
@@ -278,15 +298,15 @@ def _collect(run: Run, step: int):
     cfg, acc, a = run.cfg, run.acc, run.cfg.algorithm
     quota = cfg.rollout.prompts_per_step
     if not a.dynamic_sampling:
-        local, samples, values, t_rollout, t_reward = _generate_and_score(run, step, quota, 0)
-        return local, samples, values, t_rollout, t_reward, {}
+        local, samples, values, t_rollout, t_reward, dot_metrics = _generate_and_score(run, step, quota, 0)
+        return local, samples, values, t_rollout, t_reward, dot_metrics
     kept, fallback, generated, rounds, t_rollout, t_reward = [], [], 0, 0, 0.0, 0.0
     label = run.rewards.correctness_label
     while rounds < a.max_gen_rounds:
         need = int(acc.reduce(torch.tensor(quota - len(kept), device=acc.device), reduction="max"))
         if need <= 0:
             break
-        local, samples, values, tr, tw = _generate_and_score(run, step, need, rounds)
+        local, samples, values, tr, tw, dot_metrics = _generate_and_score(run, step, need, rounds)
         t_rollout, t_reward, rounds, generated = t_rollout + tr, t_reward + tw, rounds + 1, generated + len(local)
         gids = torch.tensor([s.group_id for s in samples])
         good = set(informative_groups(values.terms[label] if a.dynamic_sampling_metric == "correct" else values.total, gids))
@@ -301,7 +321,7 @@ def _collect(run: Run, step: int):
     values = RewardValues(total=torch.cat([e[2] for e in chosen]),
                           terms={k: torch.cat([e[3][k] for e in chosen]) for k in values.terms})
     metrics = {"sampling/rounds": rounds, "sampling/informative_fraction": informative / max(generated, 1),
-               "sampling/padded_groups": padded}
+               "sampling/padded_groups": padded, **dot_metrics}
     return local, samples, values, t_rollout, t_reward, metrics
 
 

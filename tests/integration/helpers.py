@@ -28,3 +28,13 @@ def parity_verifier(prompts, completions, completion_ids, **kwargs):
 def mentions_budget(prompts, completions, completion_ids, budget, **kwargs):
     """1.0 when the prompt text carries the sample's budget sentence (curriculum injection check)."""
     return [1.0 if f"use exactly {b} tokens" in p else 0.0 for p, b in zip(prompts, budget)]
+
+
+def always_correct(prompts, completions, completion_ids, **kwargs):
+    """A verifier that accepts everything (all groups are all-correct)."""
+    return [1.0] * len(completions)
+
+
+def length_over_100(prompts, completions, completion_ids, num_tokens, **kwargs):
+    """num_tokens / 100: shows whether a sample was re-scored after truncation."""
+    return [n / 100 for n in num_tokens]

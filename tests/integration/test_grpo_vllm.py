@@ -247,3 +247,28 @@ def test_curriculum_budget_reaches_prompts_and_rewards(tiny_model_dir, tmp_path)
     assert [m["reward/mentions_budget"] for m in lines] == [1.0, 1.0]
     # all completions are 24 tokens: triangular reward 0.5 at budget 16 (24 in (16, 32]), 0 at budget 8 (24 > 16)
     assert [m["reward/budget_triangular"] for m in lines] == [pytest.approx(0.5), 0.0]
+
+
+def test_dot_truncates_outliers_and_rescores_them(tiny_model_dir, tmp_path):
+    import dataclasses
+
+    from rlkit.trainers.grpo import _generate_and_score, setup
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "rewards": [{"name": "helpers:always_correct", "correctness": True}, {"name": "helpers:length_over_100"}],
+        "dot.enabled": True, "dot.alpha": 1.0, "dot.margin": 4})
+    run = setup(cfg)
+    real = run.engine.generate
+
+    def long_tail(prompts, spec):  # real vLLM samples, cut to lengths 2, 2, 2, 24 in every group
+        out = real(prompts, spec)
+        return [s if k % 4 == 3 else dataclasses.replace(s, completion_ids=s.completion_ids[:2], logprobs=s.logprobs[:2],
+                                                         finish_reason="stop") for k, s in enumerate(out)]
+
+    run.engine.generate = long_tail
+    local, samples, values, _, _, metrics = _generate_and_score(run, 0, 2, 0)
+    # mean 7.5, sample std 11 -> T = 18; 24 - 18 = 6 >= 4: the long sample of each group is cut to 18
+    assert [s.num_tokens for s in samples] == [2, 2, 2, 18] * 2
+    assert [s.finish_reason for s in samples][3] == "length"
+    assert values.terms["length_over_100"].tolist() == pytest.approx([0.02, 0.02, 0.02, 0.18] * 2)  # re-scored
+    assert metrics["dot/truncated_fraction"] == 0.25
