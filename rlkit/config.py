@@ -77,6 +77,7 @@ class RolloutConfig:
     top_p: float = opt(1.0, "nucleus sampling")
     top_k: int = opt(-1, "top-k sampling (-1 = off)")
     eval_temperature: float = opt(0.0, "temperature for held-out evaluation (0 = greedy)")
+    eval_max_new_tokens: int = opt(0, "completion cap for held-out evaluation (0 = max_new_tokens)")
     gpu_memory_utilization: float = opt(0.3, "vLLM GPU memory fraction (CUDA only)")
     kv_cache_gib: float = opt(2.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
     max_model_len: int = opt(0, "vLLM context length; 0 = max_prompt_tokens + max_new_tokens")
@@ -233,6 +234,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):

@@ -62,7 +62,8 @@ def make_engine(cfg, model_path: str, *, policy=None, tokenizer=None, device=Non
     if cfg.rollout.engine == "vllm":
         from rlkit.rollout.vllm_engine import VLLMEngine
 
-        max_len = cfg.rollout.max_model_len or (cfg.data.max_prompt_tokens + cfg.rollout.max_new_tokens)
+        max_len = cfg.rollout.max_model_len or (cfg.data.max_prompt_tokens + 64 + max(
+            cfg.rollout.max_new_tokens, cfg.rollout.eval_max_new_tokens))  # + 64: room for an injected budget
         return VLLMEngine(model_path, seed=cfg.train.seed, max_model_len=max_len, device=device,
                           gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                           kv_cache_gib=cfg.rollout.kv_cache_gib, enable_sleep=cfg.rollout.sleep_between_steps,

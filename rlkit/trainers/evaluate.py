@@ -74,6 +74,6 @@ def evaluate_model(cfg) -> dict:
     engine = make_engine(cfg, path, policy=policy, tokenizer=tokenizer, device=device,
                          dtype=pick_dtype(cfg.model.dtype, device))
     result = evaluate(engine, eval_set.prompts, accuracy_reward(cfg), temperature=cfg.rollout.eval_temperature,
-                      max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
+                      max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.train.seed)
     print(eval_table({cfg.model.name_or_path: result}, len(eval_set.prompts), cfg.data.eval))
     return result

@@ -158,7 +158,8 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     run = setup(cfg, resume)
     acc, engine, a = run.acc, run.engine, cfg.algorithm
     world, rank, pad_id = acc.num_processes, acc.process_index, run.tokenizer.pad_token_id
-    eval_kw = dict(temperature=cfg.rollout.eval_temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+    eval_kw = dict(temperature=cfg.rollout.eval_temperature,
+                   max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens,
                    seed=cfg.train.seed)
     before = run.before or {}
     if cfg.train.eval_before and not before and run.eval_set.prompts:

@@ -36,6 +36,13 @@ def test_invalid_choice_lists_choices():
         load_config(overrides=["algorithm.aggregation=mean"])
 
 
+def test_exponent_floats_without_a_dot(tmp_path):
+    assert load_config(overrides=["optim.lr=1e-5"]).optim.lr == 1e-5
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr: 3e-6}\n")
+    assert load_config(path).optim.lr == 3e-6
+
+
 def test_type_errors_and_cross_checks():
     with pytest.raises(ConfigError, match="'rollout.group_size' must be an integer"):
         load_config(overrides=["rollout.group_size=four"])
