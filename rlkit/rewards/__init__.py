@@ -10,7 +10,7 @@ Rewards are found by registered name, by import path ``"package.module:function"
 ``rlkit.rewards`` entry-point group of installed packages.
 """
 
-from rlkit.rewards import length  # noqa: F401  (registers the length-aware terms)
+from rlkit.rewards import laser, length  # noqa: F401  (registers the length-aware terms and LASER shapers)
 from rlkit.rewards.builtin import boxed_format, math_correct  # noqa: F401  (registers the built-ins)
 from rlkit.rewards.combine import RewardError, RewardSet, RewardValues  # noqa: F401
 from rlkit.rewards.registry import list_rewards, register_reward, resolve_reward  # noqa: F401

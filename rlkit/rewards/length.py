@@ -210,6 +210,12 @@ def loop_start(tokens: Sequence[int], min_repeats: int = 2) -> int:
     return best
 
 
+def ends_in_loop(tokens: Sequence[int], min_repeats: int = 3, min_share: float = 0.2) -> bool:
+    """True when a terminal loop repeated >= min_repeats times covers >= min_share of the completion."""
+    n = len(tokens)
+    return n > 0 and (n - loop_start(tokens, min_repeats)) / n >= min_share
+
+
 class RepetitionPenalty(_Term):
     """CAMPO repetition penalty (MiroMind-M1, arXiv 2507.14683; methods.md 10.3), truncated completions only:
     rep_ratio = (n - loop_start) / n; term = -kappa * rep_ratio (scaled, methods.md default) or

@@ -33,6 +33,8 @@ class ShapingBatch:
     truncated: torch.Tensor  # finish_reason == "length" (bool)
     group_ids: torch.Tensor  # long
     step: int
+    terms: dict = field(default_factory=dict)  # reward term name -> [N] values (NaN = not applicable)
+    looping: torch.Tensor | None = None  # [N] bool: the completion ends in a repetition loop
 
 
 @dataclass

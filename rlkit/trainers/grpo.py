@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_
 from rlkit.rewards import RewardSet, RewardValues
 from rlkit.rewards.curriculum import budget_at
 from rlkit.rewards.dot import outlier_cuts, truncate_sample
+from rlkit.rewards.length import ends_in_loop
 from rlkit.rewards.shaping import ShapingBatch, build_shaper
 from rlkit.rollout import SamplingSpec, make_engine
 from rlkit.rollout.weights import exported_weights
@@ -169,6 +171,12 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     bar = _progress(cfg, acc, run.start_step)
     for step in range(run.start_step, cfg.train.steps):
         t_step = time.perf_counter()
+        monitor_metrics = {}
+        for name, shaper in run.shapers:  # LASER-D/-DE: refresh length targets from the monitor set
+            if hasattr(shaper, "update_targets") and step % shaper.monitor_every == 0:
+                t0 = time.perf_counter()
+                monitor_metrics.update({f"shaping/{name}/{k}": v for k, v in _monitor(run, shaper, step).items()})
+                monitor_metrics["time/monitor"] = time.perf_counter() - t0
         # 1-3. prompts from the seeded sampler (this rank's slice), G completions each from the colocated
         # engine, every reward term per sample; with dynamic sampling, rounds until the groups carry signal
         local, samples, values, t_rollout, t_reward, sampling_metrics = _collect(run, step)
@@ -207,6 +215,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
                                 t_rollout, t_reward, t_old, t_train, t_sync, engine.version)
         metrics.update(shaping_metrics)
         metrics.update(sampling_metrics)
+        metrics.update(monitor_metrics)
         if cfg.budget.schedule != "none":
             metrics["budget/current"] = budget_at(cfg.budget, step, cfg.train.steps)
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
@@ -333,11 +342,15 @@ def _shape(run: Run, acc, values, samples, group_offset: int, step: int):
 
     correct_label = run.rewards.correctness_label
     correct = values.terms[correct_label] if correct_label else torch.full_like(values.total, float("nan"))
+    looping = None
+    if any(getattr(shaper, "needs_looping", False) for _, shaper in run.shapers):
+        looping = gather(torch.tensor([float(ends_in_loop(s.completion_ids)) for s in samples])) > 0.5
     batch = ShapingBatch(
         rewards=gather(values.total), correct=gather(correct),
         lengths=gather(torch.tensor([float(s.num_tokens) for s in samples])),
         truncated=gather(torch.tensor([float(s.finish_reason == "length") for s in samples])) > 0.5,
-        group_ids=gather(torch.tensor([group_offset + s.group_id for s in samples])), step=step)
+        group_ids=gather(torch.tensor([group_offset + s.group_id for s in samples])), step=step,
+        terms={k: gather(v) for k, v in values.terms.items()}, looping=looping)
     metrics = {}
     for name, shaper in run.shapers:
         result = shaper(batch)
@@ -346,6 +359,26 @@ def _shape(run: Run, acc, values, samples, group_offset: int, step: int):
     if run.shapers:
         metrics["reward/shaped_mean"] = float(batch.rewards.mean())
     return batch, metrics
+
+
+def _monitor(run: Run, shaper, step: int) -> dict:
+    """LASER-D/-DE monitor: K rollouts per monitor prompt with the current policy, gathered from all ranks,
+    turned into the shaper's length targets."""
+    cfg, acc = run.cfg, run.acc
+    world, rank = acc.num_processes, acc.process_index
+    n = len(run.train_set.prompts)
+    chosen = random.Random(cfg.train.seed + 7).sample(range(n), min(shaper.monitor_size, n))[rank::world]
+    spec = SamplingSpec(n=shaper.monitor_samples, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                        top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens, logprobs=False,
+                        seed=cfg.train.seed * 7919 + step * 31 + rank)
+    local = [run.train_set.prompts[i] for i in chosen]
+    samples = run.engine.generate([p.ids for p in local], spec)
+    values = _score(run, local, samples, step)
+    correct = values.terms[run.rewards.correctness_label]
+    lengths = torch.tensor([float(s.num_tokens) for s in samples])
+    groups = torch.tensor([rank + world * s.group_id for s in samples])
+    gathered = [acc.gather(t.to(acc.device)).cpu() for t in (lengths, correct, groups)]
+    return shaper.update_targets(*gathered)
 
 
 def _progress(cfg, acc, start):

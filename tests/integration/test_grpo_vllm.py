@@ -272,3 +272,20 @@ def test_dot_truncates_outliers_and_rescores_them(tiny_model_dir, tmp_path):
     assert [s.finish_reason for s in samples][3] == "length"
     assert values.terms["length_over_100"].tolist() == pytest.approx([0.02, 0.02, 0.02, 0.18] * 2)  # re-scored
     assert metrics["dot/truncated_fraction"] == 0.25
+
+
+def test_laser_d_monitor_sets_targets_during_training(tiny_model_dir, tmp_path):
+    from rlkit.trainers.grpo import train
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "rewards": [{"name": "helpers:parity_verifier", "correctness": True}, {"name": "helpers:digit_fraction"}],
+        "shaping": [{"name": "laser_d", "kwargs": {"monitor_every": 1, "monitor_size": 4, "monitor_samples": 4,
+                                                   "lower": 8, "upper": 24, "interval": 8}}],
+        "train.eval_before": False, "train.eval_after": False})
+    train(cfg)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    for m in lines:
+        assert m["time/monitor"] > 0
+        assert {m[f"shaping/laser_d/target_{b}"] for b in ("easy", "medium", "hard")} <= {-1, 8, 16, 24}
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+    assert set(state["shapers"][0]["targets"]) == {"easy", "medium", "hard"}
