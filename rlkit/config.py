@@ -124,6 +124,9 @@ class AlgorithmConfig:
     dynamic_sampling_metric: Literal["correct", "reward"] = opt(
         "correct", "filter on the verifier (correct) or on the combined per-sample reward, before group shaping")
     max_gen_rounds: int = opt(3, "dynamic sampling: generation rounds per step before padding with repeated groups")
+    oversampling: Literal["rounds", "predictive"] = opt(
+        "rounds", "dynamic sampling: extra rounds until full, or one oversampled round (DOT's predictive sampling)")
+    oversampling_kwargs: dict = opt(help="predictive: window, f_init, f_min, f_max", factory=dict)
 
 
 @dataclass
@@ -416,6 +419,14 @@ def validate(cfg: Config, source: str = "config") -> None:
         need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
              "dynamic sampling on 'correct' needs a correctness term (e.g. math_correct) in `rewards`, "
              "or set algorithm.dynamic_sampling_metric=reward")
+    if cfg.algorithm.oversampling_kwargs:
+        import inspect
+
+        from rlkit.trainers.sampling import PredictiveOversampling
+
+        valid = [k for k in inspect.signature(PredictiveOversampling).parameters]
+        bad = [k for k in cfg.algorithm.oversampling_kwargs if k not in valid]
+        need(not bad, f"'algorithm.oversampling_kwargs' has unknown key {bad[:1]}; valid: {', '.join(valid)}")
     if cfg.dot.enabled:
         need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
              "dot needs a correctness term (e.g. math_correct) in `rewards`")

@@ -36,7 +36,7 @@ from rlkit.trainers.advantages import resolve_advantage
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.evaluate import accuracy_reward, eval_table, evaluate, length_stats
 from rlkit.trainers.losses import build_loss
-from rlkit.trainers.sampling import fill_quota, informative_groups
+from rlkit.trainers.sampling import PredictiveOversampling, fill_quota, informative_groups
 from rlkit.trainers.update import UpdateBatch, score_all, update_policy
 
 
@@ -102,6 +102,7 @@ class Run:
     logger: RunLogger
     start_step: int = 0
     before: dict | None = None
+    oversampler: object | None = None  # PredictiveOversampling when algorithm.oversampling = predictive
 
 
 def setup(cfg: Config, resume: str | None = None) -> Run:
@@ -139,6 +140,8 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
         sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name))
+    if a.dynamic_sampling and a.oversampling == "predictive":
+        run.oversampler = PredictiveOversampling(**a.oversampling_kwargs)
     if train_set.skipped_long:
         run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
     if resume_path is not None:
@@ -148,6 +151,8 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
         run.sampler.load_state_dict(state["sampler"])
         for (_, shaper), shaper_state in zip(run.shapers, state.get("shapers", [])):
             shaper.load_state_dict(shaper_state)
+        if run.oversampler is not None and state.get("oversampler"):
+            run.oversampler.load_state_dict(state["oversampler"])
         _sync_weights(engine, prepared, acc)
         engine.version = state["policy_version"]
         run.logger.console(f"resumed from {resume_path} at step {run.start_step}")
@@ -232,6 +237,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
             ckpt.save_checkpoint(run.run_dir, step + 1, acc, run.prepared, run.tokenizer, {
                 "step": step + 1, "policy_version": engine.version, "sampler": run.sampler.state_dict(),
                 "shapers": [shaper.state_dict() for _, shaper in run.shapers],
+                "oversampler": run.oversampler.state_dict() if run.oversampler is not None else None,
                 "eval_before": before, "world_size": world}, cfg.checkpoint.keep_last)
             metrics["time/checkpoint"] = time.perf_counter() - t0
         metrics["time/step"] = time.perf_counter() - t_step
@@ -312,10 +318,13 @@ def _collect(run: Run, step: int):
         return local, samples, values, t_rollout, t_reward, dot_metrics
     kept, fallback, generated, rounds, t_rollout, t_reward = [], [], 0, 0, 0.0, 0.0
     label = run.rewards.correctness_label
-    while rounds < a.max_gen_rounds:
+    max_rounds = 1 if run.oversampler is not None else a.max_gen_rounds
+    while rounds < max_rounds:
         need = int(acc.reduce(torch.tensor(quota - len(kept), device=acc.device), reduction="max"))
         if need <= 0:
             break
+        if run.oversampler is not None:  # the factor comes from the gathered history: equal on every rank
+            need = run.oversampler.prompts_for(quota)
         local, samples, values, tr, tw, dot_metrics = _generate_and_score(run, step, need, rounds)
         t_rollout, t_reward, rounds, generated = t_rollout + tr, t_reward + tw, rounds + 1, generated + len(local)
         gids = torch.tensor([s.group_id for s in samples])
@@ -326,12 +335,17 @@ def _collect(run: Run, step: int):
             (kept if g in good else fallback).append(entry)
     informative = len(kept)
     chosen, padded = fill_quota(kept, quota, fallback)
+    if run.oversampler is not None:
+        rate = acc.reduce(torch.tensor([float(informative), float(generated)], device=acc.device), reduction="sum")
+        run.oversampler.record(float(rate[0] / rate[1].clamp(min=1)))
     local = [e[0] for e in chosen]
     samples = [dataclasses.replace(s, group_id=g) for g, e in enumerate(chosen) for s in e[1]]
     values = RewardValues(total=torch.cat([e[2] for e in chosen]),
                           terms={k: torch.cat([e[3][k] for e in chosen]) for k in values.terms})
     metrics = {"sampling/rounds": rounds, "sampling/informative_fraction": informative / max(generated, 1),
-               "sampling/padded_groups": padded, **dot_metrics}
+               "sampling/padded_groups": padded, "sampling/prompts_generated": generated, **dot_metrics}
+    if run.oversampler is not None:
+        metrics["sampling/oversampling_factor"] = run.oversampler.factor()
     return local, samples, values, t_rollout, t_reward, metrics
 
 

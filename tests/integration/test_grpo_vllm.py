@@ -289,3 +289,17 @@ def test_laser_d_monitor_sets_targets_during_training(tiny_model_dir, tmp_path):
         assert {m[f"shaping/laser_d/target_{b}"] for b in ("easy", "medium", "hard")} <= {-1, 8, 16, 24}
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert set(state["shapers"][0]["targets"]) == {"easy", "medium", "hard"}
+
+
+def test_predictive_oversampling_generates_one_larger_round(tiny_model_dir, tmp_path):
+    from rlkit.trainers.grpo import _collect, setup
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "rewards": [{"name": "helpers:even_answers_only"}], "algorithm.dynamic_sampling": True,
+        "algorithm.dynamic_sampling_metric": "reward", "algorithm.oversampling": "predictive",
+        "rollout.prompts_per_step": 4})
+    run = setup(cfg)
+    local, samples, values, _, _, m = _collect(run, step=0)
+    assert m["sampling/rounds"] == 1 and m["sampling/prompts_generated"] == 6  # floor(4 * 1.5)
+    assert len(local) == 4 and len(run.oversampler.history) == 1
+    assert run.oversampler.history[0] == m["sampling/informative_fraction"]

@@ -40,3 +40,23 @@ def test_dynamic_sampling_never_returns_a_zero_variance_group_when_any_has_signa
     assert len(chosen) == quota
     if good:
         assert all(len(set(groups[i])) > 1 for i in chosen)
+
+
+def test_predictive_oversampling_factor():
+    from rlkit.trainers.sampling import PredictiveOversampling
+
+    p = PredictiveOversampling(window=3)
+    assert p.factor() == 1.5 and p.prompts_for(8) == 12  # f_init before any history
+    for rate in (0.5, 0.5):
+        p.record(rate)
+    assert p.factor() == pytest.approx(2.0)  # 1/0.5 * (1 + 0)
+    p.record(0.25)
+    p.record(0.75)  # window 3: [0.5, 0.25, 0.75], mean 0.5, std 0.25
+    assert p.history == [0.5, 0.25, 0.75] and p.factor() == pytest.approx(2 * 1.25)
+    q = PredictiveOversampling()
+    q.load_state_dict({"history": [0.0, 0.0]})
+    assert q.factor() == 5.0  # nothing informative: f_max
+    q.load_state_dict({"history": [1.0, 1.0]})
+    assert q.factor() == 1.2  # clipped at f_min
+    with pytest.raises(ConfigError, match="'algorithm.oversampling_kwargs' has unknown key \\['fmax'\\]"):
+        load_config(overrides={"algorithm.oversampling_kwargs": {"fmax": 3}})
