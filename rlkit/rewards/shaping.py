@@ -35,6 +35,7 @@ class ShapingBatch:
     step: int
     terms: dict = field(default_factory=dict)  # reward term name -> [N] values (NaN = not applicable)
     looping: torch.Tensor | None = None  # [N] bool: the completion ends in a repetition loop
+    keys: list | None = None  # [N] stable question id of each sample (the data row's `source`, file:line)
 
 
 @dataclass
@@ -191,3 +192,51 @@ class DifficultyAwareTruncation(_Stateless):
         cut = (b.lengths > caps) | b.truncated
         r[cut] = self.rho
         return ShapingResult(r, {"cut_fraction": float(cut.float().mean()), "cap_mean": float(caps.mean())})
+
+
+@SHAPERS.register("palu")
+class Palu:
+    """PALU per-question budgets (Gao et al. arXiv 2510.10168; methods.md sec. 7; code not public).
+
+    Each question q keeps a budget L_q (start: max_tokens). Responses longer than L_q, or truncated, get
+    `rho` (0): the budget is enforced as truncation through the reward (generation itself runs to
+    rollout.max_new_tokens). After scoring, with R_q the group's pass rate under the budget:
+    R_q >= C: L_q <- max(min_tokens, L_q - (Q_1.0 - Q_{1-tau})) over the lengths of the correct responses;
+    otherwise L_q <- max_tokens. The update is used the next time q is sampled (the paper's off-policy
+    estimate from the previous epoch). Paper: C = 0.8, tau = 0.5. Budgets are checkpointed."""
+
+    def __init__(self, max_tokens: int, C: float = 0.8, tau: float = 0.5, min_tokens: int = 16, rho: float = 0.0):
+        if not 0 < tau <= 1:
+            raise ValueError(f"palu: tau must be in (0, 1], got {tau}")
+        self.max_tokens, self.C, self.tau, self.min_tokens, self.rho = max_tokens, C, tau, min_tokens, rho
+        self.budgets: dict[str, int] = {}
+
+    def __call__(self, b: ShapingBatch) -> ShapingResult:
+        _need_correct("palu", b.correct)
+        if b.keys is None:
+            raise ValueError("palu needs question keys in the shaping batch")
+        r = b.rewards.clone()
+        correct = torch.nan_to_num(b.correct, nan=0.0)
+        compress = 0
+        for idx in _groups(b.group_ids):
+            key = str(b.keys[int(idx[0])])
+            budget = self.budgets.get(key, self.max_tokens)
+            over = (b.lengths[idx] > budget) | b.truncated[idx]
+            r[idx[over]] = self.rho
+            ok = (correct[idx] >= 1) & ~over
+            if float(ok.float().mean()) >= self.C:
+                L = b.lengths[idx][ok].double()
+                step = float(torch.quantile(L, 1.0) - torch.quantile(L, 1.0 - self.tau))
+                self.budgets[key] = max(self.min_tokens, int(budget - step))
+                compress += 1
+            else:
+                self.budgets[key] = self.max_tokens
+        n = len(_groups(b.group_ids))
+        return ShapingResult(r, {"compress_fraction": compress / max(n, 1),
+                                 "budget_mean": sum(self.budgets.values()) / max(len(self.budgets), 1)})
+
+    def state_dict(self) -> dict:
+        return {"budgets": dict(self.budgets)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.budgets = dict(state["budgets"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 
 from rlkit.config import Config, save_config, to_dict
 from rlkit.data import PromptSampler, load_prompt_sets, make_prompt
@@ -187,7 +188,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         local, samples, values, t_rollout, t_reward, sampling_metrics = _collect(run, step)
 
         # 4. group/batch shaping and advantages over the whole step (gathered from all ranks); keep this rank's slice
-        shaped, shaping_metrics = _shape(run, acc, values, samples, rank * len(local), step)
+        shaped, shaping_metrics = _shape(run, acc, values, samples, local, rank * len(local), step)
         advantages = run.advantage_fn(shaped.rewards, shaped.group_ids, a.scale, lengths=shaped.lengths)
         advantages = advantages[rank * len(samples):(rank + 1) * len(samples)]
         batch = UpdateBatch.from_samples(samples, advantages, a.mask_truncated)
@@ -349,13 +350,14 @@ def _collect(run: Run, step: int):
     return local, samples, values, t_rollout, t_reward, metrics
 
 
-def _shape(run: Run, acc, values, samples, group_offset: int, step: int):
+def _shape(run: Run, acc, values, samples, local, group_offset: int, step: int):
     """Gather the step's rewards, correctness, lengths and groups from all ranks; apply the shapers in order."""
     def gather(t):
         return acc.gather(t.to(acc.device)).cpu()
 
     correct_label = run.rewards.correctness_label
     correct = values.terms[correct_label] if correct_label else torch.full_like(values.total, float("nan"))
+    keys = [str(local[s.group_id].columns.get("source", s.group_id)) for s in samples]  # stable question ids
     looping = None
     if any(getattr(shaper, "needs_looping", False) for _, shaper in run.shapers):
         looping = gather(torch.tensor([float(ends_in_loop(s.completion_ids)) for s in samples])) > 0.5
@@ -364,7 +366,8 @@ def _shape(run: Run, acc, values, samples, group_offset: int, step: int):
         lengths=gather(torch.tensor([float(s.num_tokens) for s in samples])),
         truncated=gather(torch.tensor([float(s.finish_reason == "length") for s in samples])) > 0.5,
         group_ids=gather(torch.tensor([group_offset + s.group_id for s in samples])), step=step,
-        terms={k: gather(v) for k, v in values.terms.items()}, looping=looping)
+        terms={k: gather(v) for k, v in values.terms.items()}, looping=looping,
+        keys=gather_object(keys) if acc.num_processes > 1 else keys)
     metrics = {}
     for name, shaper in run.shapers:
         result = shaper(batch)

@@ -303,3 +303,18 @@ def test_predictive_oversampling_generates_one_larger_round(tiny_model_dir, tmp_
     assert m["sampling/rounds"] == 1 and m["sampling/prompts_generated"] == 6  # floor(4 * 1.5)
     assert len(local) == 4 and len(run.oversampler.history) == 1
     assert run.oversampler.history[0] == m["sampling/informative_fraction"]
+
+
+def test_palu_keeps_a_budget_per_question_across_steps(tiny_model_dir, tmp_path):
+    import re
+
+    from rlkit.trainers.grpo import train
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "rewards": [{"name": "helpers:parity_verifier", "correctness": True}, {"name": "helpers:digit_fraction"}],
+        "shaping": [{"name": "palu", "kwargs": {"max_tokens": 24, "C": 0.25}}],
+        "train.eval_before": False, "train.eval_after": False})
+    train(cfg)
+    budgets = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())["shapers"][0]["budgets"]
+    assert len(budgets) == 4  # 2 steps x 2 prompts, keyed by data row
+    assert all(re.fullmatch(r"singleop\.jsonl:\d+", k) for k in budgets) and all(16 <= v <= 24 for v in budgets.values())

@@ -113,3 +113,23 @@ def test_da_dler_tiers_by_pass_rate():
     assert [tiers.cap_for(p) for p in (0.0, 0.3, 0.5, 0.7, 1.0)] == [300, 200, 200, 100, 100]
     with pytest.raises(ValueError, match="len\\(lengths\\) == len\\(thresholds\\) \\+ 1"):
         build_shaper("da_dler", {"thresholds": [0.5], "lengths": [1]})
+
+
+def test_palu_compresses_easy_questions_and_resets_hard_ones():
+    palu = build_shaper("palu", {"max_tokens": 100, "C": 0.75, "tau": 0.5})
+    # q1: 4/4 correct, lengths 10, 20, 30, 40 -> Q1.0 - Q0.5 = 40 - 25 = 15 -> budget 85
+    # q2: 1/4 correct -> budget stays at the maximum
+    b = batch([1, 1, 1, 1, 1, 0, 0, 0], [10, 20, 30, 40, 50, 60, 70, 80], [0] * 4 + [1] * 4)
+    b.keys = ["q1"] * 4 + ["q2"] * 4
+    out = palu(b)
+    assert out.rewards.tolist() == [1, 1, 1, 1, 1, 0, 0, 0]  # nothing over the (initial) budgets
+    assert palu.budgets == {"q1": 85, "q2": 100}
+    # next visit of q1 with a response over 85 tokens: it gets 0 and does not count as a pass
+    b2 = batch([1, 1, 1, 1], [10, 20, 30, 90], [5] * 4)
+    b2.keys = ["q1"] * 4
+    assert palu(b2).rewards.tolist() == [1, 1, 1, 0]
+    assert palu.budgets["q1"] == 85 - 10  # 3/4 = 0.75 >= C: Q1.0 - Q0.5 of [10, 20, 30] = 30 - 20
+    state = palu.state_dict()
+    again = build_shaper("palu", {"max_tokens": 100})
+    again.load_state_dict(state)
+    assert again.budgets == {"q1": 75, "q2": 100}
