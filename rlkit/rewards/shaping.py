@@ -76,6 +76,20 @@ class _Stateless:
         pass
 
 
+@SHAPERS.register("stop_properly")
+class StopProperly(_Stateless):
+    """DLER's stop-properly penalty (NVlabs/DLER reward_manager/dapo.py; methods.md sec. 2): the reward of a
+    response that did not stop on its own (finish_reason "length") is multiplied by `coef` (0.1).
+    Multiplicative, hence a shaper rather than an additive term."""
+
+    def __init__(self, coef: float = 0.1):
+        self.coef = coef
+
+    def __call__(self, b: ShapingBatch) -> ShapingResult:
+        r = torch.where(b.truncated, b.rewards * self.coef, b.rewards)
+        return ShapingResult(r, {"penalised_fraction": float(b.truncated.float().mean())})
+
+
 @SHAPERS.register("efficient_reasoning")
 class EfficientReasoning(_Stateless):
     """Arora & Zanette "Training Language Models to Reason Efficiently" (arXiv 2502.04463, eq. 4;

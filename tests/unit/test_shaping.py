@@ -133,3 +133,11 @@ def test_palu_compresses_easy_questions_and_resets_hard_ones():
     again = build_shaper("palu", {"max_tokens": 100})
     again.load_state_dict(state)
     assert again.budgets == {"q1": 75, "q2": 100}
+
+
+def test_stop_properly_multiplies_truncated_rewards():
+    b = batch([1, 1, 0], [5, 9, 9], [0, 0, 0], rewards=[1.0, 2.0, -1.0])
+    b.truncated = torch.tensor([False, True, True])
+    out = build_shaper("stop_properly", {"coef": 0.1})(b)
+    assert out.rewards.tolist() == pytest.approx([1.0, 0.2, -0.1])
+    assert out.metrics["penalised_fraction"] == pytest.approx(2 / 3)
