@@ -415,8 +415,10 @@ def validate(cfg: Config, source: str = "config") -> None:
             resolve_reward(term.name)
         except KeyError as e:
             raise ConfigError(f"{source}: rewards[{i}].name: {e.args[0]}") from None
+    # a correctness term: flagged in the config, or a registered verifier such as math_correct
+    has_verifier = any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards)
     if cfg.algorithm.dynamic_sampling and cfg.algorithm.dynamic_sampling_metric == "correct":
-        need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
+        need(has_verifier,
              "dynamic sampling on 'correct' needs a correctness term (e.g. math_correct) in `rewards`, "
              "or set algorithm.dynamic_sampling_metric=reward")
     if cfg.algorithm.oversampling_kwargs:
@@ -428,7 +430,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         bad = [k for k in cfg.algorithm.oversampling_kwargs if k not in valid]
         need(not bad, f"'algorithm.oversampling_kwargs' has unknown key {bad[:1]}; valid: {', '.join(valid)}")
     if cfg.dot.enabled:
-        need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
+        need(has_verifier,
              "dot needs a correctness term (e.g. math_correct) in `rewards`")
     for i, term in enumerate(cfg.shaping):
         try:
@@ -450,7 +452,7 @@ def validate(cfg: Config, source: str = "config") -> None:
         need(cfg.rollout.prompts_per_step % cfg.algorithm.minibatches == 0,
              f"loss {cfg.algorithm.loss!r} keeps groups whole: 'algorithm.minibatches' must divide "
              f"'rollout.prompts_per_step' ({cfg.rollout.prompts_per_step})")
-        need(any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards),
+        need(has_verifier,
              f"loss {cfg.algorithm.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
 
 
