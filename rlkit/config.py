@@ -159,7 +159,12 @@ class OptimConfig:
     warmup_steps: int = opt(0, "linear warm-up steps")
     schedule: Literal["constant", "linear", "cosine"] = opt("constant", "learning-rate schedule after warm-up")
     max_grad_norm: float = opt(1.0, "gradient clipping (0 = off)")
-    micro_batch_size: int = opt(8, "sequences per forward/backward (gradient accumulation inside a minibatch)")
+    packing: bool = opt(True, "pack each micro-batch into one row with no padding (false: right-padded rows)")
+    micro_batch_tokens: int = opt(8192, "token budget (prompt + completion) of a packed micro-batch")
+    micro_batch_size: int = opt(8, "sequences per padded micro-batch (used when packing is false)")
+    balance_ranks: bool = opt(True, "redistribute samples across data-parallel ranks to balance a*L + b*L^2")
+    attention_cost: float = opt(-1.0, "b/a of the balancing cost model a*L + b*L^2 (-1: 1 / (6 x hidden size))")
+    logprob_chunk: int = opt(1024, "rows per chunk of the LM head + log-softmax (peak memory chunk x vocab)")
 
 
 @dataclass
@@ -397,6 +402,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(cfg.algorithm.mu >= 1 and cfg.algorithm.minibatches >= 1, "'algorithm.mu' and 'algorithm.minibatches' must be >= 1")
     need(cfg.algorithm.dual_clip == 0 or cfg.algorithm.dual_clip > 1, "'algorithm.dual_clip' must be 0 (off) or > 1")
     need(cfg.optim.micro_batch_size >= 1, "'optim.micro_batch_size' must be >= 1")
+    need(cfg.optim.micro_batch_tokens >= 1, "'optim.micro_batch_tokens' must be >= 1")
+    need(cfg.optim.logprob_chunk >= 1, "'optim.logprob_chunk' must be >= 1")
     need(cfg.algorithm.max_gen_rounds >= 1, "'algorithm.max_gen_rounds' must be >= 1")
     need(cfg.train.steps >= 0, "'train.steps' must be >= 0")
     need(cfg.checkpoint.keep_last >= 1, "'checkpoint.keep_last' must be >= 1")

@@ -1,8 +1,26 @@
 """Per-token logprobs and entropy of sampled tokens: the one place they are computed.
 
-`token_logprobs` takes logits for the scored positions and returns log softmax(logits / T)[target]
-in fp32, matching vLLM's ``logprobs_mode="processed_logprobs"`` (temperature applied). It works on
-row chunks so that only one chunk's fp32 softmax is alive outside autograd's saved tensors.
+Convention: logprob = log softmax(z / T)[target] and entropy = -sum_j p_j log p_j with p = softmax(z / T),
+z = h W^T (+ b); that is vLLM's ``logprobs_mode="processed_logprobs"`` (temperature applied). All math
+in fp32 whatever the model dtype.
+
+Two implementations of the same function:
+
+- ``reference_logprobs``: plain torch on materialised logits [K, V]; autograd does the backward.
+- ``chunked_logprobs``: a custom autograd function that never holds more than ``chunk`` x V logits.
+  Forward keeps only logZ and the entropy per row; backward recomputes each chunk's logits and uses
+  the closed-form gradients (StreamBP's LM-head decomposition, methods.md section 9.1, exact because the
+  loss is a sum over positions):
+
+      d logprob_t / dz = (onehot(target) - p) / T
+      d entropy / dz   = -p * (log p + H) / T
+
+  then dh = dz W and dW = dz^T h, accumulated chunk by chunk. Peak extra memory is O(chunk x V)
+  instead of O(K x V) (19 GB in fp32 for 32k tokens x 151k vocabulary).
+
+Parity (values and gradients) is tested in tests/unit/test_logprobs.py; memory and time in
+benchmarks/logprobs.py. A Triton version is not written yet: on CUDA the chunked torch version runs
+(cuBLAS matmuls + fused elementwise ops).
 """
 
 from __future__ import annotations
@@ -10,24 +28,93 @@ from __future__ import annotations
 import torch
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
-                   chunk_rows: int = 4096, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """logits [..., V], targets [...] -> (logprobs [...], entropy [...] or None; entropy carries no grad)."""
-    shape = targets.shape
-    flat_logits = logits.reshape(-1, logits.shape[-1])
-    flat_targets = targets.reshape(-1)
-    out_lp, out_ent = [], []
-    for start in range(0, flat_targets.numel(), chunk_rows):
-        chunk = flat_logits[start:start + chunk_rows].float()
-        if temperature != 1.0:
-            chunk = chunk / temperature
-        logz = torch.logsumexp(chunk, dim=-1)
-        picked = chunk.gather(-1, flat_targets[start:start + chunk_rows].unsqueeze(-1)).squeeze(-1)
-        out_lp.append(picked - logz)
-        if with_entropy:
-            with torch.no_grad():
-                p = torch.softmax(chunk.detach(), dim=-1)
-                out_ent.append(logz.detach() - (p * chunk.detach()).sum(-1))
-    lp = torch.cat(out_lp).reshape(shape) if out_lp else flat_logits.new_zeros(shape, dtype=torch.float32)
-    ent = (torch.cat(out_ent).reshape(shape) if out_ent else lp.new_zeros(shape)) if with_entropy else None
-    return lp, ent
+def reference_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """hidden [K, H], weight [V, H], targets [K] -> (logprobs [K], entropy [K]), full logits in memory."""
+    return logprobs_from_logits(_chunk_logits(hidden, weight, bias, 1.0), targets, temperature)
+
+
+def logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor,
+                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [K, V] -> (logprobs [K], entropy [K]) in fp32 (fp64 for fp64 input), differentiable."""
+    z = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
+    logp = torch.log_softmax(z, dim=-1)
+    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return picked, entropy
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 when the input is fp64
+
+
+def _chunk_logits(h, weight, bias, temperature):
+    dt = _compute_dtype(h)
+    z = h.to(dt) @ weight.to(dt).t()
+    if bias is not None:
+        z = z + bias.to(dt)
+    return z / temperature
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk):
+        n, dt = hidden.shape[0], _compute_dtype(hidden)
+        lp = torch.empty(n, dtype=dt, device=hidden.device)
+        ent = torch.empty(n, dtype=dt, device=hidden.device)
+        logz = torch.empty(n, dtype=dt, device=hidden.device)
+        for s in range(0, n, chunk):
+            z = _chunk_logits(hidden[s:s + chunk], weight, bias, temperature)
+            lz = torch.logsumexp(z, dim=-1)
+            p = torch.exp(z - lz[:, None])
+            logz[s:s + chunk] = lz
+            lp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lz
+            ent[s:s + chunk] = lz - (p * z).sum(-1)
+            del z, p
+        ctx.set_materialize_grads(False)  # an unused output (often the entropy) then costs nothing
+        ctx.save_for_backward(hidden, weight, bias, targets, logz, ent)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return lp, ent
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent):
+        hidden, weight, bias, targets, logz, ent = ctx.saved_tensors
+        t, chunk = ctx.temperature, ctx.chunk
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        g_h = torch.empty_like(hidden) if need_h else None
+        dt = _compute_dtype(hidden)
+        g_w = torch.zeros(weight.shape, dtype=dt, device=weight.device) if need_w else None
+        g_b = torch.zeros(bias.shape, dtype=dt, device=bias.device) if need_b else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s:s + chunk]
+            z = _chunk_logits(h, weight, bias, t)
+            logp = z - logz[s:s + chunk, None]
+            p = logp.exp()
+            gz = torch.zeros_like(z)
+            if g_ent is not None:  # dH/dz = -p (log p + H)
+                gz = -(p * (logp + ent[s:s + chunk, None])) * g_ent[s:s + chunk, None]
+            if g_lp is not None:  # dlp/dz = onehot - p
+                g = g_lp[s:s + chunk, None]
+                gz = gz - p * g
+                gz.scatter_add_(-1, targets[s:s + chunk, None], g)
+            gz = gz / t
+            if need_h:
+                g_h[s:s + chunk] = (gz @ weight.to(dt)).to(hidden.dtype)
+            if need_w:
+                g_w += gz.t() @ h.to(dt)
+            if need_b:
+                g_b += gz.sum(0)
+            del z, logp, p, gz
+        return (g_h, g_w.to(weight.dtype) if need_w else None, g_b.to(bias.dtype) if need_b else None,
+                None, None, None)
+
+
+def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                     temperature: float = 1.0, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same result as ``reference_logprobs`` with O(chunk x V) extra memory in forward and backward."""
+    if hidden.shape[0] == 0:
+        empty = hidden.new_zeros(0, dtype=_compute_dtype(hidden))
+        return empty + 0 * hidden.sum(), empty
+    if chunk < 1:
+        raise ValueError(f"chunked_logprobs: chunk must be >= 1, got {chunk}")
+    return _ChunkedLogprobs.apply(hidden, weight, bias, targets, float(temperature), int(chunk))

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rlkit.kernels.logprobs import token_logprobs
+from rlkit.kernels.attention import NAME as PACKED_ATTENTION
+from rlkit.kernels.attention import register as register_packed_attention
+from rlkit.kernels.logprobs import chunked_logprobs, logprobs_from_logits
+from rlkit.kernels.packing import pack_sequences
 from rlkit.rollout.base import Sample
 
 
@@ -23,69 +26,104 @@ def _base_model(model: nn.Module) -> nn.Module:
 
 
 class LogprobPolicy(nn.Module):
-    """``forward(batch) -> (logprobs [B, C], entropy [B, C] or None)`` for an HF causal LM (or PEFT model)."""
+    """``forward(batch) -> (logprobs [B, C], entropy [B, C] or None)`` for an HF causal LM (or PEFT model).
 
-    def __init__(self, model: nn.Module):
+    The backbone runs on the micro-batch's rows (packed or right-padded); the LM head and the log-softmax
+    run only on the scored positions, in chunks of ``logprob_chunk`` rows (rlkit.kernels.logprobs), so
+    logits for all positions are never materialised.
+    """
+
+    def __init__(self, model: nn.Module, logprob_chunk: int = 1024):
         super().__init__()
         self.model = model
+        self.logprob_chunk = logprob_chunk
+        base = _base_model(model)
+        if base.config._attn_implementation != PACKED_ATTENTION:
+            base.set_attn_implementation(register_packed_attention())
 
     def forward(self, batch: MicroBatch, temperature: float = 1.0, with_entropy: bool = False):
         base = _base_model(self.model)
         backbone = base.get_decoder() if hasattr(base, "get_decoder") else base.model
+        extra = {}
+        if batch.cu_seqlens is not None:  # packed row: the attention kernel reads the boundaries
+            extra = dict(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
+                         max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen)
         hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          use_cache=False).last_hidden_state
+                          position_ids=batch.position_ids, use_cache=False, **extra).last_hidden_state
         # position p predicts token p + 1
         h = hidden[batch.score_rows, batch.score_pos - 1]
-        logits = base.get_output_embeddings()(h)
-        lp, ent = token_logprobs(logits, batch.score_targets, temperature, with_entropy=with_entropy)
-        out = lp.new_zeros(batch.completion_mask.shape)
-        out[batch.score_rows, batch.score_cols] = lp
-        if ent is None:
+        head = base.get_output_embeddings()
+        if type(head) is nn.Linear:
+            lp, ent = chunked_logprobs(h, head.weight, head.bias, batch.score_targets, temperature,
+                                       self.logprob_chunk)
+        else:  # an adapted or custom head: apply the module, then the plain-torch function
+            lp, ent = logprobs_from_logits(head(h), batch.score_targets, temperature)
+        shape = batch.completion_mask.shape
+        out = lp.new_zeros(shape).index_put((batch.score_sample, batch.score_cols), lp)
+        if not with_entropy:
             return out, None
-        ent_out = ent.new_zeros(batch.completion_mask.shape)
-        ent_out[batch.score_rows, batch.score_cols] = ent
-        return out, ent_out
+        return out, ent.detach().new_zeros(shape).index_put((batch.score_sample, batch.score_cols), ent.detach())
+
+
+_TENSORS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens", "completion_mask", "score_rows",
+            "score_pos", "score_sample", "score_cols", "score_targets")
 
 
 @dataclass
 class MicroBatch:
-    """Right-padded token rows plus the scatter indices of the scored (completion) tokens."""
+    """Token rows (one packed row, or right-padded rows) plus the scatter indices of the scored tokens.
 
-    input_ids: torch.Tensor  # [B, L]
-    attention_mask: torch.Tensor  # [B, L]
+    Scored token k sits in row ``score_rows[k]`` at position ``score_pos[k]``; its logprob goes to
+    completion space at ``[score_sample[k], score_cols[k]]``.
+    """
+
+    input_ids: torch.Tensor  # [R, L]
+    attention_mask: torch.Tensor | None  # [R, L] for padded rows; None when packed
+    position_ids: torch.Tensor | None  # [R, L] restarting per sequence when packed; None when padded
+    cu_seqlens: torch.Tensor | None  # [n + 1] int32 sequence boundaries of the packed row
     completion_mask: torch.Tensor  # [B, C] float, 1 on real completion tokens
-    score_rows: torch.Tensor  # [K] row of each scored token
-    score_pos: torch.Tensor  # [K] its position in the row
-    score_cols: torch.Tensor  # [K] its column in completion space
-    score_targets: torch.Tensor  # [K] token id
-    num_tokens: int  # real (prompt + completion) tokens in the micro-batch
+    score_rows: torch.Tensor  # [K]
+    score_pos: torch.Tensor  # [K]
+    score_sample: torch.Tensor  # [K]
+    score_cols: torch.Tensor  # [K]
+    score_targets: torch.Tensor  # [K]
+    num_tokens: int  # real (prompt + completion) tokens
+    max_seqlen: int = 0  # longest sequence (packed rows)
 
     def to(self, device) -> MicroBatch:
-        return MicroBatch(*(getattr(self, f).to(device) for f in (
-            "input_ids", "attention_mask", "completion_mask", "score_rows", "score_pos", "score_cols",
-            "score_targets")), self.num_tokens)
+        moved = {f: (getattr(self, f).to(device) if getattr(self, f) is not None else None) for f in _TENSORS}
+        return MicroBatch(**moved, num_tokens=self.num_tokens, max_seqlen=self.max_seqlen)
 
 
-def collate(samples: list[Sample], pad_id: int) -> MicroBatch:
-    lengths = [len(s.prompt_ids) + len(s.completion_ids) for s in samples]
-    width = max(lengths)
+def collate(samples: list[Sample], pad_id: int, packed: bool = True) -> MicroBatch:
+    """Samples -> one packed row (default) or right-padded rows, with the scored-token indices."""
+    seqs = [s.prompt_ids + s.completion_ids for s in samples]
     cmax = max(1, max(len(s.completion_ids) for s in samples))
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    att = torch.zeros((len(samples), width), dtype=torch.long)
     cmask = torch.zeros((len(samples), cmax), dtype=torch.float32)
-    rows, pos, cols, targets = [], [], [], []
+    rows, pos, sample_idx, cols, targets = [], [], [], [], []
+    offset = 0
     for i, s in enumerate(samples):
-        seq = s.prompt_ids + s.completion_ids
-        ids[i, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-        att[i, :len(seq)] = 1
         c, p = len(s.completion_ids), len(s.prompt_ids)
         cmask[i, :c] = 1.0
-        rows += [i] * c
-        pos += range(p, p + c)
+        start = offset if packed else 0
+        rows += [0 if packed else i] * c
+        pos += range(start + p, start + p + c)
+        sample_idx += [i] * c
         cols += range(c)
         targets += s.completion_ids
+        offset += p + c
     as_long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return MicroBatch(ids, att, cmask, as_long(rows), as_long(pos), as_long(cols), as_long(targets), sum(lengths))
+    scored = (as_long(rows), as_long(pos), as_long(sample_idx), as_long(cols), as_long(targets))
+    if packed:
+        ids, position_ids, cu, longest = pack_sequences(seqs)
+        return MicroBatch(ids, None, position_ids, cu, cmask, *scored, num_tokens=offset, max_seqlen=longest)
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(samples), width), dtype=torch.long)
+    for i, q in enumerate(seqs):
+        ids[i, :len(q)] = torch.tensor(q, dtype=torch.long)
+        att[i, :len(q)] = 1
+    return MicroBatch(ids, att, None, None, cmask, *scored, num_tokens=offset, max_seqlen=width)
 
 
 def to_completion_space(values: list[list[float]], width: int) -> torch.Tensor:
@@ -95,7 +133,3 @@ def to_completion_space(values: list[list[float]], width: int) -> torch.Tensor:
         if v:
             out[i, :len(v)] = torch.tensor(v[:width], dtype=torch.float32)
     return out
-
-
-def micro_batches(indices: list[int], size: int) -> list[list[int]]:
-    return [indices[i:i + size] for i in range(0, len(indices), size)]

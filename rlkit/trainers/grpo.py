@@ -36,9 +36,9 @@ from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.advantages import resolve_advantage
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.evaluate import accuracy_reward, eval_table, evaluate, length_stats
-from rlkit.trainers.losses import build_loss
+from rlkit.trainers.losses import build_loss, needs_whole_groups
 from rlkit.trainers.sampling import PredictiveOversampling, fill_quota, informative_groups
-from rlkit.trainers.update import UpdateBatch, score_all, update_policy
+from rlkit.trainers.update import MicroBatching, UpdateBatch, balance_ranks, score_all, update_policy
 
 
 @dataclass
@@ -104,6 +104,7 @@ class Run:
     start_step: int = 0
     before: dict | None = None
     oversampler: object | None = None  # PredictiveOversampling when algorithm.oversampling = predictive
+    mbs: MicroBatching | None = None  # micro-batch planning (packing, token budget, cost model)
 
 
 def setup(cfg: Config, resume: str | None = None) -> Run:
@@ -122,12 +123,13 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
                            lora=cfg.model.lora)
     ref_model = None
     if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
-        ref_model = LogprobPolicy(load_policy(model_path, dtype)).to(acc.device).eval().requires_grad_(False)
+        ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk).to(acc.device).eval()
+        ref_model.requires_grad_(False)
     train_set, eval_set = load_prompt_sets(cfg.data, tokenizer)
     total_updates = cfg.train.steps * cfg.algorithm.mu * cfg.algorithm.minibatches
     optimizer, scheduler = _optimizer_and_schedule(cfg, hf_model, total_updates)
     # the scheduler is registered, not prepared: accelerate would step it once per process
-    prepared, optimizer = acc.prepare(LogprobPolicy(hf_model), optimizer)
+    prepared, optimizer = acc.prepare(LogprobPolicy(hf_model, cfg.optim.logprob_chunk), optimizer)
     acc.register_for_checkpointing(scheduler)
     engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype)
     a = cfg.algorithm
@@ -141,6 +143,7 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
         sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name))
+    run.mbs = MicroBatching.from_config(cfg.optim, _hidden_size(hf_model))
     if a.dynamic_sampling and a.oversampling == "predictive":
         run.oversampler = PredictiveOversampling(**a.oversampling_kwargs)
     if train_set.skipped_long:
@@ -194,11 +197,14 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         batch = UpdateBatch.from_samples(samples, advantages, a.mask_truncated)
         if run.rewards.correctness_label:
             batch.correct = values.terms[run.rewards.correctness_label]
+        if cfg.optim.balance_ranks:  # even out a*L + b*L^2 across data-parallel ranks (no-op on one process)
+            batch = balance_ranks(batch, acc, whole_groups=needs_whole_groups(run.loss_fn), cost_b=run.mbs.cost_b,
+                                  mask_truncated=a.mask_truncated)
 
         # 5. old logprobs (only when the policy moves within the step) and reference logprobs
         t0 = time.perf_counter()
-        score = functools.partial(score_all, samples=samples, pad_id=pad_id, acc=acc, width=batch.mask.shape[1],
-                                  temperature=cfg.rollout.temperature, micro_batch_size=cfg.optim.micro_batch_size)
+        score = functools.partial(score_all, samples=batch.samples, pad_id=pad_id, acc=acc,
+                                  width=batch.mask.shape[1], temperature=cfg.rollout.temperature, mbs=run.mbs)
         if a.mu * a.minibatches > 1:
             batch.old_logprobs = score(run.prepared)
         if a.kl_coef > 0:
@@ -209,7 +215,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         t0 = time.perf_counter()
         sums = update_policy(run.prepared, run.optimizer, run.scheduler, acc, batch, loss_fn=run.loss_fn,
                              algorithm=a, pad_id=pad_id, temperature=cfg.rollout.temperature,
-                             micro_batch_size=cfg.optim.micro_batch_size, max_new_tokens=cfg.rollout.max_new_tokens,
+                             mbs=run.mbs, max_new_tokens=cfg.rollout.max_new_tokens,
                              max_grad_norm=cfg.optim.max_grad_norm, seed=cfg.train.seed + step)
         t_train = time.perf_counter() - t0
 
@@ -438,6 +444,11 @@ def _step_metrics(values, samples, sums, full_mask, scheduler, acc, mu, t_rollou
         red = acc.reduce(torch.tensor([m[k] for k in keys], device=acc.device, dtype=torch.float64), reduction="mean")
         m.update(dict(zip(keys, red.cpu().tolist())))
     return m
+
+
+def _hidden_size(model) -> int:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return int(base.config.get_text_config().hidden_size)
 
 
 def _completion_rows(samples, values, advantages, local, count) -> list[dict]:

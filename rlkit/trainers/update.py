@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from rlkit.kernels.packing import balance_across_ranks, plan_micro_batches, sequence_cost
 from rlkit.rollout.base import Sample
-from rlkit.trainers.batch import collate, micro_batches, to_completion_space
+from rlkit.trainers.batch import collate, to_completion_space
 from rlkit.trainers.losses import LossInputs, aggregation_denominator, aggregation_weights, needs_whole_groups
 
 
@@ -55,24 +56,102 @@ def unit_chunks(unit_sizes: list[int], max_rows: int) -> list[list[int]]:
     return chunks
 
 
+@dataclass
+class MicroBatching:
+    """How a rank's samples become micro-batches (filled from OptimConfig by the trainer)."""
+
+    packing: bool = True  # one packed row per micro-batch; False: right-padded rows
+    micro_batch_tokens: int = 8192  # token budget of a packed micro-batch
+    micro_batch_size: int = 8  # rows of a padded micro-batch
+    cost_b: float = 0.0  # quadratic term of the cost model a*L + b*L^2 (a = 1)
+
+    @classmethod
+    def from_config(cls, optim, hidden_size: int) -> MicroBatching:
+        b = optim.attention_cost if optim.attention_cost >= 0 else 1.0 / (6.0 * hidden_size)
+        return cls(optim.packing, optim.micro_batch_tokens, optim.micro_batch_size, b)
+
+
+def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching, acc) -> list[list[int]]:
+    """Sample indices of each micro-batch of this rank. Every rank gets the same number of micro-batches
+    (the all-reduced maximum), so ZeRO-3 / FSDP run matching forwards; a rank with too few units gets
+    empty lists, which the caller turns into zero-weight forwards."""
+    lengths = [sum(len(samples[i].prompt_ids) + samples[i].num_tokens for i in u) for u in units]
+    if mbs.packing:
+        plan = lambda k: plan_micro_batches(lengths, mbs.micro_batch_tokens, min_count=k, b=mbs.cost_b)  # noqa: E731
+        count = len(plan(1))
+    else:
+        chunks = unit_chunks([len(u) for u in units], mbs.micro_batch_size)
+        count = len(chunks)
+    if acc.num_processes > 1:
+        count = int(acc.reduce(torch.tensor(count, device=acc.device), reduction="max"))
+    if mbs.packing:
+        return [[i for u in part for i in units[u]] for part in plan(count)]
+    rows = [i for u in units for i in u]
+    return [[rows[j] for j in c] for c in chunks] + [[] for _ in range(count - len(chunks))]
+
+
+def _units(samples: list[Sample], whole_groups: bool) -> list[list[int]]:
+    """Sample indices that must share a micro-batch: single samples, or whole groups."""
+    if not whole_groups:
+        return [[i] for i in range(len(samples))]
+    by_group: dict[int, list[int]] = {}
+    for i, smp in enumerate(samples):
+        by_group.setdefault(smp.group_id, []).append(i)
+    return list(by_group.values())
+
+
+def balance_ranks(batch: UpdateBatch, acc, *, whole_groups: bool, cost_b: float, mask_truncated: bool) -> UpdateBatch:
+    """Redistribute the step's samples across data-parallel ranks so that each rank's summed cost
+    a*L + b*L^2 is near-equal (Karmarkar-Karp over units). Exactness is kept: the loss weights are
+    global (normaliser all-reduced), so where a sample is trained does not change the update.
+    Group ids are made unique across ranks. Call before old/reference logprobs are scored."""
+    world = acc.num_processes
+    if world == 1:
+        return batch
+    import torch.distributed as dist
+
+    payload = (batch.samples, batch.advantages.tolist(), None if batch.correct is None else batch.correct.tolist())
+    gathered = [None] * world
+    dist.all_gather_object(gathered, payload)
+    stride = 1 + max((s.group_id for smps, _, _ in gathered for s in smps), default=0)
+    samples, adv, corr = [], [], []
+    for r, (smps, a, c) in enumerate(gathered):
+        samples += [replace(s, group_id=s.group_id + r * stride) for s in smps]
+        adv += a
+        corr += c if c is not None else [float("nan")] * len(smps)
+    units = _units(samples, whole_groups)
+    if len(units) < world:  # not enough units to give every rank one: keep the rollout's split
+        return batch
+    costs = [sum(sequence_cost(len(samples[i].prompt_ids) + samples[i].num_tokens, 1.0, cost_b) for i in u)
+             for u in units]
+    mine = [i for u in balance_across_ranks(costs, world)[acc.process_index] for i in units[u]]
+    out = UpdateBatch.from_samples([samples[i] for i in mine], torch.tensor([adv[i] for i in mine]), mask_truncated)
+    if batch.correct is not None:
+        out.correct = torch.tensor([corr[i] for i in mine], dtype=batch.correct.dtype)
+    return out
+
+
 @torch.no_grad()
-def score_all(policy, samples: list[Sample], pad_id: int, acc, *, temperature: float, micro_batch_size: int,
+def score_all(policy, samples: list[Sample], pad_id: int, acc, *, temperature: float, mbs: MicroBatching,
               width: int, disable_adapter: bool = False) -> torch.Tensor:
     """Logprobs [N, width] of every sample's completion under `policy` (no grad). With
     ``disable_adapter`` the PEFT adapters are switched off: the base model is the reference."""
     out = torch.zeros((len(samples), width), dtype=torch.float32)
     peft_model = acc.unwrap_model(policy).model
-    for idx in micro_batches(list(range(len(samples))), micro_batch_size):
-        mb = collate([samples[i] for i in idx], pad_id).to(acc.device)
+    for idx in plan_rank([[i] for i in range(len(samples))], samples, mbs, acc):
+        dummy = not idx
+        idx = idx or [0]
+        mb = collate([samples[i] for i in idx], pad_id, packed=mbs.packing).to(acc.device)
         adapter_off = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with adapter_off, acc.autocast():
             lp, _ = policy(mb, temperature=temperature)
-        out[idx, :lp.shape[1]] = lp.float().cpu()
+        if not dummy:
+            out[idx, :lp.shape[1]] = lp.float().cpu()
     return out
 
 
 def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, loss_fn, algorithm, pad_id: int,
-                  temperature: float, micro_batch_size: int, max_new_tokens: int, max_grad_norm: float,
+                  temperature: float, mbs: MicroBatching, max_new_tokens: int, max_grad_norm: float,
                   seed: int) -> dict:
     """mu passes x minibatches; micro-batches accumulate into one optimizer step per minibatch.
 
@@ -82,13 +161,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
     """
     a, world = algorithm, acc.num_processes
     # units that stay together: single samples, or whole groups for sequence-level losses (DRPO)
-    if needs_whole_groups(loss_fn):
-        by_group: dict[int, list[int]] = {}
-        for i, smp in enumerate(batch.samples):
-            by_group.setdefault(smp.group_id, []).append(i)
-        units = list(by_group.values())
-    else:
-        units = [[i] for i in range(len(batch.samples))]
+    units = _units(batch.samples, needs_whole_groups(loss_fn))
     random.Random(seed).shuffle(units)
     minibatch_units = [units[i::a.minibatches] for i in range(a.minibatches)]
     group_ids = torch.tensor([smp.group_id for smp in batch.samples])
@@ -104,11 +177,16 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
             weights = aggregation_weights(batch.mask[rows], a.aggregation, denom) * world
             n_groups = float(acc.reduce(torch.tensor(float(len(set(group_ids[rows].tolist()))), device=acc.device),
                                         reduction="sum"))
-            micro = unit_chunks([len(u) for u in mb_units], micro_batch_size)
-            for k, mrows in enumerate(micro):
-                idx = [rows[j] for j in mrows]
-                mb = collate([batch.samples[i] for i in idx], pad_id).to(acc.device)
+            micro = plan_rank(mb_units, batch.samples, mbs, acc)
+            position = {i: j for j, i in enumerate(rows)}
+            for k, idx in enumerate(micro):
+                # an empty micro-batch (this rank has fewer units than another) runs with zero weights
+                dummy = not idx
+                idx = idx or rows[:1]
+                mrows = [position[i] for i in idx]
+                mb = collate([batch.samples[i] for i in idx], pad_id, packed=mbs.packing).to(acc.device)
                 width = mb.completion_mask.shape[1]
+                zero = 0.0 if dummy else 1.0
                 sync = acc.no_sync(prepared) if k < len(micro) - 1 else contextlib.nullcontext()
                 with sync, acc.autocast():
                     lp, ent = prepared(mb, temperature=temperature, with_entropy=True)
@@ -117,13 +195,13 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
                     ref = batch.ref_logprobs[idx, :width].to(acc.device) if batch.ref_logprobs is not None else None
                     out = loss_fn(LossInputs(
                         logprobs=lp, old_logprobs=old, advantages=batch.advantages[idx].to(acc.device),
-                        mask=batch.mask[idx, :width].to(acc.device),
-                        token_weights=weights[mrows, :width].to(acc.device), ref_logprobs=ref,
+                        mask=batch.mask[idx, :width].to(acc.device) * zero,
+                        token_weights=weights[mrows, :width].to(acc.device) * zero, ref_logprobs=ref,
                         group_ids=group_ids[idx].to(acc.device),
                         correct=batch.correct[idx].to(acc.device) if batch.correct is not None else None,
                         group_scale=world / max(n_groups, 1.0)))
                     acc.backward(out.loss)
-                if epoch == 0:  # first pass: entropy of every sample; mismatch before any update
+                if epoch == 0 and not dummy:  # first pass: entropy of every sample; mismatch before any update
                     real = mb.completion_mask
                     sums["entropy"] += float((ent * real).sum())
                     sums["tokens"] += float(real.sum())
@@ -131,7 +209,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
                         diff = (lp.detach().float() - batch.behaviour[idx, :width].to(acc.device)).abs()
                         sums["mismatch"] += float((diff * real).sum())
                         sums["mismatch_tokens"] += float(real.sum())
-                for key, v in out.stats.items():
+                for key, v in out.stats.items() if not dummy else ():
                     sums[key] = sums.get(key, 0.0) + float(v)
             gn = acc.clip_grad_norm_(prepared.parameters(), max_grad_norm or float("inf"))
             grad_norms.append(float(gn))

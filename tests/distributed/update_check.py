@@ -11,7 +11,7 @@ from rlkit.models import load_policy
 from rlkit.rollout.base import Sample
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.losses import ppo_clip_loss
-from rlkit.trainers.update import UpdateBatch, update_policy
+from rlkit.trainers.update import MicroBatching, UpdateBatch, balance_ranks, update_policy
 
 
 def main(model_dir: str, aggregation: str, out: str) -> None:
@@ -25,12 +25,14 @@ def main(model_dir: str, aggregation: str, out: str) -> None:
     advantages = torch.randn(8, generator=gen)
     mine = list(range(acc.process_index, 8, acc.num_processes))
     batch = UpdateBatch.from_samples([samples[i] for i in mine], advantages[mine], mask_truncated=False)
+    # moves samples between ranks by cost (no-op on one process): the update must not change
+    batch = balance_ranks(batch, acc, whole_groups=False, cost_b=0.01, mask_truncated=False)
     model = LogprobPolicy(load_policy(model_dir, torch.float32))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     prepared, opt = acc.prepare(model, opt)
     update_policy(prepared, opt, None, acc, batch, loss_fn=ppo_clip_loss,
                   algorithm=AlgorithmConfig(aggregation=aggregation), pad_id=0, temperature=1.0,
-                  micro_batch_size=2, max_new_tokens=16, max_grad_norm=0.0, seed=0)
+                  mbs=MicroBatching(micro_batch_tokens=24), max_new_tokens=16, max_grad_norm=0.0, seed=0)
     if acc.is_main_process:
         torch.save({k: v.detach().clone() for k, v in acc.unwrap_model(prepared).state_dict().items()}, out)
     acc.wait_for_everyone()
