@@ -164,7 +164,7 @@ class OptimConfig:
     micro_batch_size: int = opt(8, "sequences per padded micro-batch (used when packing is false)")
     balance_ranks: bool = opt(True, "redistribute samples across data-parallel ranks to balance a*L + b*L^2")
     attention_cost: float = opt(-1.0, "b/a of the balancing cost model a*L + b*L^2 (-1: 1 / (6 x hidden size))")
-    logprob_chunk: int = opt(1024, "rows per chunk of the LM head + log-softmax (peak memory chunk x vocab)")
+    logprob_chunk: int = opt(512, "rows per chunk of the LM head + log-softmax (peak memory chunk x vocab)")
 
 
 @dataclass

@@ -49,30 +49,35 @@ def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
 
 
 def _chunk_logits(h, weight, bias, temperature):
+    """Logits of a chunk in the compute dtype; the matmul runs in the hidden states' dtype (bf16 models
+    keep a bf16 matmul, the softmax math is fp32)."""
     dt = _compute_dtype(h)
-    z = h.to(dt) @ weight.to(dt).t()
+    w = weight if weight.dtype == h.dtype else weight.to(h.dtype)
+    z = (h @ w.t()).to(dt)
     if bias is not None:
-        z = z + bias.to(dt)
-    return z / temperature
+        z.add_(bias.to(dt))
+    return z.div_(temperature) if temperature != 1.0 else z
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, temperature, chunk):
+        weight_in = weight
+        weight = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)  # cast once, not per chunk
         n, dt = hidden.shape[0], _compute_dtype(hidden)
         lp = torch.empty(n, dtype=dt, device=hidden.device)
         ent = torch.empty(n, dtype=dt, device=hidden.device)
         logz = torch.empty(n, dtype=dt, device=hidden.device)
-        for s in range(0, n, chunk):
+        for s in range(0, n, chunk):  # two chunk x V buffers alive at a time (the logits and p)
             z = _chunk_logits(hidden[s:s + chunk], weight, bias, temperature)
             lz = torch.logsumexp(z, dim=-1)
-            p = torch.exp(z - lz[:, None])
             logz[s:s + chunk] = lz
-            lp[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lz
-            ent[s:s + chunk] = lz - (p * z).sum(-1)
-            del z, p
+            logp = z.sub_(lz[:, None])
+            lp[s:s + chunk] = logp.gather(-1, targets[s:s + chunk, None]).squeeze(-1)
+            ent[s:s + chunk] = -(logp.exp().mul_(logp)).sum(-1)
+            del z, logp
         ctx.set_materialize_grads(False)  # an unused output (often the entropy) then costs nothing
-        ctx.save_for_backward(hidden, weight, bias, targets, logz, ent)
+        ctx.save_for_backward(hidden, weight_in, bias, targets, logz, ent)
         ctx.temperature, ctx.chunk = temperature, chunk
         return lp, ent
 
@@ -83,34 +88,38 @@ class _ChunkedLogprobs(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         g_h = torch.empty_like(hidden) if need_h else None
         dt = _compute_dtype(hidden)
+        w = weight if weight.dtype == hidden.dtype else weight.to(hidden.dtype)
         g_w = torch.zeros(weight.shape, dtype=dt, device=weight.device) if need_w else None
         g_b = torch.zeros(bias.shape, dtype=dt, device=bias.device) if need_b else None
         for s in range(0, hidden.shape[0], chunk):
             h = hidden[s:s + chunk]
-            z = _chunk_logits(h, weight, bias, t)
-            logp = z - logz[s:s + chunk, None]
+            logp = _chunk_logits(h, w, bias, t).sub_(logz[s:s + chunk, None])  # in place: 2 buffers alive
             p = logp.exp()
-            gz = torch.zeros_like(z)
+            gz = logp  # reuses the buffer: dL/dz is built where log p was
             if g_ent is not None:  # dH/dz = -p (log p + H)
-                gz = -(p * (logp + ent[s:s + chunk, None])) * g_ent[s:s + chunk, None]
+                gz.add_(ent[s:s + chunk, None]).mul_(p).mul_(-g_ent[s:s + chunk, None])
+            else:
+                gz.zero_()
             if g_lp is not None:  # dlp/dz = onehot - p
                 g = g_lp[s:s + chunk, None]
-                gz = gz - p * g
-                gz.scatter_add_(-1, targets[s:s + chunk, None], g)
-            gz = gz / t
+                gz.sub_(p.mul_(g))
+                gz.scatter_add_(-1, targets[s:s + chunk, None], g.to(gz.dtype))
+            del p
+            if t != 1.0:
+                gz.div_(t)
             if need_h:
-                g_h[s:s + chunk] = (gz @ weight.to(dt)).to(hidden.dtype)
+                g_h[s:s + chunk] = (gz.to(w.dtype) @ w).to(hidden.dtype)
             if need_w:
                 g_w += gz.t() @ h.to(dt)
             if need_b:
                 g_b += gz.sum(0)
-            del z, logp, p, gz
+            del logp, gz
         return (g_h, g_w.to(weight.dtype) if need_w else None, g_b.to(bias.dtype) if need_b else None,
                 None, None, None)
 
 
 def chunked_logprobs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                     temperature: float = 1.0, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                     temperature: float = 1.0, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Same result as ``reference_logprobs`` with O(chunk x V) extra memory in forward and backward."""
     if hidden.shape[0] == 0:
         empty = hidden.new_zeros(0, dtype=_compute_dtype(hidden))

@@ -33,7 +33,7 @@ class LogprobPolicy(nn.Module):
     logits for all positions are never materialised.
     """
 
-    def __init__(self, model: nn.Module, logprob_chunk: int = 1024):
+    def __init__(self, model: nn.Module, logprob_chunk: int = 512):
         super().__init__()
         self.model = model
         self.logprob_chunk = logprob_chunk
