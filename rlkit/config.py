@@ -82,6 +82,16 @@ class RolloutConfig:
     kv_cache_gib: float = opt(2.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
     max_model_len: int = opt(0, "vLLM context length; 0 = max_prompt_tokens + max_new_tokens")
     sleep_between_steps: bool = opt(False, "free vLLM memory during training (CUDA only; vLLM sleep mode)")
+    segments: int = opt(1, "UloRL segment rollout: each step decodes at most ceil(max_new_tokens / N) tokens per "
+                        "sample and carries unfinished samples to the next step (1 = ordinary rollout)")
+    segment_min_groups: int = opt(1, "segments: decode more rounds in a step until this many groups are complete")
+    segment_max_wait: int = opt(0, "segments: release a group after this many steps, cutting unfinished samples "
+                                "(0 = no cap beyond max_new_tokens)")
+    segment_importance: Literal["pois", "sais"] = opt(
+        "pois", "segments: pois = old logprobs recomputed with the current policy for the whole sequence (UloRL's "
+        "choice); sais = each token against the policy version that produced it (the engine's logprobs)")
+    zero_truncated: bool = opt(True, "segments: samples that reach max_new_tokens without EOS get total reward 0 "
+                               "(UloRL); set false when a length-aware reward handles them")
 
 
 @dataclass
@@ -120,6 +130,10 @@ class AlgorithmConfig:
     mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)")
     minibatches: int = opt(1, "optimizer steps per pass over the rollout batch")
     mask_truncated: bool = opt(False, "drop completions that hit max_new_tokens from the loss")
+    dmmpt: bool = opt(False, "UloRL DMMPT: drop from the loss tokens of correct samples with old-policy probability "
+                      ">= dmmpt_tau while the sample's mean entropy is below dmmpt_sigma")
+    dmmpt_tau: float = opt(0.99, "DMMPT probability threshold (tau)")
+    dmmpt_sigma: float = opt(0.2, "DMMPT target entropy (sigma)")
     dynamic_sampling: bool = opt(False, "drop groups whose filter metric has zero variance and generate more (DAPO)")
     dynamic_sampling_metric: Literal["correct", "reward"] = opt(
         "correct", "filter on the verifier (correct) or on the combined per-sample reward, before group shaping")
@@ -396,6 +410,10 @@ def validate(cfg: Config, source: str = "config") -> None:
 
     need(cfg.rollout.group_size >= 2, "'rollout.group_size' must be >= 2 (group baselines need two samples)")
     need(cfg.rollout.prompts_per_step >= 1, "'rollout.prompts_per_step' must be >= 1")
+    need(cfg.rollout.segments >= 1, "'rollout.segments' must be >= 1")
+    need(cfg.rollout.segments == 1 or not cfg.algorithm.dynamic_sampling,
+         "'rollout.segments' > 1 cannot be combined with 'algorithm.dynamic_sampling' (released groups vary per step)")
+    need(cfg.rollout.segment_min_groups >= 1, "'rollout.segment_min_groups' must be >= 1")
     need(cfg.rollout.max_new_tokens >= 1, "'rollout.max_new_tokens' must be >= 1")
     need(cfg.rollout.temperature > 0, "'rollout.temperature' must be > 0 (use eval_temperature for greedy)")
     need(0 < cfg.rollout.top_p <= 1, "'rollout.top_p' must be in (0, 1]")
@@ -439,6 +457,10 @@ def validate(cfg: Config, source: str = "config") -> None:
     if cfg.dot.enabled:
         need(has_verifier,
              "dot needs a correctness term (e.g. math_correct) in `rewards`")
+    if cfg.algorithm.dmmpt:
+        need(has_verifier, "'algorithm.dmmpt' masks tokens of correct samples: it needs a correctness term "
+             "(e.g. math_correct) in `rewards`")
+        need(0 < cfg.algorithm.dmmpt_tau <= 1, "'algorithm.dmmpt_tau' must be in (0, 1]")
     for i, term in enumerate(cfg.shaping):
         try:
             resolve_shaper(term.name)

@@ -16,6 +16,7 @@ class Sample:
     logprobs: behaviour log-probs of the completion tokens, log softmax(logits / T) of the engine
     (len == len(completion_ids)); empty when the engine was asked for none (greedy eval).
     versions: the policy version that produced each completion token.
+    segments: the segment (0, 1, ...) that produced each token; empty for ordinary one-call rollouts.
     """
 
     prompt_ids: list[int]
@@ -25,6 +26,7 @@ class Sample:
     text: str
     group_id: int  # index of the prompt within the generate() call (offset by the caller)
     versions: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
@@ -46,8 +48,9 @@ class SamplingSpec:
 class RolloutEngine(Protocol):
     version: int
 
-    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[Sample]:
-        """n samples per prompt, grouped: samples of prompt k are [k*n, (k+1)*n)."""
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec | list[SamplingSpec]) -> list[Sample]:
+        """n samples per prompt, grouped: prompt k's samples come together and carry group_id k.
+        ``spec`` is shared by all prompts, or a list with one spec per prompt (segment rollouts)."""
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Load new policy weights (HF parameter names) and bump `version`."""
@@ -55,6 +58,14 @@ class RolloutEngine(Protocol):
     def sleep(self) -> None: ...
 
     def wake(self) -> None: ...
+
+
+def per_prompt_specs(spec: SamplingSpec | list[SamplingSpec], n_prompts: int) -> list[SamplingSpec]:
+    if isinstance(spec, SamplingSpec):
+        return [spec] * n_prompts
+    if len(spec) != n_prompts:
+        raise ValueError(f"generate: {len(spec)} sampling specs for {n_prompts} prompts")
+    return list(spec)
 
 
 def make_engine(cfg, model_path: str, *, policy=None, tokenizer=None, device=None, dtype=None) -> RolloutEngine:

@@ -3,11 +3,12 @@ itself (shared weights), so `update_weights` only bumps the version."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 import torch
 
-from rlkit.rollout.base import Sample, SamplingSpec
+from rlkit.rollout.base import Sample, SamplingSpec, per_prompt_specs
 
 
 class HFEngine:
@@ -15,8 +16,16 @@ class HFEngine:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.version = 0
 
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec | list[SamplingSpec]) -> list[Sample]:
+        if isinstance(spec, SamplingSpec):
+            return self._generate(prompts, spec)
+        samples = []  # one spec per prompt: one call per prompt, group ids renumbered to the prompt index
+        for k, (p, s) in enumerate(zip(prompts, per_prompt_specs(spec, len(prompts)))):
+            samples += [dataclasses.replace(x, group_id=k) for x in self._generate([p], s)]
+        return samples
+
     @torch.no_grad()
-    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[Sample]:
+    def _generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[Sample]:
         model = self.model
         was_training = model.training
         model.eval()

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import torch
 
-from rlkit.rollout.base import Sample, SamplingSpec
+from rlkit.rollout.base import Sample, SamplingSpec, per_prompt_specs
 
 
 class VLLMEngine:
@@ -56,13 +56,14 @@ class VLLMEngine:
         self.version = 0
         self.progress = progress
 
-    def generate(self, prompts: list[list[int]], spec: SamplingSpec) -> list[Sample]:
+    def generate(self, prompts: list[list[int]], spec: SamplingSpec | list[SamplingSpec]) -> list[Sample]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p, top_k=spec.top_k,
-                                max_tokens=spec.max_new_tokens, logprobs=0 if spec.logprobs else None,
-                                seed=spec.seed)
+        specs = per_prompt_specs(spec, len(prompts))
+        params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                                 max_tokens=s.max_new_tokens, logprobs=0 if s.logprobs else None, seed=s.seed)
+                  for s in specs]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                     use_tqdm=self.progress)
         samples = []
@@ -70,7 +71,7 @@ class VLLMEngine:
             for comp in out.outputs:
                 ids = list(comp.token_ids)
                 lps: list[float] = []
-                if spec.logprobs and comp.logprobs is not None:
+                if specs[k].logprobs and comp.logprobs is not None:
                     lps = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
                 reason = "length" if comp.finish_reason == "length" else "stop"
                 samples.append(Sample(prompt_ids=list(prompts[k]), completion_ids=ids, logprobs=lps,

@@ -31,6 +31,7 @@ from rlkit.rewards.dot import outlier_cuts, truncate_sample
 from rlkit.rewards.length import ends_in_loop
 from rlkit.rewards.shaping import ShapingBatch, build_shaper
 from rlkit.rollout import SamplingSpec, make_engine
+from rlkit.rollout.segments import SegmentRolloutWorker
 from rlkit.rollout.weights import exported_weights
 from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.advantages import resolve_advantage
@@ -105,6 +106,7 @@ class Run:
     before: dict | None = None
     oversampler: object | None = None  # PredictiveOversampling when algorithm.oversampling = predictive
     mbs: MicroBatching | None = None  # micro-batch planning (packing, token budget, cost model)
+    segments: SegmentRolloutWorker | None = None  # rollout.segments > 1 (UloRL)
 
 
 def setup(cfg: Config, resume: str | None = None) -> Run:
@@ -144,6 +146,12 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name))
     run.mbs = MicroBatching.from_config(cfg.optim, _hidden_size(hf_model))
+    if cfg.rollout.segments > 1:
+        r = cfg.rollout
+        run.segments = SegmentRolloutWorker(
+            engine, segment_len=math.ceil(r.max_new_tokens / r.segments), max_total_len=r.max_new_tokens,
+            min_groups=r.segment_min_groups, max_wait=r.segment_max_wait,
+            decode=functools.partial(tokenizer.decode, skip_special_tokens=True))
     if a.dynamic_sampling and a.oversampling == "predictive":
         run.oversampler = PredictiveOversampling(**a.oversampling_kwargs)
     if train_set.skipped_long:
@@ -157,6 +165,11 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
             shaper.load_state_dict(shaper_state)
         if run.oversampler is not None and state.get("oversampler"):
             run.oversampler.load_state_dict(state["oversampler"])
+        if run.segments is not None and state.get("segment_pools"):
+            if len(state["segment_pools"]) != acc.num_processes:
+                raise ValueError(f"{resume_path}: the segment pool was saved by {len(state['segment_pools'])} "
+                                 f"processes; resume with the same number (now {acc.num_processes})")
+            run.segments.load_state_dict(state["segment_pools"][acc.process_index])
         _sync_weights(engine, prepared, acc)
         engine.version = state["policy_version"]
         run.logger.console(f"resumed from {resume_path} at step {run.start_step}")
@@ -168,7 +181,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     # 0. set-up (and restore from a checkpoint), then the "before" column of the held-out table
     run = setup(cfg, resume)
     acc, engine, a = run.acc, run.engine, cfg.algorithm
-    world, rank, pad_id = acc.num_processes, acc.process_index, run.tokenizer.pad_token_id
+    world, pad_id = acc.num_processes, run.tokenizer.pad_token_id
     eval_kw = dict(temperature=cfg.rollout.eval_temperature,
                    max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens,
                    seed=cfg.train.seed)
@@ -191,9 +204,9 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         local, samples, values, t_rollout, t_reward, sampling_metrics = _collect(run, step)
 
         # 4. group/batch shaping and advantages over the whole step (gathered from all ranks); keep this rank's slice
-        shaped, shaping_metrics = _shape(run, acc, values, samples, local, rank * len(local), step)
+        shaped, shaping_metrics, offset = _shape(run, acc, values, samples, local, step)
         advantages = run.advantage_fn(shaped.rewards, shaped.group_ids, a.scale, lengths=shaped.lengths)
-        advantages = advantages[rank * len(samples):(rank + 1) * len(samples)]
+        advantages = advantages[offset:offset + len(samples)]
         batch = UpdateBatch.from_samples(samples, advantages, a.mask_truncated)
         if run.rewards.correctness_label:
             batch.correct = values.terms[run.rewards.correctness_label]
@@ -205,7 +218,9 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         t0 = time.perf_counter()
         score = functools.partial(score_all, samples=batch.samples, pad_id=pad_id, acc=acc,
                                   width=batch.mask.shape[1], temperature=cfg.rollout.temperature, mbs=run.mbs)
-        if a.mu * a.minibatches > 1:
+        if run.segments is not None and cfg.rollout.segment_importance == "sais":
+            batch.old_logprobs = batch.behaviour  # SAIS: each token against the version that produced it
+        elif a.mu * a.minibatches > 1:  # (with segments this is POIS: the whole sequence under the current policy)
             batch.old_logprobs = score(run.prepared)
         if a.kl_coef > 0:
             batch.ref_logprobs = score(run.ref_model or run.prepared, disable_adapter=run.ref_model is None)
@@ -245,6 +260,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
                 "step": step + 1, "policy_version": engine.version, "sampler": run.sampler.state_dict(),
                 "shapers": [shaper.state_dict() for _, shaper in run.shapers],
                 "oversampler": run.oversampler.state_dict() if run.oversampler is not None else None,
+                "segment_pools": gather_object([run.segments.state_dict()]) if run.segments is not None else None,
                 "eval_before": before, "world_size": world}, cfg.checkpoint.keep_last)
             metrics["time/checkpoint"] = time.perf_counter() - t0
         metrics["time/step"] = time.perf_counter() - t_step
@@ -283,12 +299,22 @@ def _generate_and_score(run: Run, step: int, n_prompts: int, round_idx: int):
     spec = SamplingSpec(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                         top_k=cfg.rollout.top_k, max_new_tokens=cfg.rollout.max_new_tokens,
                         seed=cfg.train.seed * 100_003 + step * 1009 + round_idx * 101 + rank)
-    samples = run.engine.generate([p.ids for p in local], spec)
+    segment_metrics = {}
+    if run.segments is None:
+        samples = run.engine.generate([p.ids for p in local], spec)
+    else:  # UloRL: new groups join the pool; complete groups come out (possibly started in earlier steps)
+        released, segment_metrics = run.segments.step(local, spec, step)
+        local = [g.prompt for g in released]
+        samples = [dataclasses.replace(m, group_id=k) for k, g in enumerate(released) for m in g.members]
     run.engine.sleep()
     t_rollout = time.perf_counter() - t0
     t0 = time.perf_counter()
     values = _score(run, local, samples, step)
-    dot_metrics = {}
+    if run.segments is not None and cfg.rollout.zero_truncated:  # UloRL: no EOS by max_total_len -> reward 0
+        cut = [i for i, s in enumerate(samples) if s.finish_reason == "length"]
+        values.total[cut] = 0.0
+        segment_metrics["segments/zeroed_truncated"] = len(cut)
+    dot_metrics = dict(segment_metrics)
     if cfg.dot.enabled:  # DOT: truncate outliers of all-correct groups, re-run the rewards on them
         label = run.rewards.correctness_label
         correct = [None if math.isnan(v) else v for v in values.terms[label].tolist()]
@@ -302,7 +328,7 @@ def _generate_and_score(run: Run, step: int, n_prompts: int, round_idx: int):
             values.total[idx] = redo.total
             for k in values.terms:
                 values.terms[k][idx] = redo.terms[k]
-        dot_metrics = {"dot/truncated_fraction": len(cuts) / max(len(samples), 1)}
+        dot_metrics["dot/truncated_fraction"] = len(cuts) / max(len(samples), 1)
     return local, samples, values, t_rollout, time.perf_counter() - t0, dot_metrics
 
 
@@ -356,10 +382,25 @@ def _collect(run: Run, step: int):
     return local, samples, values, t_rollout, t_reward, metrics
 
 
-def _shape(run: Run, acc, values, samples, local, group_offset: int, step: int):
-    """Gather the step's rewards, correctness, lengths and groups from all ranks; apply the shapers in order."""
+def _gather_var(acc, t: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All ranks' 1-D tensors concatenated in rank order (sizes may differ), and this rank's offset."""
+    if acc.num_processes == 1:
+        return t, 0
+    sizes = acc.gather(torch.tensor([t.shape[0]], device=acc.device)).cpu().tolist()
+    padded = acc.gather(acc.pad_across_processes(t.to(acc.device), dim=0)).cpu()
+    width = max(sizes)
+    parts = [padded[r * width:r * width + n] for r, n in enumerate(sizes)]
+    return torch.cat(parts), sum(sizes[:acc.process_index])
+
+
+def _shape(run: Run, acc, values, samples, local, step: int):
+    """Gather the step's rewards, correctness, lengths and groups from all ranks (counts may differ with
+    segment rollouts); apply the shapers in order. Returns the shaping batch, metrics and this rank's offset."""
     def gather(t):
-        return acc.gather(t.to(acc.device)).cpu()
+        return _gather_var(acc, t)[0]
+
+    _, group_offset = _gather_var(acc, torch.zeros(len(local)))
+    _, offset = _gather_var(acc, torch.zeros(len(samples)))
 
     correct_label = run.rewards.correctness_label
     correct = values.terms[correct_label] if correct_label else torch.full_like(values.total, float("nan"))
@@ -381,7 +422,7 @@ def _shape(run: Run, acc, values, samples, local, group_offset: int, step: int):
         metrics.update({f"shaping/{name}/{k}": v for k, v in result.metrics.items()})
     if run.shapers:
         metrics["reward/shaped_mean"] = float(batch.rewards.mean())
-    return batch, metrics
+    return batch, metrics, offset
 
 
 def _monitor(run: Run, shaper, step: int) -> dict:
@@ -431,6 +472,8 @@ def _step_metrics(values, samples, sums, full_mask, scheduler, acc, mu, t_rollou
     m["loss/ratio"] = sums["ratio"] / n_tok
     m["loss/kl"] = sums["kl"] / n_tok
     m["loss/entropy"] = sums["entropy"] / first_pass_tok
+    if "dmmpt_masked" in sums:
+        m["loss/dmmpt_masked_frac"] = sums["dmmpt_masked"] / n_tok
     m["loss/logprob_mismatch"] = sums["mismatch"] / max(sums["mismatch_tokens"], 1.0)
     m["optim/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     m["optim/lr"] = scheduler.get_last_lr()[0]

@@ -96,6 +96,25 @@ def aggregation_weights(mask: torch.Tensor, mode: str, denominator: float) -> to
     raise ValueError(f"unknown aggregation {mode!r}")
 
 
+def dmmpt_keep(old_logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor,
+               tau: float = 0.99, sigma: float = 0.2) -> torch.Tensor:
+    """Dynamic masking of well-mastered positive tokens (UloRL, Du et al. 2025, eq. 9-10):
+
+        MPT    = {t in sample i : p_old(o_t) >= tau and r_i = 1}
+        H_i    = (1/|o_i|) sum_t entropy_t                 (mean token entropy of response i)
+        I(i,t) = 1 if H_i < sigma and t in MPT else 0
+        keep   = 1 - I                                    (the loss normaliser 1/sum|o_i| is unchanged)
+
+    old_logprobs, entropy, mask: [B, C]; correct: [B] (1 = correct; NaN or 0 = not). Returns keep [B, C]
+    in {0, 1}. p comes from the old policy (methods.md: the source is unstated; pi_old is available).
+    """
+    n = mask.sum(-1).clamp(min=1.0)
+    mean_entropy = (entropy * mask).sum(-1) / n
+    gate = (correct == 1) & (mean_entropy < sigma)
+    mastered = old_logprobs >= math.log(tau)
+    return 1.0 - (mastered & gate[:, None] & (mask > 0)).to(mask.dtype)
+
+
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || pi_ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
     d = ref_logprobs - logprobs

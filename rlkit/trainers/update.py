@@ -15,7 +15,13 @@ import torch
 from rlkit.kernels.packing import balance_across_ranks, plan_micro_batches, sequence_cost
 from rlkit.rollout.base import Sample
 from rlkit.trainers.batch import collate, to_completion_space
-from rlkit.trainers.losses import LossInputs, aggregation_denominator, aggregation_weights, needs_whole_groups
+from rlkit.trainers.losses import (
+    LossInputs,
+    aggregation_denominator,
+    aggregation_weights,
+    dmmpt_keep,
+    needs_whole_groups,
+)
 
 
 @dataclass
@@ -193,10 +199,16 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
                     old = batch.old_logprobs[idx, :width].to(acc.device) if batch.old_logprobs is not None \
                         else lp.detach()
                     ref = batch.ref_logprobs[idx, :width].to(acc.device) if batch.ref_logprobs is not None else None
+                    mask = batch.mask[idx, :width].to(acc.device) * zero
+                    token_weights = weights[mrows, :width].to(acc.device) * zero
+                    if a.dmmpt and batch.correct is not None:  # UloRL DMMPT: weights only, normaliser unchanged
+                        keep = dmmpt_keep(old.detach(), ent, mask, batch.correct[idx].to(acc.device), a.dmmpt_tau,
+                                          a.dmmpt_sigma)
+                        sums["dmmpt_masked"] = sums.get("dmmpt_masked", 0.0) + float((mask * (1 - keep)).sum())
+                        token_weights = token_weights * keep
                     out = loss_fn(LossInputs(
                         logprobs=lp, old_logprobs=old, advantages=batch.advantages[idx].to(acc.device),
-                        mask=batch.mask[idx, :width].to(acc.device) * zero,
-                        token_weights=weights[mrows, :width].to(acc.device) * zero, ref_logprobs=ref,
+                        mask=mask, token_weights=token_weights, ref_logprobs=ref,
                         group_ids=group_ids[idx].to(acc.device),
                         correct=batch.correct[idx].to(acc.device) if batch.correct is not None else None,
                         group_scale=world / max(n_groups, 1.0)))

@@ -29,13 +29,6 @@ def _cfg(model_dir, out, **over):
     return load_config(overrides=base)
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir):
-    from rlkit.rollout.vllm_engine import VLLMEngine
-
-    return VLLMEngine(str(tiny_model_dir), max_model_len=512, kv_cache_gib=1)
-
-
 def _prompt_ids(tok, q="Tom has 3 apples and buys 4 more. How many apples?"):
     text = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
     return tok(text, add_special_tokens=False)["input_ids"]

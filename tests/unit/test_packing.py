@@ -5,8 +5,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlkit.kernels.packing import (balance_across_ranks, karmarkar_karp, pack_sequences, plan_micro_batches,
-                                   restore_order, sequence_cost)
+from rlkit.kernels.packing import (
+    balance_across_ranks,
+    karmarkar_karp,
+    pack_sequences,
+    plan_micro_batches,
+    restore_order,
+    sequence_cost,
+)
 
 lengths_st = st.lists(st.integers(1, 600), min_size=1, max_size=40)
 
