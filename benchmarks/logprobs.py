@@ -79,7 +79,7 @@ def main() -> None:
             for method in ("naive", "chunked"):
                 if method == "naive" and logits_gib > args.max_naive_gib:
                     rows.append({"method": "naive", "T": t, "V": v, "seconds": None, "peak_extra_gib": None,
-                                 "skipped": f"logits alone need {logits_gib:.1f} GiB"})
+                                 "skipped": f"logits alone need {logits_gib:.1f} GiB", "logits_gib": logits_gib})
                     continue
                 proc = subprocess.run([sys.executable, __file__, "--hidden", str(args.hidden), "--chunk", str(args.chunk),
                                        "--device", args.device, "--case", method, str(t), str(v)],

@@ -468,6 +468,8 @@ def _step_metrics(values, samples, sums, full_mask, scheduler, acc, mu, t_rollou
         m["accuracy"] = m["reward/math_correct"]
     m.update({f"completion/{k}_tokens": v for k, v in st.items()})
     m["completion/truncation_rate"] = sum(s.finish_reason == "length" for s in samples) / len(samples)
+    m["completion/samples"] = float(len(samples))
+    m["completion/total_tokens"] = float(n_gen_tokens)
     m["loss/clip_frac"] = sums["clip_frac"] / n_tok
     m["loss/ratio"] = sums["ratio"] / n_tok
     m["loss/kl"] = sums["kl"] / n_tok

