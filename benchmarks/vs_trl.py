@@ -37,13 +37,18 @@ def _prompt_rows(n: int, seed: int):
     return [{"prompt": p.text, "answer": str(p.columns.get("answer", ""))} for p in train_set.prompts[:n]]
 
 
+def _env() -> dict:
+    # the same threads for both sides: vLLM's CPU worker otherwise drops torch to one thread (platform notes)
+    return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))}
+
+
 def run_rlkit(args, out: Path) -> dict:
     cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", f"--train.steps={args.steps}",
            f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
            f"--rollout.max_new_tokens={args.max_new}", "--rollout.temperature=1.0", "--rollout.top_p=1.0",
            "--optim.lr=1e-6", "--data.shuffle=false", "--train.eval_before=false", "--train.eval_after=false",
            "--checkpoint.save_final=false", "--logging.progress=false", "--rewards=[{name: math_correct}]"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit("rlkit run failed")
@@ -96,6 +101,7 @@ def trl_child(args, out: Path) -> None:
 
     trainer.add_callback(StepTimer())
     torch.manual_seed(0)
+    print(f"torch threads in the TRL process: {torch.get_num_threads()}", flush=True)
     trainer.train()
     (out / "trl.json").write_text(json.dumps({"step_s": step_times, "gen_s": gen_times, "tokens": tokens}))
 
@@ -104,7 +110,7 @@ def run_trl(args, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, __file__, "--child", str(out), "--steps", str(args.steps), "--prompts", str(args.prompts),
            "--group", str(args.group), "--max-new", str(args.max_new)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-6000:])
         raise SystemExit("TRL run failed")
