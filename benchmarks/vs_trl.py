@@ -101,9 +101,12 @@ def trl_child(args, out: Path) -> None:
 
     trainer.add_callback(StepTimer())
     torch.manual_seed(0)
-    print(f"torch threads in the TRL process: {torch.get_num_threads()}", flush=True)
+    vcfg = trainer.vllm_generation.llm.llm_engine.vllm_config
+    engine_info = {"torch_threads": torch.get_num_threads(), "enforce_eager": vcfg.model_config.enforce_eager,
+                   "dtype": str(vcfg.model_config.dtype), "compilation_mode": str(vcfg.compilation_config.mode)}
     trainer.train()
-    (out / "trl.json").write_text(json.dumps({"step_s": step_times, "gen_s": gen_times, "tokens": tokens}))
+    (out / "trl.json").write_text(json.dumps({"step_s": step_times, "gen_s": gen_times, "tokens": tokens,
+                                              "engine": engine_info}))
 
 
 def run_trl(args, out: Path) -> dict:
@@ -116,7 +119,8 @@ def run_trl(args, out: Path) -> dict:
         raise SystemExit("TRL run failed")
     r = json.loads((out / "trl.json").read_text())
     w = args.warmup
-    return {"side": "trl", "step_s": r["step_s"][w:], "gen_s": r["gen_s"][w:], "completion_tokens": r["tokens"][w:]}
+    return {"side": "trl", "step_s": r["step_s"][w:], "gen_s": r["gen_s"][w:], "completion_tokens": r["tokens"][w:],
+            "engine": r["engine"]}
 
 
 def main() -> None:

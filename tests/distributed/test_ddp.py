@@ -55,3 +55,22 @@ def test_cli_train_on_two_processes_with_colocated_vllm(tiny_model_dir, tmp_path
     assert [m["step"] for m in steps] == [1, 2] and all(m["optim/grad_norm"] > 0 for m in steps)
     state = json.loads((run / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["sampler"]["position"] == 8  # 2 steps x 2 prompts x 2 ranks
+
+
+def test_cli_segments_on_two_processes_gather_uneven_batches_and_save_both_pools(tiny_model_dir, tmp_path):
+    """With segments, ranks release different numbers of groups: shaping gathers uneven batches, balancing
+    moves samples between ranks, and the checkpoint keeps one pool per rank."""
+    run = tmp_path / "seg-run"
+    proc = _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
+                     "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=48", "--rollout.segments=3",
+                     "--rollout.segment_min_groups=1", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
+                     "--train.eval_before=false", "--train.eval_after=false",
+                     "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=3", "--checkpoint.every=1",
+                     "--logging.progress=false", cwd=tmp_path, extra_path=str(HERE.parent / "integration"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if "reward/mean" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3] and all(m["optim/grad_norm"] > 0 for m in steps)
+    assert all("segments/released_groups" in m for m in steps)
+    state = json.loads((run / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
+    assert len(state["segment_pools"]) == 2 and all("pool" in p for p in state["segment_pools"])
