@@ -53,6 +53,31 @@ def run_once(model: str, out: Path, segments: int, args) -> dict:
             "truncation_rate": sum(m["completion/truncation_rate"] for m in steps) / len(steps)}
 
 
+def calibrate(model: str, max_new: int) -> list[dict]:
+    """Decode cost per engine iteration at several batch sizes (the quantity segments save on is the time of
+    iterations that run with few sequences left): wall time / longest completion, per batch size."""
+    import os
+    import time
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from rlkit.rollout.base import SamplingSpec
+    from rlkit.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(model, max_model_len=max_new + 128, kv_cache_gib=2)
+    prompt = list(range(10, 40))
+    rows = []
+    for batch in (1, 4, 16, 32):
+        spec = SamplingSpec(n=batch, temperature=1.0, max_new_tokens=max_new // 4, seed=1)
+        engine.generate([prompt], spec)  # warm-up
+        t0 = time.perf_counter()
+        out = engine.generate([prompt], spec)
+        wall = time.perf_counter() - t0
+        iters = max(s.num_tokens for s in out)
+        rows.append({"batch": batch, "ms_per_iteration": 1000 * wall / iters,
+                     "tokens_per_s": sum(s.num_tokens for s in out) / wall})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=16)
@@ -62,12 +87,17 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--segments", default="1,2,4")
+    ap.add_argument("--calibrate", action="store_true", help="only measure decode cost per iteration vs batch size")
     args = ap.parse_args()
 
     from rlkit.models import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="rlkit-seg-"))
     model = str(build_tiny_model(tmp / "model", seed=0))
+    if args.calibrate:
+        for row in calibrate(model, args.max_new):
+            print(json.dumps(row), flush=True)
+        return
     results = []
     for rep in range(args.repeats):
         for n in map(int, args.segments.split(",")):

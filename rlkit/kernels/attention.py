@@ -16,7 +16,7 @@
   causally, which is exact for unpadded or right-padded rows (real tokens never look right).
 
 Reference: the same model with ``attn_implementation="sdpa"`` run on each sample alone; the parity
-tests (tests/integration/test_packing.py) compare the two in fp32.
+tests (tests/integration/test_packed_forward.py) compare the two in fp32.
 """
 
 from __future__ import annotations
