@@ -25,6 +25,14 @@ def _base_model(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _plain_linear(head: nn.Module) -> bool:
+    """The chunked kernel reads ``head.weight`` directly. That is only safe for a plain Linear whose weight is
+    a whole local tensor: not a ZeRO-3 partitioned parameter (``ds_id``) nor a sharded DTensor."""
+    weight = getattr(head, "weight", None)
+    return (type(head) is nn.Linear and weight is not None and not hasattr(weight, "ds_id")
+            and type(weight).__name__ != "DTensor" and type(weight.data).__name__ != "DTensor")
+
+
 class LogprobPolicy(nn.Module):
     """``forward(batch) -> (logprobs [B, C], entropy [B, C] or None)`` for an HF causal LM (or PEFT model).
 
@@ -53,10 +61,10 @@ class LogprobPolicy(nn.Module):
         # position p predicts token p + 1
         h = hidden[batch.score_rows, batch.score_pos - 1]
         head = base.get_output_embeddings()
-        if type(head) is nn.Linear:
+        if _plain_linear(head):
             lp, ent = chunked_logprobs(h, head.weight, head.bias, batch.score_targets, temperature,
                                        self.logprob_chunk)
-        else:  # an adapted or custom head: apply the module, then the plain-torch function
+        else:  # an adapted, custom or sharded head: call the module (its hooks gather weights), then plain torch
             lp, ent = logprobs_from_logits(head(h), batch.score_targets, temperature)
         shape = batch.completion_mask.shape
         out = lp.new_zeros(shape).index_put((batch.score_sample, batch.score_cols), lp)
