@@ -6,7 +6,7 @@ from rlkit.config import ConfigError, list_recipes, load_config
 
 def test_every_recipe_loads_and_names_its_paper():
     recipes = list_recipes()
-    assert {"grpo", "dr_grpo", "dapo", "dler", "da_dler", "drpo", "grpo_lambda", "kimi", "curriculum", "dot", "laser", "laser_d", "laser_de"} <= {r[0] for r in recipes}
+    assert {"grpo", "dr_grpo", "dapo", "dler", "da_dler", "drpo", "grpo_lambda", "kimi", "curriculum", "dot", "laser", "laser_d", "laser_de", "ulorl"} <= {r[0] for r in recipes}
     for name, desc, paper in recipes:
         assert desc and "arXiv" in paper, name
         load_config(recipes=[name])
