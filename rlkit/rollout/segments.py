@@ -112,12 +112,7 @@ class SegmentRolloutWorker:
             for (g, i), out in zip(targets, by_request.get(k, [])):
                 g.members[i] = self._stitch(g.members[i], out)
                 decoded += out.num_tokens
-                m = g.members[i]
-                if out.finish_reason == "stop":
-                    g.done[i] = True
-                    g.members[i] = dataclasses.replace(m, finish_reason="stop")
-                elif m.num_tokens >= self.max_total_len:
-                    g.done[i] = True
+                g.done[i] = out.finish_reason == "stop" or g.members[i].num_tokens >= self.max_total_len
         return decoded
 
     def _spec(self, spec: SamplingSpec, k: int, round_idx: int, n: int, so_far: int) -> SamplingSpec:
@@ -128,9 +123,9 @@ class SegmentRolloutWorker:
     def _stitch(self, member: Sample, out: Sample) -> Sample:
         seg = member.segments[-1] + 1 if member.segments else 0
         ids = member.completion_ids + out.completion_ids
-        text = self.decode(ids) if self.decode is not None else member.text + out.text
         return dataclasses.replace(member, completion_ids=ids, logprobs=member.logprobs + out.logprobs,
-                                   versions=member.versions + out.versions, text=text, finish_reason="length",
+                                   versions=member.versions + out.versions, text=member.text + out.text,
+                                   finish_reason=out.finish_reason,  # "stop" on EOS, else "length"
                                    segments=member.segments + [seg] * out.num_tokens)
 
     def _release(self, step: int) -> list[PoolGroup]:
@@ -140,6 +135,9 @@ class SegmentRolloutWorker:
                 g.done, g.forced = [True] * len(g.done), True  # cut where they are: finish_reason stays "length"
             (released if g.complete() else kept).append(g)
         self.pool = kept
+        if self.decode is not None:  # the whole completion once, not per segment (a token may span a boundary)
+            for g in released:
+                g.members = [dataclasses.replace(m, text=self.decode(m.completion_ids)) for m in g.members]
         return released
 
     def state_dict(self) -> dict:

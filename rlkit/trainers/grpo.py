@@ -382,25 +382,30 @@ def _collect(run: Run, step: int):
     return local, samples, values, t_rollout, t_reward, metrics
 
 
-def _gather_var(acc, t: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All ranks' 1-D tensors concatenated in rank order (sizes may differ), and this rank's offset."""
+def _rank_sizes(acc, n: int) -> list[int]:
+    """Every rank's count of n, in rank order."""
     if acc.num_processes == 1:
-        return t, 0
-    sizes = acc.gather(torch.tensor([t.shape[0]], device=acc.device)).cpu().tolist()
+        return [n]
+    return acc.gather(torch.tensor([n], device=acc.device)).cpu().tolist()
+
+
+def _gather_var(acc, t: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """All ranks' 1-D tensors concatenated in rank order; ``sizes`` (from _rank_sizes) may differ."""
+    if acc.num_processes == 1:
+        return t
     padded = acc.gather(acc.pad_across_processes(t.to(acc.device), dim=0)).cpu()
     width = max(sizes)
-    parts = [padded[r * width:r * width + n] for r, n in enumerate(sizes)]
-    return torch.cat(parts), sum(sizes[:acc.process_index])
+    return torch.cat([padded[r * width:r * width + n] for r, n in enumerate(sizes)])
 
 
 def _shape(run: Run, acc, values, samples, local, step: int):
     """Gather the step's rewards, correctness, lengths and groups from all ranks (counts may differ with
     segment rollouts); apply the shapers in order. Returns the shaping batch, metrics and this rank's offset."""
-    def gather(t):
-        return _gather_var(acc, t)[0]
+    sizes, group_sizes = _rank_sizes(acc, len(samples)), _rank_sizes(acc, len(local))
+    offset, group_offset = sum(sizes[:acc.process_index]), sum(group_sizes[:acc.process_index])
 
-    _, group_offset = _gather_var(acc, torch.zeros(len(local)))
-    _, offset = _gather_var(acc, torch.zeros(len(samples)))
+    def gather(t):
+        return _gather_var(acc, t, sizes)
 
     correct_label = run.rewards.correctness_label
     correct = values.terms[correct_label] if correct_label else torch.full_like(values.total, float("nan"))

@@ -114,11 +114,10 @@ def balance_ranks(batch: UpdateBatch, acc, *, whole_groups: bool, cost_b: float,
     world = acc.num_processes
     if world == 1:
         return batch
-    import torch.distributed as dist
+    from accelerate.utils import gather_object
 
     payload = (batch.samples, batch.advantages.tolist(), None if batch.correct is None else batch.correct.tolist())
-    gathered = [None] * world
-    dist.all_gather_object(gathered, payload)
+    gathered = gather_object([payload])
     stride = 1 + max((s.group_id for smps, _, _ in gathered for s in smps), default=0)
     samples, adv, corr = [], [], []
     for r, (smps, a, c) in enumerate(gathered):
@@ -174,6 +173,8 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
     sums = {"clip_frac": 0.0, "ratio": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "mismatch": 0.0,
             "mismatch_tokens": 0.0}
     grad_norms = []
+    # micro-batch plans depend only on the minibatch's units: plan once, reuse in every pass
+    plans = [plan_rank(mb_units, batch.samples, mbs, acc) for mb_units in minibatch_units]
     prepared.train()
     for epoch in range(a.mu):
         for mb_index, mb_units in enumerate(minibatch_units):
@@ -183,7 +184,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
             weights = aggregation_weights(batch.mask[rows], a.aggregation, denom) * world
             n_groups = float(acc.reduce(torch.tensor(float(len(set(group_ids[rows].tolist()))), device=acc.device),
                                         reduction="sum"))
-            micro = plan_rank(mb_units, batch.samples, mbs, acc)
+            micro = plans[mb_index]
             position = {i: j for j, i in enumerate(rows)}
             for k, idx in enumerate(micro):
                 # an empty micro-batch (this rank has fewer units than another) runs with zero weights
