@@ -27,9 +27,11 @@ RUNS = {
     # clip-higher, dynamic sampling on the truncated reward
     "dler": ["--recipe=dler", "--rollout.max_new_tokens=48", "--rewards=[{name: math_correct, weight: 0.0}, "
              "{name: truncation, kwargs: {max_tokens: 48}}, {name: boxed_format, weight: 0.1}]",
-             "--algorithm.minibatches=1", "--algorithm.max_gen_rounds=2", "--data.max_prompt_tokens=256"],
+             "--algorithm.minibatches=1", "--filter={name: dynamic_sampling, kwargs: {metric: reward, max_rounds: 2}}",
+             "--data.max_prompt_tokens=256"],
     # curriculum recipe scaled: budget 96 -> x0.7 every 4 steps in the prompt, triangular length reward
-    "curriculum": ["--recipe=curriculum", "--rollout.max_new_tokens=128", "--budget.initial=96", "--budget.every=4"],
+    "curriculum": ["--recipe=curriculum", "--rollout.max_new_tokens=128",
+                   "--prompt_transforms=[{name: budget_curriculum, kwargs: {initial: 96, gamma: 0.7, every: 4}}]"],
 }
 
 

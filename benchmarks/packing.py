@@ -48,12 +48,13 @@ def main() -> None:
 
     from accelerate import Accelerator
 
+    from rlkit.algorithms.losses import ppo_clip_loss
     from rlkit.config import AlgorithmConfig
     from rlkit.models import build_tiny_model, load_policy
+    from rlkit.records import StepBatch
     from rlkit.rollout.base import Sample
     from rlkit.trainers.batch import LogprobPolicy
-    from rlkit.trainers.losses import ppo_clip_loss
-    from rlkit.trainers.update import MicroBatching, UpdateBatch, plan_rank, update_policy
+    from rlkit.trainers.update import LossSpec, MicroBatching, plan_rank, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=args.device == "cpu")
     tmp = tempfile.mkdtemp(prefix="rlkit-bench-")
@@ -65,8 +66,8 @@ def main() -> None:
     lengths = lognormal_lengths(args.samples, args.median, args.sigma, args.cap, args.seed)
     samples = [Sample([r.randrange(3, vocab) for _ in range(r.randint(32, 96))], [r.randrange(3, vocab) for _ in range(n)],
                       [0.0] * n, "stop", "", i // 8) for i, n in enumerate(lengths)]
-    batch = UpdateBatch.from_samples(samples, torch.randn(len(samples), generator=torch.Generator().manual_seed(0)),
-                                     mask_truncated=False)
+    batch = prepare_tokens(StepBatch([], samples, advantages=torch.randn(len(samples),
+                                                                         generator=torch.Generator().manual_seed(0))))
     real = sum(len(s.prompt_ids) + s.num_tokens for s in samples)
     modes = {"padded": MicroBatching(packing=False, micro_batch_size=args.rows),
              "packed": MicroBatching(packing=True, micro_batch_tokens=args.budget, cost_b=1 / (6 * args.hidden))}
@@ -79,7 +80,7 @@ def main() -> None:
             if acc.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            update_policy(policy, opt, None, acc, batch, loss_fn=ppo_clip_loss, algorithm=AlgorithmConfig(), pad_id=0,
+            update_policy(policy, opt, None, acc, batch, loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0,
                           temperature=1.0, mbs=mbs, max_new_tokens=args.cap, max_grad_norm=0.0, seed=0)
             if acc.device.type == "cuda":
                 torch.cuda.synchronize()

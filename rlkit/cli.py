@@ -73,7 +73,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
             p.add_argument("--resume", default=None, metavar="auto|PATH",
                            help="continue from the latest checkpoint of output_dir (auto) or from PATH")
         types = _add_config_options(p)
-    sub.add_parser("rewards", help="list registered rewards and shapers with their one-line docs")
+    sub.add_parser("rewards", help="list every registered component (rewards, shapers, filters, transforms, advantages, losses, token masks) with its one-line doc")
     sub.add_parser("recipes", help="list the named presets with a description and the paper")
     return parser, types
 
@@ -82,15 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     parser, types = build_parser()
     args = parser.parse_args(argv)
     if args.command == "rewards":
-        from rlkit.rewards import list_rewards
-        from rlkit.rewards.shaping import SHAPERS
+        from rlkit import registry
 
-        for name, doc in list_rewards():
-            print(f"{name:24s} {doc}")
-        print("\ngroup/batch shapers (config `shaping`):")
-        for name in SHAPERS.names():
-            doc = (SHAPERS.resolve(name).__doc__ or "").strip().splitlines()[0]
-            print(f"{name:24s} {doc}")
+        for kind, (group, _) in registry.KINDS.items():
+            print(f"{registry.plural(kind)} (entry-point group {group}):")
+            for name, doc in registry.listing(kind):
+                print(f"  {name:22s} {doc}")
+            print()
         return 0
     if args.command == "recipes":
         from rlkit.config import list_recipes

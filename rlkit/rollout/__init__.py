@@ -3,4 +3,6 @@
 `make_engine` builds the configured engine; vLLM is imported only when the vLLM engine is built.
 """
 
-from rlkit.rollout.base import RolloutEngine, Sample, SamplingSpec, make_engine  # noqa: F401
+from rlkit.records import Sample  # noqa: F401
+from rlkit.rollout.base import RolloutEngine, SamplingSpec  # noqa: F401
+from rlkit.rollout.factory import Rollout, make_engine, make_rollout  # noqa: F401

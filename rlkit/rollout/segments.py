@@ -22,8 +22,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from rlkit.data import Prompt
-from rlkit.rollout.base import RolloutEngine, Sample, SamplingSpec
+from rlkit.records import Prompt, Sample
+from rlkit.rollout.base import RolloutEngine, SamplingSpec
 
 
 @dataclass

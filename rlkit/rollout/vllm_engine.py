@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 import torch
 
-from rlkit.rollout.base import Sample, SamplingSpec, per_prompt_specs
+from rlkit.records import Sample
+from rlkit.rollout.base import SamplingSpec, per_prompt_specs
 
 
 class VLLMEngine:

@@ -18,7 +18,7 @@ from rlkit.kernels.attention import NAME as PACKED_ATTENTION
 from rlkit.kernels.attention import register as register_packed_attention
 from rlkit.kernels.logprobs import chunked_logprobs, logprobs_from_logits
 from rlkit.kernels.packing import pack_sequences
-from rlkit.rollout.base import Sample
+from rlkit.records import Sample, to_completion_space  # noqa: F401  (re-exported for callers)
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -132,12 +132,3 @@ def collate(samples: list[Sample], pad_id: int, packed: bool = True) -> MicroBat
         ids[i, :len(q)] = torch.tensor(q, dtype=torch.long)
         att[i, :len(q)] = 1
     return MicroBatch(ids, att, None, None, cmask, *scored, num_tokens=offset, max_seqlen=width)
-
-
-def to_completion_space(values: list[list[float]], width: int) -> torch.Tensor:
-    """Per-sample lists of per-token values -> [B, width] float32, zero-padded."""
-    out = torch.zeros((len(values), width), dtype=torch.float32)
-    for i, v in enumerate(values):
-        if v:
-            out[i, :len(v)] = torch.tensor(v[:width], dtype=torch.float32)
-    return out

@@ -6,8 +6,8 @@ import statistics
 
 import torch
 
+from rlkit import registry
 from rlkit.logging import format_table
-from rlkit.rewards.registry import build_reward
 from rlkit.rollout.base import SamplingSpec
 
 
@@ -40,11 +40,13 @@ def evaluate(engine, prompts, accuracy_fn, *, temperature: float, max_new_tokens
 
 
 def accuracy_reward(cfg):
-    """The held-out metric: the configured math_correct term (with its kwargs) or the default one."""
+    """The held-out metric: the configured correctness term (a registered verifier, or a term marked
+    ``correctness: true``) with its options, else the default verifier ``math_correct``."""
     for term in cfg.rewards:
-        if term.name == "math_correct":
-            return build_reward(term.name, term.kwargs)
-    return build_reward("math_correct")
+        entry = registry.resolve("reward", term.name, factory=term.factory)
+        if term.correctness or entry.flag("correctness", False):
+            return registry.build(entry, term.kwargs)
+    return registry.build(registry.resolve("reward", "math_correct"), {})
 
 
 def eval_table(columns: dict[str, dict], n: int, source: str) -> str:
@@ -64,7 +66,7 @@ def evaluate_model(cfg) -> dict:
     """`rlkit eval`: score ``model.name_or_path`` on the held-out slice and print the table."""
     from rlkit.data import load_prompt_sets
     from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
-    from rlkit.rollout import make_engine
+    from rlkit.rollout.factory import make_engine
 
     path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(path)

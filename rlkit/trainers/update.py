@@ -9,41 +9,31 @@ from __future__ import annotations
 import contextlib
 import random
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
+from rlkit.algorithms.losses import LossInputs, MinibatchInputs, aggregation_denominator, aggregation_weights
 from rlkit.kernels.packing import balance_across_ranks, plan_micro_batches, sequence_cost
-from rlkit.rollout.base import Sample
-from rlkit.trainers.batch import collate, to_completion_space
-from rlkit.trainers.losses import (
-    LossInputs,
-    aggregation_denominator,
-    aggregation_weights,
-    dmmpt_keep,
-    needs_whole_groups,
-)
+from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, to_completion_space
+from rlkit.trainers import dist
+from rlkit.trainers.batch import collate
 
 
-@dataclass
-class UpdateBatch:
-    """One rank's share of a step. Per-token tensors are in completion space [N, C]."""
-
-    samples: list[Sample]
-    advantages: torch.Tensor  # [N]
-    mask: torch.Tensor  # [N, C] tokens that count in the loss
-    behaviour: torch.Tensor  # [N, C] rollout-engine logprobs
-    old_logprobs: torch.Tensor | None = None  # [N, C]; None -> the ratio is taken against the current policy
-    ref_logprobs: torch.Tensor | None = None  # [N, C]; None -> no KL term
-    correct: torch.Tensor | None = None  # [N] verifier values, for sequence-level losses (DRPO)
-
-    @classmethod
-    def from_samples(cls, samples: list[Sample], advantages: torch.Tensor, mask_truncated: bool) -> UpdateBatch:
-        cmax = max(1, max(s.num_tokens for s in samples))
-        keep = torch.tensor([not (mask_truncated and s.finish_reason == "length") for s in samples],
-                            dtype=torch.float32)
-        mask = to_completion_space([[1.0] * s.num_tokens for s in samples], cmax) * keep[:, None]
-        behaviour = to_completion_space([s.logprobs for s in samples], cmax)
-        return cls(samples, advantages, mask, behaviour)
+def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
+    """Fill the per-token tensors [N, C] of ``batch``: the loss mask (completion tokens, then every (name, mask)
+    of kind "batch", e.g. mask_truncated, whose removed share goes to ``mask/<name>/masked_frac``) and the
+    engine's behaviour logprobs. Returns the batch."""
+    samples = batch.samples
+    cmax = max(1, max((s.num_tokens for s in samples), default=1))
+    mask = to_completion_space([[1.0] * s.num_tokens for s in samples], cmax)
+    total = max(float(mask.sum()), 1.0)
+    for name, m in masks:
+        kept = mask * m.keep(MaskInputs(mask=mask, truncated=batch.truncated, correct=batch.correct))
+        batch.metrics[f"mask/{name}/masked_frac"] = float((mask - kept).sum()) / total
+        mask = kept
+    batch.mask, batch.behaviour = mask, to_completion_space([s.logprobs for s in samples], cmax)
+    return batch
 
 
 def unit_chunks(unit_sizes: list[int], max_rows: int) -> list[list[int]]:
@@ -88,8 +78,7 @@ def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching,
     else:
         chunks = unit_chunks([len(u) for u in units], mbs.micro_batch_size)
         count = len(chunks)
-    if acc.num_processes > 1:
-        count = int(acc.reduce(torch.tensor(count, device=acc.device), reduction="max"))
+    count = int(dist.reduce(acc, torch.tensor(count), "max"))
     if mbs.packing:
         return [[i for u in part for i in units[u]] for part in plan(count)]
     rows = [i for u in units for i in u]
@@ -106,18 +95,17 @@ def _units(samples: list[Sample], whole_groups: bool) -> list[list[int]]:
     return list(by_group.values())
 
 
-def balance_ranks(batch: UpdateBatch, acc, *, whole_groups: bool, cost_b: float, mask_truncated: bool) -> UpdateBatch:
+def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float) -> StepBatch:
     """Redistribute the step's samples across data-parallel ranks so that each rank's summed cost
     a*L + b*L^2 is near-equal (Karmarkar-Karp over units). Exactness is kept: the loss weights are
     global (normaliser all-reduced), so where a sample is trained does not change the update.
-    Group ids are made unique across ranks. Call before old/reference logprobs are scored."""
+    Group ids are made unique across ranks. Moves samples, advantages and correctness; per-token tensors are
+    built afterwards (``prepare_tokens``). Call before old/reference logprobs are scored."""
     world = acc.num_processes
     if world == 1:
         return batch
-    from accelerate.utils import gather_object
-
     payload = (batch.samples, batch.advantages.tolist(), None if batch.correct is None else batch.correct.tolist())
-    gathered = gather_object([payload])
+    gathered = dist.gather_objects(acc, payload)
     stride = 1 + max((s.group_id for smps, _, _ in gathered for s in smps), default=0)
     samples, adv, corr = [], [], []
     for r, (smps, a, c) in enumerate(gathered):
@@ -130,10 +118,9 @@ def balance_ranks(batch: UpdateBatch, acc, *, whole_groups: bool, cost_b: float,
     costs = [sum(sequence_cost(len(samples[i].prompt_ids) + samples[i].num_tokens, 1.0, cost_b) for i in u)
              for u in units]
     mine = [i for u in balance_across_ranks(costs, world)[acc.process_index] for i in units[u]]
-    out = UpdateBatch.from_samples([samples[i] for i in mine], torch.tensor([adv[i] for i in mine]), mask_truncated)
-    if batch.correct is not None:
-        out.correct = torch.tensor([corr[i] for i in mine], dtype=batch.correct.dtype)
-    return out
+    correct = None if batch.correct is None else torch.tensor([corr[i] for i in mine], dtype=batch.correct.dtype)
+    return StepBatch([], [samples[i] for i in mine], advantages=torch.tensor([adv[i] for i in mine]),
+                     correct=correct, metrics=batch.metrics)
 
 
 @torch.no_grad()
@@ -155,24 +142,49 @@ def score_all(policy, samples: list[Sample], pad_id: int, acc, *, temperature: f
     return out
 
 
-def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, loss_fn, algorithm, pad_id: int,
-                  temperature: float, mbs: MicroBatching, max_new_tokens: int, max_grad_norm: float,
-                  seed: int) -> dict:
+@dataclass
+class LossSpec:
+    """The injected loss and what it declares (read once at start-up)."""
+
+    fn: Any  # LossInputs -> LossOutputs, options bound
+    whole_groups: bool = False  # keep groups inside one micro-batch (sequence-level losses)
+    prepare: Any = None  # MinibatchInputs -> {name: [M, C]}, options bound (see rlkit.algorithms.losses)
+
+
+def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: list[int], micro: list[list[int]],
+                       pad_id: int, temperature: float, mbs: MicroBatching) -> dict:
+    """The loss's minibatch-wide inputs, [len(rows), C] each, from the current policy's logprobs (one no-grad
+    forward over the minibatch's micro-batches, empty ones included so every rank runs the same forwards)."""
+    current = torch.zeros(batch.mask.shape)
+    with torch.no_grad():
+        for idx in micro:
+            mb = collate([batch.samples[i] for i in idx or rows[:1]], pad_id, packed=mbs.packing).to(acc.device)
+            with acc.autocast():
+                lp, _ = prepared(mb, temperature=temperature)
+            if idx:
+                current[idx, :lp.shape[1]] = lp.float().cpu()
+    return loss.prepare(MinibatchInputs(
+        logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
+        all_reduce_sum=lambda t: dist.reduce(acc, t, "sum"), all_gather=lambda t: dist.gather_var(acc, t)))
+
+
+def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss: LossSpec, algorithm,
+                  pad_id: int, temperature: float, mbs: MicroBatching, max_new_tokens: int, max_grad_norm: float,
+                  seed: int, forward_masks: list = ()) -> UpdateStats:
     """mu passes x minibatches; micro-batches accumulate into one optimizer step per minibatch.
 
     The aggregation normaliser is summed over all ranks and the weights are multiplied by the world
     size because DDP averages gradients: the result equals one process training on the whole batch.
-    Returns token-sums of the loss statistics, entropy and vLLM-vs-trainer mismatch, and grad norms.
+    ``forward_masks`` ((name, mask) of kind "forward") scale the token weights after each forward pass.
+    Returns token sums of the loss statistics, entropy, the vLLM-vs-trainer mismatch and grad norms.
     """
     a, world = algorithm, acc.num_processes
     # units that stay together: single samples, or whole groups for sequence-level losses (DRPO)
-    units = _units(batch.samples, needs_whole_groups(loss_fn))
+    units = _units(batch.samples, loss.whole_groups)
     random.Random(seed).shuffle(units)
     minibatch_units = [units[i::a.minibatches] for i in range(a.minibatches)]
-    group_ids = torch.tensor([smp.group_id for smp in batch.samples])
-    sums = {"clip_frac": 0.0, "ratio": 0.0, "kl": 0.0, "entropy": 0.0, "tokens": 0.0, "mismatch": 0.0,
-            "mismatch_tokens": 0.0}
-    grad_norms = []
+    group_ids = batch.group_ids
+    stats = UpdateStats(masked={name: 0.0 for name, _ in forward_masks})
     # micro-batch plans depend only on the minibatch's units: plan once, reuse in every pass
     plans = [plan_rank(mb_units, batch.samples, mbs, acc) for mb_units in minibatch_units]
     prepared.train()
@@ -180,12 +192,14 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
         for mb_index, mb_units in enumerate(minibatch_units):
             rows = [i for unit in mb_units for i in unit]
             denom = aggregation_denominator(batch.mask[rows], a.aggregation, max_new_tokens)
-            denom = float(acc.reduce(torch.tensor(denom, device=acc.device), reduction="sum"))
+            denom = float(dist.reduce(acc, torch.tensor(denom), "sum"))
             weights = aggregation_weights(batch.mask[rows], a.aggregation, denom) * world
-            n_groups = float(acc.reduce(torch.tensor(float(len(set(group_ids[rows].tolist()))), device=acc.device),
-                                        reduction="sum"))
+            n_groups = float(dist.reduce(acc, torch.tensor(float(len(set(group_ids[rows].tolist())))), "sum"))
             micro = plans[mb_index]
             position = {i: j for j, i in enumerate(rows)}
+            extra = {}
+            if loss.prepare is not None:  # before the first backward: the policy is the minibatch's start
+                extra = _prepare_minibatch(loss, prepared, acc, batch, rows, micro, pad_id, temperature, mbs)
             for k, idx in enumerate(micro):
                 # an empty micro-batch (this rank has fewer units than another) runs with zero weights
                 dummy = not idx
@@ -201,34 +215,34 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: UpdateBatch, *, lo
                         else lp.detach()
                     ref = batch.ref_logprobs[idx, :width].to(acc.device) if batch.ref_logprobs is not None else None
                     mask = batch.mask[idx, :width].to(acc.device) * zero
+                    correct = batch.correct[idx].to(acc.device) if batch.correct is not None else None
                     token_weights = weights[mrows, :width].to(acc.device) * zero
-                    if a.dmmpt and batch.correct is not None:  # UloRL DMMPT: weights only, normaliser unchanged
-                        keep = dmmpt_keep(old.detach(), ent, mask, batch.correct[idx].to(acc.device), a.dmmpt_tau,
-                                          a.dmmpt_sigma)
-                        sums["dmmpt_masked"] = sums.get("dmmpt_masked", 0.0) + float((mask * (1 - keep)).sum())
+                    for name, m in forward_masks:  # normaliser unchanged: only the weights move
+                        keep = m.keep(MaskInputs(mask=mask, truncated=batch.truncated[idx].to(acc.device),
+                                                 correct=correct, old_logprobs=old.detach(), entropy=ent))
+                        stats.masked[name] += float((mask * (1 - keep)).sum())
                         token_weights = token_weights * keep
-                    out = loss_fn(LossInputs(
+                    out = loss.fn(LossInputs(
                         logprobs=lp, old_logprobs=old, advantages=batch.advantages[idx].to(acc.device),
                         mask=mask, token_weights=token_weights, ref_logprobs=ref,
-                        group_ids=group_ids[idx].to(acc.device),
-                        correct=batch.correct[idx].to(acc.device) if batch.correct is not None else None,
-                        group_scale=world / max(n_groups, 1.0)))
+                        group_ids=group_ids[idx].to(acc.device), correct=correct,
+                        group_scale=world / max(n_groups, 1.0),
+                        extra={key: v[mrows, :width].to(acc.device) for key, v in extra.items()}))
                     acc.backward(out.loss)
                 if epoch == 0 and not dummy:  # first pass: entropy of every sample; mismatch before any update
                     real = mb.completion_mask
-                    sums["entropy"] += float((ent * real).sum())
-                    sums["tokens"] += float(real.sum())
+                    stats.entropy += float((ent * real).sum())
+                    stats.tokens += float(real.sum())
                     if mb_index == 0:
                         diff = (lp.detach().float() - batch.behaviour[idx, :width].to(acc.device)).abs()
-                        sums["mismatch"] += float((diff * real).sum())
-                        sums["mismatch_tokens"] += float(real.sum())
+                        stats.mismatch += float((diff * real).sum())
+                        stats.mismatch_tokens += float(real.sum())
                 for key, v in out.stats.items() if not dummy else ():
-                    sums[key] = sums.get(key, 0.0) + float(v)
+                    stats.sums[key] = stats.sums.get(key, 0.0) + float(v)
             gn = acc.clip_grad_norm_(prepared.parameters(), max_grad_norm or float("inf"))
-            grad_norms.append(float(gn))
+            stats.grad_norms.append(float(gn))
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-    sums["grad_norms"] = grad_norms
-    return sums
+    return stats

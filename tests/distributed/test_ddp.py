@@ -54,7 +54,9 @@ def test_cli_train_on_two_processes_with_colocated_vllm(tiny_model_dir, tmp_path
     steps = [m for m in steps if "reward/mean" in m]
     assert [m["step"] for m in steps] == [1, 2] and all(m["optim/grad_norm"] > 0 for m in steps)
     state = json.loads((run / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
-    assert state["world_size"] == 2 and state["sampler"]["position"] == 8  # 2 steps x 2 prompts x 2 ranks
+    # prompts_per_step is global: 2 steps x 2 prompts in all, one prompt (4 samples) per rank and step
+    assert state["world_size"] == 2 and state["sampler"]["position"] == 4
+    assert all(m["completion/samples"] == 4 for m in steps)
 
 
 def test_cli_segments_on_two_processes_gather_uneven_batches_and_save_both_pools(tiny_model_dir, tmp_path):
@@ -62,7 +64,7 @@ def test_cli_segments_on_two_processes_gather_uneven_batches_and_save_both_pools
     moves samples between ranks, and the checkpoint keeps one pool per rank."""
     run = tmp_path / "seg-run"
     proc = _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
-                     "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=48", "--rollout.segments=3",
+                     "--rollout.prompts_per_step=4", "--rollout.max_new_tokens=48", "--rollout.segments=3",
                      "--rollout.segment_min_groups=1", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
                      "--train.eval_before=false", "--train.eval_after=false",
                      "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=3", "--checkpoint.every=1",
@@ -73,4 +75,23 @@ def test_cli_segments_on_two_processes_gather_uneven_batches_and_save_both_pools
     assert [m["step"] for m in steps] == [1, 2, 3] and all(m["optim/grad_norm"] > 0 for m in steps)
     assert all("segments/released_groups" in m for m in steps)
     state = json.loads((run / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
-    assert len(state["segment_pools"]) == 2 and all("pool" in p for p in state["segment_pools"])
+    assert len(state["rollout"]) == 2 and all("pool" in p for p in state["rollout"])
+
+
+def test_three_process_collectives_with_uneven_shares(tmp_path):
+    """gloo, 3 ranks holding different numbers of samples: the variable-size gather, the metric mean over
+    ranks with different keys and NaNs, KL-Cov's global token choice and the LASER-D monitor refresh (8 monitor
+    prompts on 3 ranks) all equal the single-process result."""
+    outs = {}
+    for nproc in (1, 3):
+        out = tmp_path / f"collectives_{nproc}.json"
+        proc = _torchrun(nproc, str(HERE / "collectives_check.py"), str(out), cwd=tmp_path,
+                         extra_path=str(HERE.parent / "integration"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[nproc] = json.loads(out.read_text())
+    three, one = outs[3], outs[1]
+    assert three["gathered"] == [0.0, 1.0, 20.0, 21.0, 22.0]  # ranks hold 2, 0 and 3 values
+    assert three["metrics"] == {"a": 2.0, "b": 4.0, "c": 5.0, "rank_only_0": 7.0}
+    assert three["kl_cov_chosen"] == one["kl_cov_chosen"] and sum(map(sum, one["kl_cov_chosen"])) == 4  # floor(0.1 x 46)
+    assert three["monitor_sizes"] == [3, 3, 2] and one["monitor_sizes"] == [8]
+    assert three["targets"] == one["targets"] and set(one["targets"].values()) != {None}

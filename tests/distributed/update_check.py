@@ -6,12 +6,12 @@ import sys
 import torch
 from accelerate import Accelerator
 
+from rlkit.algorithms.losses import ppo_clip_loss
 from rlkit.config import AlgorithmConfig
 from rlkit.models import load_policy
-from rlkit.rollout.base import Sample
+from rlkit.records import Sample, StepBatch
 from rlkit.trainers.batch import LogprobPolicy
-from rlkit.trainers.losses import ppo_clip_loss
-from rlkit.trainers.update import MicroBatching, UpdateBatch, balance_ranks, update_policy
+from rlkit.trainers.update import LossSpec, MicroBatching, balance_ranks, prepare_tokens, update_policy
 
 
 def main(model_dir: str, aggregation: str, out: str) -> None:
@@ -24,13 +24,13 @@ def main(model_dir: str, aggregation: str, out: str) -> None:
         samples.append(Sample(ids[:p], ids[p:], [0.0] * c, "stop", "", i // 2))
     advantages = torch.randn(8, generator=gen)
     mine = list(range(acc.process_index, 8, acc.num_processes))
-    batch = UpdateBatch.from_samples([samples[i] for i in mine], advantages[mine], mask_truncated=False)
+    batch = StepBatch([], [samples[i] for i in mine], advantages=advantages[mine])
     # moves samples between ranks by cost (no-op on one process): the update must not change
-    batch = balance_ranks(batch, acc, whole_groups=False, cost_b=0.01, mask_truncated=False)
+    batch = prepare_tokens(balance_ranks(batch, acc, whole_groups=False, cost_b=0.01))
     model = LogprobPolicy(load_policy(model_dir, torch.float32))
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     prepared, opt = acc.prepare(model, opt)
-    update_policy(prepared, opt, None, acc, batch, loss_fn=ppo_clip_loss,
+    update_policy(prepared, opt, None, acc, batch, loss=LossSpec(ppo_clip_loss),
                   algorithm=AlgorithmConfig(aggregation=aggregation), pad_id=0, temperature=1.0,
                   mbs=MicroBatching(micro_batch_tokens=24), max_new_tokens=16, max_grad_norm=0.0, seed=0)
     if acc.is_main_process:

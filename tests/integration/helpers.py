@@ -38,3 +38,8 @@ def always_correct(prompts, completions, completion_ids, **kwargs):
 def length_over_100(prompts, completions, completion_ids, num_tokens, **kwargs):
     """num_tokens / 100: shows whether a sample was re-scored after truncation."""
     return [n / 100 for n in num_tokens]
+
+
+def even_length_correct(prompts, completions, completion_ids, **kwargs):
+    """A verifier (0/1) that accepts completions of even length."""
+    return [float(len(ids) % 2 == 0) for ids in completion_ids]

@@ -109,7 +109,7 @@ def test_mu_minibatches_kl_and_dual_clip_run(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "algorithm.mu": 2, "algorithm.minibatches": 2, "algorithm.kl_coef": 0.1, "algorithm.dual_clip": 3.0,
         "algorithm.epsilon_high": 0.28, "algorithm.aggregation": "seq-mean-token-sum-norm",
-        "algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_metric": "reward",
+        "filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward"}},
         "algorithm.advantage": "batch_norm", "train.steps": 1, "train.eval_before": False})
     m = train(cfg).last_metrics
     assert m["sampling/rounds"] >= 1 and m["sampling/padded_groups"] >= 0
@@ -121,11 +121,12 @@ def test_mask_truncated_drops_truncated_completions(tiny_model_dir, tmp_path):
     from rlkit.trainers.grpo import train
 
     # a random model never emits EOS within 24 tokens: every completion is truncated, nothing is trained
-    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"algorithm.mask_truncated": True, "train.steps": 1,
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"token_masks": ["mask_truncated"], "train.steps": 1,
                                                    "train.eval_before": False, "train.eval_after": False})
     m = train(cfg).last_metrics
     assert m["completion/truncation_rate"] == 1.0
     assert m["optim/grad_norm"] == 0.0
+    assert m["mask/mask_truncated/masked_frac"] == 1.0  # every token left the loss
 
 
 def test_reward_error_stops_the_step_and_keeps_saved_checkpoints(tiny_model_dir, tmp_path):
@@ -188,7 +189,7 @@ def test_cli_train_end_to_end_and_resume(tiny_model_dir, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000002", "step_000003"]
     final = json.loads((run / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
     assert final["sampler"]["position"] == 6
-    assert final["shapers"][0] == {"switched_total": 3, "groups_total": 6}  # controller state survived the restart
+    assert final["stages"]["shaping[0].grpo_lambda"] == {"switched_total": 3, "groups_total": 6}  # survived the restart
 
 
 def test_cli_rejects_unknown_reward_before_loading_anything(tmp_path):
@@ -200,18 +201,20 @@ def test_cli_rejects_unknown_reward_before_loading_anything(tmp_path):
 
 
 def test_dynamic_sampling_keeps_only_groups_with_signal(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import _collect, setup
+    from rlkit.trainers.collect import collect
+    from rlkit.trainers.run import setup
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
-        "rewards": [{"name": "helpers:even_answers_only"}], "algorithm.dynamic_sampling": True,
-        "algorithm.dynamic_sampling_metric": "reward", "algorithm.max_gen_rounds": 4, "rollout.prompts_per_step": 3})
+        "rewards": [{"name": "helpers:even_answers_only"}], "rollout.prompts_per_step": 3,
+        "filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward", "max_rounds": 4}}})
     run = setup(cfg)
-    local, samples, values, _, _, metrics = _collect(run, step=0)
-    assert len(local) == 3 and len(samples) == 3 * 4 and values.total.numel() == 12
+    batch = collect(run, step=0)
+    local, samples, metrics = batch.prompts, batch.samples, batch.metrics
+    assert len(local) == 3 and len(samples) == 3 * 4 and batch.rewards.numel() == 12
     assert [s.group_id for s in samples] == [g for g in range(3) for _ in range(4)]
     for g, prompt in enumerate(local):
         assert float(prompt.columns["answer"]) % 2 == 0  # odd-answer groups (zero variance) were dropped
-        r = values.total[g * 4:(g + 1) * 4]
+        r = batch.rewards[g * 4:(g + 1) * 4]
         assert float(r.max() - r.min()) > 0
     assert 1 <= metrics["sampling/rounds"] <= 4 and metrics["sampling/informative_fraction"] < 1
 
@@ -234,11 +237,12 @@ def test_curriculum_budget_reaches_prompts_and_rewards(tiny_model_dir, tmp_path)
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:mentions_budget"}, {"name": "budget_triangular"}, {"name": "helpers:digit_fraction"}],
-        "budget.schedule": "exponential", "budget.initial": 16, "budget.gamma": 0.5, "budget.every": 1,
+        "prompt_transforms": [{"name": "budget_curriculum",
+                               "kwargs": {"schedule": "exponential", "initial": 16, "gamma": 0.5, "every": 1}}],
         "data.max_prompt_tokens": 400, "train.eval_before": False, "train.eval_after": False})
     train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["budget/current"] for m in lines] == [16, 8]
+    assert [m["transforms/budget_curriculum/current"] for m in lines] == [16, 8]
     assert [m["reward/mentions_budget"] for m in lines] == [1.0, 1.0]
     # all completions are 24 tokens: triangular reward 0.5 at budget 16 (24 in (16, 32]), 0 at budget 8 (24 > 16)
     assert [m["reward/budget_triangular"] for m in lines] == [pytest.approx(0.5), 0.0]
@@ -247,11 +251,12 @@ def test_curriculum_budget_reaches_prompts_and_rewards(tiny_model_dir, tmp_path)
 def test_dot_truncates_outliers_and_rescores_them(tiny_model_dir, tmp_path):
     import dataclasses
 
-    from rlkit.trainers.grpo import _generate_and_score, setup
+    from rlkit.trainers.collect import produce
+    from rlkit.trainers.run import setup
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:always_correct", "correctness": True}, {"name": "helpers:length_over_100"}],
-        "dot.enabled": True, "dot.alpha": 1.0, "dot.margin": 4})
+        "sample_transforms": [{"name": "dot_truncation", "kwargs": {"alpha": 1.0, "margin": 4}}]})
     run = setup(cfg)
     real = run.engine.generate
 
@@ -261,12 +266,14 @@ def test_dot_truncates_outliers_and_rescores_them(tiny_model_dir, tmp_path):
                                                          finish_reason="stop") for k, s in enumerate(out)]
 
     run.engine.generate = long_tail
-    local, samples, values, _, _, metrics = _generate_and_score(run, 0, 2, 0)
+    batch = produce(run, 0, 2, 0)
+    samples = batch.samples
     # mean 7.5, sample std 11 -> T = 18; 24 - 18 = 6 >= 4: the long sample of each group is cut to 18
     assert [s.num_tokens for s in samples] == [2, 2, 2, 18] * 2
     assert [s.finish_reason for s in samples][3] == "length"
-    assert values.terms["length_over_100"].tolist() == pytest.approx([0.02, 0.02, 0.02, 0.18] * 2)  # re-scored
-    assert metrics["dot/truncated_fraction"] == 0.25
+    assert batch.terms["length_over_100"].tolist() == pytest.approx([0.02, 0.02, 0.02, 0.18] * 2)  # re-scored
+    assert batch.rewards.tolist() == pytest.approx([1.02, 1.02, 1.02, 1.18] * 2)
+    assert batch.metrics["transforms/dot_truncation/truncated_fraction"] == 0.25
 
 
 def test_laser_d_monitor_sets_targets_during_training(tiny_model_dir, tmp_path):
@@ -283,21 +290,22 @@ def test_laser_d_monitor_sets_targets_during_training(tiny_model_dir, tmp_path):
         assert m["time/monitor"] > 0
         assert {m[f"shaping/laser_d/target_{b}"] for b in ("easy", "medium", "hard")} <= {-1, 8, 16, 24}
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
-    assert set(state["shapers"][0]["targets"]) == {"easy", "medium", "hard"}
+    assert set(state["stages"]["shaping[0].laser_d"]["targets"]) == {"easy", "medium", "hard"}
 
 
 def test_predictive_oversampling_generates_one_larger_round(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import _collect, setup
+    from rlkit.trainers.collect import collect
+    from rlkit.trainers.run import setup
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
-        "rewards": [{"name": "helpers:even_answers_only"}], "algorithm.dynamic_sampling": True,
-        "algorithm.dynamic_sampling_metric": "reward", "algorithm.oversampling": "predictive",
-        "rollout.prompts_per_step": 4})
+        "rewards": [{"name": "helpers:even_answers_only"}], "rollout.prompts_per_step": 4,
+        "filter": {"name": "predictive_sampling", "kwargs": {"metric": "reward"}}})
     run = setup(cfg)
-    local, samples, values, _, _, m = _collect(run, step=0)
+    batch = collect(run, step=0)
+    m = batch.metrics
     assert m["sampling/rounds"] == 1 and m["sampling/prompts_generated"] == 6  # floor(4 * 1.5)
-    assert len(local) == 4 and len(run.oversampler.history) == 1
-    assert run.oversampler.history[0] == m["sampling/informative_fraction"]
+    assert len(batch.prompts) == 4 and len(run.stages.filter.history) == 1
+    assert run.stages.filter.history[0] == m["sampling/informative_fraction"]
 
 
 def test_palu_keeps_a_budget_per_question_across_steps(tiny_model_dir, tmp_path):
@@ -310,6 +318,7 @@ def test_palu_keeps_a_budget_per_question_across_steps(tiny_model_dir, tmp_path)
         "shaping": [{"name": "palu", "kwargs": {"max_tokens": 24, "C": 0.25}}],
         "train.eval_before": False, "train.eval_after": False})
     train(cfg)
-    budgets = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())["shapers"][0]["budgets"]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+    budgets = state["stages"]["shaping[0].palu"]["budgets"]
     assert len(budgets) == 4  # 2 steps x 2 prompts, keyed by data row
     assert all(re.fullmatch(r"singleop\.jsonl:\d+", k) for k in budgets) and all(16 <= v <= 24 for v in budgets.values())

@@ -5,9 +5,9 @@ import random
 import pytest
 import torch
 
+from rlkit.algorithms.losses import LossInputs, aggregation_weights, ppo_clip_loss
 from rlkit.rollout.base import Sample
 from rlkit.trainers.batch import LogprobPolicy, collate
-from rlkit.trainers.losses import LossInputs, aggregation_weights, ppo_clip_loss
 
 
 def _samples(vocab: int, completion_lengths, seed=0):
@@ -90,18 +90,52 @@ def test_update_policy_packed_and_padded_give_the_same_parameters(tiny_model_dir
     from accelerate import Accelerator
 
     from rlkit.config import AlgorithmConfig
-    from rlkit.trainers.update import MicroBatching, UpdateBatch, update_policy
+    from rlkit.records import StepBatch
+    from rlkit.trainers.update import LossSpec, MicroBatching, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=True)
     samples = _samples(500, [5, 90, 1, 33, 12, 60], seed=3)
-    batch = UpdateBatch.from_samples(samples, torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0]), mask_truncated=False)
+    batch = prepare_tokens(StepBatch([], samples, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])))
     results = {}
     for budget in (10_000, 40):  # one micro-batch vs many
         policy = _policy(tiny_model_dir)
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
-        update_policy(policy, opt, None, acc, batch, loss_fn=ppo_clip_loss, algorithm=AlgorithmConfig(), pad_id=0,
+        update_policy(policy, opt, None, acc, batch, loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0,
                       temperature=1.0, mbs=MicroBatching(packing=packed, micro_batch_tokens=budget, micro_batch_size=2),
                       max_new_tokens=128, max_grad_norm=0.0, seed=0)
         results[budget] = dict(policy.named_parameters())
     worst = max((results[10_000][k] - results[40][k]).abs().max().item() for k in results[40])
     assert worst < 1e-6
+
+
+def test_kl_cov_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir):
+    """KL-Cov picks its top-covariance tokens over the whole minibatch before any backward pass, so one
+    micro-batch or many give the same update (selecting per micro-batch, as verl does, does not: a long
+    response alone in a micro-batch has a constant advantage there and covariance 0)."""
+    import functools
+
+    from accelerate import Accelerator
+
+    from rlkit.algorithms.losses import kl_cov_loss, kl_cov_select
+    from rlkit.config import AlgorithmConfig
+    from rlkit.records import StepBatch
+    from rlkit.trainers.update import LossSpec, MicroBatching, prepare_tokens, update_policy
+
+    acc = Accelerator(cpu=True)
+    samples = _samples(500, [5, 90, 1, 33, 12, 60], seed=3)
+    batch = prepare_tokens(StepBatch([], samples, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])))
+    # an old policy away from the current one, so |logp - logp_old| on the chosen tokens has a gradient
+    batch.old_logprobs = -3.0 + 0.5 * torch.randn(batch.mask.shape, generator=torch.Generator().manual_seed(1))
+    loss = LossSpec(functools.partial(kl_cov_loss, kl_cov_ratio=0.05, ppo_kl_coef=1.0), False,
+                    functools.partial(kl_cov_select, kl_cov_ratio=0.05, ppo_kl_coef=1.0))
+    results = {}
+    for budget in (10_000, 40):  # one micro-batch vs many (the 90-token sample alone in one)
+        policy = _policy(tiny_model_dir)
+        opt = torch.optim.SGD(policy.parameters(), lr=1.0)
+        stats = update_policy(policy, opt, None, acc, batch, loss=loss, algorithm=AlgorithmConfig(mu=2), pad_id=0,
+                              temperature=1.0, mbs=MicroBatching(micro_batch_tokens=budget), max_new_tokens=128,
+                              max_grad_norm=0.0, seed=0)
+        assert stats.sums["kl_cov_frac"] == 2 * 10  # floor(0.05 x 201 tokens) per pass, 2 passes
+        results[budget] = dict(policy.named_parameters())
+    worst = max((results[10_000][k] - results[40][k]).abs().max().item() for k in results[40])
+    assert worst < 1e-5, worst

@@ -82,17 +82,18 @@ def test_trainer_with_segments_checkpoints_and_resumes_the_pool(tiny_model_dir, 
             "rollout.segments": 4, "rollout.segment_min_groups": 1, "rollout.temperature": 1.0,
             "rollout.kv_cache_gib": 1, "data.eval_size": 2, "train.eval_before": False, "train.eval_after": False,
             "rewards": [{"name": "helpers:digit_fraction"}, {"name": "math_correct", "weight": 0.0}],
-            "algorithm.dmmpt": True, "algorithm.dmmpt_sigma": 100.0, "algorithm.dmmpt_tau": 0.01,
+            "token_masks": [{"name": "dmmpt", "kwargs": {"sigma": 100.0, "tau": 0.01}}],
+            "sample_transforms": ["zero_truncated"],
             "checkpoint.every": 1, "logging.progress": False, **extra})
 
     result = train(cfg(2))
     m = result.last_metrics
     for key in ("segments/rounds", "segments/released_groups", "segments/pool_groups", "segments/mean_wait_steps",
-                "segments/mean_segments", "segments/zeroed_truncated", "loss/dmmpt_masked_frac"):
+                "segments/mean_segments", "transforms/zero_truncated/zeroed", "mask/dmmpt/masked_frac"):
         assert key in m, key
     assert m["segments/released_groups"] >= 1
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
-    pools = state["segment_pools"]
+    pools = state["rollout"]
     assert len(pools) == 1 and "pool" in pools[0]
     saved_keys = {g["key"] for g in pools[0]["pool"]}
     # resume: the saved pool is loaded and its groups are the first candidates for release
@@ -100,8 +101,8 @@ def test_trainer_with_segments_checkpoints_and_resumes_the_pool(tiny_model_dir, 
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines if "reward/mean" in x] == [1, 2, 3]
     final = json.loads((tmp_path / "run" / "checkpoints" / "step_000003" / "trainer_state.json").read_text())
-    assert final["segment_pools"][0]["next_key"] == pools[0]["next_key"] + 2  # two new groups in step 3
-    still = {g["key"] for g in final["segment_pools"][0]["pool"]}
+    assert final["rollout"][0]["next_key"] == pools[0]["next_key"] + 2  # two new groups in step 3
+    still = {g["key"] for g in final["rollout"][0]["pool"]}
     released_in_3 = saved_keys - still
     assert saved_keys <= still | released_in_3  # nothing from the saved pool was lost
     assert result.last_metrics["segments/mean_wait_steps"] >= 0

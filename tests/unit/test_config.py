@@ -104,11 +104,11 @@ def test_segment_and_dmmpt_options_are_checked_at_parse_time():
     cfg = load_config(overrides={"rollout.segments": 4, "rollout.segment_importance": "sais"})
     assert cfg.rollout.segments == 4 and cfg.rollout.segment_importance == "sais"
     assert cfg.optim.packing is True and cfg.optim.micro_batch_tokens == 8192  # packing is the default
-    with _pytest.raises(ConfigError, match="cannot be combined with 'algorithm.dynamic_sampling'"):
-        load_config(overrides={"rollout.segments": 2, "algorithm.dynamic_sampling": True})
+    with _pytest.raises(ConfigError, match="cannot be combined with a `filter`"):
+        load_config(overrides={"rollout.segments": 2, "filter": {"name": "dynamic_sampling"}})
     with _pytest.raises(ConfigError, match="'rollout.segments' must be >= 1"):
         load_config(overrides={"rollout.segments": 0})
-    with _pytest.raises(ConfigError, match="dmmpt' masks tokens of correct samples"):
-        load_config(overrides={"algorithm.dmmpt": True, "rewards": [{"name": "boxed_format"}]})
+    with _pytest.raises(ConfigError, match="token mask 'dmmpt' needs a correctness term"):
+        load_config(overrides={"token_masks": [{"name": "dmmpt"}], "rewards": [{"name": "boxed_format"}]})
     with _pytest.raises(ConfigError, match="segment_importance"):
         load_config(overrides={"rollout.segment_importance": "tois"})

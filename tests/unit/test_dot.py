@@ -1,7 +1,7 @@
 import math
 
-from rlkit.rewards.dot import outlier_cuts, truncate_sample
 from rlkit.rollout.base import Sample
+from rlkit.shaping.transforms import outlier_cuts, truncate_sample
 
 
 def test_outlier_cuts_hand_computed():
@@ -28,7 +28,7 @@ class Tok:
 
 def test_truncate_sample_cuts_tokens_logprobs_versions_and_text():
     s = Sample([1], [5, 6, 7, 8], [-0.1, -0.2, -0.3, -0.4], "stop", "5 6 7 8", 0, [3, 3, 4, 4])
-    t = truncate_sample(s, 2, Tok())
+    t = truncate_sample(s, 2, Tok().decode)
     assert (t.completion_ids, t.logprobs, t.versions, t.text, t.finish_reason) == (
         [5, 6], [-0.1, -0.2], [3, 3], "5 6", "length")
     assert s.completion_ids == [5, 6, 7, 8]  # the original is not modified

@@ -1,8 +1,13 @@
 import pytest
 import torch
 
-from rlkit.rewards.laser import bucket_of, candidates, min_correct
-from rlkit.rewards.shaping import ShapingBatch, build_shaper
+from rlkit import registry
+from rlkit.records import ShapingBatch
+from rlkit.shaping.laser import bucket_of, candidates, min_correct
+
+
+def build_shaper(name, kwargs=None):
+    return registry.build(registry.resolve("shaper", name), kwargs or {})
 
 
 def test_candidates_buckets_and_min_correct():
@@ -26,9 +31,9 @@ def test_targets_from_expected_correct_responses():
               (4, [50, 50, 50, 150, 150, 250, 250, 250]),    # medium: P(100) = 3/8
               (1, [50, 150, 250, 350, 450, 450, 450, 450])]  # hard: needs P = 1, nothing <= 400 covers all
     ceil = build_shaper("laser_d", kw)
-    assert ceil.update_targets(*monitor(groups)) == {"target_hard": -1, "target_medium": 100, "target_easy": 100}
+    assert ceil.update_from_monitor(*monitor(groups)) == {"target_hard": -1, "target_medium": 100, "target_easy": 100}
     floor = build_shaper("laser_d", {**kw, "rounding": "floor"})
-    floor.update_targets(*monitor(groups))
+    floor.update_from_monitor(*monitor(groups))
     # medium with floor: floor(3/8 * 2) = 0 at 100; floor(5/8 * 2) = 1 at 200
     assert floor.targets == {"hard": None, "medium": 200, "easy": 100}
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlkit.trainers.losses import (
+from rlkit.algorithms.losses import (
     LossInputs,
     aggregation_denominator,
     aggregation_weights,

@@ -7,16 +7,23 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlkit.config import AlgorithmConfig, ConfigError, load_config
-from rlkit.trainers.losses import (
+from rlkit import registry
+from rlkit.algorithms.losses import (
     LossInputs,
-    build_loss,
+    MinibatchInputs,
     drpo_loss,
     drpo_weights,
     kl_cov_loss,
-    needs_whole_groups,
+    kl_cov_select,
 )
+from rlkit.config import ConfigError, load_config, loss_options
 from rlkit.trainers.update import unit_chunks
+
+
+def build_loss(cfg):
+    """The configured loss with its options bound, and whether it keeps groups whole (as the trainer builds it)."""
+    entry = registry.resolve("loss", cfg.algorithm.loss)
+    return registry.build(entry, loss_options(cfg)), bool(entry.flag("needs_whole_groups", False))
 
 
 def drpo_inputs(logp, mask, correct, groups, old=None, scale=1.0):
@@ -77,7 +84,10 @@ def test_kl_cov_penalises_only_the_top_covariance_tokens():
     logp = torch.tensor([[-0.1, -2.0], [-1.0, -3.0]], dtype=torch.float64, requires_grad=True)
     old = torch.tensor([[-0.3, -2.0], [-1.0, -2.5]], dtype=torch.float64)
     mask = torch.ones(2, 2, dtype=torch.float64)
-    inp = LossInputs(logp, old, torch.tensor([1.0, -1.0], dtype=torch.float64), mask, mask / 4)
+    adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
+    chosen = kl_cov_select(MinibatchInputs(logp.detach(), adv, mask, all_reduce_sum=lambda t: t,
+                                           all_gather=lambda t: t), kl_cov_ratio=0.25, ppo_kl_coef=1.0)
+    inp = LossInputs(logp, old, adv, mask, mask / 4, extra=chosen)
     out = kl_cov_loss(inp, kl_cov_ratio=0.25, ppo_kl_coef=1.0)  # k = 1 of 4 tokens
     # cov = (A - 0)(logp - (-1.525)) = [1.425, -0.475, -0.525, 1.475]: token (1,1) is the top one,
     # so it alone gets + |logp - old| = 0.5
@@ -88,16 +98,21 @@ def test_kl_cov_penalises_only_the_top_covariance_tokens():
 
 
 def test_build_loss_binds_config_and_checks_kwargs():
-    fn = build_loss(AlgorithmConfig(loss="drpo", loss_kwargs={"lam": 0.5}), max_new_tokens=64)
-    assert needs_whole_groups(fn) and fn.keywords == {"max_len": 64, "lam": 0.5}
-    assert not needs_whole_groups(build_loss(AlgorithmConfig(), 64))
-    with pytest.raises(ConfigError, match="algorithm.loss_kwargs: loss 'drpo' has no option 'lambda'; valid: max_len, lam, tau"):
-        load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lambda": 0.1}})
-    with pytest.raises(ConfigError, match="'algorithm.minibatches' must divide 'rollout.prompts_per_step'"):
+    fn, whole_groups = build_loss(load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lam": 0.5},
+                                                          "rollout.max_new_tokens": 64}))
+    assert whole_groups and fn.keywords == {"max_len": 64, "lam": 0.5}
+    assert drpo_loss.needs_whole_groups
+    assert not build_loss(load_config())[1]
+    # prompts_per_step is global now: each of the (here 1) processes keeps 6 prompts
+    with pytest.raises(ConfigError, match="'algorithm.minibatches' must divide the 6 prompts of each process"):
         load_config(overrides={"algorithm.loss": "drpo", "algorithm.minibatches": 4, "rollout.prompts_per_step": 6,
                                "rollout.group_size": 2})
     with pytest.raises(ConfigError, match="loss 'drpo' needs a correctness term"):
         load_config(overrides={"algorithm.loss": "drpo", "rewards": [{"name": "boxed_format"}]})
+    # max_len is bound from rollout.max_new_tokens, so it is no longer a loss_kwargs option
+    with pytest.raises(ConfigError, match=r"algorithm\.loss_kwargs: policy loss 'drpo' has no option 'lambda'; "
+                                          r"valid options: lam, tau"):
+        load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lambda": 0.1}})
 
 
 def test_unit_chunks_keep_units_whole():

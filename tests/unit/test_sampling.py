@@ -3,8 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlkit.algorithms.filters import fill_quota, informative_groups
 from rlkit.config import ConfigError, load_config
-from rlkit.trainers.sampling import fill_quota, informative_groups
 
 
 def test_informative_groups():
@@ -22,9 +22,9 @@ def test_fill_quota_trims_pads_and_falls_back():
 
 
 def test_dynamic_sampling_on_correct_needs_a_verifier():
-    with pytest.raises(ConfigError, match="dynamic sampling on 'correct' needs a correctness term"):
-        load_config(overrides={"algorithm.dynamic_sampling": True, "rewards": [{"name": "boxed_format"}]})
-    load_config(overrides={"algorithm.dynamic_sampling": True, "algorithm.dynamic_sampling_metric": "reward",
+    with pytest.raises(ConfigError, match="group filter 'dynamic_sampling' needs a correctness term"):
+        load_config(overrides={"filter": {"name": "dynamic_sampling"}, "rewards": [{"name": "boxed_format"}]})
+    load_config(overrides={"filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward"}},
                            "rewards": [{"name": "boxed_format"}]})
 
 
@@ -43,20 +43,23 @@ def test_dynamic_sampling_never_returns_a_zero_variance_group_when_any_has_signa
 
 
 def test_predictive_oversampling_factor():
-    from rlkit.trainers.sampling import PredictiveOversampling
+    from rlkit.algorithms.filters import PredictiveOversampling
 
-    p = PredictiveOversampling(window=3)
-    assert p.factor() == 1.5 and p.prompts_for(8) == 12  # f_init before any history
-    for rate in (0.5, 0.5):
-        p.record(rate)
+    def reduce(t, op):  # one process
+        return t
+
+    p = PredictiveOversampling(metric="reward", window=3)
+    assert p.factor() == 1.5 and p.prompts_for(8, 8) == 12  # f_init before any history
+    for informative, generated in ((1, 2), (4, 8)):  # pass rate 0.5 twice
+        p.record(informative, generated, reduce)
     assert p.factor() == pytest.approx(2.0)  # 1/0.5 * (1 + 0)
-    p.record(0.25)
-    p.record(0.75)  # window 3: [0.5, 0.25, 0.75], mean 0.5, std 0.25
+    p.record(1, 4, reduce)  # 0.25
+    p.record(3, 4, reduce)  # 0.75; window 3: [0.5, 0.25, 0.75], mean 0.5, std 0.25
     assert p.history == [0.5, 0.25, 0.75] and p.factor() == pytest.approx(2 * 1.25)
     q = PredictiveOversampling()
     q.load_state_dict({"history": [0.0, 0.0]})
     assert q.factor() == 5.0  # nothing informative: f_max
     q.load_state_dict({"history": [1.0, 1.0]})
     assert q.factor() == 1.2  # clipped at f_min
-    with pytest.raises(ConfigError, match="'algorithm.oversampling_kwargs' has unknown key \\['fmax'\\]"):
-        load_config(overrides={"algorithm.oversampling_kwargs": {"fmax": 3}})
+    with pytest.raises(ConfigError, match="filter.kwargs: group filter 'predictive_sampling' has no option 'fmax'"):
+        load_config(overrides={"filter": {"name": "predictive_sampling", "kwargs": {"fmax": 3}}})

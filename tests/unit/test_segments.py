@@ -9,10 +9,11 @@ import json
 
 import torch
 
+from rlkit.algorithms.masks import DMMPT
 from rlkit.data import Prompt
+from rlkit.records import MaskInputs
 from rlkit.rollout.base import Sample, SamplingSpec, per_prompt_specs
 from rlkit.rollout.segments import SegmentRolloutWorker
-from rlkit.trainers.losses import dmmpt_keep
 
 EOS = 2
 
@@ -111,6 +112,12 @@ def test_pool_state_round_trip_continues_identically():
 
     plain, resumed = run(False), run(True)
     assert plain == resumed and len(plain) == 3
+
+
+def dmmpt_keep(old, ent, mask, correct, tau, sigma):
+    inp = MaskInputs(mask=mask, truncated=torch.zeros(mask.shape[0], dtype=torch.bool), correct=correct,
+                     old_logprobs=old, entropy=ent)
+    return DMMPT(tau=tau, sigma=sigma).keep(inp)
 
 
 def test_dmmpt_mask_by_hand():

@@ -7,8 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlkit import registry
 from rlkit.config import ConfigError, load_config
-from rlkit.rewards.shaping import ShapingBatch, build_shaper, sigmoid_length_penalty
+from rlkit.shaping.groups import ShapingBatch, sigmoid_length_penalty
+
+
+def build_shaper(name, kwargs=None):
+    return registry.build(registry.resolve("shaper", name), kwargs or {})
 
 
 def batch(correct, lengths, groups, rewards=None, step=0):
@@ -84,7 +89,7 @@ def test_shapers_need_a_correctness_term_and_bad_kwargs_fail():
 def test_config_shaping_section():
     cfg = load_config(overrides={"shaping": [{"name": "grpo_lambda", "kwargs": {"lam": 0.2}}, "kimi"]})
     assert [t.name for t in cfg.shaping] == ["grpo_lambda", "kimi"]
-    with pytest.raises(ConfigError, match=r"shaping\[0\]\.name: unknown reward shaper 'kimmi'; valid: da_dler, efficient_reasoning, grpo_lambda, kimi"):
+    with pytest.raises(ConfigError, match=r"shaping\[0\]\.name: unknown reward shaper 'kimmi'; registered shapers: da_dler, efficient_reasoning, grpo_lambda, kimi"):
         load_config(overrides={"shaping": ["kimmi"]})
 
 

@@ -1,41 +1,25 @@
 """Group- and batch-level reward shaping (DESIGN rule 3, second layer; methods.md sec. 0 contract 1).
 
 A shaper sees the whole step at once, after the per-sample terms are combined:
-``shaper(batch: ShapingBatch) -> ShapingResult`` with the new per-sample rewards and its metrics.
+``shaper(batch: ShapingBatch) -> ShapingResult`` (ShapingBatch: rlkit.records) with the new per-sample rewards and its metrics.
 The trainer gathers the step from all data-parallel ranks first, so group and batch statistics are
 global. Shapers are configured as ``shaping: [{name, kwargs}]`` and applied in order. Controller state
 (statistics, schedules) is returned by ``state_dict()`` and saved with every checkpoint.
+Unknown correctness (NaN) is never counted as wrong: pass rates are over the known samples, and a sample
+of unknown correctness keeps its reward.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
-from rlkit._registry import Registry
-
-SHAPERS = Registry("reward shaper")
-
-
-def resolve_shaper(name: str):
-    return SHAPERS.resolve(name)
-
-
-@dataclass
-class ShapingBatch:
-    """The whole step, [N] each; samples of a group share a group id."""
-
-    rewards: torch.Tensor  # combined per-sample reward (float32)
-    correct: torch.Tensor  # verifier 0/1, NaN where unknown or when the run has no correctness term
-    lengths: torch.Tensor  # completion tokens (float32)
-    truncated: torch.Tensor  # finish_reason == "length" (bool)
-    group_ids: torch.Tensor  # long
-    step: int
-    terms: dict = field(default_factory=dict)  # reward term name -> [N] values (NaN = not applicable)
-    looping: torch.Tensor | None = None  # [N] bool: the completion ends in a repetition loop
-    keys: list | None = None  # [N] stable question id of each sample (the data row's `source`, file:line)
+from rlkit.records import ShapingBatch, group_index
+from rlkit.registry import register
 
 
 @dataclass
@@ -44,8 +28,31 @@ class ShapingResult:
     metrics: dict = field(default_factory=dict)
 
 
-def _groups(group_ids: torch.Tensor) -> list[torch.Tensor]:
-    return [torch.nonzero(group_ids == g).flatten() for g in torch.unique(group_ids)]
+class Shaper:
+    """Base of the built-in shapers: the declarations the trainer reads once at start-up, and no state.
+
+    ``needs_looping``: the batch must carry the loop detector's flags. ``monitor``: (every, size, samples)
+    when the shaper refreshes targets from a monitor set; the trainer then calls ``update_from_monitor``
+    with the gathered monitor rollouts every ``every`` steps (and before the first)."""
+
+    needs_looping = False
+    monitor: tuple[int, int, int] | None = None
+
+    def update_from_monitor(self, lengths: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def pass_rate(correct: torch.Tensor) -> float:
+    """Share of correct samples among those whose correctness is known (DESIGN rule 2: None/NaN is masked,
+    never counted as wrong); NaN when none is known."""
+    known = correct[~torch.isnan(correct)]
+    return float((known >= 1).float().mean()) if known.numel() else float("nan")
 
 
 def _need_correct(name: str, correct: torch.Tensor) -> None:
@@ -68,16 +75,8 @@ def sigmoid_length_penalty(lengths: torch.Tensor, correct: torch.Tensor, alpha: 
     return pen
 
 
-class _Stateless:
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
-@SHAPERS.register("stop_properly")
-class StopProperly(_Stateless):
+@register("shaper", "stop_properly")
+class StopProperly(Shaper):
     """DLER's stop-properly penalty (NVlabs/DLER reward_manager/dapo.py; methods.md sec. 2): the reward of a
     response that did not stop on its own (finish_reason "length") is multiplied by `coef` (0.1).
     Multiplicative, hence a shaper rather than an additive term."""
@@ -90,8 +89,8 @@ class StopProperly(_Stateless):
         return ShapingResult(r, {"penalised_fraction": float(b.truncated.float().mean())})
 
 
-@SHAPERS.register("efficient_reasoning")
-class EfficientReasoning(_Stateless):
+@register("shaper", "efficient_reasoning")
+class EfficientReasoning(Shaper):
     """Arora & Zanette "Training Language Models to Reason Efficiently" (arXiv 2502.04463, eq. 4;
     LASER Table 2): correct samples get r - alpha * sigmoid((L - mean_c) / std_c), statistics over the
     group's correct samples; incorrect samples are unchanged. alpha in [0, 1), typically 0.05-0.4."""
@@ -102,13 +101,13 @@ class EfficientReasoning(_Stateless):
     def __call__(self, b: ShapingBatch) -> ShapingResult:
         _need_correct("efficient_reasoning", b.correct)
         r = b.rewards.clone()
-        for idx in _groups(b.group_ids):
+        for idx in group_index(b.group_ids):
             r[idx] -= sigmoid_length_penalty(b.lengths[idx], b.correct[idx], self.alpha)
         return ShapingResult(r, {"penalty_mean": float((b.rewards - r).mean())})
 
 
-@SHAPERS.register("kimi")
-class KimiLength(_Stateless):
+@register("shaper", "kimi")
+class KimiLength(Shaper):
     """Kimi k1.5 length reward (arXiv 2501.12599 sec. 2.3.3; LASER's compute_kimi_penalty):
     lambda_i = 0.5 - (L_i - L_min) / (L_max - L_min) over the group (0 if all lengths are equal);
     r += coef * lambda_i if correct, r += coef * min(0, lambda_i) if incorrect. coef 0.4 (LASER repo)."""
@@ -119,17 +118,18 @@ class KimiLength(_Stateless):
     def __call__(self, b: ShapingBatch) -> ShapingResult:
         _need_correct("kimi", b.correct)
         r = b.rewards.clone()
-        for idx in _groups(b.group_ids):
+        for idx in group_index(b.group_ids):
             L = b.lengths[idx]
             span = float(L.max() - L.min())
             lam = 0.5 - (L - L.min()) / span if span > 0 else torch.zeros_like(L)
-            ok = b.correct[idx] >= 1
-            r[idx] += self.coef * torch.where(ok, lam, lam.clamp(max=0.0))
+            c = b.correct[idx]
+            bonus = torch.where(c >= 1, lam, lam.clamp(max=0.0))
+            r[idx] += self.coef * torch.where(torch.isnan(c), torch.zeros_like(bonus), bonus)
         return ShapingResult(r, {"bonus_mean": float((r - b.rewards).mean())})
 
 
-@SHAPERS.register("grpo_lambda")
-class GrpoLambda:
+@register("shaper", "grpo_lambda")
+class GrpoLambda(Shaper):
     """GRPO-lambda (Dai, Liu, Si arXiv 2505.18086; methods.md sec. 1): groups with high correctness get the
     Arora-Zanette length penalty r_i = R_i - alpha * sigmoid(z_i) (correct) / 0 (incorrect); the others keep
     the plain 0/1 reward. mode="top_fraction": the top ceil(lam * B) groups by pass rate c_k (stable sort,
@@ -137,7 +137,8 @@ class GrpoLambda:
     paper; 0.2 is our default (Arora & Zanette use 0.05-0.4). Per-sample rewards are rebuilt from the
     verifier, so other per-sample terms are dropped, as in the paper."""
 
-    def __init__(self, lam: float = 0.2, alpha: float = 0.2, mode: str = "top_fraction", threshold: float = 0.5,
+    def __init__(self, lam: float = 0.2, alpha: float = 0.2, mode: Literal["top_fraction", "threshold"] = "top_fraction",
+                 threshold: float = 0.5,
                  seed: int = 0):
         if mode not in ("top_fraction", "threshold"):
             raise ValueError(f"grpo_lambda: mode must be top_fraction or threshold, got {mode!r}")
@@ -148,20 +149,21 @@ class GrpoLambda:
 
     def __call__(self, b: ShapingBatch) -> ShapingResult:
         _need_correct("grpo_lambda", b.correct)
-        groups = _groups(b.group_ids)
-        correct = torch.nan_to_num(b.correct, nan=0.0)
-        rates = torch.tensor([float(correct[idx].mean()) for idx in groups])
+        groups = group_index(b.group_ids)
+        rates = torch.tensor([pass_rate(b.correct[idx]) for idx in groups])
+        rates = torch.nan_to_num(rates, nan=-1.0)  # a group of unknown correctness is never switched
         if self.mode == "threshold":
             chosen = set(torch.nonzero(rates >= self.threshold).flatten().tolist())
         else:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + b.step)
             tie = torch.rand(len(groups), generator=gen)
             order = sorted(range(len(groups)), key=lambda k: (-float(rates[k]), float(tie[k])))
-            chosen = set(order[:math.ceil(self.lam * len(groups))])
-        r = correct.clone()
+            chosen = {k for k in order[:math.ceil(self.lam * len(groups))] if rates[k] >= 0}
+        # rewards rebuilt from the verifier; a sample of unknown correctness keeps its combined reward
+        r = torch.where(torch.isnan(b.correct), b.rewards, b.correct)
         for k, idx in enumerate(groups):
             if k in chosen:
-                r[idx] = correct[idx] - sigmoid_length_penalty(b.lengths[idx], correct[idx], self.alpha)
+                r[idx] = r[idx] - sigmoid_length_penalty(b.lengths[idx], b.correct[idx], self.alpha)
         self.switched_total += len(chosen)
         self.groups_total += len(groups)
         return ShapingResult(r, {"switched_fraction": len(chosen) / max(len(groups), 1),
@@ -174,19 +176,15 @@ class GrpoLambda:
         self.switched_total, self.groups_total = state["switched_total"], state["groups_total"]
 
 
-def build_shaper(name: str, kwargs: dict | None = None):
-    return resolve_shaper(name)(**(kwargs or {}))
-
-
-@SHAPERS.register("da_dler")
-class DifficultyAwareTruncation(_Stateless):
+@register("shaper", "da_dler")
+class DifficultyAwareTruncation(Shaper):
     """DA-DLER (DLER arXiv 2510.15110 sec. 4.3; methods.md sec. 2): per-question truncation length by pass rate.
     p_q = group correctness ratio, measured on the rollouts before the tighter cap (methods.md default);
     with thresholds d_1 < ... < d_n and lengths l_1 ... l_{n+1}, the question gets l_i for p_q in
     [d_i, d_{i+1}) (d_0 = 0, d_{n+1} = inf). Responses longer than l(q), or truncated by the engine, get
     reward `rho` (0). Paper: thresholds [0.5], lengths [4000, 2000] (hard questions keep 4000 tokens)."""
 
-    def __init__(self, thresholds=(0.5,), lengths=(4000, 2000), rho: float = 0.0):
+    def __init__(self, thresholds: Sequence[float] = (0.5,), lengths: Sequence[int] = (4000, 2000), rho: float = 0.0):
         self.thresholds, self.lengths, self.rho = list(thresholds), list(lengths), rho
         if len(self.lengths) != len(self.thresholds) + 1:
             raise ValueError(f"da_dler: need len(lengths) == len(thresholds) + 1, got {self.lengths} / {self.thresholds}")
@@ -199,17 +197,16 @@ class DifficultyAwareTruncation(_Stateless):
     def __call__(self, b: ShapingBatch) -> ShapingResult:
         _need_correct("da_dler", b.correct)
         r = b.rewards.clone()
-        correct = torch.nan_to_num(b.correct, nan=0.0)
         caps = torch.zeros_like(b.lengths)
-        for idx in _groups(b.group_ids):
-            caps[idx] = float(self.cap_for(float(correct[idx].mean())))
+        for idx in group_index(b.group_ids):  # unknown pass rate (NaN) -> the first (longest) tier
+            caps[idx] = float(self.cap_for(pass_rate(b.correct[idx])))
         cut = (b.lengths > caps) | b.truncated
         r[cut] = self.rho
         return ShapingResult(r, {"cut_fraction": float(cut.float().mean()), "cap_mean": float(caps.mean())})
 
 
-@SHAPERS.register("palu")
-class Palu:
+@register("shaper", "palu")
+class Palu(Shaper):
     """PALU per-question budgets (Gao et al. arXiv 2510.10168; methods.md sec. 7; code not public).
 
     Each question q keeps a budget L_q (start: max_tokens). Responses longer than L_q, or truncated, get
@@ -230,22 +227,23 @@ class Palu:
         if b.keys is None:
             raise ValueError("palu needs question keys in the shaping batch")
         r = b.rewards.clone()
-        correct = torch.nan_to_num(b.correct, nan=0.0)
         compress = 0
-        for idx in _groups(b.group_ids):
+        for idx in group_index(b.group_ids):
             key = str(b.keys[int(idx[0])])
             budget = self.budgets.get(key, self.max_tokens)
             over = (b.lengths[idx] > budget) | b.truncated[idx]
             r[idx[over]] = self.rho
-            ok = (correct[idx] >= 1) & ~over
-            if float(ok.float().mean()) >= self.C:
+            c = b.correct[idx]
+            ok = (c >= 1) & ~over
+            known = ~torch.isnan(c)
+            if known.any() and float(ok[known].float().mean()) >= self.C:
                 L = b.lengths[idx][ok].double()
                 step = float(torch.quantile(L, 1.0) - torch.quantile(L, 1.0 - self.tau))
                 self.budgets[key] = max(self.min_tokens, int(budget - step))
                 compress += 1
             else:
                 self.budgets[key] = self.max_tokens
-        n = len(_groups(b.group_ids))
+        n = len(group_index(b.group_ids))
         return ShapingResult(r, {"compress_fraction": compress / max(n, 1),
                                  "budget_mean": sum(self.budgets.values()) / max(len(self.budgets), 1)})
 

@@ -1,6 +1,9 @@
-"""Advantage estimators: pure functions ``fn(rewards [N], group_ids [N], scale, lengths=None) -> advantages [N]``.
+"""Advantage estimators: pure functions ``fn(rewards [N], group_ids [N], lengths [N], **options) -> advantages [N]``.
 
-``lengths`` [N] (completion tokens) is passed by the trainer for estimators that weight by tokens.
+``lengths`` (completion tokens) is passed for estimators that weight by tokens. ``scale`` is an option of
+the estimators that divide by a standard deviation (grpo, rloo); the config's ``algorithm.scale: auto``
+keeps each estimator's default, and an explicit scale given to an estimator without that option is
+rejected when the config is parsed.
 
 Every sample of a group must be present (DESIGN "keep groups whole"). The trainer gathers the whole
 step's rewards across data-parallel ranks before calling, so "batch" statistics are global.
@@ -8,16 +11,13 @@ step's rewards across data-parallel ranks before calling, so "batch" statistics 
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
-from rlkit._registry import Registry
+from rlkit.registry import register
 
-ADVANTAGES = Registry("advantage estimator")
 EPS = 1e-6
-
-
-def resolve_advantage(name: str):
-    return ADVANTAGES.resolve(name)
 
 
 def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -43,9 +43,9 @@ def _scaled(adv: torch.Tensor, rewards: torch.Tensor, group_std: torch.Tensor, s
     raise ValueError(f"unknown advantage scale {scale!r}; valid: group, batch, none")
 
 
-@ADVANTAGES.register("grpo")
-def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "group",
-                    lengths: torch.Tensor | None = None) -> torch.Tensor:
+@register("advantage", "grpo")
+def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                    scale: Literal["group", "batch", "none"] = "group") -> torch.Tensor:
     """GRPO (Shao et al. 2024, DeepSeekMath eq. 3): A_i = (r_i - mean_g(r)) / (std_g(r) + eps).
 
     scale="group": divide by the group's unbiased std (the paper); "batch": by the std of all rewards
@@ -56,21 +56,21 @@ def grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str =
     return _scaled(rewards - mean, rewards, std, scale)
 
 
-@ADVANTAGES.register("dr_grpo")
-def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none",
+@register("advantage", "dr_grpo")
+def dr_grpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor,
                        lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Dr.GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training", eq. 3): A_i = r_i - mean_g(r).
 
-    No std division whatever `scale` says; pair it with aggregation "seq-mean-token-sum-norm" to also
+    No std division (no `scale` option); pair it with aggregation "seq-mean-token-sum-norm" to also
     drop the 1/|o_i| length normalisation.
     """
     mean, _, _ = group_stats(rewards, group_ids)
     return rewards - mean
 
 
-@ADVANTAGES.register("rloo")
-def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none",
-                    lengths: torch.Tensor | None = None) -> torch.Tensor:
+@register("advantage", "rloo")
+def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                    scale: Literal["group", "batch", "none"] = "none") -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024, eq. 5): A_i = r_i - mean_{j != i} r_j = G/(G-1) * (r_i - mean_g(r)).
 
     `scale` "group"/"batch" additionally divide by the group / batch std, as in grpo.
@@ -79,14 +79,14 @@ def rloo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str =
     return _scaled((rewards - mean) * count / (count - 1).clamp(min=1), rewards, std, scale)
 
 
-@ADVANTAGES.register("batch_norm")
-def batch_norm_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, scale: str = "none",
+@register("advantage", "batch_norm")
+def batch_norm_advantages(rewards: torch.Tensor, group_ids: torch.Tensor,
                           lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Batch-normalised group baseline (DLER arXiv 2510.15110 eq. 3; REINFORCE++-baseline, verl's
     reinforce_plus_plus_baseline): A_i = r_i - mean_g(r), then whitened over the whole step,
     A_i <- (A_i - m) / sqrt(v + 1e-8), with token-weighted statistics (every response token counts once):
     m = sum_i L_i A_i / sum_i L_i, v = sum_i L_i (A_i - m)^2 / (sum_i L_i - 1) (Bessel over tokens, as
-    verl's masked_whiten). `scale` is ignored; without `lengths` every sample weighs 1.
+    verl's masked_whiten). No `scale` option; without `lengths` every sample weighs 1.
     """
     mean, _, _ = group_stats(rewards, group_ids)
     adv = (rewards - mean).double()

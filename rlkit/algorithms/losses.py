@@ -5,47 +5,25 @@ aggregation (token-mean, seq-mean-token-mean, Dr.GRPO's constant normaliser) is 
 ``token_weights``, computed once per optimizer step over the *whole* minibatch on every rank
 (``aggregation_weights``), so gradient accumulation over micro-batches and ranks is exact:
 ``loss = sum_t token_weights_t * loss_t``.
+
+Declarations a loss may carry (attributes of the function, read once at start-up):
+- ``needs_whole_groups``: the loss is not a sum over tokens (DRPO); micro-batches keep groups whole.
+- ``prepare(MinibatchInputs, **options) -> {name: [M, C] tensor}``: per-token inputs computed over the whole
+  minibatch (all micro-batches, all ranks) before any backward pass; they reach the loss as ``inp.extra``.
+Options named like the algorithm section's fields (epsilon_low, epsilon_high, dual_clip, kl_coef) and
+``max_len`` (rollout.max_new_tokens) are filled in from the config; the rest come from ``loss_kwargs``.
+A loss without a ``kl_coef`` option has no KL term, so ``algorithm.kl_coef > 0`` is rejected for it.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
-from rlkit._registry import Registry
-
-LOSSES = Registry("policy loss")
-
-
-def resolve_loss(name: str):
-    return LOSSES.resolve(name)
-
-
-def needs_whole_groups(loss_fn) -> bool:
-    """True for losses that are not sums over tokens (DRPO): the packer and micro-batcher must keep
-    every group inside one loss call."""
-    fn = getattr(loss_fn, "func", loss_fn)  # functools.partial
-    return bool(getattr(fn, "needs_whole_groups", False))
-
-
-def build_loss(algorithm, max_new_tokens: int):
-    """Bind the config to the loss: each algorithm option the loss's signature names (epsilon_low,
-    epsilon_high, dual_clip, kl_coef, max_len = max_new_tokens) plus ``algorithm.loss_kwargs``."""
-    fn = resolve_loss(algorithm.loss)
-    params = inspect.signature(fn).parameters
-    available = {"epsilon_low": algorithm.epsilon_low, "epsilon_high": algorithm.epsilon_high,
-                 "dual_clip": algorithm.dual_clip, "kl_coef": algorithm.kl_coef, "max_len": max_new_tokens}
-    unknown = [k for k in algorithm.loss_kwargs if k not in params]
-    if unknown:
-        valid = [k for k in params if k != "inp"]
-        raise KeyError(f"loss {algorithm.loss!r} has no option {unknown[0]!r}; valid: {', '.join(valid)}")
-    kwargs = {k: v for k, v in available.items() if k in params}
-    kwargs.update(algorithm.loss_kwargs)
-    return functools.partial(fn, **kwargs)
+from rlkit.registry import register
 
 
 @dataclass
@@ -60,6 +38,18 @@ class LossInputs:
     group_ids: torch.Tensor | None = None  # [B] group of each row
     correct: torch.Tensor | None = None  # [B] verifier 0/1 (NaN unknown)
     group_scale: float = 1.0  # world size / number of groups in the whole minibatch (all ranks)
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, T] tensors from the loss's `prepare`
+
+
+@dataclass
+class MinibatchInputs:
+    """One rank's rows of a minibatch, for a loss's ``prepare`` (before any backward pass of the minibatch)."""
+
+    logprobs: torch.Tensor  # [M, C] current policy (no grad)
+    advantages: torch.Tensor  # [M]
+    mask: torch.Tensor  # [M, C]
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]  # summed over ranks
+    all_gather: Callable[[torch.Tensor], torch.Tensor]  # 1-D tensors of any length, concatenated in rank order
 
 
 @dataclass
@@ -96,32 +86,13 @@ def aggregation_weights(mask: torch.Tensor, mode: str, denominator: float) -> to
     raise ValueError(f"unknown aggregation {mode!r}")
 
 
-def dmmpt_keep(old_logprobs: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, correct: torch.Tensor,
-               tau: float = 0.99, sigma: float = 0.2) -> torch.Tensor:
-    """Dynamic masking of well-mastered positive tokens (UloRL, Du et al. 2025, eq. 9-10):
-
-        MPT    = {t in sample i : p_old(o_t) >= tau and r_i = 1}
-        H_i    = (1/|o_i|) sum_t entropy_t                 (mean token entropy of response i)
-        I(i,t) = 1 if H_i < sigma and t in MPT else 0
-        keep   = 1 - I                                    (the loss normaliser 1/sum|o_i| is unchanged)
-
-    old_logprobs, entropy, mask: [B, C]; correct: [B] (1 = correct; NaN or 0 = not). Returns keep [B, C]
-    in {0, 1}. p comes from the old policy (methods.md: the source is unstated; pi_old is available).
-    """
-    n = mask.sum(-1).clamp(min=1.0)
-    mean_entropy = (entropy * mask).sum(-1) / n
-    gate = (correct == 1) & (mean_entropy < sigma)
-    mastered = old_logprobs >= math.log(tau)
-    return 1.0 - (mastered & gate[:, None] & (mask > 0)).to(mask.dtype)
-
-
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || pi_ref) per token: exp(ref - logp) - (ref - logp) - 1 >= 0."""
     d = ref_logprobs - logprobs
     return torch.exp(d) - d - 1
 
 
-@LOSSES.register("ppo_clip")
+@register("loss", "ppo_clip")
 def ppo_clip_loss(inp: LossInputs, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
                   dual_clip: float = 0.0, kl_coef: float = 0.0) -> LossOutputs:
     """Clipped surrogate (PPO, Schulman et al. 2017 eq. 7; GRPO eq. 3) with DAPO clip-higher
@@ -155,30 +126,45 @@ def ppo_clip_loss(inp: LossInputs, *, epsilon_low: float = 0.2, epsilon_high: fl
     return LossOutputs(loss=loss, stats=stats)
 
 
-@LOSSES.register("kl_cov")
+def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, ppo_kl_coef: float = 1.0) -> dict:
+    """KL-Cov's token choice over the whole minibatch (every micro-batch, every rank):
+    cov_t = (A_t - mean A)(logp_t - mean logp) over the minibatch's valid tokens (means over all ranks),
+    chosen = the top k = max(1, floor(ratio * N)) tokens by cov_t, N the minibatch's valid tokens.
+    Exact global top-k from each rank's local top-k candidates (the global top k is within their union);
+    tokens tied with the k-th value are all chosen."""
+    valid = mb.mask > 0
+    adv = mb.advantages[:, None].expand_as(mb.logprobs).to(torch.float64)
+    lp = mb.logprobs.to(torch.float64)
+    totals = mb.all_reduce_sum(torch.stack([valid.sum().to(torch.float64), adv[valid].sum(), lp[valid].sum()]))
+    n = int(totals[0])
+    chosen = torch.zeros_like(valid)
+    if n == 0:
+        return {"kl_cov_chosen": chosen}
+    cov = (adv - totals[1] / n) * (lp - totals[2] / n)
+    k = max(1, math.floor(kl_cov_ratio * n))
+    local = cov[valid]
+    candidates = mb.all_gather(torch.topk(local, min(k, local.numel())).values)
+    threshold = torch.topk(candidates, k).values[-1]
+    return {"kl_cov_chosen": valid & (cov >= threshold)}
+
+
+@register("loss", "kl_cov")
 def kl_cov_loss(inp: LossInputs, *, kl_cov_ratio: float = 0.002, ppo_kl_coef: float = 1.0) -> LossOutputs:
     """KL-Cov (Cui et al. arXiv 2505.22617; verl compute_policy_loss_kl_cov; DOT's loss, methods.md sec. 6):
-    cov_t = (A_t - mean A)(logp_t - mean logp), detached, over the micro-batch's valid tokens; the top
-    k = max(1, floor(ratio * N)) tokens by cov_t get l_t = -A rho + coef |logp - logp_old|, all others
-    l_t = -A rho. No ratio clipping in this mode. DOT: ratio 0.002, coef 1.0."""
-    mask = inp.mask > 0
+    the tokens chosen by ``kl_cov_select`` over the whole minibatch (top ratio by covariance of advantage and
+    logprob) get l_t = -A rho + coef |logp - logp_old|, all others l_t = -A rho. No ratio clipping.
+    DOT: ratio 0.002, coef 1.0. (verl selects within one micro-batch; a long response alone in a
+    micro-batch has a constant advantage there, covariance 0, and arbitrary tokens would be penalised.)"""
     adv = inp.advantages.unsqueeze(1).expand_as(inp.logprobs).to(inp.logprobs.dtype)
     ratio = torch.exp((inp.logprobs - inp.old_logprobs).clamp(-20.0, 20.0))
-    per_token = -adv * ratio
-    n = int(mask.sum())
-    chosen = torch.zeros_like(mask)
-    if n > 0:
-        a_v, lp_v = adv[mask].detach(), inp.logprobs[mask].detach()
-        cov = (a_v - a_v.mean()) * (lp_v - lp_v.mean())
-        k = max(1, math.floor(kl_cov_ratio * n))
-        top = torch.topk(cov, k).indices
-        flat = torch.zeros(n, dtype=torch.bool, device=mask.device)
-        flat[top] = True
-        chosen[mask] = flat
-    per_token = per_token + torch.where(chosen, ppo_kl_coef * (inp.logprobs - inp.old_logprobs).abs(),
-                                        torch.zeros_like(per_token))
+    chosen = inp.extra["kl_cov_chosen"] & (inp.mask > 0)
+    per_token = -adv * ratio + torch.where(chosen, ppo_kl_coef * (inp.logprobs - inp.old_logprobs).abs(),
+                                           torch.zeros_like(ratio))
     stats = {"kl_cov_frac": (chosen.float() * inp.mask).sum().detach(), "ratio": (ratio.detach() * inp.mask).sum()}
     return LossOutputs(loss=(per_token * inp.token_weights).sum(), stats=stats)
+
+
+kl_cov_loss.prepare = kl_cov_select
 
 
 def drpo_weights(len_reward: torch.Tensor, correct: torch.Tensor, lam: float) -> torch.Tensor:
@@ -234,4 +220,4 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
 
 
 drpo_loss.needs_whole_groups = True
-LOSSES.register("drpo")(drpo_loss)
+register("loss", "drpo")(drpo_loss)

@@ -3,7 +3,7 @@
 
 Every ``monitor_every`` steps (and before the first step) the trainer generates ``monitor_samples``
 rollouts for each prompt of a fixed monitor set with the current policy and calls ``update_targets``.
-Monitor prompts are bucketed by accuracy (hard <= 1/3 < medium <= 2/3 < easy). For each bucket d and
+Monitor prompts are bucketed by accuracy (hard <= 1/3 < medium <= 2/3 < easy: ``monitor_bucket``). For each bucket d and
 candidate length l: coverage P(l, d) = fraction of *all* the bucket's responses with length <= l, and
 ECR_d(l) = P(l, d) * |C_d| where |C_d| = ceil (paper: 6/3/1 for K=8) or floor (released config: 5/2/1) of
 (2K/3, K/3, 1). L_A(d) = the smallest candidate with ECR >= expected_correct (floor rounding tests
@@ -17,10 +17,13 @@ repetition loop (rlkit's loop detector, not LASER's n-gram detector: a documente
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 
-from rlkit.rewards.shaping import SHAPERS, ShapingBatch, ShapingResult, _groups, _need_correct
+from rlkit.records import ShapingBatch, group_index
+from rlkit.registry import register
+from rlkit.shaping.groups import Shaper, ShapingResult, _need_correct, pass_rate
 
 BUCKETS = ("hard", "medium", "easy")
 
@@ -33,8 +36,14 @@ def candidates(lower: int, upper: int, interval: int) -> list[int]:
     return list(range(lower, upper + 1, interval))
 
 
-def bucket_of(pass_rate: float) -> str:
-    return "easy" if pass_rate >= 2 / 3 else "medium" if pass_rate >= 1 / 3 else "hard"
+def bucket_of(rate: float) -> str:
+    """Training groups by pass rate: easy >= 2/3, medium >= 1/3, else hard (LASER's code)."""
+    return "easy" if rate >= 2 / 3 else "medium" if rate >= 1 / 3 else "hard"
+
+
+def monitor_bucket(rate: float) -> str:
+    """Monitor prompts by accuracy: hard <= 1/3 < medium <= 2/3 < easy (LASER sec. 5, methods.md sec. 5)."""
+    return "hard" if rate <= 1 / 3 + 1e-6 else "medium" if rate <= 2 / 3 + 1e-6 else "easy"  # float32 rates
 
 
 def min_correct(bucket: str, k: int, rounding: str) -> int:
@@ -44,30 +53,33 @@ def min_correct(bucket: str, k: int, rounding: str) -> int:
     return math.ceil(k * frac - 1e-9) if rounding == "ceil" else math.floor(k * frac + 1e-9)
 
 
-class LaserD:
-    """LASER-D (variant "d") / LASER-DE (variant "de"): the targets L_A(d) are controller state."""
+@register("shaper", "laser_d")
+class LaserD(Shaper):
+    """LASER-D (Liu et al. arXiv 2505.15612 sec. 5): + alpha for correct responses within the bucket's target."""
+
+    variant = "d"
 
     def __init__(self, alpha: float = 0.5, lower: int = 1024, upper: int = 16384, interval: int = 1024,
                  monitor_every: int = 20, monitor_size: int = 500, monitor_samples: int = 8,
-                 rounding: str = "ceil", expected_correct: float = 1.0, format_term: str = "boxed_format",
-                 variant: str = "d"):
-        if rounding not in ("ceil", "floor"):
-            raise ValueError(f"laser: rounding must be ceil or floor, got {rounding!r}")
-        self.alpha, self.rounding, self.expected, self.variant = alpha, rounding, expected_correct, variant
+                 rounding: Literal["ceil", "floor"] = "ceil", expected_correct: float = 1.0,
+                 format_term: str = "boxed_format"):
+        self.alpha, self.rounding, self.expected = alpha, rounding, expected_correct
         self.candidates = candidates(lower, upper, interval)
-        self.monitor_every, self.monitor_size, self.monitor_samples = monitor_every, monitor_size, monitor_samples
+        self.monitor = (monitor_every, monitor_size, monitor_samples)
+        self.monitor_samples = monitor_samples
         self.format_term = format_term
         self.targets: dict[str, int | None] = {b: None for b in BUCKETS}
-        self.needs_looping = variant == "de"
+        self.needs_looping = self.variant == "de"
 
-    def update_targets(self, lengths: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor) -> dict:
+    def update_from_monitor(self, lengths: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor) -> dict:
         """Recompute L_A(d) from monitor rollouts; a bucket without a qualifying candidate gets None
-        (then the batch's longest response is used)."""
+        (then the batch's longest response is used). A prompt of unknown accuracy is left out."""
         by_bucket: dict[str, list[float]] = {b: [] for b in BUCKETS}
         k = self.monitor_samples
-        for idx in _groups(group_ids):
-            rate = float(torch.nan_to_num(correct[idx], nan=0.0).mean())
-            by_bucket[bucket_of(rate)].extend(lengths[idx].tolist())
+        for idx in group_index(group_ids):
+            rate = pass_rate(correct[idx])
+            if rate == rate:  # not NaN
+                by_bucket[monitor_bucket(rate)].extend(lengths[idx].tolist())
         for b in BUCKETS:
             L = torch.tensor(by_bucket[b])
             self.targets[b] = None
@@ -86,12 +98,14 @@ class LaserD:
         _need_correct("laser", b.correct)
         r = b.rewards.clone()
         fallback = float(b.lengths.max()) if b.lengths.numel() else 0.0
-        correct = torch.nan_to_num(b.correct, nan=0.0)
         bonus = torch.zeros_like(r)
-        for idx in _groups(b.group_ids):
-            target = self.targets[bucket_of(float(correct[idx].mean()))]
+        for idx in group_index(b.group_ids):
+            rate = pass_rate(b.correct[idx])
+            if rate != rate:  # no known correctness in the group: no bonus
+                continue
+            target = self.targets[bucket_of(rate)]
             target = fallback if target is None else target
-            L, c = b.lengths[idx], correct[idx]
+            L, c = b.lengths[idx], b.correct[idx]  # NaN compares False: unknown samples get no bonus
             bonus[idx] += self.alpha * ((c >= 1) & (L <= target)).float()
             if self.variant == "de":
                 fmt = b.terms.get(self.format_term)
@@ -109,13 +123,8 @@ class LaserD:
         self.targets = dict(state["targets"])
 
 
-@SHAPERS.register("laser_d")
-def laser_d(**kwargs) -> LaserD:
-    """LASER-D (Liu et al. arXiv 2505.15612 sec. 5): + alpha for correct responses within the bucket's target."""
-    return LaserD(variant="d", **kwargs)
-
-
-@SHAPERS.register("laser_de")
-def laser_de(**kwargs) -> LaserD:
+@register("shaper", "laser_de")
+class LaserDE(LaserD):
     """LASER-DE (arXiv 2505.15612 sec. 5): LASER-D plus + alpha for long, formatted, non-looping wrong answers."""
-    return LaserD(variant="de", **kwargs)
+
+    variant = "de"

@@ -1,0 +1,169 @@
+"""Group filters: dynamic sampling (DAPO, Yu et al. arXiv 2503.14476 sec. 3.2; DLER; methods.md sec. 0
+contract 3) and DOT's predictive oversampling (methods.md sec. 6).
+
+Groups whose filter metric has zero variance carry no GRPO signal and are dropped; generation continues
+until the step has its quota of groups. The metric is the verifier (``correct``), the combined per-sample
+reward (``reward``) or the final shaped reward (``shaped``: the rounds are shaped before filtering, so a
+shaper that zeroes a group out, e.g. DA-DLER's tier cap, decides what is kept). A filter owns the rounds:
+``collect(quota, produce, reduce)`` calls ``produce(n_prompts, round) -> StepBatch`` as often as it needs.
+All ranks run the same rounds (the deficit is all-reduced), as collectives inside ``produce`` require.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from rlkit.records import StepBatch, group_index
+from rlkit.registry import register
+
+log = logging.getLogger("rlkit")
+
+
+def informative_groups(values: torch.Tensor, group_ids: torch.Tensor, tol: float = 1e-6) -> list[int]:
+    """Group ids (ascending) whose `values` are not all equal (max - min > tol). NaN values (not applicable)
+    are ignored; a group with fewer than two known values is dropped."""
+    keep = []
+    for idx in group_index(group_ids):
+        v = values[idx]
+        v = v[~torch.isnan(v)]
+        if v.numel() >= 2 and float(v.max() - v.min()) > tol:
+            keep.append(int(group_ids[idx[0]]))
+    return keep
+
+
+def fill_quota(kept: list, quota: int, fallback: list) -> tuple[list, int]:
+    """Trim `kept` to `quota`, or pad it by repeating kept groups in order (DOT's predictive dynamic
+    sampling rule); with nothing kept, pad from `fallback` (zero-variance groups: zero advantage).
+    Returns (groups, number of padded entries)."""
+    if len(kept) >= quota:
+        return kept[:quota], 0
+    source = kept or fallback
+    if not source:
+        raise ValueError("dynamic sampling: no groups to fill the batch with")
+    out = list(kept)
+    i = 0
+    while len(out) < quota:
+        out.append(source[i % len(source)])
+        i += 1
+    return out, quota - len(kept)
+
+
+def _select(batches: list[StepBatch], chosen: list[tuple[int, int]]) -> StepBatch:
+    """The chosen (round, group) entries as one batch, runs of one round selected together."""
+    parts, run = [], []
+    for bi, g in chosen + [(-1, -1)]:
+        if run and bi != run[0][0]:
+            parts.append(batches[run[0][0]].select_groups([x[1] for x in run]))
+            run = []
+        run.append((bi, g))
+    return StepBatch.concat(parts)
+
+
+class _Rounds:
+    """The shared round loop; subclasses set the prompts per round and the round limit."""
+
+    metric: str = "correct"
+    max_rounds: int = 1
+    until_full: bool = False
+
+    @property
+    def needs_shaped(self) -> bool:
+        return self.metric == "shaped"
+
+    @property
+    def needs_correctness(self) -> bool:
+        return self.metric == "correct"
+
+    def prompts_for(self, quota: int, need: int) -> int:
+        return need
+
+    def record(self, informative: int, generated: int, reduce) -> dict:
+        return {}
+
+    def _values(self, batch: StepBatch) -> torch.Tensor:
+        return {"correct": batch.correct, "reward": batch.rewards, "shaped": batch.shaped}[self.metric]
+
+    def collect(self, quota: int, produce: Callable[[int, int], StepBatch],
+                reduce: Callable[[torch.Tensor, str], torch.Tensor]) -> StepBatch:
+        batches: list[StepBatch] = []
+        kept, fallback, generated, need = [], [], 0, quota
+        while len(batches) < self.max_rounds:
+            need = int(reduce(torch.tensor(quota - len(kept)), "max"))
+            if need <= 0:
+                break
+            batch = produce(self.prompts_for(quota, need), len(batches))
+            batches.append(batch)
+            generated += len(batch.prompts)
+            good = set(informative_groups(self._values(batch), batch.group_ids))
+            for g in range(len(batch.prompts)):
+                (kept if g in good else fallback).append((len(batches) - 1, g))
+        cap_hit = self.until_full and int(reduce(torch.tensor(quota - len(kept)), "max")) > 0
+        informative = len(kept)
+        chosen, padded = fill_quota(kept, quota, fallback)
+        out = _select(batches, chosen)
+        out.metrics = {**batches[-1].metrics, "sampling/rounds": len(batches),
+                       "sampling/informative_fraction": informative / max(generated, 1),
+                       "sampling/padded_groups": padded, "sampling/prompts_generated": generated,
+                       "sampling/cap_hit": float(cap_hit), **self.record(informative, generated, reduce)}
+        if padded:
+            log.warning("dynamic sampling: %d of %d groups had signal after %d round(s); the batch is padded "
+                        "with %d repeated group(s)%s", informative, quota, len(batches), padded,
+                        " (safety cap max_rounds reached)" if cap_hit else "")
+        return out
+
+
+@register("filter", "dynamic_sampling")
+class DynamicSampling(_Rounds):
+    """Drop zero-variance groups and generate more (DAPO sec. 3.2): rounds of the missing number of prompts,
+    at most ``max_rounds``; with ``until_full`` the rounds go on until the batch is full (DLER, methods.md
+    sec. 2) and ``max_rounds`` is only a safety cap, reported as ``sampling/cap_hit``. A batch still short
+    is padded by repeating informative groups (``sampling/padded_groups``, with a warning)."""
+
+    def __init__(self, metric: Literal["correct", "reward", "shaped"] = "correct", max_rounds: int = 3,
+                 until_full: bool = False):
+        if max_rounds < 1:
+            raise ValueError(f"dynamic_sampling: max_rounds must be >= 1, got {max_rounds}")
+        self.metric, self.max_rounds, self.until_full = metric, max_rounds, until_full
+
+
+@register("filter", "predictive_sampling")
+class PredictiveOversampling(_Rounds):
+    """DOT's Predictive Dynamic Sampling (Wu et al. arXiv 2601.03969; methods.md sec. 6): one generation round
+    of floor(B * f) prompts with f = clip((1 / mean(h)) * (1 + std(h)), f_min, f_max), h the last `window`
+    per-step pass rates (informative groups / prompts sampled, over all ranks); f = f_max when mean(h) = 0
+    and f_init before any history. Paper: window 20, f_init 1.5, f_min 1.2, f_max 5.0. The history is
+    checkpointed."""
+
+    def __init__(self, metric: Literal["correct", "reward", "shaped"] = "reward", window: int = 20,
+                 f_init: float = 1.5, f_min: float = 1.2, f_max: float = 5.0):
+        self.metric, self.window, self.f_init, self.f_min, self.f_max = metric, window, f_init, f_min, f_max
+        self.history: list[float] = []
+
+    def factor(self) -> float:
+        if not self.history:
+            return self.f_init
+        h = torch.tensor(self.history, dtype=torch.float64)
+        mean = float(h.mean())
+        if mean == 0:
+            return self.f_max
+        std = float(h.std()) if h.numel() > 1 else 0.0
+        return min(self.f_max, max(self.f_min, (1 / mean) * (1 + std)))
+
+    def prompts_for(self, quota: int, need: int) -> int:
+        return max(quota, int(quota * self.factor()))
+
+    def record(self, informative: int, generated: int, reduce) -> dict:
+        rate = reduce(torch.tensor([float(informative), float(generated)]), "sum")
+        factor = self.factor()
+        self.history = (self.history + [float(rate[0] / rate[1].clamp(min=1))])[-self.window:]
+        return {"sampling/oversampling_factor": factor}
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])

@@ -1,0 +1,182 @@
+"""The data stages of a step, method-blind: prompts -> rollout -> rewards -> sample transforms -> (filter
+rounds) -> shaping -> advantages, and the monitor rollouts of shapers that declare a monitor set.
+
+Each function takes the run and a StepBatch; what a method does lives in the stages it registered
+(rlkit.trainers.stages), which these functions call in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import random
+import time
+
+import torch
+
+from rlkit.data import make_prompt
+from rlkit.records import ShapingBatch, StageContext, StepBatch
+from rlkit.rewards.length import ends_in_loop
+from rlkit.rollout.base import SamplingSpec
+from rlkit.trainers import dist
+
+
+@contextlib.contextmanager
+def timed(timers: dict, key: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timers[key] = timers.get(key, 0.0) + time.perf_counter() - t0
+
+
+def prefixed(prefix: str, metrics: dict) -> dict:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def context(run, step: int) -> StageContext:
+    return StageContext(step=step, total_steps=run.cfg.train.steps,
+                        rescore=functools.partial(score, run, step=step),
+                        render=lambda columns, extra: make_prompt(columns, run.tokenizer, run.cfg.data, extra),
+                        decode=functools.partial(run.tokenizer.decode, skip_special_tokens=True))
+
+
+def sampling_spec(cfg, n: int, seed: int, logprobs: bool = True) -> SamplingSpec:
+    r = cfg.rollout
+    return SamplingSpec(n=n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+                        logprobs=logprobs, seed=seed)
+
+
+def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> None:
+    """Every reward term on the batch's samples (or only on ``idx``, e.g. after a transform changed them):
+    fills rewards, terms and correct (NaN without a correctness term)."""
+    samples = batch.samples if idx is None else [batch.samples[i] for i in idx]
+    prompts = batch.prompts
+    label = run.rewards.correctness_label
+    if not samples:  # a rank with no share (e.g. fewer monitor prompts than ranks)
+        if idx is None:
+            batch.rewards, batch.terms = torch.zeros(0), {t.label: torch.zeros(0) for t in run.rewards.terms}
+            batch.correct = batch.terms[label] if label else torch.zeros(0)
+        return
+    keys = sorted({k for p in prompts for k in p.columns})
+    columns = {k: [prompts[s.group_id].columns.get(k) for s in samples] for k in keys}
+    values = run.rewards([prompts[s.group_id].text for s in samples], [s.text for s in samples],
+                         [s.completion_ids for s in samples], columns,
+                         finish_reason=[s.finish_reason for s in samples],
+                         num_tokens=[s.num_tokens for s in samples], step=step)
+    if idx is None:
+        batch.rewards, batch.terms = values.total, values.terms
+    else:
+        batch.rewards[idx] = values.total
+        for k in batch.terms:
+            batch.terms[k][idx] = values.terms[k]
+    batch.correct = batch.terms[label] if label else torch.full_like(batch.rewards, float("nan"))
+
+
+def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:
+    """One generation round on this rank: its slice of n_prompts x world prompts from the seeded sampler,
+    the prompt transforms, the rollout, every reward term, the sample transforms (and the shapers when the
+    filter decides on shaped rewards)."""
+    cfg, acc, stages = run.cfg, run.acc, run.stages
+    world, rank = acc.num_processes, acc.process_index
+    ctx = context(run, step)
+    prompts = [run.train_set.prompts[i] for i in run.sampler.next_batch(n_prompts * world)[rank::world]]
+    metrics: dict = {}
+    for name, transform in stages.prompt_transforms:
+        prompts, m = transform(prompts, ctx)
+        metrics.update(prefixed(f"transforms/{name}", m))
+    seed = cfg.train.seed * 100_003 + step * 1009 + round_idx * 101 + rank
+    with timed(run.timers, "rollout"):
+        prompts, samples, m = run.rollout(prompts, sampling_spec(cfg, cfg.rollout.group_size, seed), step)
+    metrics.update(m)
+    batch = StepBatch(prompts, samples, metrics=metrics)
+    with timed(run.timers, "reward"):
+        score(run, batch, step=step)
+        for name, transform in stages.sample_transforms:
+            metrics.update(prefixed(f"transforms/{name}", transform(batch, ctx)))
+    if stages.needs_shaped_rounds:
+        shape(run, batch, step)
+    return batch
+
+
+def collect(run, step: int) -> StepBatch:
+    """This rank's batch of the step (prompts_per_step / world groups): one round, or the rounds the filter
+    asks for; shaped over the whole step."""
+    quota = run.cfg.rollout.prompts_per_step // run.acc.num_processes
+    if run.stages.filter is None:
+        batch = produce(run, step, quota, 0)
+    else:
+        batch = run.stages.filter.collect(quota, functools.partial(produce, run, step),
+                                          lambda t, op: dist.reduce(run.acc, t, op))
+    if batch.shaped is None:
+        shape(run, batch, step)
+    return batch
+
+
+def _offsets(acc, batch: StepBatch) -> tuple[list[int], int, int]:
+    """(every rank's sample count, this rank's sample offset, this rank's group offset)."""
+    sizes, group_sizes = dist.rank_sizes(acc, len(batch.samples)), dist.rank_sizes(acc, len(batch.prompts))
+    return sizes, sum(sizes[:acc.process_index]), sum(group_sizes[:acc.process_index])
+
+
+def shape(run, batch: StepBatch, step: int) -> None:
+    """The shapers in order over the whole step, gathered from all ranks (counts may differ); sets
+    ``batch.shaped`` to this rank's slice."""
+    acc, shapers = run.acc, run.stages.shapers
+    if not shapers:
+        batch.shaped = batch.rewards.clone()
+        return
+    sizes, offset, group_offset = _offsets(acc, batch)
+
+    def gather(t):
+        return dist.gather_var(acc, t, sizes)
+
+    looping = None
+    if run.stages.needs_looping:
+        looping = gather(torch.tensor([float(ends_in_loop(s.completion_ids)) for s in batch.samples])) > 0.5
+    keys = [str(batch.prompts[s.group_id].columns.get("source", s.group_id)) for s in batch.samples]
+    sb = ShapingBatch(rewards=gather(batch.rewards), correct=gather(batch.correct), lengths=gather(batch.lengths),
+                      truncated=gather(batch.truncated.float()) > 0.5, group_ids=gather(batch.group_ids + group_offset),
+                      step=step, terms={k: gather(v) for k, v in batch.terms.items()}, looping=looping,
+                      keys=[k for rank_keys in dist.gather_objects(acc, keys) for k in rank_keys])
+    for name, shaper in shapers:
+        result = shaper(sb)
+        sb.rewards = result.rewards
+        batch.metrics.update(prefixed(f"shaping/{name}", result.metrics))
+    batch.metrics["reward/shaped_mean"] = float(sb.rewards.mean())
+    batch.shaped = sb.rewards[offset:offset + len(batch.samples)]
+
+
+def advantages(run, batch: StepBatch) -> torch.Tensor:
+    """The estimator over the whole step's final rewards (gathered from all ranks); this rank's slice [N]."""
+    acc = run.acc
+    sizes, offset, group_offset = _offsets(acc, batch)
+    adv = run.stages.advantage(dist.gather_var(acc, batch.final_rewards(), sizes),
+                               dist.gather_var(acc, batch.group_ids + group_offset, sizes),
+                               dist.gather_var(acc, batch.lengths, sizes))
+    return adv[offset:offset + len(batch.samples)]
+
+
+def refresh_monitors(run, step: int) -> dict:
+    """For each shaper that declares a monitor set (every, size, samples): when due, K rollouts per monitor
+    prompt with the current policy, scored, gathered from all ranks (uneven shares), handed to the shaper."""
+    cfg, acc = run.cfg, run.acc
+    world, rank = acc.num_processes, acc.process_index
+    metrics: dict = {}
+    for name, shaper in run.stages.monitored:
+        every, size, k = shaper.monitor
+        if step % every:
+            continue
+        with timed(run.timers, "monitor"):
+            n = len(run.train_set.prompts)
+            chosen = random.Random(cfg.train.seed + 7).sample(range(n), min(size, n))[rank::world]
+            prompts = [run.train_set.prompts[i] for i in chosen]
+            samples = run.engine.generate([p.ids for p in prompts],
+                                          sampling_spec(cfg, k, cfg.train.seed * 7919 + step * 31 + rank, False))
+            batch = StepBatch(prompts, samples)
+            score(run, batch, step=step)
+            sizes, _, group_offset = _offsets(acc, batch)
+            gathered = [dist.gather_var(acc, t, sizes)
+                        for t in (batch.lengths, batch.correct, batch.group_ids + group_offset)]
+            metrics.update(prefixed(f"shaping/{name}", shaper.update_from_monitor(*gathered)))
+    return metrics

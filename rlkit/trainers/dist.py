@@ -1,0 +1,65 @@
+"""Collectives the trainer uses, in one place: every cross-rank exchange goes through these.
+
+All work on one process too (then they return their input). Tensors are moved to the accelerator's
+device for the collective and come back on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def reduce(acc, t: torch.Tensor, op: str) -> torch.Tensor:
+    """All-reduce ``t`` with ``op`` ("sum", "max", "mean") over the ranks."""
+    if acc.num_processes == 1:
+        return t
+    return acc.reduce(t.to(acc.device), reduction=op).cpu()
+
+
+def gather_objects(acc, obj) -> list:
+    """Every rank's picklable ``obj``, in rank order."""
+    if acc.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def rank_sizes(acc, n: int) -> list[int]:
+    """Every rank's count ``n``, in rank order."""
+    if acc.num_processes == 1:
+        return [n]
+    return acc.gather(torch.tensor([n], device=acc.device)).cpu().tolist()
+
+
+def gather_var(acc, t: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
+    """All ranks' tensors concatenated along dim 0 in rank order; their lengths may differ (``sizes``, from
+    ``rank_sizes``, is fetched when not given)."""
+    if acc.num_processes == 1:
+        return t
+    sizes = rank_sizes(acc, t.shape[0]) if sizes is None else sizes
+    width = max(sizes)
+    if width == 0:
+        return t[:0]
+    padded = torch.zeros((width, *t.shape[1:]), dtype=t.dtype)
+    padded[:t.shape[0]] = t
+    out = acc.gather(padded.to(acc.device)).cpu()
+    return torch.cat([out[r * width:r * width + n] for r, n in enumerate(sizes)])
+
+
+def mean_metrics(acc, metrics: dict) -> dict:
+    """Each numeric metric averaged over the ranks that have a finite value for it; the keys are the union of
+    every rank's keys, so ranks with different keys or NaNs cannot mis-align a reduction. Non-numeric values
+    and ``time/*`` (rank 0's wall clock) are kept as they are on this rank."""
+    if acc.num_processes == 1:
+        return metrics
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+               and not k.startswith("time/")}
+    out = dict(metrics)
+    every = gather_objects(acc, numeric)
+    for key in sorted(set().union(*every)):
+        values = [m[key] for m in every if key in m and math.isfinite(m[key])]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out

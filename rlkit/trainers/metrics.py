@@ -1,0 +1,52 @@
+"""Step metrics: one fixed set of keys from the step's batch and update statistics, averaged over ranks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rlkit.records import StepBatch, UpdateStats
+from rlkit.trainers import dist
+from rlkit.trainers.evaluate import length_stats
+
+
+def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Tensor, mu: int, lr: float,
+                 timers: dict, version: int, acc) -> dict:
+    """``batch``: this rank's collected step (before rank balancing); ``trained_mask``: the loss mask of the
+    samples this rank trained on. Means over ranks skip ranks without a finite value (dist.mean_metrics)."""
+    samples = batch.samples
+    lengths = [s.num_tokens for s in samples]
+    n_gen_tokens = sum(lengths)
+    n_tok = max(float(trained_mask.sum()) * mu, 1.0)
+    rewards = batch.rewards
+    m = {"reward/mean": float(rewards.mean()) if len(samples) else math.nan,
+         "reward/std": float(rewards.std()) if len(samples) > 1 else 0.0}
+    for name, t in batch.terms.items():
+        valid = t[~torch.isnan(t)]
+        m[f"reward/{name}"] = float(valid.mean()) if valid.numel() else math.nan
+    known = batch.correct[~torch.isnan(batch.correct)] if batch.correct is not None else torch.zeros(0)
+    if known.numel():
+        m["accuracy"] = float(known.mean())
+    m.update({f"completion/{k}_tokens": v for k, v in length_stats(lengths).items()})
+    m["completion/truncation_rate"] = sum(s.finish_reason == "length" for s in samples) / max(len(samples), 1)
+    m["completion/samples"] = float(len(samples))
+    m["completion/total_tokens"] = float(n_gen_tokens)
+    for key in ("clip_frac", "ratio", "kl"):
+        m[f"loss/{key}"] = stats.sums.get(key, 0.0) / n_tok
+    for key, v in stats.sums.items():  # fractions a loss reports (dual_clip_frac, kl_cov_frac)
+        if key.endswith("_frac"):
+            m[f"loss/{key}"] = v / n_tok
+    m["loss/entropy"] = stats.entropy / max(stats.tokens, 1.0)
+    m["loss/logprob_mismatch"] = stats.mismatch / max(stats.mismatch_tokens, 1.0)
+    for name, removed in stats.masked.items():
+        m[f"mask/{name}/masked_frac"] = removed / n_tok
+    m["optim/grad_norm"] = sum(stats.grad_norms) / max(len(stats.grad_norms), 1)
+    m["optim/lr"] = lr
+    m["throughput/rollout_tokens_per_s"] = n_gen_tokens / max(timers.get("rollout", 0.0), 1e-9)
+    train_tokens = sum(len(s.prompt_ids) + s.num_tokens for s in samples) * mu
+    m["throughput/train_tokens_per_s"] = train_tokens / max(timers.get("train", 0.0), 1e-9)
+    m.update({f"time/{k}": v for k, v in timers.items()})
+    m["policy_version"] = version
+    m.update(batch.metrics)
+    return dist.mean_metrics(acc, m)

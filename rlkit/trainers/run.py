@@ -1,0 +1,155 @@
+"""Set-up of a training run: everything the loop needs, built once from the config, and the checkpoint
+state that makes a resumed run continue exactly."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlkit.config import Config, save_config, to_dict
+from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
+from rlkit.logging import RunLogger
+from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
+from rlkit.rewards import RewardSet
+from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
+from rlkit.rollout.weights import exported_weights
+from rlkit.trainers import checkpoint as ckpt
+from rlkit.trainers import dist
+from rlkit.trainers.batch import LogprobPolicy
+from rlkit.trainers.stages import Stages
+from rlkit.trainers.update import MicroBatching
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once by ``setup`` from the config."""
+
+    cfg: Config
+    acc: Any  # accelerate.Accelerator
+    run_dir: Path
+    tokenizer: Any
+    prepared: Any  # accelerate-prepared LogprobPolicy
+    ref_model: LogprobPolicy | None  # None: no KL term, or LoRA (the reference is the adapters-off policy)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    engine: RolloutEngine
+    rollout: Rollout  # one engine call per step, or segments carried across steps
+    rewards: RewardSet
+    stages: Stages  # the method's stages, resolved from the config
+    train_set: PromptSet
+    eval_set: PromptSet
+    sampler: PromptSampler
+    logger: RunLogger
+    mbs: MicroBatching
+    start_step: int = 0
+    before: dict = field(default_factory=dict)  # held-out results before training (restored on resume)
+    timers: dict = field(default_factory=dict)  # seconds per phase of the current step
+
+
+def _setup_accelerator(cfg: Config):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    cuda = torch.cuda.is_available()
+    dtype = pick_dtype(cfg.model.dtype, torch.device("cuda" if cuda else "cpu"))
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    acc = Accelerator(cpu=not cuda, mixed_precision=precision)
+    set_seed(cfg.train.seed + acc.process_index)
+    return acc, dtype
+
+
+def _optimizer_and_schedule(cfg: Config, model, total_updates: int):
+    from transformers import get_scheduler
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[cfg.optim.schedule]
+    sched = get_scheduler(name, opt, num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=max(total_updates, 1))
+    return opt, sched
+
+
+def sync_weights(run: Run) -> float:
+    """Push the policy's weights to the rollout engine (its version goes up by one); returns seconds."""
+    t = time.perf_counter()
+    with exported_weights(run.acc.unwrap_model(run.prepared).model) as named:
+        run.engine.update_weights(named)
+    return time.perf_counter() - t
+
+
+def _hidden_size(model) -> int:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return int(base.config.get_text_config().hidden_size)
+
+
+def setup(cfg: Config, resume: str | None = None) -> Run:
+    """Accelerator, run dir, model, optimizer, engine, data, rewards, stages, logging; restore a checkpoint."""
+    acc, dtype = _setup_accelerator(cfg)
+    if cfg.rollout.prompts_per_step % acc.num_processes:
+        raise ValueError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) is the global batch and must "
+                         f"divide by the {acc.num_processes} processes")
+    run_dir = Path(cfg.output_dir)
+    resume_path = ckpt.resolve_resume(resume, run_dir)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+        resolve_model_path(cfg.model.name_or_path)  # converts the embedded model once; other ranks find it cached
+    acc.wait_for_everyone()
+    model_path = resolve_model_path(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(model_path)
+    hf_model = load_policy(model_path, torch.float32, gradient_checkpointing=cfg.model.gradient_checkpointing,
+                           lora=cfg.model.lora)
+    ref_model = None
+    if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
+        ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk).to(acc.device).eval()
+        ref_model.requires_grad_(False)
+    train_set, eval_set = load_prompt_sets(cfg.data, tokenizer)
+    total_updates = cfg.train.steps * cfg.algorithm.mu * cfg.algorithm.minibatches
+    optimizer, scheduler = _optimizer_and_schedule(cfg, hf_model, total_updates)
+    # the scheduler is registered, not prepared: accelerate would step it once per process
+    prepared, optimizer = acc.prepare(LogprobPolicy(hf_model, cfg.optim.logprob_chunk), optimizer)
+    acc.register_for_checkpointing(scheduler)
+    engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype)
+    run = Run(
+        cfg=cfg, acc=acc, run_dir=run_dir, tokenizer=tokenizer, prepared=prepared, ref_model=ref_model,
+        optimizer=optimizer, scheduler=scheduler, engine=engine, rollout=make_rollout(cfg, engine, tokenizer),
+        rewards=RewardSet.from_config(cfg.rewards), stages=Stages.from_config(cfg),
+        train_set=train_set, eval_set=eval_set,
+        sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
+        logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
+                         project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name),
+        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model)))
+    if train_set.skipped_long:
+        run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
+    if resume_path is not None:
+        restore(run, resume_path)
+    return run
+
+
+def save(run: Run, step: int) -> None:
+    """A checkpoint after ``step`` steps (collective: every rank calls it)."""
+    state = {"step": step, "policy_version": run.engine.version, "sampler": run.sampler.state_dict(),
+             "stages": run.stages.state_dict(), "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()),
+             "eval_before": run.before, "world_size": run.acc.num_processes}
+    ckpt.save_checkpoint(run.run_dir, step, run.acc, run.prepared, run.tokenizer, state, run.cfg.checkpoint.keep_last)
+
+
+def restore(run: Run, path: Path) -> None:
+    acc = run.acc
+    acc.load_state(str(path / "accelerate"))
+    state = ckpt.load_trainer_state(path)
+    run.start_step, run.before = state["step"], state.get("eval_before") or {}
+    run.sampler.load_state_dict(state["sampler"])
+    run.stages.load_state_dict(state.get("stages", {}))
+    rollout_states = state.get("rollout") or []
+    if any(rollout_states):
+        if len(rollout_states) != acc.num_processes:
+            raise ValueError(f"{path}: the rollout state (segment pools) was saved by {len(rollout_states)} "
+                             f"processes; resume with the same number (now {acc.num_processes})")
+        run.rollout.load_state_dict(rollout_states[acc.process_index])
+    sync_weights(run)
+    run.engine.version = state["policy_version"]
+    run.logger.console(f"resumed from {path} at step {run.start_step}")

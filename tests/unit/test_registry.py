@@ -1,0 +1,177 @@
+"""One registry for every kind: names, import paths, entry points, options checked when the config is parsed."""
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from rlkit import registry
+from rlkit.config import ConfigError, load_config, save_config
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"rewards": [{"name": "truncation", "kwargs": {"max_tokns": 5}}]},
+     r"rewards\[0\]\.kwargs: reward 'truncation' has no option 'max_tokns'; valid options: max_tokens, rho"),
+    ({"rewards": [{"name": "cosine", "kwargs": {"nonsense": 1}}]},
+     r"reward 'cosine' has no option 'nonsense'; valid options: max_tokens, r0_correct"),
+    ({"rewards": [{"name": "math_correct", "kwargs": {"tolerence": 0.1}}]},
+     r"reward 'math_correct' has no option 'tolerence'; valid options: \(none\)"),
+    ({"rewards": [{"name": "truncation"}]}, r"reward 'truncation' needs option 'max_tokens'"),
+    ({"rewards": [{"name": "truncation", "kwargs": {"max_tokens": "many"}}]},
+     r"rewards\[0\]\.kwargs\.max_tokens' must be an integer, got 'many'"),
+    ({"shaping": [{"name": "kimi", "kwargs": {"cof": 0.1}}]}, r"reward shaper 'kimi' has no option 'cof'; valid options: coef"),
+    ({"shaping": [{"name": "grpo_lambda", "kwargs": {"mode": "top"}}]},
+     r"invalid value 'top' for 'shaping\[0\]\.kwargs\.mode'; valid choices: top_fraction, threshold"),
+    ({"filter": {"name": "dynamic_sampling", "kwargs": {"metric": "shape"}}},
+     r"'filter\.kwargs\.metric'; valid choices: correct, reward, shaped"),
+    ({"filter": {"name": "dynamic_sampling", "kwargs": {"max_rounds": 0}}}, r"filter: dynamic_sampling: max_rounds must be >= 1"),
+    ({"sample_transforms": [{"name": "dot_truncation", "kwargs": {"alfa": 3}}]},
+     r"sample transform 'dot_truncation' has no option 'alfa'"),
+    ({"token_masks": [{"name": "dmmpt", "kwargs": {"tau": 1.5}}]}, r"token_masks\[0\]: dmmpt: tau must be in \(0, 1\]"),
+    ({"prompt_transforms": [{"name": "budget_curriculum", "kwargs": {"template": "no placeholder"}}]},
+     r"prompt_transforms\[0\]: budget_curriculum: template must contain \{budget\}"),
+    ({"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lamda": 0.1}},
+     r"policy loss 'drpo' has no option 'lamda'; valid options: lam, tau, beta, delta"),
+    ({"algorithm.loss_kwargs": {"epsilon_low": 0.1}}, r"policy loss 'ppo_clip' has no option 'epsilon_low'"),
+    ({"shaping": ["nope"]}, r"shaping\[0\]\.name: unknown reward shaper 'nope'; registered shapers: da_dler"),
+    ({"token_masks": ["nope"]}, r"unknown token mask 'nope'; registered token masks: dmmpt, mask_truncated"),
+])
+def test_component_options_are_checked_at_parse_time(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=override)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"algorithm.loss": "kl_cov", "algorithm.kl_coef": 0.1},
+     r"'algorithm\.kl_coef' is 0\.1 but loss 'kl_cov' has no 'kl_coef' option \(it would load and score a reference"),
+    ({"algorithm.loss": "drpo", "algorithm.epsilon_high": 0.28}, r"loss 'drpo' has no 'epsilon_high' option"),
+    ({"algorithm.advantage": "dr_grpo", "algorithm.scale": "group"},
+     r"'algorithm\.scale' is 'group' but advantage 'dr_grpo' divides by no std"),
+    ({"algorithm.advantage": "batch_norm", "algorithm.scale": "batch"}, r"advantage 'batch_norm' divides by no std"),
+    ({"rewards": [{"name": "boxed_format"}], "token_masks": ["dmmpt"]}, r"token mask 'dmmpt' needs a correctness term"),
+    ({"rewards": [{"name": "boxed_format"}], "filter": "dynamic_sampling"},
+     r"group filter 'dynamic_sampling' needs a correctness term"),
+    ({"rewards": [{"name": "boxed_format"}], "sample_transforms": ["dot_truncation"]},
+     r"sample transform 'dot_truncation' needs a correctness term"),
+    ({"rollout.segments": 2, "filter": "dynamic_sampling"}, r"cannot be combined with a `filter`"),
+])
+def test_contradictory_settings_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=override)
+
+
+def test_consistent_settings_pass_and_scale_applies_where_it_exists():
+    load_config(overrides={"algorithm.loss": "kl_cov"})
+    load_config(overrides={"algorithm.advantage": "dr_grpo", "algorithm.scale": "none"})
+    cfg = load_config(overrides={"algorithm.advantage": "rloo", "algorithm.scale": "group"})
+    import torch
+
+    from rlkit.trainers.stages import Stages
+
+    adv = Stages.from_config(cfg).advantage(torch.tensor([1.0, 0.0, 0.0, 0.0]), torch.zeros(4, dtype=torch.long))
+    expected = registry.resolve("advantage", "rloo").obj(torch.tensor([1.0, 0.0, 0.0, 0.0]),
+                                                          torch.zeros(4, dtype=torch.long), scale="group")
+    assert torch.allclose(adv, expected) and not torch.allclose(adv, expected * 0.5 + 0.1)
+
+
+def test_resolved_options_with_defaults_are_saved(tmp_path):
+    cfg = load_config(overrides={"rewards": [{"name": "truncation", "kwargs": {"max_tokens": 5}}, "math_correct"],
+                                 "shaping": ["kimi"], "filter": "dynamic_sampling", "token_masks": ["dmmpt"]})
+    save_config(cfg, tmp_path / "config.json")
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["rewards"][0]["kwargs"] == {"max_tokens": 5, "rho": 0.0}
+    assert saved["shaping"][0]["kwargs"] == {"coef": 0.4}
+    assert saved["filter"] == {"name": "dynamic_sampling", "kwargs": {"metric": "correct", "max_rounds": 3,
+                                                                      "until_full": False}}
+    assert saved["token_masks"][0]["kwargs"] == {"tau": 0.99, "sigma": 0.2}
+    assert load_config(overrides={k: saved[k] for k in ("rewards", "shaping", "filter", "token_masks")}).filter == cfg.filter
+
+
+def test_cli_rejects_a_mistyped_option_in_seconds_before_any_model_loads(tmp_path):
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={tmp_path / 'r'}",
+                           "--rewards=[{name: truncation, kwargs: {max_tokns: 5}}]"],
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 2
+    assert "reward 'truncation' has no option 'max_tokns'; valid options: max_tokens, rho" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+    assert elapsed < 30  # no model, no vLLM (measured ~3 s; the bound only guards against a model load)
+
+
+def test_trl_reward_factory_by_import_path_is_called_once_with_its_kwargs():
+    from rlkit.rewards import RewardSet
+
+    cfg = load_config(overrides={"rewards": [
+        {"name": "trl.rewards:get_soft_overlong_punishment", "kwargs": {"max_completion_len": 24,
+                                                                       "soft_punish_cache": 8}}]})
+    rewards = RewardSet.from_config(cfg.rewards)
+    ids = [[1] * 10, [1] * 20, [1] * 30]
+    values = rewards(["p"] * 3, ["a", "b", "c"], ids, {}, finish_reason=["stop"] * 3, num_tokens=[10, 20, 30], step=0)
+    # TRL: 0 up to L_max - cache = 16, linear down to -1 at 24, -1 beyond
+    assert values.total.tolist() == pytest.approx([0.0, -0.5, -1.0])
+    with pytest.raises(ConfigError, match="has no option 'max_len'"):
+        load_config(overrides={"rewards": [{"name": "trl.rewards:get_soft_overlong_punishment",
+                                            "kwargs": {"max_len": 24}}]})
+
+
+def test_conversational_reward_without_format_says_what_to_set():
+    from rlkit.rewards import RewardError, RewardSet
+
+    cfg = load_config(overrides={"rewards": [{"name": "trl.rewards:think_format_reward"}]})
+    rewards = RewardSet.from_config(cfg.rewards)
+    with pytest.raises(RewardError, match="set `format: conversational` on this reward term"):
+        rewards(["p"], ["<think>x</think>y"], [[1]], {}, finish_reason=["stop"], num_tokens=[1], step=0)
+    cfg = load_config(overrides={"rewards": [{"name": "trl.rewards:think_format_reward", "format": "conversational"}]})
+    values = RewardSet.from_config(cfg.rewards)(["p"], ["<think>x</think>y"], [[1]], {}, finish_reason=["stop"],
+                                               num_tokens=[1], step=0)
+    assert values.total.tolist() == [1.0]
+
+
+KINDS_AND_OBJECTS = {
+    "shaper": ("rlkit.shapers", "class Plugin:\n    def __init__(self, bonus: float = 1.0):\n        self.bonus = bonus\n"
+               "    def __call__(self, b):\n        return b.rewards + self.bonus\n"),
+    "loss": ("rlkit.losses", "def Plugin(inp, *, scale: float = 1.0):\n    return None\n"),
+    "token_mask": ("rlkit.token_masks", "class Plugin:\n    kind = 'batch'\n    def keep(self, inp):\n"
+                   "        return inp.mask\n"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS_AND_OBJECTS))
+def test_entry_point_groups_per_kind(tmp_path, monkeypatch, kind):
+    group, source = KINDS_AND_OBJECTS[kind]
+    module = f"myplugin_{kind}"  # one module per kind: sys.modules keeps what an earlier case imported
+    (tmp_path / f"{module}.py").write_text(source)
+    dist = tmp_path / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{group}]\nmy_{kind} = {module}:Plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert f"my_{kind}" in registry.names(kind)
+    entry = registry.resolve(kind, f"my_{kind}")
+    assert entry.obj.__name__ == "Plugin" and list(entry.options) in (["bonus"], ["scale"], [])
+    with pytest.raises(ConfigError, match="has no option 'typo'"):
+        registry.check_options(entry, {"typo": 1}, "x", "test")
+
+
+def test_imports_run_downward():
+    code = textwrap.dedent("""
+        import sys
+        import rlkit.config
+        assert not [m for m in sys.modules if m.startswith("rlkit.trainers")], "config imported a trainer"
+        import rlkit.rollout.base
+        assert "rlkit.rollout.vllm_engine" not in sys.modules and "rlkit.rollout.hf_engine" not in sys.modules
+        import rlkit.records, rlkit.registry
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+    import ast
+    from pathlib import Path
+
+    base = Path(registry.__file__).parent / "rollout" / "base.py"
+    imported = {n.module for n in ast.walk(ast.parse(base.read_text())) if isinstance(n, ast.ImportFrom)}
+    assert not {"rlkit.rollout.vllm_engine", "rlkit.rollout.hf_engine", "rlkit.rollout.factory"} & imported
