@@ -12,6 +12,9 @@ Split of a step: generation = the vLLM generate call (rlkit: ``time/rollout``; T
 optimizer, weight sync). Target: rlkit >= 1.5x faster per step at equal work.
 
     .venv/bin/python benchmarks/vs_trl.py [--steps 5] [--warmup 1] [--repeats 2] [--max-new 128]
+
+``--baseline-tree DIR --sides rlkit,baseline`` compares this rlkit with another checkout of it (e.g. the commit
+before a refactor, ``git worktree add DIR COMMIT``), run alternately in the same invocation with the same venv.
 """
 
 from __future__ import annotations
@@ -42,19 +45,22 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count()))}
 
 
-def run_rlkit(args, out: Path) -> dict:
+def run_rlkit(args, out: Path, tree: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", f"--train.steps={args.steps}",
            f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
            f"--rollout.max_new_tokens={args.max_new}", "--rollout.temperature=1.0", "--rollout.top_p=1.0",
            "--optim.lr=1e-6", "--data.shuffle=false", "--train.eval_before=false", "--train.eval_after=false",
            "--checkpoint.save_final=false", "--logging.progress=false", "--rewards=[{name: math_correct}]"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env())
+    env = _env()
+    if tree:  # another checkout of rlkit first on the path
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH", "")]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tree or None)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit("rlkit run failed")
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in lines if "time/step" in m][args.warmup:]
-    return {"side": "rlkit", "step_s": [m["time/step"] for m in steps], "gen_s": [m["time/rollout"] for m in steps],
+    return {"side": "baseline" if tree else "rlkit", "step_s": [m["time/step"] for m in steps], "gen_s": [m["time/rollout"] for m in steps],
             "completion_tokens": [m["completion/total_tokens"] for m in steps]}
 
 
@@ -131,6 +137,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-new", type=int, default=128)
+    ap.add_argument("--sides", default="rlkit,trl", help="comma-separated: rlkit, trl, baseline")
+    ap.add_argument("--baseline-tree", default=None, help="checkout of rlkit for the 'baseline' side")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -138,9 +146,12 @@ def main() -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="rlkit-vs-trl-"))
     results = []
+    runners = {"rlkit": run_rlkit, "trl": run_trl,
+               "baseline": lambda a, out: run_rlkit(a, out, tree=str(Path(a.baseline_tree).resolve()))}
+    sides = args.sides.split(",")
     for rep in range(args.repeats):
-        for side, fn in (("rlkit", run_rlkit), ("trl", run_trl)):
-            r = fn(args, tmp / f"{side}-{rep}")
+        for side in sides:
+            r = runners[side](args, tmp / f"{side}-{rep}")
             results.append(r)
             print(json.dumps(r), flush=True)
     print("\n| side | run | step s (mean) | generation s | training s | completion tokens/step |")
@@ -151,9 +162,11 @@ def main() -> None:
         step, gen = sum(r["step_s"]) / n, sum(r["gen_s"]) / n
         tok = sum(r["completion_tokens"]) / n
         summary.setdefault(r["side"], []).append(step)
-        print(f"| {r['side']} | {i // 2} | {step:.2f} | {gen:.2f} | {step - gen:.2f} | {tok:.0f} |")
-    rl, trl = (sum(v) / len(v) for v in (summary["rlkit"], summary["trl"]))
-    print(f"\nrlkit {rl:.2f} s/step, TRL {trl:.2f} s/step: rlkit {trl / rl:.2f}x faster (target >= 1.5x)")
+        print(f"| {r['side']} | {i // len(sides)} | {step:.2f} | {gen:.2f} | {step - gen:.2f} | {tok:.0f} |")
+    mean = {side: sum(v) / len(v) for side, v in summary.items()}
+    for other in [s for s in sides if s != "rlkit"]:
+        print(f"\nrlkit {mean['rlkit']:.2f} s/step, {other} {mean[other]:.2f} s/step: "
+              f"rlkit {mean[other] / mean['rlkit']:.2f}x" + (" faster (target >= 1.5x)" if other == "trl" else ""))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rlkit.records import group_index
 from rlkit.registry import register
 
 
@@ -197,10 +198,9 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
     s = (inp.logprobs * mask).sum(1) / lengths.clamp(min=1)
     len_reward = 1 - lengths / max_len
     total = s.new_zeros(())
-    groups = torch.unique(inp.group_ids)
+    groups = group_index(inp.group_ids)
     mixed = 0
-    for g in groups:
-        idx = inp.group_ids == g
+    for idx in groups:
         c = inp.correct[idx]
         pos, neg = c >= 1, c == 0
         if not pos.any() or not neg.any():

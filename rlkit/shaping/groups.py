@@ -95,6 +95,8 @@ class EfficientReasoning(Shaper):
     LASER Table 2): correct samples get r - alpha * sigmoid((L - mean_c) / std_c), statistics over the
     group's correct samples; incorrect samples are unchanged. alpha in [0, 1), typically 0.05-0.4."""
 
+    needs_correctness = True
+
     def __init__(self, alpha: float = 0.2):
         self.alpha = alpha
 
@@ -111,6 +113,8 @@ class KimiLength(Shaper):
     """Kimi k1.5 length reward (arXiv 2501.12599 sec. 2.3.3; LASER's compute_kimi_penalty):
     lambda_i = 0.5 - (L_i - L_min) / (L_max - L_min) over the group (0 if all lengths are equal);
     r += coef * lambda_i if correct, r += coef * min(0, lambda_i) if incorrect. coef 0.4 (LASER repo)."""
+
+    needs_correctness = True
 
     def __init__(self, coef: float = 0.4):
         self.coef = coef
@@ -136,6 +140,8 @@ class GrpoLambda(Shaper):
     seeded random tie-break); mode="threshold": groups with c_k >= threshold. alpha is not given by the
     paper; 0.2 is our default (Arora & Zanette use 0.05-0.4). Per-sample rewards are rebuilt from the
     verifier, so other per-sample terms are dropped, as in the paper."""
+
+    needs_correctness = True
 
     def __init__(self, lam: float = 0.2, alpha: float = 0.2, mode: Literal["top_fraction", "threshold"] = "top_fraction",
                  threshold: float = 0.5,
@@ -184,6 +190,8 @@ class DifficultyAwareTruncation(Shaper):
     [d_i, d_{i+1}) (d_0 = 0, d_{n+1} = inf). Responses longer than l(q), or truncated by the engine, get
     reward `rho` (0). Paper: thresholds [0.5], lengths [4000, 2000] (hard questions keep 4000 tokens)."""
 
+    needs_correctness = True
+
     def __init__(self, thresholds: Sequence[float] = (0.5,), lengths: Sequence[int] = (4000, 2000), rho: float = 0.0):
         self.thresholds, self.lengths, self.rho = list(thresholds), list(lengths), rho
         if len(self.lengths) != len(self.thresholds) + 1:
@@ -215,6 +223,8 @@ class Palu(Shaper):
     R_q >= C: L_q <- max(min_tokens, L_q - (Q_1.0 - Q_{1-tau})) over the lengths of the correct responses;
     otherwise L_q <- max_tokens. The update is used the next time q is sampled (the paper's off-policy
     estimate from the previous epoch). Paper: C = 0.8, tau = 0.5. Budgets are checkpointed."""
+
+    needs_correctness = True
 
     def __init__(self, max_tokens: int, C: float = 0.8, tau: float = 0.5, min_tokens: int = 16, rho: float = 0.0):
         if not 0 < tau <= 1:

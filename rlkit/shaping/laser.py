@@ -58,6 +58,7 @@ class LaserD(Shaper):
     """LASER-D (Liu et al. arXiv 2505.15612 sec. 5): + alpha for correct responses within the bucket's target."""
 
     variant = "d"
+    needs_correctness = True
 
     def __init__(self, alpha: float = 0.5, lower: int = 1024, upper: int = 16384, interval: int = 1024,
                  monitor_every: int = 20, monitor_size: int = 500, monitor_samples: int = 8,

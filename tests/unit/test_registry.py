@@ -57,6 +57,7 @@ def test_component_options_are_checked_at_parse_time(override, message):
     ({"rewards": [{"name": "boxed_format"}], "sample_transforms": ["dot_truncation"]},
      r"sample transform 'dot_truncation' needs a correctness term"),
     ({"rollout.segments": 2, "filter": "dynamic_sampling"}, r"cannot be combined with a `filter`"),
+    ({"rewards": [{"name": "boxed_format"}], "shaping": ["kimi"]}, r"reward shaper 'kimi' needs a correctness term"),
 ])
 def test_contradictory_settings_are_errors(override, message):
     with pytest.raises(ConfigError, match=message):
