@@ -9,7 +9,7 @@ import dataclasses
 import functools
 import math
 
-from rlkit.records import Prompt, Sample
+from rlkit.records import Prompt, StepBatch
 from rlkit.rollout.base import RolloutEngine, SamplingSpec
 
 
@@ -30,7 +30,7 @@ def make_engine(cfg, model_path: str, *, policy=None, tokenizer=None, device=Non
 
 
 class Rollout:
-    """Prompts -> (the prompts of the groups that come out, their samples, metrics). One engine call:
+    """Prompts -> a StepBatch of the groups that come out (prompts, samples, metrics). One engine call:
     every prompt's group comes out in the same step. ``old_from_engine``: the trainer takes the engine's
     logprobs as the old policy (no recomputation)."""
 
@@ -39,11 +39,11 @@ class Rollout:
     def __init__(self, engine: RolloutEngine):
         self.engine = engine
 
-    def __call__(self, prompts: list[Prompt], spec: SamplingSpec, step: int) -> tuple[list[Prompt], list[Sample], dict]:
+    def __call__(self, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
         self.engine.wake()
         samples = self.engine.generate([p.ids for p in prompts], spec)
         self.engine.sleep()
-        return prompts, samples, {}
+        return StepBatch(prompts, samples)
 
     def state_dict(self) -> dict:
         return {}
@@ -62,12 +62,12 @@ class SegmentedRollout(Rollout):
         self.worker = worker
         self.old_from_engine = importance == "sais"
 
-    def __call__(self, prompts, spec, step):
+    def __call__(self, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
         self.engine.wake()
         released, metrics = self.worker.step(prompts, spec, step)
         self.engine.sleep()
         samples = [dataclasses.replace(m, group_id=k) for k, g in enumerate(released) for m in g.members]
-        return [g.prompt for g in released], samples, metrics
+        return StepBatch([g.prompt for g in released], samples, metrics=metrics)
 
     def state_dict(self) -> dict:
         return self.worker.state_dict()

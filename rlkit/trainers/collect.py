@@ -87,9 +87,8 @@ def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:
         metrics.update(prefixed(f"transforms/{name}", m))
     seed = cfg.train.seed * 100_003 + step * 1009 + round_idx * 101 + rank
     with timed(run.timers, "rollout"):
-        prompts, samples, m = run.rollout(prompts, sampling_spec(cfg, cfg.rollout.group_size, seed), step)
-    metrics.update(m)
-    batch = StepBatch(prompts, samples, metrics=metrics)
+        batch = run.rollout(prompts, sampling_spec(cfg, cfg.rollout.group_size, seed), step)
+    batch.metrics = metrics = {**metrics, **batch.metrics}
     with timed(run.timers, "reward"):
         score(run, batch, step=step)
         for name, transform in stages.sample_transforms:
