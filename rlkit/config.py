@@ -449,7 +449,7 @@ def validate(cfg: Config, source: str = "config") -> None:
          "leave algorithm.scale at auto")
     registry.check_options(adv, advantage_options(cfg), "algorithm", source)
     loss = _resolve("loss", a.loss, "algorithm.loss", source)
-    registry.check_options(loss, a.loss_kwargs, "algorithm.loss_kwargs", source, bound=tuple(LOSS_BOUND))
+    a.loss_kwargs = registry.check_options(loss, a.loss_kwargs, "algorithm.loss_kwargs", source, bound=tuple(LOSS_BOUND))
     defaults = AlgorithmConfig()
     for key, dotted in LOSS_BOUND.items():
         section, _, field_name = dotted.partition(".")

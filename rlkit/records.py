@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -192,5 +191,3 @@ class UpdateStats:
     masked: dict[str, float] = field(default_factory=dict)  # forward token mask name -> tokens removed
     grad_norms: list[float] = field(default_factory=list)
 
-
-Metrics = dict[str, Any]

@@ -67,8 +67,8 @@ class _Rounds:
     """The shared round loop; subclasses set the prompts per round and the round limit."""
 
     metric: str = "correct"
-    max_rounds: int = 1
-    until_full: bool = False
+    max_rounds: int = 1  # rounds before the batch is padded
+    until_full: bool = False  # keep generating until full; max_rounds is then only a safety cap
 
     @property
     def needs_shaped(self) -> bool:
@@ -119,15 +119,18 @@ class _Rounds:
 @register("filter", "dynamic_sampling")
 class DynamicSampling(_Rounds):
     """Drop zero-variance groups and generate more (DAPO sec. 3.2): rounds of the missing number of prompts,
-    at most ``max_rounds``; with ``until_full`` the rounds go on until the batch is full (DLER, methods.md
-    sec. 2) and ``max_rounds`` is only a safety cap, reported as ``sampling/cap_hit``. A batch still short
-    is padded by repeating informative groups (``sampling/padded_groups``, with a warning)."""
+    at most ``max_rounds`` (DAPO's max_num_gen_batches); with ``until_full`` the rounds go on until the batch
+    is full (DLER, methods.md sec. 2) and ``safety_cap`` rounds stop a run whose groups never carry signal,
+    reported as ``sampling/cap_hit``. A batch still short is padded by repeating informative groups
+    (``sampling/padded_groups``, with a warning)."""
 
     def __init__(self, metric: Literal["correct", "reward", "shaped"] = "correct", max_rounds: int = 3,
-                 until_full: bool = False):
-        if max_rounds < 1:
-            raise ValueError(f"dynamic_sampling: max_rounds must be >= 1, got {max_rounds}")
-        self.metric, self.max_rounds, self.until_full = metric, max_rounds, until_full
+                 until_full: bool = False, safety_cap: int = 64):
+        if max_rounds < 1 or safety_cap < 1:
+            raise ValueError(f"dynamic_sampling: max_rounds and safety_cap must be >= 1, got {max_rounds} / "
+                             f"{safety_cap}")
+        self.metric, self.until_full = metric, until_full
+        self.max_rounds = safety_cap if until_full else max_rounds
 
 
 @register("filter", "predictive_sampling")

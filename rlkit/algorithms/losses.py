@@ -51,6 +51,7 @@ class MinibatchInputs:
     mask: torch.Tensor  # [M, C]
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]  # summed over ranks
     all_gather: Callable[[torch.Tensor], torch.Tensor]  # 1-D tensors of any length, concatenated in rank order
+    rank: int = 0  # this rank's index (ties are broken in rank order)
 
 
 @dataclass
@@ -132,7 +133,7 @@ def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, ppo_kl_co
     cov_t = (A_t - mean A)(logp_t - mean logp) over the minibatch's valid tokens (means over all ranks),
     chosen = the top k = max(1, floor(ratio * N)) tokens by cov_t, N the minibatch's valid tokens.
     Exact global top-k from each rank's local top-k candidates (the global top k is within their union);
-    tokens tied with the k-th value are all chosen."""
+    tokens tied with the k-th value are taken in rank order, then position order, so exactly k are chosen."""
     valid = mb.mask > 0
     adv = mb.advantages[:, None].expand_as(mb.logprobs).to(torch.float64)
     lp = mb.logprobs.to(torch.float64)
@@ -145,8 +146,17 @@ def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, ppo_kl_co
     k = max(1, math.floor(kl_cov_ratio * n))
     local = cov[valid]
     candidates = mb.all_gather(torch.topk(local, min(k, local.numel())).values)
-    threshold = torch.topk(candidates, k).values[-1]
-    return {"kl_cov_chosen": valid & (cov >= threshold)}
+    threshold = torch.topk(candidates, min(k, candidates.numel())).values[-1]
+    above, tied = valid & (cov > threshold), valid & (cov == threshold)
+    n_above = int(mb.all_reduce_sum(above.sum().to(torch.float64)))
+    ties_before = mb.all_gather(tied.sum().reshape(1).to(torch.float64))  # every rank's tie count, in rank order
+    rank_ties = int(tied.sum())
+    earlier = int(ties_before[:mb.rank].sum())
+    take = max(0, min(rank_ties, k - n_above - earlier))
+    flat_tied = tied.flatten().nonzero().flatten()[:take]
+    chosen = above.flatten().clone()
+    chosen[flat_tied] = True
+    return {"kl_cov_chosen": chosen.view_as(valid)}
 
 
 @register("loss", "kl_cov")

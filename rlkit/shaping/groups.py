@@ -55,11 +55,6 @@ def pass_rate(correct: torch.Tensor) -> float:
     return float((known >= 1).float().mean()) if known.numel() else float("nan")
 
 
-def _need_correct(name: str, correct: torch.Tensor) -> None:
-    if torch.isnan(correct).all():
-        raise ValueError(f"shaper {name!r} needs a correctness term (e.g. math_correct) in `rewards`")
-
-
 def sigmoid_length_penalty(lengths: torch.Tensor, correct: torch.Tensor, alpha: float) -> torch.Tensor:
     """Arora & Zanette penalty for one group: alpha * sigmoid(z_i) for correct samples, 0 otherwise, with
     z = (L - mean(L | correct)) / std(L | correct). z = 0 when fewer than 2 correct samples or std = 0
@@ -101,7 +96,6 @@ class EfficientReasoning(Shaper):
         self.alpha = alpha
 
     def __call__(self, b: ShapingBatch) -> ShapingResult:
-        _need_correct("efficient_reasoning", b.correct)
         r = b.rewards.clone()
         for idx in group_index(b.group_ids):
             r[idx] -= sigmoid_length_penalty(b.lengths[idx], b.correct[idx], self.alpha)
@@ -120,7 +114,6 @@ class KimiLength(Shaper):
         self.coef = coef
 
     def __call__(self, b: ShapingBatch) -> ShapingResult:
-        _need_correct("kimi", b.correct)
         r = b.rewards.clone()
         for idx in group_index(b.group_ids):
             L = b.lengths[idx]
@@ -154,7 +147,6 @@ class GrpoLambda(Shaper):
         self.switched_total, self.groups_total = 0, 0
 
     def __call__(self, b: ShapingBatch) -> ShapingResult:
-        _need_correct("grpo_lambda", b.correct)
         groups = group_index(b.group_ids)
         rates = torch.tensor([pass_rate(b.correct[idx]) for idx in groups])
         rates = torch.nan_to_num(rates, nan=-1.0)  # a group of unknown correctness is never switched
@@ -203,7 +195,6 @@ class DifficultyAwareTruncation(Shaper):
         return self.lengths[sum(pass_rate >= d for d in self.thresholds)]
 
     def __call__(self, b: ShapingBatch) -> ShapingResult:
-        _need_correct("da_dler", b.correct)
         r = b.rewards.clone()
         caps = torch.zeros_like(b.lengths)
         for idx in group_index(b.group_ids):  # unknown pass rate (NaN) -> the first (longest) tier
@@ -233,7 +224,6 @@ class Palu(Shaper):
         self.budgets: dict[str, int] = {}
 
     def __call__(self, b: ShapingBatch) -> ShapingResult:
-        _need_correct("palu", b.correct)
         if b.keys is None:
             raise ValueError("palu needs question keys in the shaping batch")
         r = b.rewards.clone()

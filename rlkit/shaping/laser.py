@@ -2,7 +2,7 @@
 (Liu et al. arXiv 2505.15612 sec. 5 and Appendix D; hkust-nlp/Laser; methods.md sec. 5).
 
 Every ``monitor_every`` steps (and before the first step) the trainer generates ``monitor_samples``
-rollouts for each prompt of a fixed monitor set with the current policy and calls ``update_targets``.
+rollouts for each prompt of a fixed monitor set with the current policy and calls ``update_from_monitor``.
 Monitor prompts are bucketed by accuracy (hard <= 1/3 < medium <= 2/3 < easy: ``monitor_bucket``). For each bucket d and
 candidate length l: coverage P(l, d) = fraction of *all* the bucket's responses with length <= l, and
 ECR_d(l) = P(l, d) * |C_d| where |C_d| = ceil (paper: 6/3/1 for K=8) or floor (released config: 5/2/1) of
@@ -23,7 +23,7 @@ import torch
 
 from rlkit.records import ShapingBatch, group_index
 from rlkit.registry import register
-from rlkit.shaping.groups import Shaper, ShapingResult, _need_correct, pass_rate
+from rlkit.shaping.groups import Shaper, ShapingResult, pass_rate
 
 BUCKETS = ("hard", "medium", "easy")
 
@@ -96,7 +96,6 @@ class LaserD(Shaper):
         return {f"target_{b}": (t if t is not None else -1) for b, t in self.targets.items()}
 
     def __call__(self, b: ShapingBatch) -> ShapingResult:
-        _need_correct("laser", b.correct)
         r = b.rewards.clone()
         fallback = float(b.lengths.max()) if b.lengths.numel() else 0.0
         bonus = torch.zeros_like(r)

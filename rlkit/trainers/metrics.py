@@ -28,8 +28,9 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     known = batch.correct[~torch.isnan(batch.correct)] if batch.correct is not None else torch.zeros(0)
     if known.numel():
         m["accuracy"] = float(known.mean())
-    m.update({f"completion/{k}_tokens": v for k, v in length_stats(lengths).items()})
-    m["completion/truncation_rate"] = sum(s.finish_reason == "length" for s in samples) / max(len(samples), 1)
+    none = math.nan if not samples else None  # a rank without samples has no statistics to average in
+    m.update({f"completion/{k}_tokens": none or v for k, v in length_stats(lengths).items()})
+    m["completion/truncation_rate"] = none or sum(s.finish_reason == "length" for s in samples) / len(samples)
     m["completion/samples"] = float(len(samples))
     m["completion/total_tokens"] = float(n_gen_tokens)
     for key in ("clip_frac", "ratio", "kl"):
@@ -43,7 +44,7 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
         m[f"mask/{name}/masked_frac"] = removed / n_tok
     m["optim/grad_norm"] = sum(stats.grad_norms) / max(len(stats.grad_norms), 1)
     m["optim/lr"] = lr
-    m["throughput/rollout_tokens_per_s"] = n_gen_tokens / max(timers.get("rollout", 0.0), 1e-9)
+    m["throughput/rollout_tokens_per_s"] = none or n_gen_tokens / max(timers.get("rollout", 0.0), 1e-9)
     train_tokens = sum(len(s.prompt_ids) + s.num_tokens for s in samples) * mu
     m["throughput/train_tokens_per_s"] = train_tokens / max(timers.get("train", 0.0), 1e-9)
     m.update({f"time/{k}": v for k, v in timers.items()})

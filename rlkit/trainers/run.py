@@ -137,13 +137,25 @@ def save(run: Run, step: int) -> None:
     ckpt.save_checkpoint(run.run_dir, step, run.acc, run.prepared, run.tokenizer, state, run.cfg.checkpoint.keep_last)
 
 
+def _from_legacy(run: Run, state: dict) -> dict:
+    """A trainer state written before the stage registry (keys shapers / oversampler / segment_pools) in
+    today's layout: shaper states by position, the oversampler's history as the filter's, pools as rollout."""
+    shaper_keys = [k for k in run.stages.state_dict() if k.startswith("shaping[")]
+    stages = dict(zip(shaper_keys, state.get("shapers") or []))
+    if state.get("oversampler"):
+        stages["filter"] = state["oversampler"]
+    return {**state, "stages": stages, "rollout": state.get("segment_pools") or []}
+
+
 def restore(run: Run, path: Path) -> None:
     acc = run.acc
     acc.load_state(str(path / "accelerate"))
     state = ckpt.load_trainer_state(path)
     run.start_step, run.before = state["step"], state.get("eval_before") or {}
     run.sampler.load_state_dict(state["sampler"])
-    run.stages.load_state_dict(state.get("stages", {}))
+    if "stages" not in state:
+        state = _from_legacy(run, state)
+    run.stages.load_state_dict(state["stages"])
     rollout_states = state.get("rollout") or []
     if any(rollout_states):
         if len(rollout_states) != acc.num_processes:

@@ -158,14 +158,15 @@ def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: li
     current = torch.zeros(batch.mask.shape)
     with torch.no_grad():
         for idx in micro:
-            mb = collate([batch.samples[i] for i in idx or rows[:1]], pad_id, packed=mbs.packing).to(acc.device)
+            mb = collate([batch.samples[i] for i in idx or [0]], pad_id, packed=mbs.packing).to(acc.device)
             with acc.autocast():
                 lp, _ = prepared(mb, temperature=temperature)
             if idx:
                 current[idx, :lp.shape[1]] = lp.float().cpu()
     return loss.prepare(MinibatchInputs(
         logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
-        all_reduce_sum=lambda t: dist.reduce(acc, t, "sum"), all_gather=lambda t: dist.gather_var(acc, t)))
+        all_reduce_sum=lambda t: dist.reduce(acc, t, "sum"), all_gather=lambda t: dist.gather_var(acc, t),
+        rank=acc.process_index))
 
 
 def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss: LossSpec, algorithm,
@@ -201,10 +202,11 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
             if loss.prepare is not None:  # before the first backward: the policy is the minibatch's start
                 extra = _prepare_minibatch(loss, prepared, acc, batch, rows, micro, pad_id, temperature, mbs)
             for k, idx in enumerate(micro):
-                # an empty micro-batch (this rank has fewer units than another) runs with zero weights
+                # an empty micro-batch (this rank has fewer units than another, or none in this minibatch)
+                # runs one of the rank's samples with zero weights, so every rank runs the same forwards
                 dummy = not idx
-                idx = idx or rows[:1]
-                mrows = [position[i] for i in idx]
+                idx = idx or [0]
+                mrows = [position.get(i, 0) for i in idx]
                 mb = collate([batch.samples[i] for i in idx], pad_id, packed=mbs.packing).to(acc.device)
                 width = mb.completion_mask.shape[1]
                 zero = 0.0 if dummy else 1.0
@@ -216,7 +218,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                     ref = batch.ref_logprobs[idx, :width].to(acc.device) if batch.ref_logprobs is not None else None
                     mask = batch.mask[idx, :width].to(acc.device) * zero
                     correct = batch.correct[idx].to(acc.device) if batch.correct is not None else None
-                    token_weights = weights[mrows, :width].to(acc.device) * zero
+                    token_weights = weights[mrows, :width].to(acc.device) * zero if rows else torch.zeros_like(mask)
                     for name, m in forward_masks:  # normaliser unchanged: only the weights move
                         keep = m.keep(MaskInputs(mask=mask, truncated=batch.truncated[idx].to(acc.device),
                                                  correct=correct, old_logprobs=old.detach(), entropy=ent))
@@ -227,7 +229,8 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                         mask=mask, token_weights=token_weights, ref_logprobs=ref,
                         group_ids=group_ids[idx].to(acc.device), correct=correct,
                         group_scale=world / max(n_groups, 1.0),
-                        extra={key: v[mrows, :width].to(acc.device) for key, v in extra.items()}))
+                        extra={key: v[mrows, :width].to(acc.device) if rows else torch.zeros_like(mask, dtype=v.dtype)
+                               for key, v in extra.items()}))
                     acc.backward(out.loss)
                 if epoch == 0 and not dummy:  # first pass: entropy of every sample; mismatch before any update
                     real = mb.completion_mask

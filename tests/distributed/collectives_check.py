@@ -46,7 +46,8 @@ def main(out: str) -> None:
     rows = {3: [[0, 1, 2], [3], [4, 5, 6]], 1: [list(range(7))]}[world][rank]
     chosen = kl_cov_select(MinibatchInputs(lp[rows], adv[rows], mask[rows],
                                            all_reduce_sum=lambda t: dist.reduce(acc, t, "sum"),
-                                           all_gather=lambda t: dist.gather_var(acc, t)), kl_cov_ratio=0.1)
+                                           all_gather=lambda t: dist.gather_var(acc, t), rank=rank),
+                           kl_cov_ratio=0.1)
     result["kl_cov_chosen"] = dist.gather_var(acc, chosen["kl_cov_chosen"].int()).tolist()
     # 4. LASER-D monitor: 8 monitor prompts (3 / 3 / 2 per rank), K = 3 rollouts each, gathered and bucketed
     cfg = load_config(overrides={

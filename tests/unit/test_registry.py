@@ -27,7 +27,7 @@ from rlkit.config import ConfigError, load_config, save_config
      r"invalid value 'top' for 'shaping\[0\]\.kwargs\.mode'; valid choices: top_fraction, threshold"),
     ({"filter": {"name": "dynamic_sampling", "kwargs": {"metric": "shape"}}},
      r"'filter\.kwargs\.metric'; valid choices: correct, reward, shaped"),
-    ({"filter": {"name": "dynamic_sampling", "kwargs": {"max_rounds": 0}}}, r"filter: dynamic_sampling: max_rounds must be >= 1"),
+    ({"filter": {"name": "dynamic_sampling", "kwargs": {"max_rounds": 0}}}, r"filter: dynamic_sampling: max_rounds and safety_cap must be >= 1"),
     ({"sample_transforms": [{"name": "dot_truncation", "kwargs": {"alfa": 3}}]},
      r"sample transform 'dot_truncation' has no option 'alfa'"),
     ({"token_masks": [{"name": "dmmpt", "kwargs": {"tau": 1.5}}]}, r"token_masks\[0\]: dmmpt: tau must be in \(0, 1\]"),
@@ -64,6 +64,11 @@ def test_contradictory_settings_are_errors(override, message):
         load_config(overrides=override)
 
 
+def test_loss_options_are_coerced_at_parse_time():
+    cfg = load_config(overrides={"algorithm.loss": "kl_cov", "algorithm.loss_kwargs": {"kl_cov_ratio": "2e-3"}})
+    assert cfg.algorithm.loss_kwargs == {"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0}  # YAML 1.1 read 2e-3 as text
+
+
 def test_consistent_settings_pass_and_scale_applies_where_it_exists():
     load_config(overrides={"algorithm.loss": "kl_cov"})
     load_config(overrides={"algorithm.advantage": "dr_grpo", "algorithm.scale": "none"})
@@ -86,7 +91,7 @@ def test_resolved_options_with_defaults_are_saved(tmp_path):
     assert saved["rewards"][0]["kwargs"] == {"max_tokens": 5, "rho": 0.0}
     assert saved["shaping"][0]["kwargs"] == {"coef": 0.4}
     assert saved["filter"] == {"name": "dynamic_sampling", "kwargs": {"metric": "correct", "max_rounds": 3,
-                                                                      "until_full": False}}
+                                                                      "until_full": False, "safety_cap": 64}}
     assert saved["token_masks"][0]["kwargs"] == {"tau": 0.99, "sigma": 0.2}
     assert load_config(overrides={k: saved[k] for k in ("rewards", "shaping", "filter", "token_masks")}).filter == cfg.filter
 

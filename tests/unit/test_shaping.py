@@ -80,8 +80,11 @@ def test_grpo_lambda_threshold_mode():
 def test_shapers_need_a_correctness_term_and_bad_kwargs_fail():
     b = batch([0, 0], [1, 2], [0, 0])
     b.correct = torch.full((2,), float("nan"))
-    with pytest.raises(ValueError, match="needs a correctness term"):
-        build_shaper("kimi", {})(b)
+    # unknown correctness is not "wrong": the rewards are left as they are; a config without a verifier is
+    # rejected when it is parsed
+    assert torch.equal(build_shaper("kimi", {})(b).rewards, b.rewards)
+    with pytest.raises(ConfigError, match="reward shaper 'kimi' needs a correctness term"):
+        load_config(overrides={"rewards": ["boxed_format"], "shaping": ["kimi"]})
     with pytest.raises(ValueError, match="mode must be top_fraction or threshold"):
         build_shaper("grpo_lambda", {"mode": "top"})
 

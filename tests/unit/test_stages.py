@@ -59,14 +59,18 @@ def test_until_full_generates_rounds_until_the_batch_is_full_and_reports_the_cap
         rounds.append(n)
         return _batch([[10, 20]] * n, [[1, 0]] + [[1, 1]] * (n - 1))
 
-    full = DynamicSampling(metric="correct", max_rounds=10, until_full=True).collect(4, produce, _no_reduce)
+    full = DynamicSampling(metric="correct", until_full=True, safety_cap=10).collect(4, produce, _no_reduce)
     assert len(full.prompts) == 4 and rounds == [4, 3, 2, 1]
     assert full.metrics["sampling/padded_groups"] == 0 and full.metrics["sampling/cap_hit"] == 0.0
     assert full.correct.tolist() == [1.0, 0.0] * 4  # only informative groups
     rounds.clear()
-    capped = DynamicSampling(metric="correct", max_rounds=2, until_full=True).collect(4, produce, _no_reduce)
+    capped = DynamicSampling(metric="correct", until_full=True, safety_cap=2).collect(4, produce, _no_reduce)
     assert rounds == [4, 3] and capped.metrics["sampling/cap_hit"] == 1.0
     assert capped.metrics["sampling/padded_groups"] == 2 and len(capped.prompts) == 4
+    rounds.clear()  # without until_full, max_rounds (default 3) rounds, then padding; no cap reported
+    short = DynamicSampling(metric="correct").collect(4, produce, _no_reduce)
+    assert rounds == [4, 3, 2] and short.metrics["sampling/padded_groups"] == 1
+    assert short.metrics["sampling/cap_hit"] == 0.0
 
 
 def test_shapers_treat_unknown_correctness_as_unknown_not_wrong():
@@ -134,6 +138,33 @@ def test_kl_cov_selects_the_top_tokens_of_the_whole_minibatch():
     whole = select([0, 1, 2, 3])
     assert torch.equal(whole, _cov_topk(lp, adv, mask, 0.1)) and int(whole.sum()) == 4  # floor(0.1 x 45)
     # per micro-batch (the long response alone, the rest together) the choice differs: alone, its advantage is
-    # constant, every covariance is 0 and all 30 tokens tie for the top
+    # constant, every covariance is 0 and its first 3 tokens are taken only because they come first
     alone, rest = select([0]), select([1, 2, 3])
-    assert int(alone.sum()) == 30 and not torch.equal(torch.cat([alone, rest]), whole)
+    assert alone[0, :3].all() and int(alone.sum()) == 3 and not torch.equal(torch.cat([alone, rest]), whole)
+
+
+def test_kl_cov_chooses_exactly_k_tokens_when_covariances_tie():
+    """A minibatch whose advantages are all equal (e.g. padded with zero-variance groups): every covariance is 0;
+    exactly k tokens are chosen, the first ones in order."""
+    lp = -torch.rand(3, 8, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 8)
+    chosen = kl_cov_select(MinibatchInputs(lp, torch.zeros(3), mask, lambda t: t, lambda t: t),
+                           kl_cov_ratio=0.25)["kl_cov_chosen"]
+    assert int(chosen.sum()) == 6 and chosen[0, :6].all() and not chosen[0, 6:].any() and not chosen[1:].any()
+
+
+def test_checkpoints_written_before_the_stage_registry_restore_their_state():
+    from types import SimpleNamespace
+
+    from rlkit.config import load_config
+    from rlkit.trainers.run import _from_legacy
+    from rlkit.trainers.stages import Stages
+
+    cfg = load_config(overrides={"shaping": ["grpo_lambda", "kimi"],
+                                 "filter": {"name": "predictive_sampling", "kwargs": {"metric": "reward"}}})
+    run = SimpleNamespace(stages=Stages.from_config(cfg))
+    old = {"step": 3, "shapers": [{"switched_total": 3, "groups_total": 6}, {}], "oversampler": {"history": [0.5]},
+           "segment_pools": None}
+    run.stages.load_state_dict(_from_legacy(run, old)["stages"])
+    assert run.stages.shapers[0][1].switched_total == 3 and run.stages.filter.history == [0.5]
+    assert _from_legacy(run, old)["rollout"] == []
