@@ -377,6 +377,18 @@ def _resolve(kind: str, name: str, where: str, source: str, **kw) -> registry.En
         raise ConfigError(f"{source}: {where}: {e.args[0]}") from None
 
 
+def components(cfg: Config):
+    """(config field, kind, config key, Component) of every configured non-reward component, in order."""
+    for field_name, kind in COMPONENT_FIELDS.items():
+        value = getattr(cfg, field_name)
+        if field_name == "filter":
+            if value is not None:
+                yield field_name, kind, "filter", value
+            continue
+        for i, comp in enumerate(value):
+            yield field_name, kind, f"{field_name}[{i}]", comp
+
+
 def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
     """Resolve every component, check its options (resolved values with defaults written back into the config)
     and build the non-reward ones once, so a bad value fails now. Returns the entries."""
@@ -385,18 +397,14 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
         entry = _resolve("reward", term.name, f"rewards[{i}].name", source, factory=term.factory)
         term.kwargs = registry.check_options(entry, term.kwargs, f"rewards[{i}].kwargs", source)
         entries.append(entry)
-    for field_name, kind in COMPONENT_FIELDS.items():
-        value = getattr(cfg, field_name)
-        items = [] if value is None else [value] if field_name == "filter" else value
-        for i, comp in enumerate(items):
-            where = field_name if field_name == "filter" else f"{field_name}[{i}]"
-            entry = _resolve(kind, comp.name, f"{where}.name", source)
-            comp.kwargs = registry.check_options(entry, comp.kwargs, f"{where}.kwargs", source)
-            try:
-                built = registry.build(entry, comp.kwargs)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{source}: {where}: {e}") from None
-            entries.append(registry.Entry(kind, comp.name, built, False, entry.doc, entry.flags, entry.options))
+    for _, kind, where, comp in components(cfg):
+        entry = _resolve(kind, comp.name, f"{where}.name", source)
+        comp.kwargs = registry.check_options(entry, comp.kwargs, f"{where}.kwargs", source)
+        try:
+            built = registry.build(entry, comp.kwargs)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{source}: {where}: {e}") from None
+        entries.append(registry.Entry(kind, comp.name, built, False, entry.doc, entry.flags, entry.options))
     return entries
 
 

@@ -92,6 +92,11 @@ def plural(kind: str) -> str:
     return KINDS[kind][0].split(".", 1)[1].replace("_", " ")
 
 
+def short_name(name: str) -> str:
+    """The label of a component in metrics: its registered name, or the last part of an import path."""
+    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
 def _first_line(obj: Any) -> str:
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""

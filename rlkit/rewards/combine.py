@@ -28,7 +28,7 @@ class RewardValues:
 
 
 def _term_label(name: str, taken: set[str]) -> str:
-    label = name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    label = registry.short_name(name)
     base, i = label, 2
     while label in taken:
         label, i = f"{base}_{i}", i + 1

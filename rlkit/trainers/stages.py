@@ -17,11 +17,12 @@ Declarations are read here, once: a shaper's ``monitor`` and ``needs_looping``, 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 from rlkit import registry
-from rlkit.config import COMPONENT_FIELDS, Config, advantage_options, loss_options
+from rlkit.config import COMPONENT_FIELDS, Config, advantage_options, components, loss_options
 from rlkit.trainers.update import LossSpec
 
 
@@ -38,19 +39,15 @@ class Stages:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Stages:
-        built: dict[str, list[tuple[str, Any]]] = {}
-        for field_name, kind in COMPONENT_FIELDS.items():
-            value = getattr(cfg, field_name)
-            items = [] if value is None else [value] if field_name == "filter" else value
-            built[field_name] = [(_label(c.name), registry.build(registry.resolve(kind, c.name), c.kwargs))
-                                 for c in items]
+        built: dict[str, list[tuple[str, Any]]] = {field_name: [] for field_name in COMPONENT_FIELDS}
+        for field_name, kind, _, c in components(cfg):
+            built[field_name].append((registry.short_name(c.name), registry.build(registry.resolve(kind, c.name),
+                                                                                  c.kwargs)))
         masks = built["token_masks"]
         loss_entry = registry.resolve("loss", cfg.algorithm.loss)
         options = loss_options(cfg)
         prepare = loss_entry.flag("prepare")
         if prepare is not None:
-            import functools
-
             prepare = functools.partial(prepare, **options)
         return cls(
             prompt_transforms=built["prompt_transforms"], sample_transforms=built["sample_transforms"],
@@ -92,8 +89,3 @@ class Stages:
         for key, obj in self._stateful().items():
             if key in state:
                 obj.load_state_dict(state[key])
-
-
-def _label(name: str) -> str:
-    """The metric prefix of a component: its registered name, or the last part of an import path."""
-    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]

@@ -124,22 +124,29 @@ def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float) -
 
 
 @torch.no_grad()
+def _score_plan(policy, samples: list[Sample], plan: list[list[int]], pad_id: int, acc, *, temperature: float,
+                packed: bool, width: int, disable_adapter: bool = False) -> torch.Tensor:
+    """Logprobs [len(samples), width] (no grad) of the samples in ``plan``'s micro-batches; an empty micro-batch
+    runs sample 0 and is discarded, so every rank runs the same forwards. Rows outside the plan stay 0."""
+    out = torch.zeros((len(samples), width), dtype=torch.float32)
+    peft_model = acc.unwrap_model(policy).model
+    for idx in plan:
+        mb = collate([samples[i] for i in idx or [0]], pad_id, packed=packed).to(acc.device)
+        adapter_off = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
+        with adapter_off, acc.autocast():
+            lp, _ = policy(mb, temperature=temperature)
+        if idx:
+            out[idx, :lp.shape[1]] = lp.float().cpu()
+    return out
+
+
 def score_all(policy, samples: list[Sample], pad_id: int, acc, *, temperature: float, mbs: MicroBatching,
               width: int, disable_adapter: bool = False) -> torch.Tensor:
     """Logprobs [N, width] of every sample's completion under `policy` (no grad). With
     ``disable_adapter`` the PEFT adapters are switched off: the base model is the reference."""
-    out = torch.zeros((len(samples), width), dtype=torch.float32)
-    peft_model = acc.unwrap_model(policy).model
-    for idx in plan_rank([[i] for i in range(len(samples))], samples, mbs, acc):
-        dummy = not idx
-        idx = idx or [0]
-        mb = collate([samples[i] for i in idx], pad_id, packed=mbs.packing).to(acc.device)
-        adapter_off = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
-        with adapter_off, acc.autocast():
-            lp, _ = policy(mb, temperature=temperature)
-        if not dummy:
-            out[idx, :lp.shape[1]] = lp.float().cpu()
-    return out
+    plan = plan_rank([[i] for i in range(len(samples))], samples, mbs, acc)
+    return _score_plan(policy, samples, plan, pad_id, acc, temperature=temperature, packed=mbs.packing, width=width,
+                       disable_adapter=disable_adapter)
 
 
 @dataclass
@@ -155,14 +162,8 @@ def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: li
                        pad_id: int, temperature: float, mbs: MicroBatching) -> dict:
     """The loss's minibatch-wide inputs, [len(rows), C] each, from the current policy's logprobs (one no-grad
     forward over the minibatch's micro-batches, empty ones included so every rank runs the same forwards)."""
-    current = torch.zeros(batch.mask.shape)
-    with torch.no_grad():
-        for idx in micro:
-            mb = collate([batch.samples[i] for i in idx or [0]], pad_id, packed=mbs.packing).to(acc.device)
-            with acc.autocast():
-                lp, _ = prepared(mb, temperature=temperature)
-            if idx:
-                current[idx, :lp.shape[1]] = lp.float().cpu()
+    current = _score_plan(prepared, batch.samples, micro, pad_id, acc, temperature=temperature, packed=mbs.packing,
+                          width=batch.mask.shape[1])
     return loss.prepare(MinibatchInputs(
         logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
         all_reduce_sum=lambda t: dist.reduce(acc, t, "sum"), all_gather=lambda t: dist.gather_var(acc, t),
