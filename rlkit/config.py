@@ -102,6 +102,10 @@ class RewardTerm:
         "text", "completions as strings, or as [{'role': 'assistant', 'content': ...}] (TRL conversational rewards)")
     factory: bool | None = opt(None, "call the named object once with kwargs and use its result as the reward "
                                "(default: classes and get_* functions such as TRL's reward factories)")
+    timeout: float = opt(120.0, "seconds one call of this reward (a whole batch) may take; 0 = no limit")
+    on_error: Literal["raise", "none"] = opt(
+        "raise", "when the reward raises or times out: raise = stop the run naming the reward, step and sample; "
+        "none = the failing samples get None for this term (masked, counted in reward/<term>/errors)")
 
 
 @dataclass

@@ -13,7 +13,7 @@ builds it, or of the function itself for plain callables (rewards, advantages, l
 validates a config's ``kwargs`` against them when the config is parsed, with the option's annotation as
 its type, so a typo exits before any model loads, naming the option, the component and the valid options.
 
-This module imports nothing from rlkit at import time: every layer may import it.
+This module imports only rlkit.errors at import time: every layer may import it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rlkit.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config file, override or component option is invalid; the message names the key and the source."""
 
 

@@ -15,10 +15,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlkit.errors import UserError
 from rlkit.records import Prompt
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset file or row is invalid; the message names the file, line and key."""
 
 

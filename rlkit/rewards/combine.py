@@ -9,9 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from rlkit import registry
+from rlkit.errors import UserError
 
 
-class RewardError(RuntimeError):
+class RewardError(UserError, RuntimeError):
     """A reward raised, returned the wrong number of values, or returned NaN / a non-number."""
 
 
