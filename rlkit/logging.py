@@ -1,5 +1,11 @@
 """Run logging: console, ``RUN_DIR/metrics.jsonl`` (one object per step), ``completions.jsonl``
-tables, and wandb (offline automatically when no API key is configured)."""
+tables, and wandb (offline automatically when no API key is configured; the run id names the wandb run, so a
+resumed run continues the same one).
+
+``metrics.jsonl`` has exactly one row per step (step 0: the held-out results before training), whatever
+kills and resumes happened: a resumed run first drops the rows a killed process wrote after its checkpoint
+(and a torn last line), and puts back the checkpoint's own row if the kill came between checkpoint and row.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import math
 import os
 import sys
 from pathlib import Path
+
+from rlkit.files import atomic_write_text
 
 
 def _clean(v):
@@ -32,7 +40,7 @@ def _wandb_key_configured() -> bool:
 
 class RunLogger:
     def __init__(self, run_dir: Path, *, enabled: bool, report_to: list[str], project: str, config: dict,
-                 run_name: str):
+                 run_name: str, run_id: str | None = None):
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.completions_path = self.run_dir / "completions.jsonl"
@@ -43,7 +51,20 @@ class RunLogger:
             if not os.environ.get("WANDB_MODE") and not _wandb_key_configured():
                 os.environ["WANDB_MODE"] = "offline"
             self.wandb = wandb.init(project=project, name=run_name, config=config, dir=str(self.run_dir),
-                                    resume="allow")
+                                    id=run_id, resume="allow")
+
+    def start_at(self, step: int | None, row: dict | None = None) -> None:
+        """Before the first step: ``step`` None is a fresh run (earlier rows are dropped); otherwise keep rows up
+        to ``step`` (the checkpoint resumed) and put back its ``row`` if the file lacks it."""
+        if not self.enabled:
+            return
+        for path in (self.metrics_path, self.completions_path):
+            if not path.exists():
+                continue
+            kept = [r for r in _read_rows(path) if step is not None and r.get("step", -1) <= step]
+            if path == self.metrics_path and row is not None and step and not any(r["step"] == step for r in kept):
+                kept.append({"step": step, **row})
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
@@ -74,6 +95,19 @@ class RunLogger:
     def finish(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The JSON rows of a .jsonl file; a torn line (a write cut by a kill) is dropped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:

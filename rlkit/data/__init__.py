@@ -53,8 +53,13 @@ def load_rows(path: Path) -> list[dict]:
 
         return pq.read_table(path).to_pylist()
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                                "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -75,18 +80,23 @@ def _pick(row_keys, wanted: str, candidates: tuple[str, ...]) -> str | None:
 
 
 def normalise_rows(rows: list[dict], path: Path, question_key: str = "auto", answer_key: str = "auto") -> list[dict]:
-    """Map each row to ``question`` / ``answer`` (SVAMP's Body + Question are joined). The column
-    choice is made on the first row and required on every row."""
+    """Map each row to ``question`` / ``answer`` (SVAMP's Body + Question are joined). The columns are chosen
+    on the first row and required, non-empty, on every row; ``answer_key: none`` declares data without gold
+    answers (rewards then get ``answer=None``)."""
     if not rows:
         raise DataError(f"{path}: no rows")
     first = rows[0]
+    keys = sorted(k for k in first if k != "_line")
     svamp = question_key == "auto" and "Body" in first and "Question" in first
     qk = None if svamp else _pick(first, question_key, QUESTION_KEYS)
-    ak = _pick(first, answer_key, ANSWER_KEYS)
+    ak = None if answer_key == "none" else _pick(first, answer_key, ANSWER_KEYS)
     if not svamp and qk is None:
         raise DataError(f"{path}:{first.get('_line', 1)}: no question column; looked for "
-                        f"{', '.join(QUESTION_KEYS)}; the row has keys {sorted(k for k in first if k != '_line')} "
-                        "(set data.question_key)")
+                        f"{', '.join(QUESTION_KEYS)}; the row has keys {keys} (set data.question_key)")
+    if answer_key != "none" and ak is None:
+        raise DataError(f"{path}:{first.get('_line', 1)}: no answer column; looked for {', '.join(ANSWER_KEYS)}; "
+                        f"the row has keys {keys} (set data.answer_key, or data.answer_key=none for data without "
+                        "gold answers)")
     out = []
     for i, row in enumerate(rows):
         where = f"{path}:{row.get('_line', i + 1)}"
@@ -101,10 +111,12 @@ def normalise_rows(rows: list[dict], path: Path, question_key: str = "auto", ans
             question = row[qk]
         if not isinstance(question, str) or not question.strip():
             raise DataError(f"{where}: question ({qk or 'Body+Question'}) must be a non-empty string")
-        if answer_key != "auto" and ak not in row:
-            raise DataError(f"{where}: row is missing the answer key {ak!r}")
+        if ak is not None and (row.get(ak) is None or row[ak] == ""):
+            raise DataError(f"{where}: row has no answer (key {ak!r} is {'missing' if ak not in row else 'empty'}; "
+                            f"keys: {sorted(k for k in row if k != '_line')})")
         columns = {k: v for k, v in row.items() if k not in ("_line",)}
-        columns.update(question=question, answer=row.get(ak) if ak else None, source=f"{path.name}:{row.get('_line', i + 1)}")
+        columns.update(question=question, answer=row.get(ak) if ak else None,
+                       source=f"{path.name}:{row.get('_line', i + 1)}")
         out.append(columns)
     return out
 
@@ -147,16 +159,29 @@ def build_prompts(rows: list[dict], tokenizer, data_cfg, *, source: str = "") ->
     return PromptSet(prompts, skipped, source)
 
 
-def load_prompt_sets(data_cfg, tokenizer) -> tuple[PromptSet, PromptSet]:
-    """Train and held-out eval prompts. The eval slice is rows [eval_offset, eval_offset + eval_size)
-    of the eval source; when train and eval are the same file those rows are removed from training."""
+def read_data(data_cfg) -> tuple[list[dict], list[dict]]:
+    """Train rows and held-out rows, checked (file, line, columns) without a tokenizer: the run's first step,
+    before any model loads. The held-out slice is rows [eval_offset, eval_offset + eval_size) of the eval
+    source; when train and eval are the same file those rows are removed from training."""
     train_path, eval_path = resolve_source(data_cfg.train), resolve_source(data_cfg.eval)
     train_rows = normalise_rows(load_rows(train_path), train_path, data_cfg.question_key, data_cfg.answer_key)
     eval_rows = normalise_rows(load_rows(eval_path), eval_path, data_cfg.question_key, data_cfg.answer_key)
     lo, hi = data_cfg.eval_offset, data_cfg.eval_offset + data_cfg.eval_size
     held_out = eval_rows[lo:hi]
+    if data_cfg.eval_size and not held_out:
+        raise DataError(f"{data_cfg.eval}: data.eval_offset={lo} is past the last of its {len(eval_rows)} rows")
     if train_path.resolve() == eval_path.resolve():
         train_rows = train_rows[:lo] + train_rows[hi:]
+        if not train_rows:
+            raise DataError(f"{data_cfg.train}: no training rows left after holding out rows [{lo}, {hi}) for "
+                            "evaluation (lower data.eval_size or use another data.eval)")
+    return train_rows, held_out
+
+
+def load_prompt_sets(data_cfg, tokenizer, rows: tuple[list[dict], list[dict]] | None = None
+                     ) -> tuple[PromptSet, PromptSet]:
+    """Train and held-out prompts, chat-templated and tokenised (``rows`` from ``read_data``, or read now)."""
+    train_rows, held_out = rows if rows is not None else read_data(data_cfg)
     train = build_prompts(train_rows, tokenizer, data_cfg, source=data_cfg.train)
     evals = build_prompts(held_out, tokenizer, data_cfg, source=data_cfg.eval) if held_out else PromptSet([], 0, data_cfg.eval)
     return train, evals

@@ -3,10 +3,13 @@
 Layout of ``RUN_DIR/checkpoints/step_000012/``::
 
     policy/              HF checkpoint (or PEFT adapter) + tokenizer: load with transformers or vLLM by path
-    accelerate/          accelerator.save_state: model, optimizer, scheduler, RNG states (any backend)
-    trainer_state.json   step, policy version, data position, rlkit version, and any controller state
-    COMPLETE             written last, before the rename
+    trainer/             model, optimizer, scheduler and random states: safetensors and JSON, no pickle
+                         (rlkit.trainers.state_io)
+    trainer_state.json   step, run id, the run's config, policy version, data position, stage and rollout
+                         state, and the step's metrics row
+    COMPLETE             written last
 
+Every file and directory is fsynced before the rename that publishes the checkpoint, and the parent after it.
 ``find_latest`` only returns directories with ``COMPLETE``; stray ``*.tmp-*`` directories from a killed
 run are ignored and removed by the next save.
 """
@@ -18,6 +21,10 @@ import os
 import re
 import shutil
 from pathlib import Path
+
+from rlkit import failpoints
+from rlkit.errors import CheckpointError
+from rlkit.files import fsync_dir, fsync_tree
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -47,26 +54,33 @@ def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:
     if resume == "auto":
         return find_latest(run_dir)
     path = Path(resume)
+    if not path.is_dir():
+        raise CheckpointError(f"--resume {resume}: no such directory (give a checkpoint directory such as "
+                              f"RUN_DIR/checkpoints/step_000010, or auto)")
     if not (path / "COMPLETE").exists():
-        raise FileNotFoundError(f"--resume {resume}: not a complete rlkit checkpoint (no COMPLETE marker)")
+        latest = find_latest(path)
+        hint = f"; did you mean {latest}?" if latest else ""
+        raise CheckpointError(f"--resume {resume}: not a complete rlkit checkpoint (no COMPLETE marker){hint}")
     return path
 
 
-def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, tokenizer,
+def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, tokenizer, optimizer, scheduler,
                     trainer_state: dict, keep_last: int) -> Path:
-    """Collective: every rank calls it (accelerate gathers sharded states); rank 0 renames and rotates.
+    """Collective: every rank calls it (accelerate gathers sharded states); rank 0 publishes and rotates.
 
     `prepared` is the accelerate-prepared LogprobPolicy; its ``.model`` (HF or PEFT) is exported.
     """
+    from rlkit.trainers.state_io import save_training_state
+
     root = checkpoint_root(run_dir)
     final = root / f"step_{step:06d}"
-    tmp = root / f"step_{step:06d}.tmp-{os.environ.get('RLKIT_RUN_ID', 'run')}"
+    tmp = root / f"step_{step:06d}.tmp-{trainer_state.get('run_id', 'run')}"
     if accelerator.is_main_process:
         for stale in root.glob("*.tmp-*") if root.exists() else []:
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "accelerate"))
+    save_training_state(tmp / "trainer", accelerator, prepared, optimizer, scheduler)
     full = accelerator.get_state_dict(prepared)  # gathered on rank 0 under ZeRO-3 / FSDP
     if accelerator.is_main_process:
         inner = accelerator.unwrap_model(prepared).model
@@ -74,7 +88,9 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
         inner.save_pretrained(tmp / "policy", state_dict=state)
         tokenizer.save_pretrained(tmp / "policy")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        failpoints.hit("checkpoint")
         (tmp / "COMPLETE").write_text("ok\n")
+        fsync_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. final == periodic): replace atomically
             old = final.with_name(final.name + ".old")
             os.rename(final, old)
@@ -82,6 +98,8 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, final)
+        fsync_dir(root)
+        failpoints.hit("publish")
         for stale in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -89,4 +107,11 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
 
 
 def load_trainer_state(path: Path) -> dict:
-    return json.loads((path / "trainer_state.json").read_text())
+    """The JSON state of a checkpoint (numbers and names only: nothing in it is executed)."""
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path / 'trainer_state.json'}: cannot read the checkpoint's state ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path / 'trainer_state.json'}: not an rlkit trainer state (no integer 'step')")
+    return state

@@ -23,7 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlkit import failpoints
 from rlkit.config import Config
+from rlkit.files import atomic_write_text
+from rlkit.preflight import Preflight
 from rlkit.records import StepBatch
 from rlkit.trainers.collect import advantages, collect, refresh_monitors, timed
 from rlkit.trainers.evaluate import accuracy_reward, eval_table, evaluate
@@ -41,10 +44,12 @@ class RunResult:
     last_metrics: dict
 
 
-def train(cfg: Config, resume: str | None = None) -> RunResult:
-    """Run GRPO-family training as configured. ``resume``: None, "auto" or a checkpoint path."""
-    # 0. set-up (and restore from a checkpoint), then the "before" column of the held-out table
-    run = setup(cfg, resume)
+def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
+          checked: Preflight | None = None) -> RunResult:
+    """Run GRPO-family training as configured. ``resume``: None, "auto" or a checkpoint path; ``overwrite``:
+    replace an earlier run in ``output_dir`` (without it or ``resume`` a non-empty output_dir is an error)."""
+    # 0. set-up (preflight, then restore from a checkpoint), then the "before" column of the held-out table
+    run = setup(cfg, resume, overwrite=overwrite, checked=checked)
     acc, stages, a = run.acc, run.stages, cfg.algorithm
     held_out = functools.partial(evaluate, run.engine, run.eval_set.prompts, accuracy_reward(cfg),
                                  temperature=cfg.rollout.eval_temperature, seed=cfg.train.seed,
@@ -62,6 +67,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         # 2. this rank's prompts, G completions each, every reward term, the sample transforms; the filter
         #    (if any) decides how many rounds; the shapers run over the whole step gathered from all ranks
         batch = collect(run, step)
+        failpoints.hit("rollout")
 
         # 3. advantages over the whole step; keep this rank's slice
         batch.advantages = advantages(run, batch)
@@ -93,6 +99,7 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
                                   mbs=run.mbs, max_new_tokens=cfg.rollout.max_new_tokens,
                                   max_grad_norm=cfg.optim.max_grad_norm, seed=cfg.train.seed + step,
                                   forward_masks=stages.forward_masks)
+        failpoints.hit("update")
 
         # 7. weight sync: the engine generates with the updated policy from the next step on
         run.timers["weight_sync"] = sync_weights(run)
@@ -101,17 +108,22 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
         metrics = step_metrics(batch, stats, trained_mask=trained.mask, mu=a.mu, lr=run.scheduler.get_last_lr()[0],
                                timers=run.timers, version=run.engine.version, acc=acc)
         metrics.update(monitor_metrics)
-        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and step + 1 < cfg.train.steps:
+        last = step + 1 == cfg.train.steps
+        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and not last:
             with timed(metrics, "time/eval"):
                 metrics.update({f"eval/{k}": v for k, v in held_out().items()})
+        if last and cfg.train.eval_after and run.eval_set.prompts:  # in the last step's row and checkpoint
+            with timed(metrics, "time/eval"):
+                run.after = held_out()
+            metrics.update({f"eval_after/{k}": v for k, v in run.after.items()})
         if cfg.logging.completions_every and step % cfg.logging.completions_every == 0:
             run.logger.log_completions(step + 1, _completion_rows(batch, cfg.logging.completions_count))
-        last = step + 1 == cfg.train.steps
         if (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
             with timed(metrics, "time/checkpoint"):
-                save(run, step + 1)
+                save(run, step + 1, dict(metrics))
         metrics["time/step"] = time.perf_counter() - t_step
         run.logger.log(step + 1, metrics)
+        failpoints.hit("log")
         if bar is not None:
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", acc=f"{metrics.get('accuracy', 0):.2f}",
@@ -119,13 +131,13 @@ def train(cfg: Config, resume: str | None = None) -> RunResult:
     if bar is not None:
         bar.close()
 
-    # 9. final held-out evaluation and the before/after table
-    after = held_out() if cfg.train.eval_after and run.eval_set.prompts else {}
-    if after:
-        run.logger.log(cfg.train.steps, {f"eval_after/{k}": v for k, v in after.items()})
+    # 9. the before/after table (the final evaluation ran in the last step, or is restored from its checkpoint)
+    after = run.after
+    if not after and cfg.train.eval_after and run.eval_set.prompts:
+        after = run.after = held_out()
     if (run.before or after) and acc.is_main_process:
         summary = {"before": run.before, "after": after, "steps": cfg.train.steps}
-        (run.run_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        atomic_write_text(run.run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
         run.logger.console(eval_table({"before": run.before, "after": after}, len(run.eval_set.prompts),
                                       cfg.data.eval))
     run.logger.finish()

@@ -3,6 +3,7 @@ state that makes a resumed run continue exactly."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,10 @@ import torch
 
 from rlkit.config import Config, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
+from rlkit.errors import CheckpointError
 from rlkit.logging import RunLogger
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
+from rlkit.preflight import Preflight, preflight
 from rlkit.rewards import RewardSet
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
 from rlkit.rollout.weights import exported_weights
@@ -21,6 +24,7 @@ from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers import dist
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.stages import Stages
+from rlkit.trainers.state_io import load_training_state
 from rlkit.trainers.update import MicroBatching
 
 
@@ -45,8 +49,10 @@ class Run:
     sampler: PromptSampler
     logger: RunLogger
     mbs: MicroBatching
+    run_id: str = ""  # kept across resumes; names the wandb run and the checkpoints' temporary directories
     start_step: int = 0
     before: dict = field(default_factory=dict)  # held-out results before training (restored on resume)
+    after: dict = field(default_factory=dict)  # held-out results after the last step (in the final checkpoint)
     timers: dict = field(default_factory=dict)  # seconds per phase of the current step
 
 
@@ -85,15 +91,27 @@ def _hidden_size(model) -> int:
     return int(base.config.get_text_config().hidden_size)
 
 
-def setup(cfg: Config, resume: str | None = None) -> Run:
-    """Accelerator, run dir, model, optimizer, engine, data, rewards, stages, logging; restore a checkpoint."""
+def _clear_run_dir(run_dir: Path) -> None:
+    """--overwrite: remove what an earlier run left (preflight checked that it is an rlkit run directory)."""
+    for entry in run_dir.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, checked: Preflight | None = None) -> Run:
+    """Preflight (unless the CLI did it), accelerator, run dir, model, optimizer, engine, data, rewards, stages,
+    logging; restore a checkpoint."""
+    checked = checked or preflight(cfg, resume, overwrite)
     acc, dtype = _setup_accelerator(cfg)
     if cfg.rollout.prompts_per_step % acc.num_processes:
-        raise ValueError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) is the global batch and must "
-                         f"divide by the {acc.num_processes} processes")
-    run_dir = Path(cfg.output_dir)
-    resume_path = ckpt.resolve_resume(resume, run_dir)
+        raise CheckpointError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) is the global batch and "
+                              f"must divide by the {acc.num_processes} processes")
+    run_dir = checked.run_dir
     if acc.is_main_process:
+        if checked.overwrite:
+            _clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
         resolve_model_path(cfg.model.name_or_path)  # converts the embedded model once; other ranks find it cached
@@ -106,12 +124,11 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
     if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
         ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk).to(acc.device).eval()
         ref_model.requires_grad_(False)
-    train_set, eval_set = load_prompt_sets(cfg.data, tokenizer)
+    train_set, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=checked.rows)
     total_updates = cfg.train.steps * cfg.algorithm.mu * cfg.algorithm.minibatches
     optimizer, scheduler = _optimizer_and_schedule(cfg, hf_model, total_updates)
-    # the scheduler is registered, not prepared: accelerate would step it once per process
+    # the scheduler is not prepared (accelerate would step it once per process); checkpoints save it as JSON
     prepared, optimizer = acc.prepare(LogprobPolicy(hf_model, cfg.optim.logprob_chunk), optimizer)
-    acc.register_for_checkpointing(scheduler)
     engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype)
     run = Run(
         cfg=cfg, acc=acc, run_dir=run_dir, tokenizer=tokenizer, prepared=prepared, ref_model=ref_model,
@@ -120,48 +137,59 @@ def setup(cfg: Config, resume: str | None = None) -> Run:
         train_set=train_set, eval_set=eval_set,
         sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
-                         project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name),
-        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model)))
+                         project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name,
+                         run_id=checked.run_id),
+        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model)), run_id=checked.run_id)
+    for line in checked.notices:
+        run.logger.console(line)
     if train_set.skipped_long:
         run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
-    if resume_path is not None:
-        restore(run, resume_path)
+    row = restore(run, checked.resume_path) if checked.resume_path is not None else None
+    run.logger.start_at(run.start_step if checked.resume_path is not None else None, row)
     return run
 
 
-def save(run: Run, step: int) -> None:
-    """A checkpoint after ``step`` steps (collective: every rank calls it)."""
-    state = {"step": step, "policy_version": run.engine.version, "sampler": run.sampler.state_dict(),
-             "stages": run.stages.state_dict(), "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()),
-             "eval_before": run.before, "world_size": run.acc.num_processes}
-    ckpt.save_checkpoint(run.run_dir, step, run.acc, run.prepared, run.tokenizer, state, run.cfg.checkpoint.keep_last)
+def save(run: Run, step: int, row: dict) -> None:
+    """A checkpoint after ``step`` steps (collective: every rank calls it); ``row`` is the step's metrics row,
+    restored into metrics.jsonl if a kill lands between the checkpoint and the row."""
+    state = {"step": step, "run_id": run.run_id, "policy_version": run.engine.version,
+             "sampler": run.sampler.state_dict(), "stages": run.stages.state_dict(),
+             "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()), "eval_before": run.before,
+             "eval_after": run.after, "world_size": run.acc.num_processes, "metrics_row": row,
+             "config": to_dict(run.cfg)}
+    ckpt.save_checkpoint(run.run_dir, step, run.acc, run.prepared, run.tokenizer, run.optimizer, run.scheduler,
+                         state, run.cfg.checkpoint.keep_last)
 
 
-def _from_legacy(run: Run, state: dict) -> dict:
-    """A trainer state written before the stage registry (keys shapers / oversampler / segment_pools) in
-    today's layout: shaper states by position, the oversampler's history as the filter's, pools as rollout."""
-    shaper_keys = [k for k in run.stages.state_dict() if k.startswith("shaping[")]
-    stages = dict(zip(shaper_keys, state.get("shapers") or []))
-    if state.get("oversampler"):
-        stages["filter"] = state["oversampler"]
-    return {**state, "stages": stages, "rollout": state.get("segment_pools") or []}
+def _apply_optim_config(cfg: Config, optimizer, scheduler) -> None:
+    """After a restore, the config's lr, betas and weight decay hold (a resumed run may change them): the
+    scheduler's base lr becomes optim.lr and the current lr is recomputed from it. Unchanged settings give
+    the saved values back exactly."""
+    scheduler.base_lrs = [cfg.optim.lr for _ in scheduler.base_lrs]
+    for group, lam in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group.update(initial_lr=cfg.optim.lr, lr=cfg.optim.lr * lam(scheduler.last_epoch),
+                     betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 
-def restore(run: Run, path: Path) -> None:
+def restore(run: Run, path: Path) -> dict | None:
+    """Load a checkpoint into the run (every rank); returns the metrics row saved with it."""
     acc = run.acc
-    acc.load_state(str(path / "accelerate"))
     state = ckpt.load_trainer_state(path)
+    for line in load_training_state(path / "trainer", acc, run.prepared, run.optimizer, run.scheduler):
+        run.logger.console(line)
+    _apply_optim_config(run.cfg, run.optimizer, run.scheduler)
     run.start_step, run.before = state["step"], state.get("eval_before") or {}
+    run.after = state.get("eval_after") or {}
     run.sampler.load_state_dict(state["sampler"])
-    if "stages" not in state:
-        state = _from_legacy(run, state)
     run.stages.load_state_dict(state["stages"])
     rollout_states = state.get("rollout") or []
     if any(rollout_states):
         if len(rollout_states) != acc.num_processes:
-            raise ValueError(f"{path}: the rollout state (segment pools) was saved by {len(rollout_states)} "
-                             f"processes; resume with the same number (now {acc.num_processes})")
+            raise CheckpointError(f"{path}: the rollout state (segment pools) was saved by {len(rollout_states)} "
+                                  f"processes; resume with the same number (now {acc.num_processes})")
         run.rollout.load_state_dict(rollout_states[acc.process_index])
     sync_weights(run)
     run.engine.version = state["policy_version"]
     run.logger.console(f"resumed from {path} at step {run.start_step}")
+    return state.get("metrics_row")

