@@ -369,6 +369,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if path is not None:
         source = str(path)
         raw = _deep_merge(raw, _read_yaml(Path(path)))
+        _build(Config, raw, "", source)  # a mistake in the file is reported against the file alone
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         set_dotted(raw, key, value)
