@@ -31,7 +31,7 @@ def main() -> None:
     if not args.warm_cache:
         env["RLKIT_CACHE"] = tempfile.mkdtemp(prefix="rlkit-cache-")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}",
+    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", "--overwrite",
                            "--logging.progress=false", *extra], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:

@@ -47,7 +47,7 @@ def main() -> None:
         run_dir = out / name
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "rlkit.cli", "train", *COMMON, *RUNS[name], f"--train.steps={args.steps}",
-               f"--output_dir={run_dir}"]
+               f"--output_dir={run_dir}", "--overwrite"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr[-4000:])

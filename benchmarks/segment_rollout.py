@@ -30,7 +30,7 @@ from pathlib import Path
 
 
 def run_once(model: str, out: Path, segments: int, args) -> dict:
-    cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--model.name_or_path={model}", f"--output_dir={out}",
+    cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--model.name_or_path={model}", f"--output_dir={out}", "--overwrite",
            f"--rollout.segments={segments}", f"--rollout.max_new_tokens={args.max_new}",
            f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
            "--rollout.temperature=1.0", "--rollout.kv_cache_gib=2", f"--train.steps={args.steps}",

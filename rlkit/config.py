@@ -549,4 +549,6 @@ def iter_leaves(cls: type = Config, prefix: str = ""):
         if dataclasses.is_dataclass(tp):
             yield from iter_leaves(tp, key + ".")
         else:
-            yield key, tp, getattr(inst, f.name), f.metadata.get("help", "")
+            check = f.metadata.get("check")
+            yield key, tp, getattr(inst, f.name), f.metadata.get("help", "") + (
+                f"; valid: {_range_words(check)}" if check else "")

@@ -134,7 +134,7 @@ def test_reward_error_stops_the_step_and_keeps_saved_checkpoints(tiny_model_dir,
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"rewards": [{"name": "helpers:fails_at_step_two"}],
                                                    "checkpoint.every": 1, "train.eval_before": False})
-    with pytest.raises(RewardError, match=r"reward 'fails_at_step_two' raised ValueError: reward backend unavailable at sample 0 \(prompt:"):
+    with pytest.raises(RewardError, match=r"reward 'fails_at_step_two' raised ValueError: reward backend unavailable at step 2, sample 0 \(prompt:"):
         train(cfg)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts == ["step_000001"]
@@ -174,7 +174,7 @@ def test_cli_train_end_to_end_and_resume(tiny_model_dir, tmp_path):
     assert (run / "completions.jsonl").exists() and (run / "eval_summary.json").exists()
     ck = run / "checkpoints" / "step_000002"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
-    assert {"policy", "accelerate", "trainer_state.json", "COMPLETE"} <= {p.name for p in ck.iterdir()}
+    assert {"policy", "trainer", "trainer_state.json", "COMPLETE"} <= {p.name for p in ck.iterdir()}
     state = json.loads((ck / "trainer_state.json").read_text())
     assert state["step"] == 2 and state["policy_version"] == 2 and state["sampler"]["position"] == 4
     AutoModelForCausalLM.from_pretrained(ck / "policy")  # a normal HF checkpoint

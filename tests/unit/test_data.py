@@ -82,3 +82,12 @@ def test_sampler_epochs_and_resume():
     assert s2.next_batch(6) == a
     with pytest.raises(DataError, match="saved for 5 prompts, the data now has 6"):
         PromptSampler(6).load_state_dict(state)
+
+
+def test_data_without_answers_must_say_so(tmp_path):
+    path = tmp_path / "q.jsonl"
+    _write(path, ['{"question": "2+2?"}', '{"question": "3+3?"}'])
+    with pytest.raises(DataError, match=r"q.jsonl:1: no answer column; .*data.answer_key=none"):
+        normalise_rows(load_rows(path), path)
+    rows = normalise_rows(load_rows(path), path, answer_key="none")
+    assert [r["answer"] for r in rows] == [None, None]

@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-HERE = Path(__file__).parent
+HELPERS = Path(__file__).parent.parent / "integration"  # helpers.py: the test rewards
 POINTS = ("rollout", "update", "checkpoint", "publish", "log")
 
 
 def _train(model_dir, out, *extra, failpoint=None, cwd):
-    env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = {**os.environ, "PYTHONPATH": str(HELPERS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "WANDB_MODE": "offline"}
     env.pop("RLKIT_FAILPOINTS", None)
     if failpoint:

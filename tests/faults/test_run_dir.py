@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-HERE = Path(__file__).parent
+HELPERS = Path(__file__).parent.parent / "integration"  # helpers.py: the test rewards
 
 
 def _rlkit(model_dir, out, *extra, cwd):
-    env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    env = {**os.environ, "PYTHONPATH": str(HELPERS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "WANDB_MODE": "offline"}
     env.pop("RLKIT_FAILPOINTS", None)
     args = [f"--model.name_or_path={model_dir}", f"--output_dir={out}", "--rollout.engine=hf",

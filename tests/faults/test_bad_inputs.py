@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parent / "bad_inputs"
 CASES = yaml.safe_load((HERE / "cases.yaml").read_text())
 
 
