@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from rlkit.rewards.pool import shared_pool
 from rlkit.rewards.registry import register_reward
 
 _BOXED = re.compile(r"\\boxed\s*\{")
@@ -36,21 +37,64 @@ def _verify(gold: str, completion: str) -> bool:
     return bool(gold_parsed) and bool(pred) and verify(gold_parsed, pred)
 
 
-@register_reward("math_correct", correctness=True, options=())
-def math_correct(prompts: Sequence, completions: Sequence[str], completion_ids: Sequence, *,
-                 answer: Sequence | None = None, **kwargs) -> list[float | None]:
+def _import_math_verify() -> None:
+    """Worker warm-up: import math-verify (and sympy) once, before the first sample's deadline starts."""
+    import math_verify  # noqa: F401
+
+
+def _verify_sample(task: tuple[str, str]) -> float:
+    """One (gold, completion) pair in a pool worker: 1.0 / 0.0. math-verify's own signal-based timeouts
+    work here (a worker runs tasks in its main thread); the pool's deadline backs them up."""
+    gold, completion = task
+    return float(_verify(gold, completion))
+
+
+@register_reward("math_correct", factory=True, correctness=True)
+class MathCorrect:
     """1.0 if math-verify finds the gold answer (column `answer`) in the completion, else 0.0; None without gold.
 
     The completion's answer is taken from its last ``\\boxed{}`` when present (math-verify's boxed
     priority), else from the last expression. GSM8K golds (``#### N``) are reduced to N first.
+    Samples are verified in a shared pool of worker processes (rlkit.rewards.pool): a sample that takes
+    longer than ``sample_timeout`` seconds has its worker killed and raises a SampleTimeout naming the
+    sample, which the term's ``on_error`` handles (raise: stop the run; none: mask the sample).
+    ``workers``: pool size (0 = min(4, CPU count)).
     """
-    if answer is None:
-        return [None] * len(completions)
-    out: list[float | None] = []
-    for completion, gold in zip(completions, answer):
-        g = gold_text(gold)
-        out.append(None if g is None else float(_verify(g, completion)))
-    return out
+
+    correctness = True  # also when named by import path (rlkit.rewards.builtin:math_correct)
+
+    def __init__(self, sample_timeout: float = 10.0, workers: int = 0):
+        if sample_timeout < 0 or workers < 0:
+            raise ValueError(f"math_correct: sample_timeout and workers must be >= 0, got {sample_timeout} / "
+                             f"{workers}")
+        self.sample_timeout, self.workers = float(sample_timeout), int(workers)
+
+    def __call__(self, prompts: Sequence, completions: Sequence[str], completion_ids: Sequence, *,
+                 answer: Sequence | None = None, **kwargs) -> list[float | None]:
+        if answer is None:
+            return [None] * len(completions)
+        golds = [gold_text(g) for g in answer]
+        todo = [i for i, g in enumerate(golds) if g is not None]
+        out: list[float | None] = [None] * len(completions)
+        if not todo:
+            return out
+        pool = shared_pool(self.workers, warmup=_import_math_verify)
+        try:
+            scores = pool.map(_verify_sample, [(golds[i], str(completions[i])) for i in todo], self.sample_timeout)
+        except Exception as e:  # a failed sample: report it by its index in this batch
+            if hasattr(e, "sample"):
+                e.sample = todo[e.sample]
+                values = [None] * len(completions)
+                for k, i in enumerate(todo):
+                    values[i] = e.values[k]
+                e.values, e.failed = values, {todo[k]: why for k, why in e.failed.items()}
+            raise
+        for i, v in zip(todo, scores):
+            out[i] = v
+        return out
+
+
+math_correct = MathCorrect  # the registered name, also as an import path
 
 
 class BoxedFormat:

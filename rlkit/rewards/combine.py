@@ -1,19 +1,59 @@
-"""Weighted combination of reward terms, with the checks that stop a bad step early."""
+"""Weighted combination of reward terms: the checks that stop a bad step early, the per-term watchdog
+(``timeout``) and the per-term error policy (``on_error``).
+
+Watchdog: with ``timeout > 0`` each call of a term (the whole batch) runs on a daemon thread and the
+caller waits at most ``timeout`` seconds. A thread cannot be killed: a timed-out call is abandoned and
+keeps running in the background (daemon: it never holds up interpreter exit), and a reward stuck in C
+code that holds the GIL cannot be interrupted at all. Such rewards belong in a process pool
+(rlkit.rewards.pool, as ``math_correct`` does), which kills the worker of a sample past its deadline.
+``timeout: 0`` calls the reward inline in the caller's thread (needed by rewards that set their own
+``signal.alarm``, which works only in the main thread).
+
+Errors: when a call raises or times out, the failing sample is located (from the exception's ``.sample``,
+or by calling the reward on one sample at a time, each with the same timeout), then
+
+- ``on_error: raise`` -> RewardError naming the reward, the step (1-based, as in metrics.jsonl), the sample
+  and an excerpt of its prompt;
+- ``on_error: none`` -> every failing sample gets None for the term (masked like any None), the count is
+  reported as ``RewardValues.errors[label]`` (``reward/<label>/errors`` in the step metrics) and one
+  warning line names the reward, the step and the first failing sample.
+
+A wrong return (not a list of N numbers / None, NaN, a non-number) is a bug in the reward and always
+raises, whatever ``on_error`` says.
+"""
 
 from __future__ import annotations
 
+import collections.abc
+import inspect
+import logging
 import math
+import numbers
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from rlkit import registry
 from rlkit.errors import UserError
 
+log = logging.getLogger("rlkit")
+
+MAX_TIMED_OUT_PROBES = 3  # on_error none: after this many single-sample time-outs, the rest is masked untried
+
 
 class RewardError(UserError, RuntimeError):
-    """A reward raised, returned the wrong number of values, or returned NaN / a non-number."""
+    """A reward raised, timed out, returned the wrong number of values, or returned NaN / a non-number."""
+
+
+class RewardTimeout(Exception):
+    """The watchdog's verdict: a call of a reward term got no result within ``seconds``."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"timed out after {seconds:g} s")
+        self.seconds = seconds
 
 
 @dataclass
@@ -21,11 +61,14 @@ class RewardValues:
     """Per-sample rewards of one batch.
 
     total: [N] float32, sum of weight * term over the terms that apply (None terms are skipped).
-    terms: term name -> [N] float32, NaN where the term returned None.
+    terms: term name -> [N] float32, NaN where the term returned None (or failed under ``on_error: none``).
+    errors: term name -> number of samples whose call failed (raised or timed out), for every term with
+    ``on_error: none`` (0 included, so dashboards always have the series).
     """
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
+    errors: dict[str, int] = field(default_factory=dict)
 
 
 def _term_label(name: str, taken: set[str]) -> str:
@@ -45,11 +88,101 @@ def _short(text, n: int = 200) -> str:
 
 @dataclass
 class Term:
+    """One configured reward term. ``timeout``: seconds per call (a whole batch), 0 = no limit (inline call);
+    ``on_error``: "raise" or "none" (see the module doc)."""
+
     label: str
     weight: float
     fn: Callable
     format: str = "text"  # "text" | "conversational"
     correctness: bool = False
+    timeout: float = 120.0
+    on_error: str = "raise"  # "raise" | "none"
+
+    def __post_init__(self):
+        if self.on_error not in ("raise", "none"):
+            raise RewardError(f"reward {self.label!r}: on_error must be 'raise' or 'none', got {self.on_error!r}")
+        if not self.timeout >= 0:
+            raise RewardError(f"reward {self.label!r}: timeout must be >= 0 seconds (0 = no limit), "
+                              f"got {self.timeout!r}")
+
+
+def call_with_timeout(fn: Callable, kwargs: dict, timeout: float, name: str = "reward") -> Any:
+    """``fn(**kwargs)``, waiting at most ``timeout`` seconds (0 = inline, no limit) for it on a daemon
+    thread; RewardTimeout when it is late (the call is abandoned, still running). Exceptions pass through.
+
+    A daemon ``threading.Thread`` rather than an executor: an executor joins its threads at exit, so one
+    hung reward would hang the interpreter's exit."""
+    if timeout <= 0:
+        return fn(**kwargs)
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def target():
+        try:
+            box["value"] = fn(**kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = e
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name=f"rlkit-reward-{name}", daemon=True).start()
+    if not done.wait(timeout):
+        raise RewardTimeout(timeout)
+    if "error" in box:
+        raise box.pop("error")
+    return box["value"]
+
+
+@dataclass
+class _Batch:
+    """The inputs of one term call, with what error messages need: the step (0-based index, or None), a
+    short text per sample (its question column, else its prompt) and the phase (e.g. the evaluation)."""
+
+    prompts: list
+    completions: list
+    completion_ids: list
+    kwargs: dict
+    step: int | None
+    excerpts: list
+    phase: str = ""
+
+    @classmethod
+    def of(cls, term: Term, prompts: Sequence, completions: Sequence, completion_ids: Sequence, kwargs: dict,
+           step: Any = None, phase: str = "") -> _Batch:
+        """The batch as ``term`` sees it (TRL's chat shapes for format "conversational")."""
+        questions = kwargs.get("question", prompts)
+        if term.format == "conversational":
+            prompts = [[{"role": "user", "content": q}] for q in questions]
+            completions = [[{"role": "assistant", "content": c}] for c in completions]
+        step = step if isinstance(step, int) and not isinstance(step, bool) else None
+        return cls(list(prompts), list(completions), list(completion_ids), kwargs, step,
+                   [_short(q, 100) for q in questions], phase)
+
+    def __len__(self) -> int:
+        return len(self.completions)
+
+    def call_kwargs(self) -> dict:
+        return {"prompts": self.prompts, "completions": self.completions, "completion_ids": self.completion_ids,
+                **self.kwargs}
+
+    def one(self, i: int) -> dict:
+        """The call kwargs of sample i alone (every per-sample list cut to its entry)."""
+        n = len(self)
+        kw = {k: ([v[i]] if isinstance(v, list) and len(v) == n else v) for k, v in self.kwargs.items()}
+        return {"prompts": [self.prompts[i]], "completions": [self.completions[i]],
+                "completion_ids": [self.completion_ids[i]], **kw}
+
+    def sample(self, i: int) -> str:
+        return f"sample {i} (prompt: {self.excerpts[i]!r})"
+
+    def at(self, i: int | None = None) -> str:
+        """' at step S, sample i (prompt: ...)': step 1-based; parts that are unknown are left out."""
+        parts = [] if self.step is None else [f"step {self.step + 1}"]
+        if i is not None:
+            parts.append(self.sample(i))
+        where = " at " + ", ".join(parts) if parts else ""
+        return f" in {self.phase}{where}" if self.phase else where
 
 
 class RewardSet:
@@ -60,6 +193,7 @@ class RewardSet:
     (list of 0/1 or None), so length terms can gate on correctness without re-running the verifier.
     format "conversational" hands a term TRL's conversational shapes: each prompt as
     ``[{"role": "user", "content": question}]`` and each completion as ``[{"role": "assistant", "content": text}]``.
+    Each term runs under its ``timeout`` watchdog with its ``on_error`` policy (module doc).
     """
 
     def __init__(self, terms: Sequence[Term | tuple]):
@@ -79,7 +213,8 @@ class RewardSet:
             taken.add(label)
             entry = registry.resolve("reward", term.name, factory=term.factory)
             is_verifier = term.correctness or bool(entry.flag("correctness", False))
-            built.append(Term(label, float(term.weight), registry.build(entry, term.kwargs), term.format, is_verifier))
+            built.append(Term(label, float(term.weight), registry.build(entry, term.kwargs), term.format, is_verifier,
+                              float(term.timeout), term.on_error))
         return cls(built)
 
     @property
@@ -89,62 +224,193 @@ class RewardSet:
     def __call__(self, prompts: Sequence, completions: Sequence[str], completion_ids: Sequence,
                  columns: dict[str, list], **context) -> RewardValues:
         """Score a batch. `columns` maps dataset column -> per-sample list; `context` adds
-        finish_reason (list), num_tokens (list) and step (int), all passed through as kwargs."""
+        finish_reason (list), num_tokens (list) and step (int, 0-based), all passed through as kwargs."""
         n = len(completions)
         kwargs = {**columns, **context}
         terms: dict[str, torch.Tensor] = {}
+        errors: dict[str, int] = {}
         total = torch.zeros(n, dtype=torch.float32)
-        chat_prompts = [[{"role": "user", "content": q}] for q in columns.get("question", prompts)]
-        chat_completions = [[{"role": "assistant", "content": c}] for c in completions]
         for term in sorted(self.terms, key=lambda t: not t.correctness):  # the verifier first
-            if term.format == "conversational":
-                values = self._call_one(term, chat_prompts, chat_completions, completion_ids, kwargs)
-            else:
-                values = self._call_one(term, prompts, completions, completion_ids, kwargs)
+            batch = _Batch.of(term, prompts, completions, completion_ids, kwargs, context.get("step"))
+            values, failed = score_term(term, batch)
+            if term.on_error == "none":
+                errors[term.label] = failed
             if term.correctness:
                 kwargs["correct"] = values
             t = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
             terms[term.label] = t
             total += term.weight * torch.nan_to_num(t, nan=0.0)
-        return RewardValues(total=total, terms={t.label: terms[t.label] for t in self.terms})
+        return RewardValues(total=total, terms={t.label: terms[t.label] for t in self.terms},
+                            errors={t.label: errors[t.label] for t in self.terms if t.label in errors})
 
-    @staticmethod
-    def _call_one(term: Term, prompts, completions, completion_ids, kwargs) -> list:
-        n, label, fn = len(completions), term.label, term.fn
-        try:
-            values = fn(prompts=list(prompts), completions=list(completions),
-                        completion_ids=list(completion_ids), **kwargs)
-        except Exception as e:  # locate the failing sample, then report it
-            idx = _find_failing_sample(fn, prompts, completions, completion_ids, kwargs)
-            where = f" at sample {idx} (prompt: {_short(prompts[idx])!r})" if idx is not None else ""
-            hint = ""
-            if term.format == "text" and isinstance(e, TypeError) and "indices must be integers" in str(e):
-                hint = ("; it reads completions as chat messages: set `format: conversational` on this reward "
-                        "term (TRL's conversational rewards)")
-            raise RewardError(f"reward {label!r} raised {type(e).__name__}: {e}{where}{hint}") from e
-        if values is None or len(values) != n:
-            got = "None" if values is None else f"{len(values)} values"
-            raise RewardError(f"reward {label!r} returned {got} for {n} completions (first prompt: "
-                              f"{_short(prompts[0]) if n else ''!r})")
-        for i, v in enumerate(values):
-            if v is None:
+
+class GuardedReward:
+    """One term as a plain reward callable (TRL's signature) with the term's watchdog, ``on_error`` and
+    checks: the held-out evaluation's verifier. ``phase`` names where it runs in error messages."""
+
+    def __init__(self, term: Term, phase: str = ""):
+        self.term, self.phase = term, phase
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float | None]:
+        step = None if self.phase else kwargs.get("step")
+        values, _ = score_term(self.term, _Batch.of(self.term, prompts, completions, completion_ids, kwargs,
+                                                    step, self.phase))
+        return values
+
+
+def score_term(term: Term, batch: _Batch) -> tuple[list, int]:
+    """One term on a batch under its watchdog: (value or None per sample, number of failed samples)."""
+    try:
+        raw = call_with_timeout(term.fn, batch.call_kwargs(), term.timeout, term.label)
+    except Exception as e:
+        if term.on_error == "raise":
+            _raise_located(term, batch, e)
+        return _mask_failures(term, batch, e)
+    return _check(term, raw, batch, list(range(len(batch)))), 0
+
+
+def _sample_of(e: BaseException, n: int) -> int | None:
+    """The failing sample an exception names itself (``.sample``, e.g. from the reward pool), if valid."""
+    i = getattr(e, "sample", None)
+    return i if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n else None
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, RewardTimeout):
+        return str(e)
+    if isinstance(e, TimeoutError):  # e.g. a pool's per-sample deadline
+        return f"timed out ({e})"
+    return f"raised {type(e).__name__}: {e}"
+
+
+def _raise_located(term: Term, batch: _Batch, e: Exception) -> None:
+    """on_error raise: find the failing sample (``e.sample``, else the first sample that fails alone) and
+    raise a RewardError naming the reward, step and sample."""
+    idx, err = _sample_of(e, len(batch)), e
+    if idx is None:
+        for i in range(len(batch)):
+            try:
+                call_with_timeout(term.fn, batch.one(i), term.timeout, term.label)
+            except Exception as probe_error:
+                idx, err = i, probe_error
+                break
+    hint = ""
+    if term.format == "text" and isinstance(err, TypeError) and "indices must be integers" in str(err):
+        hint = ("; it reads completions as chat messages: set `format: conversational` on this reward "
+                "term (TRL's conversational rewards)")
+    elif idx is None and isinstance(err, RewardTimeout):
+        hint = (f" on a batch of {len(batch)} samples, though no single sample times out alone: the batch is too "
+                "slow for this term's `timeout` (raise it, or 0 for no limit)")
+    elif idx is None:
+        hint = " (no single sample fails alone)"
+    raise RewardError(f"reward {term.label!r} {_describe(err)}{batch.at(idx)}{hint}") from err
+
+
+def _mask_failures(term: Term, batch: _Batch, e: Exception) -> tuple[list, int]:
+    """on_error none: the values of the samples that succeed (from the exception's ``.values`` /
+    ``.failed`` when it carries them, else one call per sample), None at the failing ones; one warning."""
+    n = len(batch)
+    if n == 0:
+        log.warning("reward %r %s on an empty batch%s (on_error: none)", term.label, _describe(e), batch.at())
+        return [], 0
+    values: list = [None] * n
+    failures: dict[int, str] = _reported_failures(e, n)
+    if failures:  # the reward said which samples failed and gave the values of the others
+        ok = [i for i in range(n) if i not in failures]
+        partial = e.values  # type: ignore[attr-defined]
+        for i, v in zip(ok, _check(term, [partial[i] for i in ok], batch, ok)):
+            values[i] = v
+    else:
+        timed_out = 0
+        for i in range(n):
+            if timed_out >= MAX_TIMED_OUT_PROBES:
+                failures[i] = f"not tried after {timed_out} samples timed out alone"
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) and not (
-                    isinstance(v, torch.Tensor) and v.numel() == 1):
-                raise RewardError(f"reward {label!r} returned {v!r} (not a number or None) at sample {i} "
-                                  f"(prompt: {_short(prompts[i])!r})")
-            if not math.isfinite(float(v)):
-                raise RewardError(f"reward {label!r} returned {float(v)} at sample {i} "
-                                  f"(prompt: {_short(prompts[i])!r})")
-        return [None if v is None else float(v) for v in values]
+            try:
+                raw = call_with_timeout(term.fn, batch.one(i), term.timeout, term.label)
+            except Exception as probe_error:
+                failures[i] = _describe(probe_error)
+                timed_out += isinstance(probe_error, RewardTimeout)
+                continue
+            values[i] = _check(term, raw, batch, [i])[0]
+        if not failures:  # every sample passes alone: the batch call itself is what fails
+            failures = dict.fromkeys(range(n), f"{_describe(e)} on the whole batch; every sample passes alone")
+            values = [None] * n
+    first = min(failures)
+    log.warning("reward %r: %d of %d samples failed%s and are masked (on_error: none); the first, %s: %s",
+                term.label, len(failures), n, batch.at(), batch.sample(first), failures[first])
+    return values, len(failures)
 
 
-def _find_failing_sample(fn, prompts, completions, completion_ids, kwargs) -> int | None:
-    per_sample_keys = [k for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(completions)]
-    for i in range(len(completions)):
-        one = {k: ([v[i]] if k in per_sample_keys else v) for k, v in kwargs.items()}
-        try:
-            fn(prompts=[prompts[i]], completions=[completions[i]], completion_ids=[completion_ids[i]], **one)
-        except Exception:
-            return i
-    return None
+def _reported_failures(e: BaseException, n: int) -> dict[int, str]:
+    """index -> reason of the failed samples an exception reports itself (the reward pool's ``.sample``,
+    ``.values`` with n entries and ``.failed``: indices, or index -> exception / text); {} if it does not."""
+    partial, failed = getattr(e, "values", None), getattr(e, "failed", None)
+    if _sample_of(e, n) is None or not isinstance(partial, Sequence) or len(partial) != n or not failed:
+        return {}
+    try:
+        indices = sorted(failed)
+    except TypeError:
+        return {}
+    if not all(isinstance(i, int) and 0 <= i < n for i in indices):
+        return {}
+    reasons = failed if isinstance(failed, collections.abc.Mapping) else dict.fromkeys(indices, e)
+    return {i: _describe(reasons[i]) if isinstance(reasons[i], BaseException) else str(reasons[i])
+            for i in indices}
+
+
+def _returned(raw: Any) -> tuple[str, str]:
+    """What a reward returned instead of a list, and a hint for the usual cause."""
+    if raw is None:
+        return "None", ""
+    if inspect.isgenerator(raw):
+        raw.close()
+        return "a generator", " (a `yield` in the reward function? return a list)"
+    if inspect.iscoroutine(raw):
+        raw.close()
+        return "a coroutine", " (an `async def` reward? rewards are called synchronously)"
+    if isinstance(raw, collections.abc.Iterator):
+        return f"an iterator ({type(raw).__name__})", " (wrap it in list(...))"
+    if isinstance(raw, (str, bytes)):
+        return f"a string ({_short(raw, 60)!r})", ""
+    if isinstance(raw, (numbers.Number, torch.Tensor)) and getattr(raw, "ndim", 0) == 0:
+        return f"a single number ({raw!r})", " (one value per completion is needed)"
+    if isinstance(raw, (set, frozenset)):
+        return f"a {type(raw).__name__}", " (unordered: values must follow the order of the completions)"
+    if isinstance(raw, collections.abc.Mapping):
+        return f"a {type(raw).__name__}", ""
+    if hasattr(raw, "shape"):
+        return f"an array of shape {tuple(raw.shape)}", ""
+    return f"a {type(raw).__name__}", ""
+
+
+def _is_sequence(raw: Any) -> bool:
+    if isinstance(raw, (str, bytes, bytearray)):
+        return False
+    if isinstance(raw, torch.Tensor) or type(raw).__module__ == "numpy":
+        return getattr(raw, "ndim", 0) == 1
+    return isinstance(raw, collections.abc.Sequence)
+
+
+def _check(term: Term, raw: Any, batch: _Batch, idx: list[int]) -> list[float | None]:
+    """``raw`` must hold one number or None for each sample of ``idx`` (indices into the batch, for messages)."""
+    n, label = len(idx), term.label
+    if not _is_sequence(raw):
+        what, hint = _returned(raw)
+        raise RewardError(f"reward {label!r} returned {what} for {n} completions{batch.at()}; expected a list of "
+                          f"{n} numbers (None where it does not apply), one per completion{hint}")
+    if len(raw) != n:
+        raise RewardError(f"reward {label!r} returned {len(raw)} values for {n} completions{batch.at()} "
+                          f"(first prompt: {batch.excerpts[idx[0]] if n else ''!r})")
+    out: list[float | None] = []
+    for i, v in zip(idx, raw):
+        if v is None:
+            out.append(None)
+            continue
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) and not (
+                isinstance(v, torch.Tensor) and v.numel() == 1):
+            raise RewardError(f"reward {label!r} returned {v!r} (not a number or None){batch.at(i)}")
+        if not math.isfinite(float(v)):
+            raise RewardError(f"reward {label!r} returned {float(v)}{batch.at(i)}")
+        out.append(float(v))
+    return out

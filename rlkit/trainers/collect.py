@@ -49,10 +49,15 @@ def sampling_spec(cfg, n: int, seed: int, logprobs: bool = True) -> SamplingSpec
 
 def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> None:
     """Every reward term on the batch's samples (or only on ``idx``, e.g. after a transform changed them):
-    fills rewards, terms and correct (NaN without a correctness term)."""
+    fills rewards, terms and correct (NaN without a correctness term), and adds the failed samples of each
+    term with ``on_error: none`` to ``batch.metrics["reward/<term>/errors"]`` (0 included; re-scored samples
+    count again)."""
     samples = batch.samples if idx is None else [batch.samples[i] for i in idx]
     prompts = batch.prompts
     label = run.rewards.correctness_label
+    for term in run.rewards.terms:  # every rank reports the series, so the sum over ranks lines up
+        if term.on_error == "none":
+            batch.metrics.setdefault(f"reward/{term.label}/errors", 0)
     if not samples:  # a rank with no share (e.g. fewer monitor prompts than ranks)
         if idx is None:
             batch.rewards, batch.terms = torch.zeros(0), {t.label: torch.zeros(0) for t in run.rewards.terms}
@@ -64,6 +69,8 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
                          [s.completion_ids for s in samples], columns,
                          finish_reason=[s.finish_reason for s in samples],
                          num_tokens=[s.num_tokens for s in samples], step=step)
+    for term_label, failed in values.errors.items():
+        batch.metrics[f"reward/{term_label}/errors"] += failed
     if idx is None:
         batch.rewards, batch.terms = values.total, values.terms
     else:

@@ -41,12 +41,22 @@ def evaluate(engine, prompts, accuracy_fn, *, temperature: float, max_new_tokens
 
 def accuracy_reward(cfg):
     """The held-out metric: the configured correctness term (a registered verifier, or a term marked
-    ``correctness: true``) with its options, else the default verifier ``math_correct``."""
+    ``correctness: true``) with its options, ``timeout``, ``on_error`` and ``format``, else the default
+    verifier ``math_correct`` with the default term settings."""
+    from rlkit.config import RewardTerm
+    from rlkit.rewards.combine import GuardedReward, Term
+
     for term in cfg.rewards:
         entry = registry.resolve("reward", term.name, factory=term.factory)
         if term.correctness or entry.flag("correctness", False):
-            return registry.build(entry, term.kwargs)
-    return registry.build(registry.resolve("reward", "math_correct"), {})
+            break
+    else:
+        term = RewardTerm("math_correct")
+        entry = registry.resolve("reward", term.name)
+        term.kwargs = registry.check_options(entry, term.kwargs, "rewards", "the default verifier")
+    fn = registry.build(entry, term.kwargs)
+    return GuardedReward(Term(registry.short_name(term.name), 1.0, fn, term.format, True, float(term.timeout),
+                              term.on_error), phase="the held-out evaluation")
 
 
 def eval_table(columns: dict[str, dict], n: int, source: str) -> str:

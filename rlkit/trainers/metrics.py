@@ -14,7 +14,8 @@ from rlkit.trainers.evaluate import length_stats
 def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Tensor, mu: int, lr: float,
                  timers: dict, version: int, acc) -> dict:
     """``batch``: this rank's collected step (before rank balancing); ``trained_mask``: the loss mask of the
-    samples this rank trained on. Means over ranks skip ranks without a finite value (dist.mean_metrics)."""
+    samples this rank trained on. Means over ranks skip ranks without a finite value (dist.mean_metrics);
+    ``reward/<term>/errors`` (from rlkit.trainers.collect.score, reported by every rank) are summed."""
     samples = batch.samples
     lengths = [s.num_tokens for s in samples]
     n_gen_tokens = sum(lengths)
@@ -50,4 +51,8 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     m.update({f"time/{k}": v for k, v in timers.items()})
     m["policy_version"] = version
     m.update(batch.metrics)
-    return dist.mean_metrics(acc, m)
+    out = dist.mean_metrics(acc, m)
+    for key, v in out.items():  # failed reward samples (on_error none): the step's count, summed over ranks
+        if key.startswith("reward/") and key.endswith("/errors") and isinstance(v, (int, float)) and math.isfinite(v):
+            out[key] = round(v * acc.num_processes)
+    return out

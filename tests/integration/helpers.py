@@ -1,5 +1,7 @@
 """Rewards used by the integration tests (importable as `helpers:<name>`)."""
 
+import time
+
 
 def digit_fraction(prompts, completions, completion_ids, **kwargs):
     """Fraction of completion characters that are digits: varies across random completions."""
@@ -12,6 +14,20 @@ def fails_at_step_two(prompts, completions, completion_ids, step, **kwargs):
     if step == 1:
         raise ValueError("reward backend unavailable")
     return [0.0] * len(completions)
+
+
+def sleeps_at_step_two(prompts, completions, completion_ids, step, **kwargs):
+    """Hangs (sleeps an hour) on training step index 1 (the second step), for the reward timeout tests;
+    varies with the completion otherwise."""
+    if step == 1:
+        time.sleep(3600)
+    return [(len(set(ids)) % 3) / 2 for ids in completion_ids]
+
+
+def yields_values(prompts, completions, completion_ids, **kwargs):
+    """A reward written with `yield` by mistake: it returns a generator, not a list."""
+    for c in completions:
+        yield float(len(c) % 2)
 
 
 def even_answers_only(prompts, completions, completion_ids, answer, **kwargs):

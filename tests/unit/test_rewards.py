@@ -3,6 +3,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from rlkit.config import RewardTerm
 from rlkit.rewards import RewardError, RewardSet, list_rewards, math_correct, register_reward, resolve_reward
@@ -17,10 +18,12 @@ def _score(rs, completions, **columns):
 
 
 def test_math_correct_gsm8k_boxed_and_numbers():
-    got = math_correct(PROMPTS * 2, ["so \\boxed{4}", "it is 5", "The answer: 72", "\\boxed{1/2}"], [[]] * 4,
-                       answer=["2+2=4 #### 4", 6.0, "#### 72", "\\frac{1}{2}"])
+    verifier = math_correct()  # a factory: the reward is its instance (samples verified in worker processes)
+    got = verifier(PROMPTS * 2, ["so \\boxed{4}", "it is 5", "The answer: 72", "\\boxed{1/2}"], [[]] * 4,
+                   answer=["2+2=4 #### 4", 6.0, "#### 72", "\\frac{1}{2}"])
     assert got == [1.0, 0.0, 1.0, 1.0]
-    assert math_correct(PROMPTS, ["4", "6"], [[], []]) == [None, None]
+    assert verifier(PROMPTS, ["4", "6"], [[], []]) == [None, None]
+    assert verifier(PROMPTS, ["4", "6"], [[], []], answer=[None, "6"]) == [None, 1.0]
 
 
 def test_weighted_combination_and_none_masked():
@@ -90,7 +93,7 @@ def test_reward_that_raises_names_reward_sample_and_prompt():
         return [1.0 / (len(c) - 3) for c in completions]  # ZeroDivisionError on a 3-char completion
 
     rs = RewardSet([("fragile", 1.0, fragile)])
-    with pytest.raises(RewardError, match=r"reward 'fragile' raised ZeroDivisionError.*at sample 1 \(prompt: 'What is 3\+3\?'\)"):
+    with pytest.raises(RewardError, match=r"reward 'fragile' raised ZeroDivisionError.*at step 1, sample 1 \(prompt: 'What is 3\+3\?'\)"):
         _score(rs, ["long enough", "abc"])
 
 
@@ -99,10 +102,10 @@ def test_wrong_count_nan_and_non_numbers():
     with pytest.raises(RewardError, match="'short' returned 1 values for 2 completions"):
         _score(rs, ["a", "b"])
     rs = RewardSet([("nanny", 1.0, lambda prompts, completions, completion_ids, **kw: [0.0, float("nan")])])
-    with pytest.raises(RewardError, match=r"'nanny' returned nan at sample 1 \(prompt: 'What is 3\+3\?'\)"):
+    with pytest.raises(RewardError, match=r"'nanny' returned nan at step 1, sample 1 \(prompt: 'What is 3\+3\?'\)"):
         _score(rs, ["a", "b"])
     rs = RewardSet([("texty", 1.0, lambda prompts, completions, completion_ids, **kw: ["1", 0.0])])
-    with pytest.raises(RewardError, match="'texty' returned '1' \\(not a number or None\\) at sample 0"):
+    with pytest.raises(RewardError, match="'texty' returned '1' \\(not a number or None\\) at step 1, sample 0"):
         _score(rs, ["a", "b"])
 
 
@@ -125,3 +128,170 @@ def test_import_light():
             "bad=[m for m in sys.modules if m.split('.')[0] in ('vllm','deepspeed','triton')]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- timeouts and the on_error policy -------------------------------------------------------------
+
+
+@pytest.fixture
+def release():
+    """An event that sleeping rewards wait on; set at the end so abandoned threads finish."""
+    import threading
+
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def _sleepy(release, on=("zzz",), value=1.0):
+    def sleepy(prompts, completions, completion_ids, **kw):
+        if any(c in on for c in completions):
+            release.wait(120)
+        return [value] * len(completions)
+    return sleepy
+
+
+def test_timeout_raise_names_reward_step_and_sample(release):
+    import time
+
+    from rlkit.rewards.combine import Term
+
+    rs = RewardSet([Term("sleepy", 1.0, _sleepy(release), timeout=0.5)])
+    t0 = time.monotonic()
+    with pytest.raises(RewardError, match=r"^reward 'sleepy' timed out after 0.5 s at step 2, sample 1 "
+                                          r"\(prompt: 'What is 3\+3\?'\)$"):
+        rs(PROMPTS, ["fine", "zzz"], [[1], [2]], {}, step=1)
+    assert time.monotonic() - t0 < 10  # ~1 s: the batch call, then sample 1 alone
+
+
+def test_timeout_none_masks_counts_and_warns(release, caplog):
+    from rlkit.rewards.combine import Term
+
+    rs = RewardSet([Term("sleepy", 1.0, _sleepy(release), timeout=0.5, on_error="none"),
+                    Term("half", 1.0, lambda prompts, completions, completion_ids, **kw: [0.5] * len(completions))])
+    with caplog.at_level("WARNING", logger="rlkit"):
+        v = rs(PROMPTS, ["fine", "zzz"], [[1], [2]], {}, step=2)
+    assert v.errors == {"sleepy": 1}  # only terms with on_error none have the series
+    assert v.terms["sleepy"][0] == 1.0 and math.isnan(v.terms["sleepy"][1])
+    assert v.total.tolist() == [1.5, 0.5]  # the failed sample's term is left out, not counted as 0
+    warning, = [r.getMessage() for r in caplog.records]
+    assert warning.startswith("reward 'sleepy': 1 of 2 samples failed at step 3 and are masked (on_error: none); "
+                              "the first, sample 1 (prompt: 'What is 3+3?'): timed out after 0.5 s")
+    ok = rs(PROMPTS, ["fine", "also fine"], [[1], [2]], {}, step=3)
+    assert ok.errors == {"sleepy": 0} and ok.total.tolist() == [1.5, 1.5]
+
+
+def test_a_reward_hanging_on_every_sample_costs_a_bounded_time(release):
+    import time
+
+    from rlkit.rewards.combine import MAX_TIMED_OUT_PROBES, Term
+
+    calls = []
+
+    def hangs(prompts, completions, completion_ids, **kw):
+        calls.append(len(completions))
+        release.wait(120)
+
+    rs = RewardSet([Term("hangs", 1.0, hangs, timeout=0.3, on_error="none")])
+    t0 = time.monotonic()
+    v = rs(["p"] * 6, ["a"] * 6, [[1]] * 6, {}, step=0)
+    assert time.monotonic() - t0 < 10  # (1 + MAX_TIMED_OUT_PROBES) x 0.3 s
+    assert v.errors == {"hangs": 6} and calls == [6] + [1] * MAX_TIMED_OUT_PROBES
+    assert torch.isnan(v.terms["hangs"]).all() and v.total.tolist() == [0.0] * 6
+
+
+def test_raise_none_masks_only_the_failing_samples(caplog):
+    from rlkit.rewards.combine import Term
+
+    def fragile(prompts, completions, completion_ids, **kw):
+        return [1.0 / (len(c) - 3) for c in completions]  # ZeroDivisionError on a 3-char completion
+
+    rs = RewardSet([Term("fragile", 1.0, fragile, on_error="none")])
+    with caplog.at_level("WARNING", logger="rlkit"):
+        v = rs(PROMPTS + ["x"], ["abcd", "abc", "abcde"], [[1]] * 3, {}, step=0)
+    assert v.errors == {"fragile": 1}
+    assert v.terms["fragile"][0] == 1.0 and math.isnan(v.terms["fragile"][1]) and v.terms["fragile"][2] == 0.5
+    assert "the first, sample 1 (prompt: 'What is 3+3?'): raised ZeroDivisionError" in caplog.text
+
+
+def test_an_exception_that_names_its_sample_is_not_probed():
+    from rlkit.rewards.combine import Term
+
+    calls = []
+
+    def knows(prompts, completions, completion_ids, **kw):
+        calls.append(len(completions))
+        e = KeyError("no gold")
+        e.sample = 1
+        raise e
+
+    rs = RewardSet([Term("knows", 1.0, knows)])
+    with pytest.raises(RewardError, match=r"reward 'knows' raised KeyError: 'no gold' at step 1, sample 1 "):
+        _score(rs, ["a", "b"])
+    assert calls == [2]
+
+
+def test_batch_too_slow_without_a_failing_sample_says_so(release):
+    import time as _time
+
+    from rlkit.rewards.combine import Term
+
+    def slow(prompts, completions, completion_ids, **kw):
+        _time.sleep(0.4 * len(completions))
+        return [0.0] * len(completions)
+
+    rs = RewardSet([Term("slow", 1.0, slow, timeout=0.8)])
+    with pytest.raises(RewardError, match=r"reward 'slow' timed out after 0.8 s at step 1 on a batch of 4 samples, "
+                                          r"though no single sample times out alone"):
+        rs(["p"] * 4, ["a"] * 4, [[1]] * 4, {}, step=0)
+
+
+def test_timeout_zero_calls_inline_and_config_reaches_the_terms():
+    import threading
+
+    threads = []
+    register_reward("test_thread_spy")(
+        lambda prompts, completions, completion_ids, **kw: threads.append(threading.current_thread()) or [0.0])
+    rs = RewardSet.from_config([RewardTerm("test_thread_spy", timeout=0), RewardTerm("test_thread_spy", timeout=5,
+                                                                                      on_error="none")])
+    assert [(t.label, t.timeout, t.on_error) for t in rs.terms] == [
+        ("test_thread_spy", 0.0, "raise"), ("test_thread_spy_2", 5.0, "none")]
+    assert _score(rs, ["a"]).errors == {"test_thread_spy_2": 0}
+    assert threads[0] is threading.main_thread() and threads[1] is not threading.main_thread()
+
+
+@pytest.mark.parametrize("returned, message", [
+    ((x for x in [1.0, 2.0]), r"returned a generator for 2 completions at step 1; expected a list of 2 numbers "
+                              r"\(None where it does not apply\), one per completion \(a `yield` in the reward"),
+    ({1.0, 2.0}, r"returned a set for 2 completions at step 1; expected a list of 2 numbers .*unordered"),
+    ({"a": 1.0}, r"returned a dict for 2 completions"),
+    (iter([1.0, 2.0]), r"returned an iterator \(list_iterator\) .*wrap it in list"),
+    (1.0, r"returned a single number \(1\.0\) for 2 completions"),
+    (None, r"returned None for 2 completions at step 1; expected a list of 2 numbers"),
+])
+def test_a_non_list_return_names_the_reward_and_what_it_returned(returned, message):
+    rs = RewardSet([("odd", 1.0, lambda prompts, completions, completion_ids, **kw: returned)])
+    with pytest.raises(RewardError, match=r"^reward 'odd' " + message):
+        _score(rs, ["a", "b"])
+
+
+def test_a_hung_reward_does_not_hold_up_exit():
+    import subprocess
+    import time
+
+    code = textwrap.dedent("""
+        import time
+        from rlkit.rewards import RewardError, RewardSet
+        from rlkit.rewards.combine import Term
+        rs = RewardSet([Term("stuck", 1.0, lambda prompts, completions, completion_ids, **kw: time.sleep(3600),
+                             timeout=0.2)])
+        try:
+            rs(["p"], ["c"], [[1]], {}, step=0)
+        except RewardError as e:
+            print(e)
+    """)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("reward 'stuck' timed out after 0.2 s at step 1, sample 0 (prompt: 'p')")
+    assert time.monotonic() - t0 < 60  # ~2 s (torch import); a join on the sleeping thread would take an hour
