@@ -32,6 +32,7 @@ def main() -> None:
         completions.append(f"{body.strip()} So the answer is \\boxed{{{final if i % 2 == 0 else final + '1'}}}.")
     n = len(completions)
 
+    _verify("1", "1")  # import math-verify and sympy outside the timing (the pool's warm-up does the same)
     t = time.perf_counter()
     inline = [float(_verify(gold_text(g), c)) for g, c in zip(golds, completions)]
     t_inline = time.perf_counter() - t

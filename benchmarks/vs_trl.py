@@ -46,11 +46,12 @@ def _env() -> dict:
 
 
 def run_rlkit(args, out: Path, tree: str | None = None) -> dict:
-    cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", "--overwrite", f"--train.steps={args.steps}",
+    cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", f"--train.steps={args.steps}",
            f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
            f"--rollout.max_new_tokens={args.max_new}", "--rollout.temperature=1.0", "--rollout.top_p=1.0",
            "--optim.lr=1e-6", "--data.shuffle=false", "--train.eval_before=false", "--train.eval_after=false",
            "--checkpoint.save_final=false", "--logging.progress=false", "--rewards=[{name: math_correct}]"]
+    cmd += [] if tree else ["--overwrite"]  # a baseline from before issue 11 has no --overwrite (nor needs it)
     env = _env()
     if tree:  # another checkout of rlkit first on the path
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [tree, env.get("PYTHONPATH", "")]))
