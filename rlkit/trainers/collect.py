@@ -16,6 +16,7 @@ import torch
 
 from rlkit.data import make_prompt
 from rlkit.records import ShapingBatch, StageContext, StepBatch
+from rlkit.rewards.combine import RewardError
 from rlkit.rewards.length import ends_in_loop
 from rlkit.rollout.base import SamplingSpec
 from rlkit.trainers import dist
@@ -58,17 +59,26 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
     for term in run.rewards.terms:  # every rank reports the series, so the sum over ranks lines up
         if term.on_error == "none":
             batch.metrics.setdefault(f"reward/{term.label}/errors", 0)
-    if not samples:  # a rank with no share (e.g. fewer monitor prompts than ranks)
+    values, error = None, None
+    if samples:
+        keys = sorted({k for p in prompts for k in p.columns})
+        columns = {k: [prompts[s.group_id].columns.get(k) for s in samples] for k in keys}
+        try:
+            values = run.rewards([prompts[s.group_id].text for s in samples], [s.text for s in samples],
+                                 [s.completion_ids for s in samples], columns,
+                                 finish_reason=[s.finish_reason for s in samples],
+                                 num_tokens=[s.num_tokens for s in samples], step=step)
+        except RewardError as e:
+            error = e
+    if idx is None and run.acc.num_processes > 1:  # every rank scores here: all stop together, none hangs
+        _raise_together(run.acc, error)
+    if error is not None:
+        raise error
+    if values is None:  # a rank with no share (e.g. fewer monitor prompts than ranks)
         if idx is None:
             batch.rewards, batch.terms = torch.zeros(0), {t.label: torch.zeros(0) for t in run.rewards.terms}
             batch.correct = batch.terms[label] if label else torch.zeros(0)
         return
-    keys = sorted({k for p in prompts for k in p.columns})
-    columns = {k: [prompts[s.group_id].columns.get(k) for s in samples] for k in keys}
-    values = run.rewards([prompts[s.group_id].text for s in samples], [s.text for s in samples],
-                         [s.completion_ids for s in samples], columns,
-                         finish_reason=[s.finish_reason for s in samples],
-                         num_tokens=[s.num_tokens for s in samples], step=step)
     for term_label, failed in values.errors.items():
         batch.metrics[f"reward/{term_label}/errors"] += failed
     if idx is None:
@@ -78,6 +88,16 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
         for k in batch.terms:
             batch.terms[k][idx] = values.terms[k]
     batch.correct = batch.terms[label] if label else torch.full_like(batch.rewards, float("nan"))
+
+
+def _raise_together(acc, error: Exception | None) -> None:
+    """A reward error on one process stops every process with its message (the others would otherwise wait
+    in the step's next collective until the backend's timeout)."""
+    messages = dist.gather_objects(acc, None if error is None else str(error))
+    failed = [(rank, m) for rank, m in enumerate(messages) if m]
+    if failed and error is None:
+        rank, message = failed[0]
+        raise RewardError(f"{message} (on process {rank})")
 
 
 def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:

@@ -95,3 +95,18 @@ def test_three_process_collectives_with_uneven_shares(tmp_path):
     assert three["kl_cov_chosen"] == one["kl_cov_chosen"] and sum(map(sum, one["kl_cov_chosen"])) == 4  # floor(0.1 x 46)
     assert three["monitor_sizes"] == [3, 3, 2] and one["monitor_sizes"] == [8]
     assert three["targets"] == one["targets"] and set(one["targets"].values()) != {None}
+
+
+def test_a_reward_error_on_one_process_stops_every_process(tiny_model_dir, tmp_path):
+    """Without the shared stop, process 0 would wait in the step's next collective for gloo's 30-minute timeout."""
+    run = tmp_path / "err-run"
+    proc = _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
+                     "--rollout.engine=hf", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=8",
+                     "--data.eval_size=2", "--train.eval_before=false", "--train.steps=2", "--logging.progress=false",
+                     "--rewards=[{name: 'helpers:fails_on_process_one'}]", cwd=tmp_path,
+                     extra_path=str(HERE.parent / "integration"))
+    assert proc.returncode != 0
+    # both processes print the one line (their stderr lines may interleave)
+    line = "rlkit: error: reward 'fails_on_process_one' raised ValueError: judge server unreachable at step 1, sample 0"
+    assert proc.stderr.count(line) == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("(on process 1)") == 1, proc.stderr[-3000:]

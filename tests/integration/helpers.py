@@ -59,3 +59,12 @@ def length_over_100(prompts, completions, completion_ids, num_tokens, **kwargs):
 def even_length_correct(prompts, completions, completion_ids, **kwargs):
     """A verifier (0/1) that accepts completions of even length."""
     return [float(len(ids) % 2 == 0) for ids in completion_ids]
+
+
+def fails_on_process_one(prompts, completions, completion_ids, step, **kwargs):
+    """Raises on the second process (RANK 1) at the first step, for the multi-process error test."""
+    import os
+
+    if os.environ.get("RANK") == "1" and step == 0:
+        raise ValueError("judge server unreachable")
+    return [0.0] * len(completions)
