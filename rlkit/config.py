@@ -240,7 +240,8 @@ class Config:
     train: TrainConfig = opt(help="loop", factory=TrainConfig)
     checkpoint: CheckpointConfig = opt(help="checkpoints", factory=CheckpointConfig)
     logging: LoggingConfig = opt(help="metrics and dashboards", factory=LoggingConfig)
-    output_dir: str = opt("runs/latest", "run directory (config.json, metrics.jsonl, checkpoints/)")
+    output_dir: str = opt("runs/latest", "run directory (config.json, metrics.jsonl, checkpoints/); a non-empty one "
+                          "needs --resume or --overwrite")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -431,11 +432,20 @@ def components(cfg: Config):
 def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
     """Resolve every component, check its options (resolved values with defaults written back into the config)
     and build the non-reward ones once, so a bad value fails now. Returns the entries."""
-    entries = []
+    entries, verifiers = [], 0
     for i, term in enumerate(cfg.rewards):
         entry = _resolve("reward", term.name, f"rewards[{i}].name", source, factory=term.factory)
         term.kwargs = registry.check_options(entry, term.kwargs, f"rewards[{i}].kwargs", source)
+        verifiers += bool(term.correctness or entry.flag("correctness", False))
         entries.append(entry)
+    for i, (term, entry) in enumerate(zip(cfg.rewards, entries)):  # build once: a bad value fails now
+        try:
+            built = registry.build(entry, term.kwargs)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{source}: rewards[{i}] ({term.name}): {e}") from None
+        if getattr(built, "uses_correct", False) and not verifiers:
+            raise ConfigError(f"{source}: rewards[{i}]: reward {term.name!r} needs a correctness term (e.g. "
+                              "math_correct, weight 0 if it should not add to the reward) in `rewards`")
     for _, kind, where, comp in components(cfg):
         entry = _resolve(kind, comp.name, f"{where}.name", source)
         comp.kwargs = registry.check_options(entry, comp.kwargs, f"{where}.kwargs", source)

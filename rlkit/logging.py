@@ -26,6 +26,11 @@ def _clean(v):
     return v
 
 
+def clean_row(metrics: dict) -> dict:
+    """A metrics row as plain JSON values (tensors and numpy numbers as numbers, NaN/inf as null)."""
+    return {k: _clean(v) for k, v in metrics.items()}
+
+
 def _wandb_key_configured() -> bool:
     """An API key in the environment or in ~/.netrc (where `wandb login` stores it)."""
     if os.environ.get("WANDB_API_KEY"):
@@ -69,7 +74,7 @@ class RunLogger:
     def log(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
+        record = {"step": step, **clean_row(metrics)}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:

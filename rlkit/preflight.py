@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from rlkit.config import EMBEDDED_MODEL, Config, to_dict, world_size
-from rlkit.data import read_data
+from rlkit.data import fingerprint, read_data
 from rlkit.errors import CheckpointError, UserError
-from rlkit.trainers.checkpoint import load_trainer_state, resolve_resume
+from rlkit.trainers.checkpoint import STEP_DIR, list_checkpoints, load_trainer_state, resolve_resume
 
 # changes the checkpoint cannot follow: key -> why
 BREAKING = {
@@ -34,8 +34,9 @@ STAGE_LISTS = ("prompt_transforms", "sample_transforms", "filter", "shaping", "t
 # changes that are allowed but have no effect on a resumed run
 NO_EFFECT = {"train.seed": "the data order and the random states continue from the checkpoint",
              "data.shuffle": "the data order continues from the checkpoint"}
-# run-directory entries that mark an rlkit run (what --overwrite agrees to delete)
-RUN_MARKERS = ("config.json", "metrics.jsonl", "checkpoints", "run.json")
+# run-directory entries that mark an rlkit run (what --overwrite agrees to delete); a model directory's
+# config.json alone is not one
+RUN_MARKERS = ("run.json", "metrics.jsonl", "checkpoints")
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Preflight:
     resume_path: Path | None = None
     overwrite: bool = False  # clear the run directory before writing (main process, in set-up)
     rows: tuple[list[dict], list[dict]] = ((), ())  # train rows, held-out rows (rlkit.data.read_data)
+    data_fingerprint: str = ""  # of the train rows, saved in checkpoints and compared on resume
     notices: list[str] = field(default_factory=list)  # console lines (resume: what changed, starting fresh)
 
 
@@ -54,26 +56,44 @@ def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *
     """Check the run directory, resume checkpoint, model and data of ``cfg``; raise UserError on a mistake."""
     run_dir = Path(cfg.output_dir)
     out = Preflight(run_dir, run_id=uuid.uuid4().hex[:12])
+    out.rows = read_data(cfg.data)
+    out.data_fingerprint = fingerprint(out.rows[0])
     if train:
         if resume and overwrite:
             raise CheckpointError("--resume and --overwrite contradict each other: --resume continues the run in "
                                   f"{run_dir}, --overwrite deletes it; give one")
         out.resume_path = resolve_resume(resume, run_dir)
         if resume == "auto" and out.resume_path is None:
-            out.notices.append(f"--resume auto: no complete checkpoint in {run_dir / 'checkpoints'}; starting fresh")
+            out.notices.append(f"--resume auto: no complete checkpoint in {run_dir / 'checkpoints'}; starting fresh "
+                               "(rows an earlier attempt logged are replaced)")
         if not resume:
             out.overwrite = check_output_dir(run_dir, overwrite)
         if out.resume_path is not None:
-            if not (out.resume_path / "trainer").is_dir():
-                raise CheckpointError(f"--resume {out.resume_path}: written by an older rlkit that stored its training "
-                                      "state as pickles (accelerate/), which rlkit no longer loads; start a new run "
-                                      "(the weights in policy/ load as an ordinary model: model.name_or_path)")
+            _check_resume_target(out.resume_path, run_dir)
             state = load_trainer_state(out.resume_path)
             out.run_id = state.get("run_id") or out.run_id
-            out.notices += compare_to_checkpoint(cfg, out.resume_path, state)
+            out.notices += compare_to_checkpoint(cfg, out.resume_path, state, out.data_fingerprint)
     check_model(cfg.model.name_or_path)
-    out.rows = read_data(cfg.data)
     return out
+
+
+def _check_resume_target(path: Path, run_dir: Path) -> None:
+    """An explicit checkpoint: from this run, no later checkpoint may remain (the runs would mix); from
+    elsewhere, output_dir must be empty."""
+    if not (path / "trainer").is_dir():
+        raise CheckpointError(f"--resume {path}: written by an older rlkit that stored its training state as "
+                              "pickles (accelerate/), which rlkit no longer loads; start a new run (the weights in "
+                              "policy/ load as an ordinary model: model.name_or_path)")
+    root = (run_dir / "checkpoints").resolve()
+    if path.resolve().parent != root:
+        check_output_dir(run_dir, overwrite=False)
+        return
+    step = int(STEP_DIR.match(path.name).group(1)) if STEP_DIR.match(path.name) else -1
+    later = [p.name for p in list_checkpoints(run_dir) if int(STEP_DIR.match(p.name).group(1)) > step]
+    if later:
+        raise CheckpointError(f"--resume {path}: {run_dir} has later checkpoints ({', '.join(later)}); continuing "
+                              "from an earlier one would mix two runs in one directory. Delete the later ones to "
+                              "rewind, or resume into another output_dir")
 
 
 def check_output_dir(run_dir: Path, overwrite: bool) -> bool:
@@ -107,8 +127,8 @@ def check_model(name: str) -> None:
         if not (path / "config.json").is_file():
             raise UserError(f"model.name_or_path {name}: the directory has no config.json (not a Hugging Face model)")
         return
-    if name.startswith(("/", ".", "~")) or name.count("/") != 1:
-        raise UserError(f"model.name_or_path {name!r}: no such directory, and not a Hub id of the form org/name")
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise UserError(f"model.name_or_path {name!r}: no such directory, and not a Hub id (org/name or name)")
     try:
         from huggingface_hub import hf_hub_download
 
@@ -133,8 +153,13 @@ def _stage_names(value: Any) -> list[str]:
     return [item.get("name") if isinstance(item, dict) else str(item) for item in items]
 
 
-def compare_to_checkpoint(cfg: Config, path: Path, state: dict) -> list[str]:
+def compare_to_checkpoint(cfg: Config, path: Path, state: dict, data_fingerprint: str = "") -> list[str]:
     """Refuse the config changes the checkpoint cannot follow; return a console line for every other change."""
+    saved_data = state.get("data") or {}
+    if data_fingerprint and saved_data.get("fingerprint") not in (None, data_fingerprint):
+        raise CheckpointError(f"--resume {path}: the training rows differ from the ones the checkpoint was trained on "
+                              f"({saved_data.get('train_rows')} rows then; data.train, its held-out slice or its "
+                              "columns changed), so its data position would point into other data. Start a new run")
     saved = state.get("config")
     if not isinstance(saved, dict):
         return [f"resume: {path} records no config; changes since it was written cannot be checked"]

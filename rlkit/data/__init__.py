@@ -9,6 +9,7 @@ Bad input fails with the file, the line and the key.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import random
@@ -43,6 +44,8 @@ def resolve_source(spec: str) -> Path:
     path = Path(spec)
     if not path.exists():
         raise DataError(f"data file not found: {spec}")
+    if not path.is_file():
+        raise DataError(f"data path {spec} is not a file (give a .jsonl or .parquet file)")
     return path
 
 
@@ -176,6 +179,14 @@ def read_data(data_cfg) -> tuple[list[dict], list[dict]]:
             raise DataError(f"{data_cfg.train}: no training rows left after holding out rows [{lo}, {hi}) for "
                             "evaluation (lower data.eval_size or use another data.eval)")
     return train_rows, held_out
+
+
+def fingerprint(rows: list[dict]) -> str:
+    """A short hash of the rows' questions and answers, in order: which data a checkpoint's position is for."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps([row["question"], str(row.get("answer"))]).encode())
+    return digest.hexdigest()[:16]
 
 
 def load_prompt_sets(data_cfg, tokenizer, rows: tuple[list[dict], list[dict]] | None = None

@@ -57,11 +57,13 @@ class MathCorrect:
     priority), else from the last expression. GSM8K golds (``#### N``) are reduced to N first.
     Samples are verified in a shared pool of worker processes (rlkit.rewards.pool): a sample that takes
     longer than ``sample_timeout`` seconds has its worker killed and raises a SampleTimeout naming the
-    sample, which the term's ``on_error`` handles (raise: stop the run; none: mask the sample).
+    sample, which the term's ``on_error`` handles (raise: stop the run; none: mask the sample). That per-sample
+    limit replaces the term's whole-batch ``timeout``, which would otherwise have to grow with the batch.
     ``workers``: pool size (0 = min(4, CPU count)).
     """
 
     correctness = True  # also when named by import path (rlkit.rewards.builtin:math_correct)
+    handles_timeouts = True  # per-sample deadlines in the pool: the term's whole-batch `timeout` is not applied
 
     def __init__(self, sample_timeout: float = 10.0, workers: int = 0):
         if sample_timeout < 0 or workers < 0:

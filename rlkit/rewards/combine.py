@@ -213,8 +213,11 @@ class RewardSet:
             taken.add(label)
             entry = registry.resolve("reward", term.name, factory=term.factory)
             is_verifier = term.correctness or bool(entry.flag("correctness", False))
-            built.append(Term(label, float(term.weight), registry.build(entry, term.kwargs), term.format, is_verifier,
-                              float(term.timeout), term.on_error))
+            fn = registry.build(entry, term.kwargs)
+            # a reward that bounds its own time per sample (math_correct's process pool) runs without the
+            # thread watchdog, whose whole-batch limit would otherwise grow with the batch
+            timeout = 0.0 if getattr(fn, "handles_timeouts", False) else float(term.timeout)
+            built.append(Term(label, float(term.weight), fn, term.format, is_verifier, timeout, term.on_error))
         return cls(built)
 
     @property
@@ -298,6 +301,9 @@ def _raise_located(term: Term, batch: _Batch, e: Exception) -> None:
     if term.format == "text" and isinstance(err, TypeError) and "indices must be integers" in str(err):
         hint = ("; it reads completions as chat messages: set `format: conversational` on this reward "
                 "term (TRL's conversational rewards)")
+    elif "signal only works in main thread" in str(err) or "threaded environment" in str(err):
+        hint = ("; the reward sets its own signal-based timeout, which needs the main thread: set `timeout: 0` on "
+                "this reward term (it is then called inline, without rlkit's watchdog)")
     elif idx is None and isinstance(err, RewardTimeout):
         hint = (f" on a batch of {len(batch)} samples, though no single sample times out alone: the batch is too "
                 "slow for this term's `timeout` (raise it, or 0 for no limit)")

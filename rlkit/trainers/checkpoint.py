@@ -11,7 +11,7 @@ Layout of ``RUN_DIR/checkpoints/step_000012/``::
 
 Every file and directory is fsynced before the rename that publishes the checkpoint, and the parent after it.
 ``find_latest`` only returns directories with ``COMPLETE``; stray ``*.tmp-*`` directories from a killed
-run are ignored and removed by the next save.
+run (and a ``*.old`` left by a kill while re-saving a step) are ignored and removed by the next save.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp-{trainer_state.get('run_id', 'run')}"
     if accelerator.is_main_process:
-        for stale in root.glob("*.tmp-*") if root.exists() else []:
+        for stale in [*root.glob("*.tmp-*"), *root.glob("*.old")] if root.exists() else []:
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()

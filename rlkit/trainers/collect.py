@@ -59,21 +59,14 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
     for term in run.rewards.terms:  # every rank reports the series, so the sum over ranks lines up
         if term.on_error == "none":
             batch.metrics.setdefault(f"reward/{term.label}/errors", 0)
-    values, error = None, None
+    values = None
     if samples:
         keys = sorted({k for p in prompts for k in p.columns})
         columns = {k: [prompts[s.group_id].columns.get(k) for s in samples] for k in keys}
-        try:
-            values = run.rewards([prompts[s.group_id].text for s in samples], [s.text for s in samples],
-                                 [s.completion_ids for s in samples], columns,
-                                 finish_reason=[s.finish_reason for s in samples],
-                                 num_tokens=[s.num_tokens for s in samples], step=step)
-        except RewardError as e:
-            error = e
-    if idx is None and run.acc.num_processes > 1:  # every rank scores here: all stop together, none hangs
-        _raise_together(run.acc, error)
-    if error is not None:
-        raise error
+        values = run.rewards([prompts[s.group_id].text for s in samples], [s.text for s in samples],
+                             [s.completion_ids for s in samples], columns,
+                             finish_reason=[s.finish_reason for s in samples],
+                             num_tokens=[s.num_tokens for s in samples], step=step)
     if values is None:  # a rank with no share (e.g. fewer monitor prompts than ranks)
         if idx is None:
             batch.rewards, batch.terms = torch.zeros(0), {t.label: torch.zeros(0) for t in run.rewards.terms}
@@ -90,14 +83,23 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
     batch.correct = batch.terms[label] if label else torch.full_like(batch.rewards, float("nan"))
 
 
-def _raise_together(acc, error: Exception | None) -> None:
-    """A reward error on one process stops every process with its message (the others would otherwise wait
-    in the step's next collective until the backend's timeout)."""
-    messages = dist.gather_objects(acc, None if error is None else str(error))
-    failed = [(rank, m) for rank, m in enumerate(messages) if m]
-    if failed and error is None:
-        rank, message = failed[0]
-        raise RewardError(f"{message} (on process {rank})")
+@contextlib.contextmanager
+def rewards_together(acc):
+    """Around work that every process does at the same point (scoring a round with its sample transforms, a
+    monitor's scoring): a reward error on one process stops every process with its message, instead of the
+    others waiting in the step's next collective until the backend's timeout."""
+    error = None
+    try:
+        yield
+    except RewardError as e:
+        error = e
+    if acc.num_processes > 1:
+        failed = [(rank, m) for rank, m in enumerate(dist.gather_objects(acc, error and str(error))) if m]
+        if failed and error is None:
+            rank, message = failed[0]
+            raise RewardError(f"{message} (on process {rank})")
+    if error is not None:
+        raise error
 
 
 def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:
@@ -116,7 +118,7 @@ def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:
     with timed(run.timers, "rollout"):
         batch = run.rollout(prompts, sampling_spec(cfg, cfg.rollout.group_size, seed), step)
     batch.metrics = metrics = {**metrics, **batch.metrics}
-    with timed(run.timers, "reward"):
+    with timed(run.timers, "reward"), rewards_together(acc):
         score(run, batch, step=step)
         for name, transform in stages.sample_transforms:
             metrics.update(prefixed(f"transforms/{name}", transform(batch, ctx)))
@@ -200,7 +202,8 @@ def refresh_monitors(run, step: int) -> dict:
             samples = run.engine.generate([p.ids for p in prompts],
                                           sampling_spec(cfg, k, cfg.train.seed * 7919 + step * 31 + rank, False))
             batch = StepBatch(prompts, samples)
-            score(run, batch, step=step)
+            with rewards_together(acc):
+                score(run, batch, step=step)
             sizes, _, group_offset = _offsets(acc, batch)
             gathered = [dist.gather_var(acc, t, sizes)
                         for t in (batch.lengths, batch.correct, batch.group_ids + group_offset)]

@@ -27,6 +27,15 @@ def gather_objects(acc, obj) -> list:
     return gather_object([obj])
 
 
+def broadcast_object(acc, obj):
+    """Rank 0's picklable ``obj`` on every rank."""
+    if acc.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
 def rank_sizes(acc, n: int) -> list[int]:
     """Every rank's count ``n``, in rank order."""
     if acc.num_processes == 1:

@@ -3,6 +3,7 @@ state that makes a resumed run continue exactly."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -11,10 +12,11 @@ from typing import Any
 
 import torch
 
-from rlkit.config import Config, save_config, to_dict
+from rlkit.config import Config, ConfigError, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
 from rlkit.errors import CheckpointError
-from rlkit.logging import RunLogger
+from rlkit.files import atomic_write_text
+from rlkit.logging import RunLogger, clean_row
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
 from rlkit.preflight import Preflight, preflight
 from rlkit.rewards import RewardSet
@@ -50,10 +52,20 @@ class Run:
     logger: RunLogger
     mbs: MicroBatching
     run_id: str = ""  # kept across resumes; names the wandb run and the checkpoints' temporary directories
+    data_fingerprint: str = ""  # of the training rows (rlkit.data.fingerprint), compared on resume
     start_step: int = 0
     before: dict = field(default_factory=dict)  # held-out results before training (restored on resume)
     after: dict = field(default_factory=dict)  # held-out results after the last step (in the final checkpoint)
     timers: dict = field(default_factory=dict)  # seconds per phase of the current step
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("rlkit")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _setup_accelerator(cfg: Config):
@@ -106,13 +118,16 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
     checked = checked or preflight(cfg, resume, overwrite)
     acc, dtype = _setup_accelerator(cfg)
     if cfg.rollout.prompts_per_step % acc.num_processes:
-        raise CheckpointError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) is the global batch and "
-                              f"must divide by the {acc.num_processes} processes")
+        raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) is the global batch and "
+                          f"must divide by the {acc.num_processes} processes")
+    acc.wait_for_everyone()  # every process has checked the run directory before the first one writes to it
+    run_id = dist.broadcast_object(acc, checked.run_id)  # one id: one temporary directory per checkpoint
     run_dir = checked.run_dir
     if acc.is_main_process:
         if checked.overwrite:
             _clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "rlkit": _version()}) + "\n")
         save_config(cfg, run_dir / "config.json")
         resolve_model_path(cfg.model.name_or_path)  # converts the embedded model once; other ranks find it cached
     acc.wait_for_everyone()
@@ -138,8 +153,9 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
         sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name,
-                         run_id=checked.run_id),
-        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model)), run_id=checked.run_id)
+                         run_id=run_id),
+        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model)), run_id=run_id,
+        data_fingerprint=checked.data_fingerprint)
     for line in checked.notices:
         run.logger.console(line)
     if train_set.skipped_long:
@@ -155,8 +171,9 @@ def save(run: Run, step: int, row: dict) -> None:
     state = {"step": step, "run_id": run.run_id, "policy_version": run.engine.version,
              "sampler": run.sampler.state_dict(), "stages": run.stages.state_dict(),
              "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()), "eval_before": run.before,
-             "eval_after": run.after, "world_size": run.acc.num_processes, "metrics_row": row,
-             "config": to_dict(run.cfg)}
+             "eval_after": run.after, "world_size": run.acc.num_processes, "metrics_row": clean_row(row),
+             "config": to_dict(run.cfg),
+             "data": {"train_rows": run.sampler.size, "fingerprint": run.data_fingerprint}}
     ckpt.save_checkpoint(run.run_dir, step, run.acc, run.prepared, run.tokenizer, run.optimizer, run.scheduler,
                          state, run.cfg.checkpoint.keep_last)
 
@@ -180,7 +197,7 @@ def restore(run: Run, path: Path) -> dict | None:
         run.logger.console(line)
     _apply_optim_config(run.cfg, run.optimizer, run.scheduler)
     run.start_step, run.before = state["step"], state.get("eval_before") or {}
-    run.after = state.get("eval_after") or {}
+    run.after = (state.get("eval_after") or {}) if state["step"] >= run.cfg.train.steps else {}
     run.sampler.load_state_dict(state["sampler"])
     run.stages.load_state_dict(state["stages"])
     rollout_states = state.get("rollout") or []

@@ -110,3 +110,33 @@ def test_a_reward_error_on_one_process_stops_every_process(tiny_model_dir, tmp_p
     line = "rlkit: error: reward 'fails_on_process_one' raised ValueError: judge server unreachable at step 1, sample 0"
     assert proc.stderr.count(line) == 2, proc.stderr[-3000:]
     assert proc.stderr.count("(on process 1)") == 1, proc.stderr[-3000:]
+
+
+def test_two_process_run_killed_and_resumed_is_exact(tiny_model_dir, tmp_path, monkeypatch):
+    """Both processes save their random state into the one published checkpoint (one run id, one temporary
+    directory), and a 2-process run killed after step 3's row resumes from step 2 to the uninterrupted result."""
+    from safetensors.torch import load_file
+
+    def train(out, *extra):
+        return _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={out}",
+                         "--rollout.engine=hf", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=12",
+                         "--data.eval_size=2", "--train.eval_before=false", "--train.steps=4", "--checkpoint.every=2",
+                         "--logging.progress=false", "--rewards=[{name: 'helpers:digit_fraction'}]", *extra,
+                         cwd=tmp_path, extra_path=str(HERE.parent / "integration"))
+
+    proc = train(tmp_path / "reference")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = tmp_path / "reference" / "checkpoints" / "step_000004"
+    assert {"rng_0.json", "rng_1.json"} <= {p.name for p in (ck / "trainer").iterdir()}
+    assert sorted(p.name for p in ck.parent.iterdir()) == ["step_000002", "step_000004"]  # no stray .tmp-*
+    monkeypatch.setenv("RLKIT_FAILPOINTS", "log@3")
+    assert train(tmp_path / "killed").returncode != 0
+    monkeypatch.delenv("RLKIT_FAILPOINTS")
+    proc = train(tmp_path / "killed", "--resume=auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no random state" not in proc.stdout
+    want, got = (load_file(str(tmp_path / r / "checkpoints" / "step_000004" / "trainer" / "model.safetensors"))
+                 for r in ("reference", "killed"))
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

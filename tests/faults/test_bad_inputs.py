@@ -35,4 +35,4 @@ def test_bad_input_fails_in_one_line(case, tmp_path, request):
         assert len(lines) == 1, proc.stderr
         assert not out.exists()
     if case.get("keep_output_dir"):
-        assert sorted(p.name for p in (HERE / "runs" / "nonempty").iterdir()) == ["config.json"]
+        assert sorted(p.name for p in (HERE / "rundirs" / "nonempty").iterdir()) == ["config.json"]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -88,4 +89,27 @@ def test_vllm_run_killed_while_publishing_a_checkpoint_resumes_exactly(tiny_mode
     proc = _train(tiny_model_dir, run, "--resume=auto", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout and "at step 3" in proc.stdout
+    _assert_same_run(run, reference)
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("lora", ["--model.lora.enabled=true", "--model.lora.r=4", "--algorithm.kl_coef=0.05"]),
+    ("segments", ["--rollout.segments=2", "--rollout.max_new_tokens=24"]),
+    ("predictive", ["--filter={name: predictive_sampling, kwargs: {metric: reward}}", "--shaping=[]"]),
+])
+def test_killed_and_resumed_runs_are_exact_with_lora_segments_and_oversampling(tiny_model_dir, tmp_path, name, extra):
+    """The kill lands after step 2's row: step 3 and 4 are redone from the step-2 checkpoint (LoRA adapters with
+    the adapters-off reference, segment pools carried across steps, the oversampler's history)."""
+    reference = tmp_path / "reference"
+    proc = _train(tiny_model_dir, reference, "--rollout.engine=hf", "--checkpoint.every=2", *extra, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "killed"
+    proc = _train(tiny_model_dir, run, "--rollout.engine=hf", "--checkpoint.every=2", *extra, failpoint="log@3",
+                  cwd=tmp_path)
+    assert proc.returncode == -signal.SIGKILL
+    assert _metric_steps(run) == [0, 1, 2, 3]  # step 3's row, written after the step-2 checkpoint
+    proc = _train(tiny_model_dir, run, "--rollout.engine=hf", "--checkpoint.every=2", "--resume=auto", *extra,
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "at step 2" in proc.stdout
     _assert_same_run(run, reference)

