@@ -154,6 +154,8 @@ class WorkerPool:
         results: list[Any] = [None] * len(items)
         failed: dict[int, BaseException] = {}
         pending = deque(range(len(items)))
+        self._deaths: dict[int | None, int] = {}  # item (None: start-up) -> workers that died on it
+        self._pending = pending
         while pending or any(w.task is not None for w in self._workers):
             while pending:
                 idle = next((w for w in self._workers if w.ready and w.task is None), None)
@@ -204,12 +206,17 @@ class WorkerPool:
             status, value, tb = w.conn.recv()
         except (EOFError, OSError):
             w.proc.join(1)  # the pipe closes a moment before the exit status is there
-            code = w.proc.exitcode
-            if w.task is None:
-                self._replace(w)
-                raise RuntimeError(f"a reward worker exited while starting (exit code {code})") from None
-            failed[w.task] = WorkerDied(f"the reward worker exited while scoring this sample (exit code {code})")
+            code, task = w.proc.exitcode, w.task
             self._replace(w)
+            # one death may be the worker's own bad luck (killed from outside, while idle or starting): the
+            # sample (or the start) gets a fresh worker once; a second death is the sample's (or warm-up's) fault
+            deaths = self._deaths[task] = self._deaths.get(task, 0) + 1
+            if task is None and deaths > 1:
+                raise RuntimeError(f"reward workers exit while starting (exit code {code})") from None
+            if task is not None and deaths > 1:
+                failed[task] = WorkerDied(f"the reward worker exited while scoring this sample (exit code {code})")
+            elif task is not None:
+                self._pending.appendleft(task)
             return
         if not w.ready:  # the start-up message
             if status == "error":

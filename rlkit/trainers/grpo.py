@@ -141,6 +141,9 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
         run.logger.console(eval_table({"before": run.before, "after": after}, len(run.eval_set.prompts),
                                       cfg.data.eval))
     run.logger.finish()
+    if acc.num_processes > 1:  # tear the process group down before exit (gloo's threads may abort at exit);
+        acc.wait_for_everyone()  # one process has none of its own (vLLM's in-process group stays)
+        acc.end_training()
     return RunResult(run.run_dir, cfg.train.steps, run.before, after, metrics)
 
 

@@ -66,6 +66,7 @@ def main(out: str) -> None:
         with open(out, "w") as f:
             json.dump(result, f)
     acc.wait_for_everyone()
+    acc.end_training()  # tear the process group down before the interpreter exits
 
 
 if __name__ == "__main__":

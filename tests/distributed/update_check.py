@@ -36,6 +36,7 @@ def main(model_dir: str, aggregation: str, out: str) -> None:
     if acc.is_main_process:
         torch.save({k: v.detach().clone() for k, v in acc.unwrap_model(prepared).state_dict().items()}, out)
     acc.wait_for_everyone()
+    acc.end_training()  # tear the process group down before the interpreter exits
 
 
 if __name__ == "__main__":
