@@ -1,0 +1,138 @@
+"""Ulysses sequence parallelism over packed rows (issue 12, first slice: the attention exchange and sharding).
+
+A packed row (rlkit.kernels.packing) of T tokens is padded to a multiple of the SP degree P and cut into P
+contiguous shards; rank r of the SP group runs the whole model on shard r. Everything but attention is
+per-token (embeddings, norms, MLP, rotary with the global ``position_ids``, the LM head), so only attention
+needs the other shards: it exchanges heads for sequence with an all-to-all (each rank then holds the full
+row for H/P heads), runs rlkit's exact per-sequence attention with the row's global ``cu_seqlens``, and
+exchanges back (DeepSpeed-Ulysses, Jacobs et al. 2023; ALST, arXiv 2506.13996). The backward of each
+all-to-all is the opposite all-to-all, so gradients are exact; parameter gradients are summed over the SP
+group like a data-parallel all-reduce.
+
+Grouped KV heads: when the KV head count divides by P, KV heads are split like query heads (query head block
+r uses KV head block r); otherwise KV heads are repeated up to the query head count first.
+
+Why our own and not DeepSpeed's ``UlyssesSPAttentionHF``: it needs DeepSpeed installed and initialised (not
+installable on the GPU machines this project is lent), and it shards a batch of equal-length rows, while RL
+trains packed rows whose sequence boundaries (``cu_seqlens``) must reach the attention kernel; here the
+exchange is ~60 lines around the existing varlen kernel.
+
+Switched on at set-up (``enable(group)``; DESIGN rule 8), not threaded through forward: a model loaded with
+``attn_implementation="rlkit_ulysses"`` runs plain varlen attention while no group is enabled.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from rlkit.kernels import attention as varlen
+
+NAME = "rlkit_ulysses"
+_group: dist.ProcessGroup | None = None
+_registered = False
+
+
+def enable(group: dist.ProcessGroup | None) -> None:
+    """Run attention sequence-parallel over ``group`` from now on (None: off)."""
+    global _group
+    _group = group
+
+
+def degree() -> int:
+    return dist.get_world_size(_group) if _group is not None else 1
+
+
+def shard_bounds(total: int, sp: int, rank: int) -> tuple[int, int]:
+    """[start, end) of rank's shard of a row of ``total`` tokens padded to a multiple of ``sp``."""
+    size = -(-total // sp)
+    return rank * size, (rank + 1) * size
+
+
+def shard_row(row: torch.Tensor, sp: int, rank: int, pad: int = 0) -> torch.Tensor:
+    """Rank's shard of a ``[1, T]`` row (input ids, position ids, labels), padded at the end with ``pad``."""
+    start, end = shard_bounds(row.shape[1], sp, rank)
+    padded = F.pad(row, (0, sp * (end - start) - row.shape[1]), value=pad)
+    return padded[:, start:end]
+
+
+class _SeqToHeads(torch.autograd.Function):
+    """[S, H, D] (this rank's sequence shard, all heads) -> [P*S, H/P, D] (whole row, this rank's heads)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return _seq_to_heads(x, group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _heads_to_seq(grad.contiguous(), ctx.group), None
+
+
+class _HeadsToSeq(torch.autograd.Function):
+    """The inverse exchange: [P*S, H/P, D] -> [S, H, D]."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return _heads_to_seq(x, group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _seq_to_heads(grad.contiguous(), ctx.group), None
+
+
+def _seq_to_heads(x: torch.Tensor, group) -> torch.Tensor:
+    sp = dist.get_world_size(group)
+    s, h, d = x.shape
+    send = x.reshape(s, sp, h // sp, d).transpose(0, 1).contiguous()  # chunk j: my shard, head block j
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)  # chunk i: shard i, my head block
+    return recv.reshape(sp * s, h // sp, d)
+
+
+def _heads_to_seq(x: torch.Tensor, group) -> torch.Tensor:
+    sp = dist.get_world_size(group)
+    t, hp, d = x.shape
+    send = x.reshape(sp, t // sp, hp, d).contiguous()  # chunk i: shard i, my head block
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)  # chunk j: my shard, head block j
+    return recv.transpose(0, 1).reshape(t // sp, sp * hp, d)
+
+
+def ulysses_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                      cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
+    """transformers attention-interface signature. query ``[1, H, S, D]`` and key/value ``[1, Hkv, S, D]`` are
+    this rank's shard; ``cu_seq_lens_q`` are the boundaries of the whole (unpadded) row. Returns
+    ``([1, S, H, D], None)``."""
+    if _group is None or cu_seq_lens_q is None:
+        return varlen.varlen_attention(module, query, key, value, attention_mask, dropout, scaling,
+                                       cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, **kwargs)
+    sp = dist.get_world_size(_group)
+    h, hkv = query.shape[1], key.shape[1]
+    if h % sp:
+        raise ValueError(f"sequence parallelism over {sp} ranks needs the attention head count ({h}) to divide "
+                         f"by {sp}")
+    if hkv % sp:  # too few KV heads to split: give every query head its own copy
+        key, value = (x.repeat_interleave(h // hkv, dim=1) for x in (key, value))
+    q, k, v = (_SeqToHeads.apply(x[0].transpose(0, 1).contiguous(), _group) for x in (query, key, value))
+    total = int(cu_seq_lens_q[-1])
+    q, k, v = (x[:total].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, H/P, T, D], padding dropped
+    out, _ = varlen.varlen_attention(module, q, k, v, None, dropout, scaling, cu_seq_lens_q, cu_seq_lens_k,
+                                     max_length_q, max_length_k)
+    out = F.pad(out[0], (0, 0, 0, 0, 0, sp * query.shape[2] - total))  # [P*S, H/P, D]: padding back
+    return _HeadsToSeq.apply(out.contiguous(), _group).unsqueeze(0), None
+
+
+def register() -> str:
+    """Register ``rlkit_ulysses`` with transformers (idempotent); returns the name."""
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface
+
+        AttentionInterface.register(NAME, ulysses_attention)
+        AttentionMaskInterface.register(NAME, varlen._mask)
+        _registered = True
+    return NAME
