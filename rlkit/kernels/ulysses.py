@@ -57,30 +57,18 @@ def shard_row(row: torch.Tensor, sp: int, rank: int, pad: int = 0) -> torch.Tens
     return padded[:, start:end]
 
 
-class _SeqToHeads(torch.autograd.Function):
-    """[S, H, D] (this rank's sequence shard, all heads) -> [P*S, H/P, D] (whole row, this rank's heads)."""
+class _Exchange(torch.autograd.Function):
+    """One all-to-all with the opposite one as its backward. ``to_heads``: [S, H, D] (this rank's sequence
+    shard, all heads) -> [P*S, H/P, D] (the whole row, this rank's heads); otherwise the inverse."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        return _seq_to_heads(x, group)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _heads_to_seq(grad.contiguous(), ctx.group), None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    """The inverse exchange: [P*S, H/P, D] -> [S, H, D]."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        return _heads_to_seq(x, group)
+    def forward(ctx, x: torch.Tensor, group, to_heads: bool) -> torch.Tensor:
+        ctx.group, ctx.to_heads = group, to_heads
+        return (_seq_to_heads if to_heads else _heads_to_seq)(x, group)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _seq_to_heads(grad.contiguous(), ctx.group), None
+        return (_heads_to_seq if ctx.to_heads else _seq_to_heads)(grad.contiguous(), ctx.group), None, None
 
 
 def _seq_to_heads(x: torch.Tensor, group) -> torch.Tensor:
@@ -116,13 +104,13 @@ def ulysses_attention(module, query, key, value, attention_mask, dropout: float 
                          f"by {sp}")
     if hkv % sp:  # too few KV heads to split: give every query head its own copy
         key, value = (x.repeat_interleave(h // hkv, dim=1) for x in (key, value))
-    q, k, v = (_SeqToHeads.apply(x[0].transpose(0, 1).contiguous(), _group) for x in (query, key, value))
+    q, k, v = (_Exchange.apply(x[0].transpose(0, 1).contiguous(), _group, True) for x in (query, key, value))
     total = int(cu_seq_lens_q[-1])
     q, k, v = (x[:total].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, H/P, T, D], padding dropped
     out, _ = varlen.varlen_attention(module, q, k, v, None, dropout, scaling, cu_seq_lens_q, cu_seq_lens_k,
                                      max_length_q, max_length_k)
     out = F.pad(out[0], (0, 0, 0, 0, 0, sp * query.shape[2] - total))  # [P*S, H/P, D]: padding back
-    return _HeadsToSeq.apply(out.contiguous(), _group).unsqueeze(0), None
+    return _Exchange.apply(out.contiguous(), _group, False).unsqueeze(0), None
 
 
 def register() -> str:
