@@ -3,6 +3,7 @@ Rank 0 writes what it saw to the JSON file given on the command line."""
 
 import json
 import math
+import os
 import sys
 from types import SimpleNamespace
 
@@ -66,8 +67,13 @@ def main(out: str) -> None:
         with open(out, "w") as f:
             json.dump(result, f)
     acc.wait_for_everyone()
-    acc.end_training()  # tear the process group down before the interpreter exits
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # leave without interpreter teardown: the results are written and every rank is past the barrier, and
+    # gloo's threads can abort the process while being torn down ("terminate called without an active
+    # exception", seen intermittently on the 2-core CI machine), which would fail a finished check
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
