@@ -143,10 +143,10 @@ def _run(args: argparse.Namespace, types: dict) -> int:
 
         train(cfg, resume=args.resume, checked=checked)
         return 0
-    preflight(cfg, train=False)
+    checked = preflight(cfg, train=False)
     from rlkit.trainers.evaluate import evaluate_model
 
-    evaluate_model(cfg)
+    evaluate_model(cfg, rows=checked.rows)
     return 0
 
 

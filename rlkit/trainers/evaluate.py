@@ -72,15 +72,16 @@ def eval_table(columns: dict[str, dict], n: int, source: str) -> str:
     return f"\nHeld-out evaluation on {n} prompts of {source}:\n" + format_table(["metric", *columns], rows)
 
 
-def evaluate_model(cfg) -> dict:
-    """`rlkit eval`: score ``model.name_or_path`` on the held-out slice and print the table."""
+def evaluate_model(cfg, rows: tuple[list[dict], list[dict]] | None = None) -> dict:
+    """`rlkit eval`: score ``model.name_or_path`` on the held-out slice and print the table (``rows``: the
+    data preflight already read and checked, else read now)."""
     from rlkit.data import load_prompt_sets
     from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
     from rlkit.rollout.factory import make_engine
 
     path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(path)
-    _, eval_set = load_prompt_sets(cfg.data, tokenizer)
+    _, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=rows)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy = load_policy(path, pick_dtype(cfg.model.dtype, device)).to(device) if cfg.rollout.engine == "hf" else None
     engine = make_engine(cfg, path, policy=policy, tokenizer=tokenizer, device=device,
