@@ -71,7 +71,7 @@ def main() -> None:
     real = sum(len(s.prompt_ids) + s.num_tokens for s in samples)
     modes = {"padded": MicroBatching(packing=False, micro_batch_size=args.rows),
              "packed": MicroBatching(packing=True, micro_batch_tokens=args.budget, cost_b=1 / (6 * args.hidden))}
-    padded_tokens = sum(len(mb) * max(len(samples[i].prompt_ids) + samples[i].num_tokens for i in mb)
+    padded_tokens = sum(len(mb.idx) * max(len(samples[i].prompt_ids) + samples[i].num_tokens for i in mb.idx)
                         for mb in plan_rank([[i] for i in range(len(samples))], samples, modes["padded"], acc))
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)  # lr 0: every repeat does identical work
     times: dict[str, list[float]] = {m: [] for m in modes}

@@ -186,11 +186,26 @@ class OptimConfig:
         check=">=1")
     micro_batch_size: int = opt(8, "sequences per padded micro-batch (used when packing is false)",
         check=">=1")
-    balance_ranks: bool = opt(True, "redistribute samples across data-parallel ranks to balance a*L + b*L^2")
+    balance_ranks: bool = opt(True, "redistribute samples across data-parallel ranks to balance a*L + b*L^2 "
+        "(with parallel.sp_size > 1 always on: each SP group trains one share)")
     attention_cost: float = opt(-1.0, "b/a of the balancing cost model a*L + b*L^2 (-1: 1 / (6 x hidden size))",
         check="-1|>=0")
     logprob_chunk: int = opt(512, "rows per chunk of the LM head + log-softmax (peak memory chunk x vocab)",
         check=">=1")
+
+
+@dataclass
+class ParallelConfig:
+    sp_size: int = opt(1, "Ulysses sequence parallelism over groups of N processes (world = data-parallel x N); "
+                       "the attention head count must divide by N", check=">=1")
+    sp_mode: Literal["fixed", "adaptive"] = opt(
+        "fixed", "fixed: every micro-batch sharded over the SP group; adaptive: only micro-batches over "
+        "optim.micro_batch_tokens, the rest run side by side, one per rank (same gradients)")
+    tiled_mlp: Literal["auto", "always", "never"] = opt(
+        "auto", "run the MLPs in sequence tiles with a recomputing backward (ALST TiledMLP); auto = on with "
+        "model.gradient_checkpointing")
+    offload_checkpoints: bool = opt(False, "keep the activations saved for backward (with gradient checkpointing: "
+                                    "the layer inputs) in CPU memory (ALST); no effect on CPU")
 
 
 @dataclass
@@ -237,6 +252,7 @@ class Config:
     token_masks: list = opt(help="token masks (mask_truncated, dmmpt): list of {name, kwargs}", factory=list)
     algorithm: AlgorithmConfig = opt(help="advantage and loss", factory=AlgorithmConfig)
     optim: OptimConfig = opt(help="optimizer", factory=OptimConfig)
+    parallel: ParallelConfig = opt(help="sequence parallelism and long-output memory", factory=ParallelConfig)
     train: TrainConfig = opt(help="loop", factory=TrainConfig)
     checkpoint: CheckpointConfig = opt(help="checkpoints", factory=CheckpointConfig)
     logging: LoggingConfig = opt(help="metrics and dashboards", factory=LoggingConfig)
@@ -502,6 +518,10 @@ def validate(cfg: Config, source: str = "config") -> None:
          f"'rollout.max_model_len' ({r.max_model_len}) is smaller than data.max_prompt_tokens + the longest completion "
          f"({cfg.data.max_prompt_tokens} + {max(r.max_new_tokens, r.eval_max_new_tokens)} = {longest}); raise it or "
          "leave it at 0 (= their sum)")
+    sp = cfg.parallel.sp_size
+    need(world % sp == 0, f"'parallel.sp_size' ({sp}) must divide the {world} processes (world = data-parallel x "
+         "sequence-parallel)")
+    need(sp == 1 or cfg.optim.packing, "'parallel.sp_size' > 1 shards packed rows: set optim.packing to true")
     n_seq = r.group_size * r.prompts_per_step // world
     need(n_seq % a.minibatches == 0, f"'algorithm.minibatches' ({a.minibatches}) must divide the {n_seq} sequences "
          f"each of the {world} process(es) trains on per step")

@@ -190,4 +190,6 @@ class UpdateStats:
     mismatch_tokens: float = 0.0
     masked: dict[str, float] = field(default_factory=dict)  # forward token mask name -> tokens removed
     grad_norms: list[float] = field(default_factory=list)
+    micro_batches: int = 0  # forwards with a gradient (every pass), and those sharded over the SP group
+    sharded: int = 0
 

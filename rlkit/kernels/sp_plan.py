@@ -48,15 +48,12 @@ def plan_group_steps(lengths: Sequence[int], sp: int, budget: int, mode: str = "
     ``fixed``: every micro-batch sharded (packed up to P x budget tokens). ``adaptive``: samples longer than
     the budget are packed into sharded micro-batches; the rest into per-rank micro-batches of at most
     ``budget`` tokens, balanced by cost over the P ranks of each side-by-side step. A sample longer than
-    P x budget cannot be trained and raises ValueError."""
+    P x budget goes alone into a sharded micro-batch (as rlkit.kernels.packing lets an over-budget unit go
+    alone): the budget is a planning target, the device's memory the real limit."""
     if sp < 1 or budget < 1:
         raise ValueError(f"plan_group_steps: sp and budget must be >= 1, got {sp} and {budget}")
     if mode not in ("fixed", "adaptive"):
         raise ValueError(f"plan_group_steps: mode must be fixed or adaptive, got {mode!r}")
-    too_long = [i for i, n in enumerate(lengths) if n > sp * budget]
-    if too_long:
-        raise ValueError(f"sample {too_long[0]} has {lengths[too_long[0]]} tokens, more than {sp} ranks x "
-                         f"{budget} tokens hold; raise the budget or the SP degree")
     long = [i for i, n in enumerate(lengths) if mode == "fixed" or n > budget]
     short = [i for i, n in enumerate(lengths) if mode == "adaptive" and n <= budget]
     steps = [GroupStep(True, (tuple(long[j] for j in mb),))

@@ -17,8 +17,11 @@ installable on the GPU machines this project is lent), and it shards a batch of 
 trains packed rows whose sequence boundaries (``cu_seqlens``) must reach the attention kernel; here the
 exchange is ~60 lines around the existing varlen kernel.
 
-Switched on at set-up (``enable(group)``; DESIGN rule 8), not threaded through forward: a model loaded with
-``attn_implementation="rlkit_ulysses"`` runs plain varlen attention while no group is enabled.
+Switched on at set-up (DESIGN rule 8): the trainer's ``LogprobPolicy`` is given the SP group once and, for a
+micro-batch that is a shard of a row (rlkit.trainers.batch.shard_micro_batch), passes ``sp_group`` with the
+attention keyword arguments (``cu_seq_lens_q`` etc.) that transformers already hands to every attention
+layer, so activation checkpointing's recomputation sees it too. Without ``sp_group`` the attention is plain
+varlen attention: in adaptive mode (rlkit.kernels.sp_plan) short micro-batches run unsharded on the same model.
 """
 
 from __future__ import annotations
@@ -30,18 +33,7 @@ import torch.nn.functional as F
 from rlkit.kernels import attention as varlen
 
 NAME = "rlkit_ulysses"
-_group: dist.ProcessGroup | None = None
 _registered = False
-
-
-def enable(group: dist.ProcessGroup | None) -> None:
-    """Run attention sequence-parallel over ``group`` from now on (None: off)."""
-    global _group
-    _group = group
-
-
-def degree() -> int:
-    return dist.get_world_size(_group) if _group is not None else 1
 
 
 def shard_bounds(total: int, sp: int, rank: int) -> tuple[int, int]:
@@ -89,28 +81,50 @@ def _heads_to_seq(x: torch.Tensor, group) -> torch.Tensor:
     return recv.transpose(0, 1).reshape(t // sp, sp * hp, d)
 
 
+class _SumOverGroup(torch.autograd.Function):
+    """All-reduce (sum) of per-rank partial results whose backward is the identity: every rank of the group then
+    computes the same loss from the same sum, and each sends the loss's gradient only into its own part, so
+    the group's gradients together count every element once."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def sum_over_group(x: torch.Tensor, group) -> torch.Tensor:
+    """Sum of every rank's ``x`` (each element owned by one rank, zero elsewhere), differentiable as above."""
+    return _SumOverGroup.apply(x, group)
+
+
 def ulysses_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                      cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None, **kwargs):
-    """transformers attention-interface signature. query ``[1, H, S, D]`` and key/value ``[1, Hkv, S, D]`` are
-    this rank's shard; ``cu_seq_lens_q`` are the boundaries of the whole (unpadded) row. Returns
-    ``([1, S, H, D], None)``."""
-    if _group is None or cu_seq_lens_q is None:
+                      cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None, max_length_k=None,
+                      sp_group=None, **kwargs):
+    """transformers attention-interface signature. With ``sp_group``: query ``[1, H, S, D]`` and key/value
+    ``[1, Hkv, S, D]`` are this rank's shard and ``cu_seq_lens_q`` are the boundaries of the whole (unpadded)
+    row. Returns ``([1, S, H, D], None)``."""
+    if sp_group is None or cu_seq_lens_q is None:
         return varlen.varlen_attention(module, query, key, value, attention_mask, dropout, scaling,
                                        cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, **kwargs)
-    sp = dist.get_world_size(_group)
+    sp = dist.get_world_size(sp_group)
     h, hkv = query.shape[1], key.shape[1]
     if h % sp:
         raise ValueError(f"sequence parallelism over {sp} ranks needs the attention head count ({h}) to divide "
                          f"by {sp}")
     if hkv % sp:  # too few KV heads to split: give every query head its own copy
         key, value = (x.repeat_interleave(h // hkv, dim=1) for x in (key, value))
-    q, k, v = (_Exchange.apply(x[0].transpose(0, 1).contiguous(), _group, True) for x in (query, key, value))
+    q, k, v = (_Exchange.apply(x[0].transpose(0, 1).contiguous(), sp_group, True) for x in (query, key, value))
     total = int(cu_seq_lens_q[-1])
     q, k, v = (x[:total].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, H/P, T, D], padding dropped
     out, _ = varlen.varlen_attention(module, q, k, v, None, dropout, scaling, cu_seq_lens_q, cu_seq_lens_k,
                                      max_length_q, max_length_k)
     out = F.pad(out[0], (0, 0, 0, 0, 0, sp * query.shape[2] - total))  # [P*S, H/P, D]: padding back
-    return _Exchange.apply(out.contiguous(), _group, False).unsqueeze(0), None
+    return _Exchange.apply(out.contiguous(), sp_group, False).unsqueeze(0), None
 
 
 def register() -> str:

@@ -9,12 +9,12 @@ left-aligned, zero-padded to the longest completion of the micro-batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from rlkit.kernels.attention import NAME as PACKED_ATTENTION
+from rlkit.kernels import memory, ulysses
 from rlkit.kernels.attention import register as register_packed_attention
 from rlkit.kernels.logprobs import chunked_logprobs, logprobs_from_logits
 from rlkit.kernels.packing import pack_sequences
@@ -39,15 +39,22 @@ class LogprobPolicy(nn.Module):
     The backbone runs on the micro-batch's rows (packed or right-padded); the LM head and the log-softmax
     run only on the scored positions, in chunks of ``logprob_chunk`` rows (rlkit.kernels.logprobs), so
     logits for all positions are never materialised.
+
+    With ``sp_group`` (sequence parallelism, set once at start-up) a micro-batch made by ``shard_micro_batch``
+    runs Ulysses attention over the group: this rank scores the tokens whose predicting position lies in its
+    shard, and the [B, C] results are summed over the group (``ulysses.sum_over_group``), so every rank of the
+    group returns the whole micro-batch's logprobs and computes the same loss from them.
     """
 
-    def __init__(self, model: nn.Module, logprob_chunk: int = 512):
+    def __init__(self, model: nn.Module, logprob_chunk: int = 512, sp_group=None):
         super().__init__()
         self.model = model
         self.logprob_chunk = logprob_chunk
+        self.sp_group = sp_group
         base = _base_model(model)
-        if base.config._attn_implementation != PACKED_ATTENTION:
-            base.set_attn_implementation(register_packed_attention())
+        attention = ulysses.register() if sp_group is not None else register_packed_attention()
+        if base.config._attn_implementation != attention:
+            base.set_attn_implementation(attention)
 
     def forward(self, batch: MicroBatch, temperature: float = 1.0, with_entropy: bool = False):
         base = _base_model(self.model)
@@ -56,8 +63,13 @@ class LogprobPolicy(nn.Module):
         if batch.cu_seqlens is not None:  # packed row: the attention kernel reads the boundaries
             extra = dict(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
                          max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen)
-        hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, use_cache=False, **extra).last_hidden_state
+        if batch.sharded:
+            if self.sp_group is None:
+                raise ValueError("a sharded micro-batch needs a policy built with an sp_group")
+            extra["sp_group"] = self.sp_group
+        with memory.offload_context(base):
+            hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids, use_cache=False, **extra).last_hidden_state
         # position p predicts token p + 1
         h = hidden[batch.score_rows, batch.score_pos - 1]
         head = base.get_output_embeddings()
@@ -68,9 +80,17 @@ class LogprobPolicy(nn.Module):
             lp, ent = logprobs_from_logits(head(h), batch.score_targets, temperature)
         shape = batch.completion_mask.shape
         out = lp.new_zeros(shape).index_put((batch.score_sample, batch.score_cols), lp)
+        if batch.sharded:
+            # a shard may hold no scored token (all prompt): tie the backbone and the head in with weight 0
+            # anyway, so that its backward runs every layer's exchange that the other ranks' backwards wait for
+            # and gives every parameter a gradient (DDP waits for all of them)
+            out = ulysses.sum_over_group(out + head(hidden[:, :1]).sum() * 0.0, self.sp_group)
         if not with_entropy:
             return out, None
-        return out, ent.detach().new_zeros(shape).index_put((batch.score_sample, batch.score_cols), ent.detach())
+        ent = ent.detach().new_zeros(shape).index_put((batch.score_sample, batch.score_cols), ent.detach())
+        if batch.sharded:
+            torch.distributed.all_reduce(ent, group=self.sp_group)
+        return out, ent
 
 
 _TENSORS = ("input_ids", "attention_mask", "position_ids", "cu_seqlens", "completion_mask", "score_rows",
@@ -97,10 +117,24 @@ class MicroBatch:
     score_targets: torch.Tensor  # [K]
     num_tokens: int  # real (prompt + completion) tokens
     max_seqlen: int = 0  # longest sequence (packed rows)
+    sharded: bool = False  # this rank's shard of the row (sequence parallelism); cu_seqlens stay the whole row's
 
     def to(self, device) -> MicroBatch:
         moved = {f: (getattr(self, f).to(device) if getattr(self, f) is not None else None) for f in _TENSORS}
-        return MicroBatch(**moved, num_tokens=self.num_tokens, max_seqlen=self.max_seqlen)
+        return replace(self, **moved)
+
+
+def shard_micro_batch(mb: MicroBatch, sp: int, rank: int) -> MicroBatch:
+    """Rank's contiguous 1/sp of a packed micro-batch (the row padded to a multiple of sp, ulysses.shard_row),
+    keeping only the scored tokens whose predicting position (score_pos - 1) is in the shard."""
+    if mb.cu_seqlens is None:
+        raise ValueError("sequence parallelism needs packed micro-batches (optim.packing: true)")
+    start, end = ulysses.shard_bounds(mb.input_ids.shape[1], sp, rank)
+    mine = (mb.score_pos - 1 >= start) & (mb.score_pos - 1 < end)
+    return replace(mb, input_ids=ulysses.shard_row(mb.input_ids, sp, rank),
+                   position_ids=ulysses.shard_row(mb.position_ids, sp, rank), score_rows=mb.score_rows[mine],
+                   score_pos=mb.score_pos[mine] - start, score_sample=mb.score_sample[mine],
+                   score_cols=mb.score_cols[mine], score_targets=mb.score_targets[mine], sharded=True)
 
 
 def collate(samples: list[Sample], pad_id: int, packed: bool = True) -> MicroBatch:

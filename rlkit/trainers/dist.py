@@ -7,15 +7,50 @@ device for the collective and come back on the CPU.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 
-def reduce(acc, t: torch.Tensor, op: str) -> torch.Tensor:
-    """All-reduce ``t`` with ``op`` ("sum", "max", "mean") over the ranks."""
+def reduce(acc, t: torch.Tensor, op: str, group=None) -> torch.Tensor:
+    """All-reduce ``t`` with ``op`` ("sum", "max", "mean") over the ranks (or over ``group``)."""
     if acc.num_processes == 1:
         return t
-    return acc.reduce(t.to(acc.device), reduction=op).cpu()
+    if group is None:
+        return acc.reduce(t.to(acc.device), reduction=op).cpu()
+    import torch.distributed as tdist
+
+    out = t.to(acc.device).clone()
+    tdist.all_reduce(out, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.SUM, group=group)
+    return (out / tdist.get_world_size(group) if op == "mean" else out).cpu()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process sits when the world is dp x sp (sequence parallelism): SP group g holds the
+    consecutive ranks g*sp .. g*sp + sp - 1 and trains one data-parallel share together; ``dp_group`` joins the
+    ranks with this rank's position in their SP groups (one copy of every share, for de-duplicated sums)."""
+
+    sp: int = 1
+    sp_rank: int = 0
+    dp: int = 1
+    dp_rank: int = 0
+    sp_group: Any = None
+    dp_group: Any = None
+
+
+def make_layout(acc, sp: int) -> Layout:
+    """The SP and DP process groups (collective: every rank creates every group, in the same order)."""
+    world, rank = acc.num_processes, acc.process_index
+    if sp == 1:
+        return Layout(dp=world, dp_rank=rank)
+    import torch.distributed as tdist
+
+    sp_groups = [tdist.new_group(list(range(g * sp, (g + 1) * sp))) for g in range(world // sp)]
+    dp_groups = [tdist.new_group(list(range(j, world, sp))) for j in range(sp)]
+    return Layout(sp=sp, sp_rank=rank % sp, dp=world // sp, dp_rank=rank // sp, sp_group=sp_groups[rank // sp],
+                  dp_group=dp_groups[rank % sp])
 
 
 def gather_objects(acc, obj) -> list:
@@ -36,25 +71,35 @@ def broadcast_object(acc, obj):
     return broadcast_object_list([obj], from_process=0)[0]
 
 
-def rank_sizes(acc, n: int) -> list[int]:
-    """Every rank's count ``n``, in rank order."""
+def _gather(acc, t: torch.Tensor, group) -> torch.Tensor:
+    if group is None:
+        return acc.gather(t.to(acc.device)).cpu()
+    import torch.distributed as tdist
+
+    parts = [torch.empty_like(t, device=acc.device) for _ in range(tdist.get_world_size(group))]
+    tdist.all_gather(parts, t.to(acc.device).contiguous(), group=group)
+    return torch.cat(parts).cpu()
+
+
+def rank_sizes(acc, n: int, group=None) -> list[int]:
+    """Every rank's count ``n`` (of the world, or of ``group``), in rank order."""
     if acc.num_processes == 1:
         return [n]
-    return acc.gather(torch.tensor([n], device=acc.device)).cpu().tolist()
+    return _gather(acc, torch.tensor([n]), group).tolist()
 
 
-def gather_var(acc, t: torch.Tensor, sizes: list[int] | None = None) -> torch.Tensor:
-    """All ranks' tensors concatenated along dim 0 in rank order; their lengths may differ (``sizes``, from
-    ``rank_sizes``, is fetched when not given)."""
+def gather_var(acc, t: torch.Tensor, sizes: list[int] | None = None, group=None) -> torch.Tensor:
+    """All ranks' (or ``group``'s) tensors concatenated along dim 0 in rank order; their lengths may differ
+    (``sizes``, from ``rank_sizes``, is fetched when not given)."""
     if acc.num_processes == 1:
         return t
-    sizes = rank_sizes(acc, t.shape[0]) if sizes is None else sizes
+    sizes = rank_sizes(acc, t.shape[0], group) if sizes is None else sizes
     width = max(sizes)
     if width == 0:
         return t[:0]
     padded = torch.zeros((width, *t.shape[1:]), dtype=t.dtype)
     padded[:t.shape[0]] = t
-    out = acc.gather(padded.to(acc.device)).cpu()
+    out = _gather(acc, padded, group)
     return torch.cat([out[r * width:r * width + n] for r, n in enumerate(sizes)])
 
 

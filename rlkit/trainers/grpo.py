@@ -74,9 +74,11 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
 
         # 4. even out a*L + b*L^2 across data-parallel ranks (no-op on one process), then the per-token
         #    tensors: loss mask (with the token masks applied before the normaliser) and behaviour logprobs
+        #    (under sequence parallelism: across the SP groups, every rank of a group getting its group's share)
         trained = batch
-        if cfg.optim.balance_ranks:
-            trained = balance_ranks(batch, acc, whole_groups=stages.loss.whole_groups, cost_b=run.mbs.cost_b)
+        if cfg.optim.balance_ranks or run.mbs.layout.sp > 1:
+            trained = balance_ranks(batch, acc, whole_groups=stages.loss.whole_groups, cost_b=run.mbs.cost_b,
+                                    layout=run.mbs.layout)
         prepare_tokens(trained, stages.batch_masks)
 
         # 5. old logprobs (from the engine, or recomputed when the policy moves within the step) and the

@@ -43,6 +43,7 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     m["loss/logprob_mismatch"] = stats.mismatch / max(stats.mismatch_tokens, 1.0)
     for name, removed in stats.masked.items():
         m[f"mask/{name}/masked_frac"] = removed / n_tok
+    m["parallel/sharded_frac"] = stats.sharded / max(stats.micro_batches, 1)  # sequence parallelism at work
     m["optim/grad_norm"] = sum(stats.grad_norms) / max(len(stats.grad_norms), 1)
     m["optim/lr"] = lr
     m["throughput/rollout_tokens_per_s"] = none or n_gen_tokens / max(timers.get("rollout", 0.0), 1e-9)

@@ -16,6 +16,7 @@ from rlkit.config import Config, ConfigError, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
 from rlkit.errors import CheckpointError
 from rlkit.files import atomic_write_text
+from rlkit.kernels import memory
 from rlkit.logging import RunLogger, clean_row
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
 from rlkit.preflight import Preflight, preflight
@@ -103,6 +104,14 @@ def _hidden_size(model) -> int:
     return int(base.config.get_text_config().hidden_size)
 
 
+def _check_sp_heads(model, sp: int) -> None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    heads = int(base.config.get_text_config().num_attention_heads)
+    if heads % sp:
+        raise ConfigError(f"'parallel.sp_size' ({sp}) must divide the model's {heads} attention heads (Ulysses gives "
+                          "each rank of an SP group a share of the heads)")
+
+
 def _clear_run_dir(run_dir: Path) -> None:
     """--overwrite: remove what an earlier run left (preflight checked that it is an rlkit run directory)."""
     for entry in run_dir.iterdir():
@@ -131,19 +140,24 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
         save_config(cfg, run_dir / "config.json")
         resolve_model_path(cfg.model.name_or_path)  # converts the embedded model once; other ranks find it cached
     acc.wait_for_everyone()
+    layout = dist.make_layout(acc, cfg.parallel.sp_size)
     model_path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
     hf_model = load_policy(model_path, torch.float32, gradient_checkpointing=cfg.model.gradient_checkpointing,
                            lora=cfg.model.lora)
+    _check_sp_heads(hf_model, layout.sp)
+    memory.apply(hf_model, cfg)
     ref_model = None
     if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
-        ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk).to(acc.device).eval()
+        ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk,
+                                  sp_group=layout.sp_group).to(acc.device).eval()
         ref_model.requires_grad_(False)
     train_set, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=checked.rows)
     total_updates = cfg.train.steps * cfg.algorithm.mu * cfg.algorithm.minibatches
     optimizer, scheduler = _optimizer_and_schedule(cfg, hf_model, total_updates)
     # the scheduler is not prepared (accelerate would step it once per process); checkpoints save it as JSON
-    prepared, optimizer = acc.prepare(LogprobPolicy(hf_model, cfg.optim.logprob_chunk), optimizer)
+    prepared, optimizer = acc.prepare(LogprobPolicy(hf_model, cfg.optim.logprob_chunk, sp_group=layout.sp_group),
+                                      optimizer)
     engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype)
     run = Run(
         cfg=cfg, acc=acc, run_dir=run_dir, tokenizer=tokenizer, prepared=prepared, ref_model=ref_model,
@@ -154,7 +168,7 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name,
                          run_id=run_id),
-        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model)), run_id=run_id,
+        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model), layout, cfg.parallel.sp_mode), run_id=run_id,
         data_fingerprint=checked.data_fingerprint)
     for line in checked.notices:
         run.logger.console(line)

@@ -15,9 +15,10 @@ import torch
 
 from rlkit.algorithms.losses import LossInputs, MinibatchInputs, aggregation_denominator, aggregation_weights
 from rlkit.kernels.packing import balance_across_ranks, plan_micro_batches, sequence_cost
+from rlkit.kernels.sp_plan import GroupStep, plan_group_steps
 from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, to_completion_space
 from rlkit.trainers import dist
-from rlkit.trainers.batch import collate
+from rlkit.trainers.batch import MicroBatch, collate, shard_micro_batch
 
 
 def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
@@ -60,18 +61,38 @@ class MicroBatching:
     micro_batch_tokens: int = 8192  # token budget of a packed micro-batch
     micro_batch_size: int = 8  # rows of a padded micro-batch
     cost_b: float = 0.0  # quadratic term of the cost model a*L + b*L^2 (a = 1)
+    layout: dist.Layout = dist.Layout()  # sequence parallelism: this rank's SP and DP groups
+    sp_mode: str = "fixed"  # fixed: every micro-batch sharded over the SP group; adaptive: only those that need it
 
     @classmethod
-    def from_config(cls, optim, hidden_size: int) -> MicroBatching:
+    def from_config(cls, optim, hidden_size: int, layout: dist.Layout = dist.Layout(),
+                    sp_mode: str = "fixed") -> MicroBatching:
         b = optim.attention_cost if optim.attention_cost >= 0 else 1.0 / (6.0 * hidden_size)
-        return cls(optim.packing, optim.micro_batch_tokens, optim.micro_batch_size, b)
+        return cls(optim.packing, optim.micro_batch_tokens, optim.micro_batch_size, b, layout, sp_mode)
 
 
-def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching, acc) -> list[list[int]]:
-    """Sample indices of each micro-batch of this rank. Every rank gets the same number of micro-batches
-    (the all-reduced maximum), so ZeRO-3 / FSDP run matching forwards; a rank with too few units gets
-    empty lists, which the caller turns into zero-weight forwards."""
+@dataclass(frozen=True)
+class Micro:
+    """One forward/backward of this rank: sample indices (empty: a zero-weight forward, so every rank runs the
+    same forwards) and whether the row is sharded over the SP group (every rank of it runs the same ``idx``)."""
+
+    idx: list[int]
+    sharded: bool = False
+
+
+def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching, acc) -> list[Micro]:
+    """This rank's micro-batches. Every rank gets the same number of micro-batches (the all-reduced maximum),
+    so DDP / ZeRO-3 / FSDP run matching forwards; a rank with too few units gets empty ones. Under sequence
+    parallelism the SP group plans together (rlkit.kernels.sp_plan): a sharded step runs on every rank of the
+    group, a side-by-side step runs each rank's own part."""
     lengths = [sum(len(samples[i].prompt_ids) + samples[i].num_tokens for i in u) for u in units]
+    lay = mbs.layout
+    if lay.sp > 1:
+        steps = plan_group_steps(lengths, lay.sp, mbs.micro_batch_tokens, mbs.sp_mode, b=mbs.cost_b)
+        count = int(dist.reduce(acc, torch.tensor(len(steps)), "max"))
+        steps += [GroupStep(False, ((),) * lay.sp)] * (count - len(steps))
+        return [Micro([i for u in (st.parts[0] if st.sharded else st.parts[lay.sp_rank]) for i in units[u]],
+                      st.sharded) for st in steps]
     if mbs.packing:
         plan = lambda k: plan_micro_batches(lengths, mbs.micro_batch_tokens, min_count=k, b=mbs.cost_b)  # noqa: E731
         count = len(plan(1))
@@ -80,9 +101,25 @@ def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching,
         count = len(chunks)
     count = int(dist.reduce(acc, torch.tensor(count), "max"))
     if mbs.packing:
-        return [[i for u in part for i in units[u]] for part in plan(count)]
+        return [Micro([i for u in part for i in units[u]]) for part in plan(count)]
     rows = [i for u in units for i in u]
-    return [[rows[j] for j in c] for c in chunks] + [[] for _ in range(count - len(chunks))]
+    return [Micro([rows[j] for j in c]) for c in chunks] + [Micro([]) for _ in range(count - len(chunks))]
+
+
+def micro_inputs(samples: list[Sample], micro: Micro, pad_id: int, mbs: MicroBatching, acc) -> tuple[list[int], MicroBatch]:
+    """The sample indices a micro-batch runs (an empty one runs the rank's shortest sample, weighted zero) and
+    its model inputs on the device, this rank's shard when sharded."""
+    idx = micro.idx or [min(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + samples[i].num_tokens)]
+    mb = collate([samples[i] for i in idx], pad_id, packed=mbs.packing)
+    if micro.sharded:
+        mb = shard_micro_batch(mb, mbs.layout.sp, mbs.layout.sp_rank)
+    return idx, mb.to(acc.device)
+
+
+def owns_results(micro: Micro, layout: dist.Layout) -> bool:
+    """Whether this rank counts a micro-batch's results: a real one, and for a sharded one (every rank of the
+    SP group computes the same) only the group's first rank."""
+    return bool(micro.idx) and (not micro.sharded or layout.sp_rank == 0)
 
 
 def _units(samples: list[Sample], whole_groups: bool) -> list[list[int]]:
@@ -95,15 +132,18 @@ def _units(samples: list[Sample], whole_groups: bool) -> list[list[int]]:
     return list(by_group.values())
 
 
-def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float) -> StepBatch:
+def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
+                  layout: dist.Layout = dist.Layout()) -> StepBatch:
     """Redistribute the step's samples across data-parallel ranks so that each rank's summed cost
     a*L + b*L^2 is near-equal (Karmarkar-Karp over units). Exactness is kept: the loss weights are
     global (normaliser all-reduced), so where a sample is trained does not change the update.
     Group ids are made unique across ranks. Moves samples, advantages and correctness; per-token tensors are
-    built afterwards (``prepare_tokens``). Call before old/reference logprobs are scored."""
+    built afterwards (``prepare_tokens``). Call before old/reference logprobs are scored.
+    Under sequence parallelism the shares go to the dp SP groups and every rank of a group gets its group's."""
     world = acc.num_processes
     if world == 1:
         return batch
+    shares = layout.dp
     payload = (batch.samples, batch.advantages.tolist(), None if batch.correct is None else batch.correct.tolist())
     gathered = dist.gather_objects(acc, payload)
     stride = 1 + max((s.group_id for smps, _, _ in gathered for s in smps), default=0)
@@ -113,30 +153,36 @@ def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float) -
         adv += a
         corr += c if c is not None else [float("nan")] * len(smps)
     units = _units(samples, whole_groups)
-    if len(units) < world:  # not enough units to give every rank one: keep the rollout's split
+    if len(units) < shares:  # not enough units to give every rank one: keep the rollout's split
+        if layout.sp > 1:
+            raise ValueError(f"{len(units)} units (samples, or groups for a sequence-level loss) cannot fill "
+                             f"the {shares} data-parallel SP groups; raise rollout.prompts_per_step")
         return batch
     costs = [sum(sequence_cost(len(samples[i].prompt_ids) + samples[i].num_tokens, 1.0, cost_b) for i in u)
              for u in units]
-    mine = [i for u in balance_across_ranks(costs, world)[acc.process_index] for i in units[u]]
+    mine = [i for u in balance_across_ranks(costs, shares)[layout.dp_rank] for i in units[u]]
     correct = None if batch.correct is None else torch.tensor([corr[i] for i in mine], dtype=batch.correct.dtype)
     return StepBatch([], [samples[i] for i in mine], advantages=torch.tensor([adv[i] for i in mine]),
                      correct=correct, metrics=batch.metrics)
 
 
 @torch.no_grad()
-def _score_plan(policy, samples: list[Sample], plan: list[list[int]], pad_id: int, acc, *, temperature: float,
-                packed: bool, width: int, disable_adapter: bool = False) -> torch.Tensor:
+def _score_plan(policy, samples: list[Sample], plan: list[Micro], pad_id: int, acc, *, temperature: float,
+                mbs: MicroBatching, width: int, disable_adapter: bool = False) -> torch.Tensor:
     """Logprobs [len(samples), width] (no grad) of the samples in ``plan``'s micro-batches; an empty micro-batch
-    runs sample 0 and is discarded, so every rank runs the same forwards. Rows outside the plan stay 0."""
+    runs and is discarded, so every rank runs the same forwards. Rows outside the plan stay 0. Under
+    sequence parallelism every rank of the SP group ends with the logprobs of all the group's micro-batches."""
     out = torch.zeros((len(samples), width), dtype=torch.float32)
     peft_model = acc.unwrap_model(policy).model
-    for idx in plan:
-        mb = collate([samples[i] for i in idx or [0]], pad_id, packed=packed).to(acc.device)
+    for micro in plan:
+        idx, mb = micro_inputs(samples, micro, pad_id, mbs, acc)
         adapter_off = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with adapter_off, acc.autocast():
             lp, _ = policy(mb, temperature=temperature)
-        if idx:
+        if owns_results(micro, mbs.layout):
             out[idx, :lp.shape[1]] = lp.float().cpu()
+    if mbs.layout.sp > 1:  # each row was written by one rank of the group
+        out = dist.reduce(acc, out, "sum", mbs.layout.sp_group)
     return out
 
 
@@ -145,7 +191,7 @@ def score_all(policy, samples: list[Sample], pad_id: int, acc, *, temperature: f
     """Logprobs [N, width] of every sample's completion under `policy` (no grad). With
     ``disable_adapter`` the PEFT adapters are switched off: the base model is the reference."""
     plan = plan_rank([[i] for i in range(len(samples))], samples, mbs, acc)
-    return _score_plan(policy, samples, plan, pad_id, acc, temperature=temperature, packed=mbs.packing, width=width,
+    return _score_plan(policy, samples, plan, pad_id, acc, temperature=temperature, mbs=mbs, width=width,
                        disable_adapter=disable_adapter)
 
 
@@ -158,16 +204,18 @@ class LossSpec:
     prepare: Any = None  # MinibatchInputs -> {name: [M, C]}, options bound (see rlkit.algorithms.losses)
 
 
-def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: list[int], micro: list[list[int]],
+def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: list[int], micro: list[Micro],
                        pad_id: int, temperature: float, mbs: MicroBatching) -> dict:
     """The loss's minibatch-wide inputs, [len(rows), C] each, from the current policy's logprobs (one no-grad
-    forward over the minibatch's micro-batches, empty ones included so every rank runs the same forwards)."""
-    current = _score_plan(prepared, batch.samples, micro, pad_id, acc, temperature=temperature, packed=mbs.packing,
+    forward over the minibatch's micro-batches, empty ones included so every rank runs the same forwards).
+    Its sums and gathers run over one copy of each data-parallel share (the DP group under SP)."""
+    current = _score_plan(prepared, batch.samples, micro, pad_id, acc, temperature=temperature, mbs=mbs,
                           width=batch.mask.shape[1])
+    group = mbs.layout.dp_group
     return loss.prepare(MinibatchInputs(
         logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
-        all_reduce_sum=lambda t: dist.reduce(acc, t, "sum"), all_gather=lambda t: dist.gather_var(acc, t),
-        rank=acc.process_index))
+        all_reduce_sum=lambda t: dist.reduce(acc, t, "sum", group),
+        all_gather=lambda t: dist.gather_var(acc, t, group=group), rank=mbs.layout.dp_rank))
 
 
 def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss: LossSpec, algorithm,
@@ -180,7 +228,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
     ``forward_masks`` ((name, mask) of kind "forward") scale the token weights after each forward pass.
     Returns token sums of the loss statistics, entropy, the vLLM-vs-trainer mismatch and grad norms.
     """
-    a, world = algorithm, acc.num_processes
+    a, world, lay = algorithm, acc.num_processes, mbs.layout
     # units that stay together: single samples, or whole groups for sequence-level losses (DRPO)
     units = _units(batch.samples, loss.whole_groups)
     random.Random(seed).shuffle(units)
@@ -193,24 +241,24 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
     for epoch in range(a.mu):
         for mb_index, mb_units in enumerate(minibatch_units):
             rows = [i for unit in mb_units for i in unit]
+            # sums over ranks count each share once: the sp ranks of an SP group hold the same rows
             denom = aggregation_denominator(batch.mask[rows], a.aggregation, max_new_tokens)
-            denom = float(dist.reduce(acc, torch.tensor(denom), "sum"))
+            denom = float(dist.reduce(acc, torch.tensor(denom), "sum")) / lay.sp
             weights = aggregation_weights(batch.mask[rows], a.aggregation, denom) * world
-            n_groups = float(dist.reduce(acc, torch.tensor(float(len(set(group_ids[rows].tolist())))), "sum"))
+            n_groups = float(dist.reduce(acc, torch.tensor(float(len(set(group_ids[rows].tolist())))), "sum")) / lay.sp
             micro = plans[mb_index]
             position = {i: j for j, i in enumerate(rows)}
             extra = {}
             if loss.prepare is not None:  # before the first backward: the policy is the minibatch's start
                 extra = _prepare_minibatch(loss, prepared, acc, batch, rows, micro, pad_id, temperature, mbs)
-            for k, idx in enumerate(micro):
+            for k, m_b in enumerate(micro):
                 # an empty micro-batch (this rank has fewer units than another, or none in this minibatch)
                 # runs one of the rank's samples with zero weights, so every rank runs the same forwards
-                dummy = not idx
-                idx = idx or [0]
+                idx, mb = micro_inputs(batch.samples, m_b, pad_id, mbs, acc)
+                counted = owns_results(m_b, lay)
                 mrows = [position.get(i, 0) for i in idx]
-                mb = collate([batch.samples[i] for i in idx], pad_id, packed=mbs.packing).to(acc.device)
                 width = mb.completion_mask.shape[1]
-                zero = 0.0 if dummy else 1.0
+                zero = 1.0 if m_b.idx else 0.0
                 sync = acc.no_sync(prepared) if k < len(micro) - 1 else contextlib.nullcontext()
                 with sync, acc.autocast():
                     lp, ent = prepared(mb, temperature=temperature, with_entropy=True)
@@ -220,10 +268,11 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                     mask = batch.mask[idx, :width].to(acc.device) * zero
                     correct = batch.correct[idx].to(acc.device) if batch.correct is not None else None
                     token_weights = weights[mrows, :width].to(acc.device) * zero if rows else torch.zeros_like(mask)
-                    for name, m in forward_masks:  # normaliser unchanged: only the weights move
-                        keep = m.keep(MaskInputs(mask=mask, truncated=batch.truncated[idx].to(acc.device),
-                                                 correct=correct, old_logprobs=old.detach(), entropy=ent))
-                        stats.masked[name] += float((mask * (1 - keep)).sum())
+                    for name, fm in forward_masks:  # normaliser unchanged: only the weights move
+                        keep = fm.keep(MaskInputs(mask=mask, truncated=batch.truncated[idx].to(acc.device),
+                                                  correct=correct, old_logprobs=old.detach(), entropy=ent))
+                        if counted:
+                            stats.masked[name] += float((mask * (1 - keep)).sum())
                         token_weights = token_weights * keep
                     out = loss.fn(LossInputs(
                         logprobs=lp, old_logprobs=old, advantages=batch.advantages[idx].to(acc.device),
@@ -233,7 +282,9 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                         extra={key: v[mrows, :width].to(acc.device) if rows else torch.zeros_like(mask, dtype=v.dtype)
                                for key, v in extra.items()}))
                     acc.backward(out.loss)
-                if epoch == 0 and not dummy:  # first pass: entropy of every sample; mismatch before any update
+                stats.micro_batches += 1
+                stats.sharded += int(m_b.sharded)
+                if epoch == 0 and counted:  # first pass: entropy of every sample; mismatch before any update
                     real = mb.completion_mask
                     stats.entropy += float((ent * real).sum())
                     stats.tokens += float(real.sum())
@@ -241,7 +292,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                         diff = (lp.detach().float() - batch.behaviour[idx, :width].to(acc.device)).abs()
                         stats.mismatch += float((diff * real).sum())
                         stats.mismatch_tokens += float(real.sum())
-                for key, v in out.stats.items() if not dummy else ():
+                for key, v in out.stats.items() if counted else ():
                     stats.sums[key] = stats.sums.get(key, 0.0) + float(v)
             gn = acc.clip_grad_norm_(prepared.parameters(), max_grad_norm or float("inf"))
             stats.grad_norms.append(float(gn))
@@ -249,4 +300,28 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
             if scheduler is not None:
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-    return stats
+    return _sum_over_sp_group(stats, acc, lay)
+
+
+def _sum_over_sp_group(stats: UpdateStats, acc, lay: dist.Layout) -> UpdateStats:
+    """Under SP each rank counted only the micro-batches it owns (owns_results): sum the group's counts, so every
+    rank reports the statistics of the whole share it trained."""
+    if lay.sp == 1:
+        return stats
+    import torch.distributed as tdist
+
+    every: list = [None] * lay.sp
+    tdist.all_gather_object(every, (stats.entropy, stats.tokens, stats.mismatch, stats.mismatch_tokens,
+                                    stats.sums, stats.masked), group=lay.sp_group)
+    out = UpdateStats(masked={}, grad_norms=stats.grad_norms, micro_batches=stats.micro_batches,
+                      sharded=stats.sharded)
+    for entropy, tokens, mismatch, mismatch_tokens, sums, masked in every:
+        out.entropy += entropy
+        out.tokens += tokens
+        out.mismatch += mismatch
+        out.mismatch_tokens += mismatch_tokens
+        for key, v in sums.items():
+            out.sums[key] = out.sums.get(key, 0.0) + v
+        for key, v in masked.items():
+            out.masked[key] = out.masked.get(key, 0.0) + v
+    return out

@@ -32,7 +32,7 @@ def build(kind: str):
 def main(out: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    ulysses.enable(dist.group.WORLD if world > 1 else None)
+    group = dist.new_group(list(range(world))) if world > 1 else None
     gen = torch.Generator().manual_seed(1)
     seqs = [torch.randint(0, 64, (n,), generator=gen).tolist() for n in LENGTHS]
     ids, pos, cu, longest = pack_sequences(seqs)
@@ -45,7 +45,7 @@ def main(out: str) -> None:
         model = build(kind)
         shard = [ulysses.shard_row(t, world, rank) for t in (ids, pos, labels, weights)]
         logits = model(input_ids=shard[0], position_ids=shard[1], cu_seq_lens_q=cu, cu_seq_lens_k=cu,
-                       max_length_q=longest, max_length_k=longest, use_cache=False).logits[0]
+                       max_length_q=longest, max_length_k=longest, use_cache=False, sp_group=group).logits[0]
         lp, ent = logprobs_from_logits(logits, shard[2][0], 1.0)
         (lp * shard[3][0]).sum().backward()
         grads = {}

@@ -1,4 +1,3 @@
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -6,20 +5,17 @@ from rlkit.kernels.sp_plan import GroupStep, plan_cost, plan_group_steps
 
 
 @settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(1, 400), min_size=0, max_size=40), sp=st.integers(1, 4),
+@given(lengths=st.lists(st.integers(1, 700), min_size=0, max_size=40), sp=st.integers(1, 4),
        budget=st.integers(100, 300), mode=st.sampled_from(["fixed", "adaptive"]))
 def test_plans_train_every_sample_once_within_the_budget(lengths, sp, budget, mode):
-    if any(n > sp * budget for n in lengths):
-        with pytest.raises(ValueError, match="more than"):
-            plan_group_steps(lengths, sp, budget, mode)
-        return
     steps = plan_group_steps(lengths, sp, budget, mode)
     seen = sorted(i for s in steps for part in s.parts for i in part)
     assert seen == list(range(len(lengths)))  # every sample exactly once
     for s in steps:
         if s.sharded:
             assert len(s.parts) == 1 and s.parts[0]
-            assert sum(lengths[i] for i in s.parts[0]) <= sp * budget  # each rank holds at most a 1/sp shard
+            # each rank holds at most a 1/sp shard, or a sample over sp x budget goes alone
+            assert sum(lengths[i] for i in s.parts[0]) <= sp * budget or len(s.parts[0]) == 1
             if mode == "adaptive":  # sequence-parallel only where one rank cannot hold the sample
                 assert all(lengths[i] > budget for i in s.parts[0])
         else:
