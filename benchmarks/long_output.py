@@ -8,7 +8,7 @@ sequence parallelism on a long-tail batch, and the time per token of SP 2 vs SP 
 ``memory``: one completion of L tokens after a 64-token prompt, forward + backward of the GRPO loss (ppo_clip,
 token-mean), no optimizer step, each probe in a fresh process (``sp2``: two, under torchrun); the peak resident
 memory (VmHWM) of the process (the larger of the two for sp2) must stay under ``--budget-gib``. The longest L
-is found by doubling from 256 and then bisecting to ``--precision``. The model is a random Qwen2 with
+is found by doubling from ``--start`` and then bisecting to ``--precision``. The model is a random Qwen2 with
 Qwen2.5-0.5B's width (hidden 896, MLP 4864, 14 heads, 2 KV heads) and vocabulary (151936, tied embeddings) but
 ``--layers`` layers. Configurations, each adding to the one before:
   hf       plain transformers: full logits, log-softmax over the vocabulary, no checkpointing
@@ -146,10 +146,10 @@ def _probe_main(config: str, length: int, layers: int) -> None:
     print(json.dumps({"peak_gib": _peak_gib(), "seconds": time.perf_counter() - t}), flush=True)
 
 
-def longest(config: str, budget: float, layers: int, precision: float, max_len: int, log) -> dict:
-    """Doubling from 256, then bisection: the longest completion whose probe stays under ``budget`` GiB."""
+def longest(config: str, budget: float, layers: int, precision: float, start: int, max_len: int, log) -> dict:
+    """Doubling from ``start``, then bisection: the longest completion whose probe stays under ``budget`` GiB."""
     fits, fails, probes = 0, None, []
-    n = 256
+    n = start
     while n <= max_len:
         r = probe(config, n, layers)
         probes.append({"length": n, **{k: v for k, v in r.items() if k != "error"}})
@@ -160,7 +160,7 @@ def longest(config: str, budget: float, layers: int, precision: float, max_len: 
             fails = n
             break
     while fails is not None and fails - fits > max(64, precision * fits):
-        n = (fits + fails) // 2
+        n = (fits + fails) // 2 // 64 * 64
         r = probe(config, n, layers)
         probes.append({"length": n, **{k: v for k, v in r.items() if k != "error"}})
         log(config, n, r)
@@ -177,7 +177,8 @@ def memory_benchmark(args) -> dict:
                                              "failed " + r["error"][-200:]), file=sys.stderr, flush=True)
 
     base = probe("chunked", 1, args.layers)  # the model, its gradients and the runtime, nearly no activations
-    results = {c: longest(c, args.budget_gib, args.layers, args.precision, args.max_len, log) for c in args.configs}
+    results = {c: longest(c, args.budget_gib, args.layers, args.precision, args.start, args.max_len, log)
+               for c in args.configs}
     return {"budget_gib": args.budget_gib, "layers": args.layers, "baseline_peak_gib_at_1_token": base.get("peak_gib"),
             "results": results,
             "ratio_to_hf": {c: r["longest"] / max(results["hf"]["longest"], 1) for c, r in results.items()}
@@ -300,6 +301,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     ap.add_argument("--precision", type=float, default=0.1, help="bisect until the interval is this fraction")
+    ap.add_argument("--start", type=int, default=1024, help="first length probed (doubled until a probe fails)")
     ap.add_argument("--max-len", type=int, default=1 << 17)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--median", type=float, default=300)

@@ -64,15 +64,16 @@ def test_sequence_parallel_update_equals_one_process_for_every_loss_family(tiny_
 
 
 def test_cli_train_with_sequence_parallelism_equals_the_data_parallel_run(tiny_model_dir, tmp_path):
-    """`rlkit train` on 2 processes: sp_size=2 (fixed; adaptive; with checkpointing and tiled MLPs) against the
-    same run data-parallel (sp_size=1, same rollouts: each rank generates its own prompts either way), 2 steps
+    """`rlkit train` on 2 processes: sp_size=2 (fixed; with checkpointing and tiled MLPs; adaptive with segment
+    rollouts) against the same run data-parallel (sp_size=1, same rollouts: each rank generates its own prompts either way), 2 steps
     of 2 passes (old logprobs scored under SP): the same parameters. (A 1-process run generates other
     completions, as rollout seeds are per rank; the update itself is compared with 1 process above.)"""
     from safetensors.torch import load_file
 
+    segments = "--rollout.segments=2"  # segment rollouts: unfinished samples carried to the next step
     runs = {"dp": [], "sp": ["--parallel.sp_size=2"],
-            "adaptive": ["--parallel.sp_size=2", "--parallel.sp_mode=adaptive"],
-            "tiled": ["--parallel.sp_size=2", "--model.gradient_checkpointing=true", "--parallel.tiled_mlp=always"]}
+            "tiled": ["--parallel.sp_size=2", "--model.gradient_checkpointing=true", "--parallel.tiled_mlp=always"],
+            "dp_segments": [segments], "adaptive": [segments, "--parallel.sp_size=2", "--parallel.sp_mode=adaptive"]}
     params, sharded = {}, {}
     for name, extra in runs.items():
         run = tmp_path / name
@@ -89,6 +90,6 @@ def test_cli_train_with_sequence_parallelism_equals_the_data_parallel_run(tiny_m
     assert all(0.0 < f < 1.0 for f in sharded["adaptive"])  # rows over 112 tokens sharded, the rest side by side
     init = load_file(str(tiny_model_dir / "model.safetensors"))
     assert max((params["dp"][k] - init[k]).abs().max().item() for k in init) > 1e-3
-    for name in ("sp", "adaptive", "tiled"):
-        worst = max((params["dp"][k] - params[name][k]).abs().max().item() for k in init)
+    for name, base in (("sp", "dp"), ("tiled", "dp"), ("adaptive", "dp_segments")):
+        worst = max((params[base][k] - params[name][k]).abs().max().item() for k in init)
         assert worst <= 1e-4, f"{name}: parameters differ from the data-parallel run by {worst}"
