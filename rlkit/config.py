@@ -204,8 +204,8 @@ class ParallelConfig:
     tiled_mlp: Literal["auto", "always", "never"] = opt(
         "auto", "run the MLPs in sequence tiles with a recomputing backward (ALST TiledMLP); auto = on with "
         "model.gradient_checkpointing")
-    offload_checkpoints: bool = opt(False, "keep the activations saved for backward (with gradient checkpointing: "
-                                    "the layer inputs) in CPU memory (ALST); no effect on CPU")
+    offload_checkpoints: bool = opt(False, "keep the checkpointed layer inputs in pinned CPU memory between forward "
+                                    "and backward (ALST; needs model.gradient_checkpointing; for GPUs)")
 
 
 @dataclass
@@ -522,6 +522,8 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(world % sp == 0, f"'parallel.sp_size' ({sp}) must divide the {world} processes (world = data-parallel x "
          "sequence-parallel)")
     need(sp == 1 or cfg.optim.packing, "'parallel.sp_size' > 1 shards packed rows: set optim.packing to true")
+    need(not cfg.parallel.offload_checkpoints or cfg.model.gradient_checkpointing,
+         "'parallel.offload_checkpoints' moves the checkpointed layer inputs: set model.gradient_checkpointing too")
     n_seq = r.group_size * r.prompts_per_step // world
     need(n_seq % a.minibatches == 0, f"'algorithm.minibatches' ({a.minibatches}) must divide the {n_seq} sequences "
          f"each of the {world} process(es) trains on per step")

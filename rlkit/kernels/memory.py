@@ -12,7 +12,7 @@ gradient over tiles.
 Why our own and not DeepSpeed's ``TiledMLP``: DeepSpeed is not installable on the machines this project runs
 on (platform-notes), and its version all-reduces the tile count for ZeRO-3; here the MLP parameters are inputs
 of the autograd function, so DDP's gradient hooks fire once per parameter as usual. With ZeRO-3 / FSDP, whose
-hooks gather parameters per module call, leave it off (``parallel.tiled_mlp: never``).
+hooks gather parameters per module call, ``auto`` leaves the MLPs plain and ``always`` is refused.
 
 Checkpoint offload (ALST sec. 3.3): with gradient checkpointing the tensors kept for backward are the decoder
 layers' inputs ([tokens, hidden] each); ``offload_checkpoints`` keeps them in (pinned) CPU memory between
@@ -37,6 +37,9 @@ class _Tiled(torch.autograd.Function):
     def forward(ctx, fn, tiles: int, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         ctx.fn, ctx.tiles = fn, tiles
         ctx.autocast = (torch.is_autocast_enabled(x.device.type), torch.get_autocast_dtype(x.device.type))
+        # the random state before the first tile: the backward replays the tiles in the same order from it, so a
+        # dropout inside the MLP (LoRA dropout) draws the same masks
+        ctx.rng = (torch.get_rng_state(), torch.cuda.get_rng_state(x.device) if x.is_cuda else None)
         ctx.save_for_backward(x, *params)
         with torch.no_grad():
             return torch.cat([fn(t) for t in x.chunk(tiles, dim=-2)], dim=-2)
@@ -48,25 +51,31 @@ class _Tiled(torch.autograd.Function):
         grad_params = [torch.zeros_like(p) for p in params]
         enabled, dtype = ctx.autocast
         start = 0
-        for tile, g in zip(x.chunk(ctx.tiles, dim=-2), grad.chunk(ctx.tiles, dim=-2)):
-            tile = tile.detach().requires_grad_(grad_x is not None)
-            with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
-                out = ctx.fn(tile)
-            wrt = ([tile] if grad_x is not None else []) + list(params)
-            grads = torch.autograd.grad(out, wrt, g, allow_unused=True)
-            if grad_x is not None:
-                grad_x.narrow(-2, start, tile.shape[-2]).copy_(grads[0])
-                grads = grads[1:]
-            for acc, gp in zip(grad_params, grads):
-                if gp is not None:
-                    acc.add_(gp)
-            start += tile.shape[-2]
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+            torch.set_rng_state(ctx.rng[0])
+            if x.is_cuda:
+                torch.cuda.set_rng_state(ctx.rng[1], x.device)
+            for tile, g in zip(x.chunk(ctx.tiles, dim=-2), grad.chunk(ctx.tiles, dim=-2)):
+                tile = tile.detach().requires_grad_(grad_x is not None)
+                with torch.enable_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=enabled):
+                    out = ctx.fn(tile)
+                wrt = ([tile] if grad_x is not None else []) + list(params)
+                grads = torch.autograd.grad(out, wrt, g, allow_unused=True)
+                if grad_x is not None:
+                    grad_x.narrow(-2, start, tile.shape[-2]).copy_(grads[0])
+                    grads = grads[1:]
+                for total, gp in zip(grad_params, grads):
+                    if gp is not None:
+                        total.add_(gp)
+                start += tile.shape[-2]
         return (None, None, grad_x, *grad_params)
 
 
 def tiled(fn, x: torch.Tensor, params: list[torch.Tensor], tiles: int) -> torch.Tensor:
-    """``fn(x)`` computed in ``tiles`` sequence tiles with a recomputing backward (plain call for one tile)."""
-    if tiles <= 1 or not torch.is_grad_enabled():
+    """``fn(x)`` computed in ``tiles`` sequence tiles with a recomputing backward (plain call for one tile). Also
+    tiled without grad (a re-entrant checkpoint's first forward), so that its recomputation draws the same
+    random numbers in the same order."""
+    if tiles <= 1:
         return fn(x)
     return _Tiled.apply(fn, tiles, x, *params)
 
@@ -84,7 +93,7 @@ def tile_mlps(model: nn.Module, tile_tokens: int | None = None) -> int:
     tile = tile_tokens or int(config.get_text_config().hidden_size)
     count = 0
     for name, module in model.named_modules():
-        if name.endswith(".mlp") and not hasattr(module, "_rlkit_tile"):
+        if (name == "mlp" or name.endswith(".mlp")) and not hasattr(module, "_rlkit_tile"):
             module._rlkit_tile = tile
             module._rlkit_plain_forward = module.forward
             module.forward = types.MethodType(_tiled_forward, module)
@@ -100,11 +109,17 @@ def offload_context(model: nn.Module):
     return contextlib.nullcontext()
 
 
-def apply(model: nn.Module, cfg) -> None:
-    """Set up the configured memory savers on a freshly loaded policy (before PEFT wraps it or not)."""
+def apply(model: nn.Module, cfg, sharded_params: bool = False) -> None:
+    """Set up the configured memory savers on a freshly loaded policy. ``sharded_params``: ZeRO-3 / FSDP own the
+    parameters (``auto`` then leaves the MLPs plain; ``always`` is refused)."""
     p = cfg.parallel
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if p.tiled_mlp == "always" or (p.tiled_mlp == "auto" and cfg.model.gradient_checkpointing):
+    if p.tiled_mlp == "always" and sharded_params:
+        from rlkit.errors import UserError
+
+        raise UserError("'parallel.tiled_mlp: always' cannot run under ZeRO-3 / FSDP (their hooks gather parameters "
+                        "per module call); use auto or never")
+    if p.tiled_mlp == "always" or (p.tiled_mlp == "auto" and cfg.model.gradient_checkpointing and not sharded_params):
         tile_mlps(base)
     if p.offload_checkpoints:
         if cfg.model.gradient_checkpointing:  # re-entrant: the layer inputs go through save_for_backward

@@ -146,7 +146,7 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
     hf_model = load_policy(model_path, torch.float32, gradient_checkpointing=cfg.model.gradient_checkpointing,
                            lora=cfg.model.lora)
     _check_sp_heads(hf_model, layout.sp)
-    memory.apply(hf_model, cfg)
+    memory.apply(hf_model, cfg, sharded_params=acc.distributed_type.name in ("DEEPSPEED", "FSDP"))
     ref_model = None
     if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
         ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk,

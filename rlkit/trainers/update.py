@@ -61,14 +61,19 @@ class MicroBatching:
     micro_batch_tokens: int = 8192  # token budget of a packed micro-batch
     micro_batch_size: int = 8  # rows of a padded micro-batch
     cost_b: float = 0.0  # quadratic term of the cost model a*L + b*L^2 (a = 1)
-    layout: dist.Layout = dist.Layout()  # sequence parallelism: this rank's SP and DP groups
+    layout: dist.Layout | None = None  # sequence parallelism: this rank's SP and DP groups (None: data-parallel)
     sp_mode: str = "fixed"  # fixed: every micro-batch sharded over the SP group; adaptive: only those that need it
 
     @classmethod
-    def from_config(cls, optim, hidden_size: int, layout: dist.Layout = dist.Layout(),
+    def from_config(cls, optim, hidden_size: int, layout: dist.Layout | None = None,
                     sp_mode: str = "fixed") -> MicroBatching:
         b = optim.attention_cost if optim.attention_cost >= 0 else 1.0 / (6.0 * hidden_size)
         return cls(optim.packing, optim.micro_batch_tokens, optim.micro_batch_size, b, layout, sp_mode)
+
+
+def layout_of(mbs: MicroBatching, acc) -> dist.Layout:
+    """The micro-batching's layout, or plain data parallelism over every process when it has none."""
+    return mbs.layout or dist.make_layout(acc, 1)
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching,
     parallelism the SP group plans together (rlkit.kernels.sp_plan): a sharded step runs on every rank of the
     group, a side-by-side step runs each rank's own part."""
     lengths = [sum(len(samples[i].prompt_ids) + samples[i].num_tokens for i in u) for u in units]
-    lay = mbs.layout
+    lay = layout_of(mbs, acc)
     if lay.sp > 1:
         steps = plan_group_steps(lengths, lay.sp, mbs.micro_batch_tokens, mbs.sp_mode, b=mbs.cost_b)
         count = int(dist.reduce(acc, torch.tensor(len(steps)), "max"))
@@ -133,7 +138,7 @@ def _units(samples: list[Sample], whole_groups: bool) -> list[list[int]]:
 
 
 def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
-                  layout: dist.Layout = dist.Layout()) -> StepBatch:
+                  layout: dist.Layout | None = None) -> StepBatch:
     """Redistribute the step's samples across data-parallel ranks so that each rank's summed cost
     a*L + b*L^2 is near-equal (Karmarkar-Karp over units). Exactness is kept: the loss weights are
     global (normaliser all-reduced), so where a sample is trained does not change the update.
@@ -143,6 +148,7 @@ def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
     world = acc.num_processes
     if world == 1:
         return batch
+    layout = layout or dist.make_layout(acc, 1)
     shares = layout.dp
     payload = (batch.samples, batch.advantages.tolist(), None if batch.correct is None else batch.correct.tolist())
     gathered = dist.gather_objects(acc, payload)
@@ -173,16 +179,17 @@ def _score_plan(policy, samples: list[Sample], plan: list[Micro], pad_id: int, a
     runs and is discarded, so every rank runs the same forwards. Rows outside the plan stay 0. Under
     sequence parallelism every rank of the SP group ends with the logprobs of all the group's micro-batches."""
     out = torch.zeros((len(samples), width), dtype=torch.float32)
+    lay = layout_of(mbs, acc)
     peft_model = acc.unwrap_model(policy).model
     for micro in plan:
         idx, mb = micro_inputs(samples, micro, pad_id, mbs, acc)
         adapter_off = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with adapter_off, acc.autocast():
             lp, _ = policy(mb, temperature=temperature)
-        if owns_results(micro, mbs.layout):
+        if owns_results(micro, lay):
             out[idx, :lp.shape[1]] = lp.float().cpu()
-    if mbs.layout.sp > 1:  # each row was written by one rank of the group
-        out = dist.reduce(acc, out, "sum", mbs.layout.sp_group)
+    if lay.sp > 1:  # each row was written by one rank of the group
+        out = dist.reduce(acc, out, "sum", lay.sp_group)
     return out
 
 
@@ -211,11 +218,11 @@ def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: li
     Its sums and gathers run over one copy of each data-parallel share (the DP group under SP)."""
     current = _score_plan(prepared, batch.samples, micro, pad_id, acc, temperature=temperature, mbs=mbs,
                           width=batch.mask.shape[1])
-    group = mbs.layout.dp_group
+    lay = layout_of(mbs, acc)
     return loss.prepare(MinibatchInputs(
         logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
-        all_reduce_sum=lambda t: dist.reduce(acc, t, "sum", group),
-        all_gather=lambda t: dist.gather_var(acc, t, group=group), rank=mbs.layout.dp_rank))
+        all_reduce_sum=lambda t: dist.reduce(acc, t, "sum", lay.dp_group),
+        all_gather=lambda t: dist.gather_var(acc, t, group=lay.dp_group), rank=lay.dp_rank))
 
 
 def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss: LossSpec, algorithm,
@@ -228,7 +235,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
     ``forward_masks`` ((name, mask) of kind "forward") scale the token weights after each forward pass.
     Returns token sums of the loss statistics, entropy, the vLLM-vs-trainer mismatch and grad norms.
     """
-    a, world, lay = algorithm, acc.num_processes, mbs.layout
+    a, world, lay = algorithm, acc.num_processes, layout_of(mbs, acc)
     # units that stay together: single samples, or whole groups for sequence-level losses (DRPO)
     units = _units(batch.samples, loss.whole_groups)
     random.Random(seed).shuffle(units)
@@ -282,8 +289,8 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                         extra={key: v[mrows, :width].to(acc.device) if rows else torch.zeros_like(mask, dtype=v.dtype)
                                for key, v in extra.items()}))
                     acc.backward(out.loss)
-                stats.micro_batches += 1
-                stats.sharded += int(m_b.sharded)
+                stats.micro_batches += int(bool(m_b.idx))  # real forwards only, not zero-weight padding
+                stats.sharded += int(m_b.sharded and bool(m_b.idx))
                 if epoch == 0 and counted:  # first pass: entropy of every sample; mismatch before any update
                     real = mb.completion_mask
                     stats.entropy += float((ent * real).sum())

@@ -112,3 +112,14 @@ def test_segment_and_dmmpt_options_are_checked_at_parse_time():
         load_config(overrides={"token_masks": [{"name": "dmmpt"}], "rewards": [{"name": "boxed_format"}]})
     with _pytest.raises(ConfigError, match="segment_importance"):
         load_config(overrides={"rollout.segment_importance": "tois"})
+
+
+def test_sequence_parallel_settings_are_checked_against_the_world(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert load_config(overrides=["parallel.sp_size=2"]).parallel.sp_size == 2  # 2 data-parallel x 2 SP
+    with pytest.raises(ConfigError, match=r"'parallel\.sp_size' \(3\) must divide the 4 processes"):
+        load_config(overrides=["parallel.sp_size=3"])
+    with pytest.raises(ConfigError, match=r"shards packed rows: set optim\.packing to true"):
+        load_config(overrides=["parallel.sp_size=2", "optim.packing=false"])
+    with pytest.raises(ConfigError, match=r"invalid value 'on' for 'parallel\.tiled_mlp'"):
+        load_config(overrides=["parallel.tiled_mlp='on'"])

@@ -78,3 +78,25 @@ def test_auto_tiles_only_with_checkpointing_and_never_never_tiles():
         model = _model()
         memory.apply(model, _config(tiled, checkpointing))
         assert hasattr(model.model.layers[0].mlp, "_rlkit_tile") == expect, (tiled, checkpointing)
+
+
+def test_a_tiled_mlp_with_dropout_replays_the_forward_masks_in_backward():
+    """LoRA dropout sits inside the MLP: the backward's recomputed tiles must draw the masks the forward drew."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    holder = nn.Module()
+    holder.mlp = nn.Sequential(nn.Linear(16, 48), nn.Dropout(0.5), nn.GELU(), nn.Linear(48, 16))
+    holder.config = SimpleNamespace(get_text_config=lambda: SimpleNamespace(hidden_size=16))
+    x = torch.randn(1, 40, 16, requires_grad=True)
+    w = torch.randn(1, 40, 16)
+    plain = copy.deepcopy(holder.mlp)
+    assert memory.tile_mlps(holder, tile_tokens=8) == 1
+    torch.manual_seed(5)
+    (holder.mlp(x) * w).sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    torch.manual_seed(5)  # the same draws, tile by tile, with autograd recording
+    (torch.cat([plain(t) for t in x_ref.chunk(5, dim=1)], dim=1) * w).sum().backward()
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-6)
+    for (name, p), q in zip(holder.mlp.named_parameters(), plain.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
