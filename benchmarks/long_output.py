@@ -230,7 +230,7 @@ def adaptive_benchmark(args) -> dict:
     lengths = lognormal_lengths(args.samples, args.median, args.sigma, args.cap, args.seed)
     totals = [PROMPT + n for n in lengths]
     b = 1 / (6 * SMALL["hidden_size"])
-    predicted = {m: plan_cost(plan_group_steps(totals, 2, args.budget, m, b=b), totals, 2, b=b)
+    predicted = {m: plan_cost(plan_group_steps(totals, 2, args.budget, m, b=b), totals, 2, b=b, comm=args.comm)
                  for m in ("fixed", "adaptive")}
     steps = {m: [s.sharded for s in plan_group_steps(totals, 2, args.budget, m, b=b)] for m in ("fixed", "adaptive")}
     proc = _torchrun(2, "_update", "both", json.dumps(lengths), str(args.budget), str(args.repeats))
@@ -241,7 +241,7 @@ def adaptive_benchmark(args) -> dict:
                         "over_budget": sum(t > args.budget for t in totals)},
             "budget_tokens_per_rank": args.budget,
             "steps": {m: {"sharded": s.count(True), "side_by_side": s.count(False)} for m, s in steps.items()},
-            "predicted_cost": predicted, "seconds": measured,
+            "predicted_cost": predicted, "comm_per_token": args.comm, "seconds": measured,
             "speedup_adaptive_over_fixed": measured["fixed"] / measured["adaptive"],
             "predicted_speedup": predicted["fixed"] / predicted["adaptive"]}
 
@@ -308,6 +308,8 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--cap", type=int, default=32768)
     ap.add_argument("--budget", type=int, default=4096, help="tokens per rank of a micro-batch (adaptive)")
+    ap.add_argument("--comm", type=float, default=0.0, help="the planner's exchange cost per token in cost units "
+                    "(a*L + b*L^2 with a = 1); from the overhead part: (T_sp2 - T_sp1 / 2) / T_sp1 x cost(L) / L")
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
