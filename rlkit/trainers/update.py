@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from rlkit.algorithms.losses import LossInputs, MinibatchInputs, aggregation_denominator, aggregation_weights
+from rlkit.errors import UserError
 from rlkit.kernels.packing import balance_across_ranks, plan_micro_batches, sequence_cost
 from rlkit.kernels.sp_plan import GroupStep, plan_group_steps
 from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, to_completion_space
@@ -161,7 +162,7 @@ def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
     units = _units(samples, whole_groups)
     if len(units) < shares:  # not enough units to give every rank one: keep the rollout's split
         if layout.sp > 1:
-            raise ValueError(f"{len(units)} units (samples, or groups for a sequence-level loss) cannot fill "
+            raise UserError(f"{len(units)} units (samples, or groups for a sequence-level loss) cannot fill "
                              f"the {shares} data-parallel SP groups; raise rollout.prompts_per_step")
         return batch
     costs = [sum(sequence_cost(len(samples[i].prompt_ids) + samples[i].num_tokens, 1.0, cost_b) for i in u)
