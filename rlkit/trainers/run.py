@@ -99,14 +99,17 @@ def sync_weights(run: Run) -> float:
     return time.perf_counter() - t
 
 
-def _hidden_size(model) -> int:
+def _text_config(model):
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return int(base.config.get_text_config().hidden_size)
+    return base.config.get_text_config()
+
+
+def _hidden_size(model) -> int:
+    return int(_text_config(model).hidden_size)
 
 
 def _check_sp_heads(model, sp: int) -> None:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    heads = int(base.config.get_text_config().num_attention_heads)
+    heads = int(_text_config(model).num_attention_heads)
     if heads % sp:
         raise ConfigError(f"'parallel.sp_size' ({sp}) must divide the model's {heads} attention heads (Ulysses gives "
                           "each rank of an SP group a share of the heads)")
