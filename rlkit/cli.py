@@ -1,4 +1,4 @@
-"""``rlkit`` command line: train, eval, rewards, recipes.
+"""``rlkit`` command line: train, eval, serve, rewards, recipes.
 
 Every config option is a dotted flag generated from the config dataclasses, so ``rlkit train --help``
 always lists every option with its default and help text. Flags are never abbreviated (``--train.step``
@@ -96,15 +96,45 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                                 "non-empty output_dir is an error unless --resume is given)")
         p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
         types = _add_config_options(p)
+    p = sub.add_parser("serve", help="start stock `vllm serve` for rollout.engine: vllm_server (weight transfer, "
+                       "logprobs mode, RL routes); other options go to vLLM", description=_SERVE_DOC,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model path, hub id or the embedded alias (the policy's starting weights)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    p.add_argument("--weight-transfer", default="auto", choices=["auto", "nccl", "rlkit_gloo"],
+                   help="vLLM weight-transfer backend; auto = nccl with CUDA, else rlkit_gloo (default: auto)")
+    p.add_argument("--dry-run", action="store_true", help="print the vLLM command line and exit")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub.add_parser("rewards", help="list every registered component (rewards, shapers, filters, "
                    "transforms, advantages, losses, token masks) with its one-line doc")
     sub.add_parser("recipes", help="list the named presets with a description and the paper")
     return parser, types
 
 
+_SERVE_DOC = """start stock vLLM's OpenAI server for rollout.engine: vllm_server, with the RL weight-sync routes,
+--weight-transfer-config, --logprobs-mode processed_logprobs and --generation-config vllm (on CPU also float32,
+eager, no chunked prefill). Options rlkit does not know go to vLLM unchanged, e.g.
+  rlkit serve Qwen/Qwen2.5-1.5B-Instruct --port 8000 --tensor-parallel-size 2 --max-model-len 8192
+It prints the URL once the server is healthy and stays in the foreground."""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, types = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "serve":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "serve":
+        from rlkit.serve import serve
+
+        try:
+            return serve(args.model, host=args.host, port=args.port, weight_transfer=args.weight_transfer,
+                         extra=extra, dry_run=args.dry_run)
+        except UserError as e:
+            if args.debug:
+                raise
+            print(f"rlkit: error: {_one_line(e)}", file=sys.stderr)
+            return 2
     if args.command == "rewards":
         from rlkit import registry
 

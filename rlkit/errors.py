@@ -17,3 +17,8 @@ class UserError(Exception):
 
 class CheckpointError(UserError):
     """A checkpoint or run directory cannot be used as asked (missing, incomplete, unsafe, incompatible)."""
+
+
+class ServerError(UserError):
+    """A vLLM server the run depends on is unreachable, refuses, fails or does not answer in time (the message
+    names the server and the phase: connecting, generation, weight sync)."""

@@ -14,7 +14,17 @@ from rlkit.rollout.base import RolloutEngine, SamplingSpec
 
 
 def make_engine(cfg, model_path: str, *, policy=None, tokenizer=None, device=None, dtype=None) -> RolloutEngine:
-    """Build the engine named by ``cfg.rollout.engine`` ("vllm" or "hf")."""
+    """Build the engine named by ``cfg.rollout.engine`` ("vllm", "vllm_server" or "hf")."""
+    if cfg.rollout.engine == "vllm_server":
+        import torch.distributed as tdist
+
+        from rlkit.rollout.server_engine import VLLMServerEngine
+
+        multi = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+        return VLLMServerEngine(cfg.rollout.server_urls, timeout=cfg.rollout.server_timeout,
+                                backend=cfg.rollout.weight_transfer, transfer_address=cfg.rollout.transfer_address,
+                                rank=tdist.get_rank() if multi else 0, world=tdist.get_world_size() if multi else 1,
+                                barrier=tdist.barrier if multi else None)
     if cfg.rollout.engine == "vllm":
         from rlkit.rollout.vllm_engine import VLLMEngine
 

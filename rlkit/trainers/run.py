@@ -178,6 +178,9 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
     if train_set.skipped_long:
         run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
     row = restore(run, checked.resume_path) if checked.resume_path is not None else None
+    if row is None and checked.resume_path is None and getattr(engine, "remote", False):
+        engine.version = -1  # a server holds whatever it was started with (or the last run's weights):
+        sync_weights(run)  # it gets this run's policy, version 0
     run.logger.start_at(run.start_step if checked.resume_path is not None else None, row)
     return run
 
@@ -223,7 +226,7 @@ def restore(run: Run, path: Path) -> dict | None:
             raise CheckpointError(f"{path}: the rollout state (segment pools) was saved by {len(rollout_states)} "
                                   f"processes; resume with the same number (now {acc.num_processes})")
         run.rollout.load_state_dict(rollout_states[acc.process_index])
-    sync_weights(run)
-    run.engine.version = state["policy_version"]
+    run.engine.version = state["policy_version"] - 1
+    sync_weights(run)  # the engine (a server too) gets the restored policy under its saved version
     run.logger.console(f"resumed from {path} at step {run.start_step}")
     return state.get("metrics_row")
