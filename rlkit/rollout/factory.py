@@ -55,6 +55,17 @@ class Rollout:
         self.engine.sleep()
         return StepBatch(prompts, samples)
 
+    def produce(self, step: int, job, first_round: bool) -> StepBatch:
+        """A round of ``step``: ``job(step)`` draws (prompts, spec, metrics) on the calling thread, then the
+        rollout runs. Asynchronous rollouts override this to run the first rounds of later steps ahead."""
+        prompts, spec, metrics = job(step)
+        batch = self(prompts, spec, step)
+        batch.metrics = {**metrics, **batch.metrics}
+        return batch
+
+    def close(self) -> None:
+        pass
+
     def state_dict(self) -> dict:
         return {}
 
@@ -89,11 +100,17 @@ class SegmentedRollout(Rollout):
 def make_rollout(cfg, engine: RolloutEngine, tokenizer) -> Rollout:
     r = cfg.rollout
     if r.segments <= 1:
-        return Rollout(engine)
-    from rlkit.rollout.segments import SegmentRolloutWorker
+        rollout = Rollout(engine)
+    else:
+        from rlkit.rollout.segments import SegmentRolloutWorker
 
-    worker = SegmentRolloutWorker(
-        engine, segment_len=math.ceil(r.max_new_tokens / r.segments), max_total_len=r.max_new_tokens,
-        min_groups=r.segment_min_groups, max_wait=r.segment_max_wait,
-        decode=functools.partial(tokenizer.decode, skip_special_tokens=True))
-    return SegmentedRollout(engine, worker, r.segment_importance)
+        worker = SegmentRolloutWorker(
+            engine, segment_len=math.ceil(r.max_new_tokens / r.segments), max_total_len=r.max_new_tokens,
+            min_groups=r.segment_min_groups, max_wait=r.segment_max_wait,
+            decode=functools.partial(tokenizer.decode, skip_special_tokens=True))
+        rollout = SegmentedRollout(engine, worker, r.segment_importance)
+    if r.async_steps > 0:
+        from rlkit.rollout.asynchronous import AsyncRollout
+
+        rollout = AsyncRollout(rollout, r.async_steps, cfg.train.steps, old_from_engine=r.async_importance == "sais")
+    return rollout

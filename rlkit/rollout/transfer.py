@@ -245,7 +245,10 @@ _registered = threading.Lock()
 def register() -> None:
     """vLLM general plugin (entry point ``vllm.general_plugins: rlkit``): add ``rlkit_gloo`` to both of vLLM's
     weight-transfer registries. vLLM may call this more than once per process."""
-    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
+    from vllm.distributed.weight_transfer.factory import (
+        WeightTransferEngineFactory,
+        WeightTransferTrainerFactory,
+    )
 
     with _registered:
         if BACKEND not in WeightTransferEngineFactory._registry:

@@ -102,22 +102,31 @@ def rewards_together(acc):
         raise error
 
 
-def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:
-    """One generation round on this rank: its slice of n_prompts x world prompts from the seeded sampler,
-    the prompt transforms, the rollout, every reward term, the sample transforms (and the shapers when the
-    filter decides on shaped rewards)."""
-    cfg, acc, stages = run.cfg, run.acc, run.stages
+def draw(run, step: int, *, n_prompts: int, round_idx: int) -> tuple[list, SamplingSpec, dict]:
+    """The prompts of one generation round on this rank (its slice of n_prompts x world from the seeded sampler,
+    after the prompt transforms), the round's sampling spec and the transforms' metrics."""
+    cfg, acc = run.cfg, run.acc
     world, rank = acc.num_processes, acc.process_index
     ctx = context(run, step)
     prompts = [run.train_set.prompts[i] for i in run.sampler.next_batch(n_prompts * world)[rank::world]]
     metrics: dict = {}
-    for name, transform in stages.prompt_transforms:
+    for name, transform in run.stages.prompt_transforms:
         prompts, m = transform(prompts, ctx)
         metrics.update(prefixed(f"transforms/{name}", m))
     seed = cfg.train.seed * 100_003 + step * 1009 + round_idx * 101 + rank
-    with timed(run.timers, "rollout"):
-        batch = run.rollout(prompts, sampling_spec(cfg, cfg.rollout.group_size, seed), step)
-    batch.metrics = metrics = {**metrics, **batch.metrics}
+    return prompts, sampling_spec(cfg, cfg.rollout.group_size, seed), metrics
+
+
+def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:
+    """One generation round on this rank: its slice of n_prompts x world prompts from the seeded sampler,
+    the prompt transforms, the rollout, every reward term, the sample transforms (and the shapers when the
+    filter decides on shaped rewards)."""
+    acc, stages = run.acc, run.stages
+    ctx = context(run, step)
+    with timed(run.timers, "rollout"):  # asynchronous rollouts: the wait for a batch generated ahead
+        batch = run.rollout.produce(step, functools.partial(draw, run, n_prompts=n_prompts, round_idx=round_idx),
+                                    first_round=round_idx == 0)
+    metrics = batch.metrics
     with timed(run.timers, "reward"), rewards_together(acc):
         score(run, batch, step=step)
         for name, transform in stages.sample_transforms:

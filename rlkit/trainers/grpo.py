@@ -50,6 +50,14 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
     replace an earlier run in ``output_dir`` (without it or ``resume`` a non-empty output_dir is an error)."""
     # 0. set-up (preflight, then restore from a checkpoint), then the "before" column of the held-out table
     run = setup(cfg, resume, overwrite=overwrite, checked=checked)
+    try:
+        return _train(run)
+    finally:
+        run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
+
+
+def _train(run: Run) -> RunResult:
+    cfg = run.cfg
     acc, stages, a = run.acc, run.stages, cfg.algorithm
     held_out = functools.partial(evaluate, run.engine, run.eval_set.prompts, accuracy_reward(cfg),
                                  temperature=cfg.rollout.eval_temperature, seed=cfg.train.seed,

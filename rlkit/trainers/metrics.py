@@ -36,8 +36,8 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     m["completion/total_tokens"] = float(n_gen_tokens)
     for key in ("clip_frac", "ratio", "kl"):
         m[f"loss/{key}"] = stats.sums.get(key, 0.0) / n_tok
-    for key, v in stats.sums.items():  # fractions a loss reports (dual_clip_frac, kl_cov_frac)
-        if key.endswith("_frac"):
+    for key, v in stats.sums.items():  # fractions a loss reports (dual_clip_frac, kl_cov_frac), TIS weights
+        if key.endswith("_frac") or key == "tis_weight":
             m[f"loss/{key}"] = v / n_tok
     m["loss/entropy"] = stats.entropy / max(stats.tokens, 1.0)
     m["loss/logprob_mismatch"] = stats.mismatch / max(stats.mismatch_tokens, 1.0)

@@ -38,6 +38,14 @@ def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
     return batch
 
 
+def truncated_importance(old: torch.Tensor, behaviour: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance sampling (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy
+    RL training"): w_t = min(pi_old(y_t) / pi_behaviour(y_t), C), no gradient, multiplied into the token weights.
+    pi_behaviour is the rollout engine's (a stale version under asynchronous rollouts, or another numeric
+    implementation); pi_old the policy the PPO ratio is taken against."""
+    return torch.exp((old.detach() - behaviour).clamp(max=20.0)).clamp(max=cap)
+
+
 def unit_chunks(unit_sizes: list[int], max_rows: int) -> list[list[int]]:
     """Consecutive units packed into micro-batches of at most `max_rows` rows (a larger unit goes alone).
     Returns row positions (into the concatenated units)."""
@@ -243,6 +251,8 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
     minibatch_units = [units[i::a.minibatches] for i in range(a.minibatches)]
     group_ids = batch.group_ids
     stats = UpdateStats(masked={name: 0.0 for name, _ in forward_masks})
+    if a.tis_cap > 0:
+        stats.sums["tis_weight"] = 0.0
     # micro-batch plans depend only on the minibatch's units: plan once, reuse in every pass
     plans = [plan_rank(mb_units, batch.samples, mbs, acc) for mb_units in minibatch_units]
     prepared.train()
@@ -276,6 +286,11 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                     mask = batch.mask[idx, :width].to(acc.device) * zero
                     correct = batch.correct[idx].to(acc.device) if batch.correct is not None else None
                     token_weights = weights[mrows, :width].to(acc.device) * zero if rows else torch.zeros_like(mask)
+                    if a.tis_cap > 0:  # off-policy rollouts: weight each token by min(pi_old / pi_behaviour, C)
+                        tis = truncated_importance(old, batch.behaviour[idx, :width].to(acc.device), a.tis_cap)
+                        token_weights = token_weights * tis
+                        if counted:
+                            stats.sums["tis_weight"] += float((tis * mask).sum())
                     for name, fm in forward_masks:  # normaliser unchanged: only the weights move
                         keep = fm.keep(MaskInputs(mask=mask, truncated=batch.truncated[idx].to(acc.device),
                                                   correct=correct, old_logprobs=old.detach(), entropy=ent))
