@@ -74,6 +74,8 @@ def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *
             out.run_id = state.get("run_id") or out.run_id
             out.notices += compare_to_checkpoint(cfg, out.resume_path, state, out.data_fingerprint)
     check_model(cfg.model.name_or_path)
+    if cfg.rollout.engine == "vllm_server":
+        check_servers(cfg.rollout.server_urls)
     return out
 
 
@@ -112,6 +114,25 @@ def check_output_dir(run_dir: Path, overwrite: bool) -> bool:
         raise CheckpointError(f"--overwrite: {run_dir} does not look like an rlkit run directory (none of "
                               f"{', '.join(RUN_MARKERS)}; it holds {shown}); refusing to delete it")
     return True
+
+
+def check_servers(urls: list[str], timeout: float = 10.0) -> None:
+    """Every rollout server answers ``/health`` (a typo in a URL or a server not yet up costs seconds)."""
+    import urllib.error
+    import urllib.request
+
+    from rlkit.errors import ServerError
+
+    for url in urls:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout):
+                pass
+        except urllib.error.HTTPError as e:
+            raise ServerError(f"rollout.server_urls: {url} answers /health with HTTP {e.code}: not a ready vLLM "
+                              "server") from None
+        except OSError as e:
+            raise ServerError(f"rollout.server_urls: vLLM server {url} is unreachable during connecting ({e}); start "
+                              "it with `rlkit serve MODEL` and wait for its 'ready' line") from None
 
 
 def check_model(name: str) -> None:

