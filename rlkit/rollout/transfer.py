@@ -22,6 +22,7 @@ CUDA streams in the packed producer); rlkit uses ``nccl`` wherever there is a GP
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -66,8 +67,15 @@ def _nbytes(shape, dtype: torch.dtype) -> int:
 def _open_group(host: str, port: int, rank: int, world_size: int, timeout_s: float):
     from vllm.distributed.utils import stateless_init_torch_distributed_process_group
 
-    return stateless_init_torch_distributed_process_group(host, port, rank, world_size, backend="gloo",
-                                                          timeout=timedelta(seconds=timeout_s))
+    # Under torchrun, TORCHELASTIC_USE_AGENT_STORE=True makes torch's TCP rendezvous connect to the launcher's
+    # store as a client instead of serving its own: rank 0 would wait forever for a store nobody serves.
+    agent_store = os.environ.pop("TORCHELASTIC_USE_AGENT_STORE", None)
+    try:
+        return stateless_init_torch_distributed_process_group(host, port, rank, world_size, backend="gloo",
+                                                              timeout=timedelta(seconds=timeout_s))
+    finally:
+        if agent_store is not None:
+            os.environ["TORCHELASTIC_USE_AGENT_STORE"] = agent_store
 
 
 def _broadcast(group, buf: torch.Tensor) -> None:

@@ -185,6 +185,30 @@ def test_async_rollouts_bound_staleness_and_correct_for_it(server, tiny_model_di
     assert all(abs(r["loss/tis_weight"] - 1.0) > 1e-4 for r in rows[1:] if r["async/staleness_max"] > 0)
 
 
+def test_two_trainer_processes_share_one_server_asynchronously(server, tiny_model_dir, tmp_path):
+    """torchrun, 2 processes (gloo), async_steps=1: both generate on the server, process 0 alone sends the
+    weights, neither hangs; the server ends with the final policy."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
+         "--rollout.engine=vllm_server", f"--rollout.server_urls=[{server.url}]", "--rollout.server_timeout=60",
+         "--rollout.async_steps=1", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=16",
+         "--data.eval_size=2", "--train.eval_before=false", "--rewards=[{name: 'helpers:digit_fraction'}]",
+         "--train.steps=3", "--logging.progress=false"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _rows(run)
+    assert [r["policy_version"] for r in rows] == [1, 2, 3]
+    assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0]
+    assert all(r["completion/samples"] == 4 for r in rows)  # one prompt x 4 samples per process and step
+    assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "3"
+    final = run / "checkpoints" / "step_000003" / "policy"
+    assert _server_matches_policy(server.url, final, tiny_model_dir) < TOL_LOGPROB
+
+
 def test_server_faults_fail_fast_and_resume_after_restart(server, tiny_model_dir, tmp_path):
     """A hung server (SIGSTOP) and a killed one (SIGKILL) each end the run within the timeout with a one-line error
     naming the server and the phase; the checkpoints stay intact and `--resume auto` finishes once it is back.
