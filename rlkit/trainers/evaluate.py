@@ -86,6 +86,11 @@ def evaluate_model(cfg, rows: tuple[list[dict], list[dict]] | None = None) -> di
     policy = load_policy(path, pick_dtype(cfg.model.dtype, device)).to(device) if cfg.rollout.engine == "hf" else None
     engine = make_engine(cfg, path, policy=policy, tokenizer=tokenizer, device=device,
                          dtype=pick_dtype(cfg.model.dtype, device))
+    if getattr(engine, "remote", False):  # a server holds whatever it was started with: give it this model
+        from rlkit.rollout.weights import exported_weights
+
+        with exported_weights(load_policy(path, torch.float32)) as named:
+            engine.update_weights(named)
     result = evaluate(engine, eval_set.prompts, accuracy_reward(cfg), temperature=cfg.rollout.eval_temperature,
                       max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.train.seed)
     print(eval_table({cfg.model.name_or_path: result}, len(eval_set.prompts), cfg.data.eval))

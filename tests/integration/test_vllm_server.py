@@ -160,6 +160,23 @@ def test_train_over_server_moves_its_weights(server, tiny_model_dir, tmp_path):
     assert all(r["loss/logprob_mismatch"] < TOL_LOGPROB for r in rows)
 
 
+def test_eval_over_server_pushes_the_evaluated_model(server, engine, tiny_model_dir, tmp_path):
+    """`rlkit eval` with the server engine scores the model it was given, not what the server held (the training
+    test left trained weights there): the same table as the in-process engine on the tiny model."""
+    from rlkit.data import load_prompt_sets
+    from rlkit.models import load_tokenizer
+    from rlkit.trainers.evaluate import accuracy_reward, evaluate, evaluate_model
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "eval", server.url, **{"data.eval_size": 6})
+    remote = evaluate_model(cfg)
+    _, eval_set = load_prompt_sets(cfg.data, load_tokenizer(str(tiny_model_dir)))
+    local = evaluate(engine, eval_set.prompts, accuracy_reward(cfg), temperature=cfg.rollout.eval_temperature,
+                     max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
+    assert remote == local and remote["n"] == 6
+    assert _server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) < TOL_LOGPROB  # it holds the model
+    assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "1"
+
+
 def test_async_rollouts_bound_staleness_and_correct_for_it(server, tiny_model_dir, tmp_path):
     """async_steps=1: batches of step >= 2 come from the previous policy version (recorded per token, never older
     than 1); sais takes the PPO ratio against those logprobs (the ratio is exactly 1 if they are ignored);
