@@ -202,6 +202,26 @@ def test_async_rollouts_bound_staleness_and_correct_for_it(server, tiny_model_di
     assert all(abs(r["loss/tis_weight"] - 1.0) > 1e-4 for r in rows[1:] if r["async/staleness_max"] > 0)
 
 
+def test_dynamic_sampling_over_server_with_async_rollouts(server, tiny_model_dir, tmp_path):
+    """The filter's extra rounds go through the async rollout synchronously, after the first round generated ahead:
+    only groups with signal are kept, and the next step's first round is already queued."""
+    from rlkit.trainers.collect import collect
+    from rlkit.trainers.run import setup
+
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+        "rewards": [{"name": "helpers:even_answers_only"}], "rollout.prompts_per_step": 3, "rollout.async_steps": 1,
+        "filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward", "max_rounds": 4}}})
+    run = setup(cfg)
+    try:
+        batch = collect(run, step=0)
+        assert len(batch.prompts) == 3 and len(batch.samples) == 12
+        assert all(float(p.columns["answer"]) % 2 == 0 for p in batch.prompts)  # zero-variance groups dropped
+        assert batch.metrics["sampling/rounds"] > 1 and batch.metrics["async/staleness_max"] == 0.0
+        assert sorted(run.rollout._ahead) == [1]  # step 1's first round was queued before step 0's extra rounds
+    finally:
+        run.rollout.close()
+
+
 def test_two_trainer_processes_share_one_server_asynchronously(server, tiny_model_dir, tmp_path):
     """torchrun, 2 processes (gloo), async_steps=1: both generate on the server, process 0 alone sends the
     weights, neither hangs; the server ends with the final policy."""
