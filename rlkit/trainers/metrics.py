@@ -6,9 +6,9 @@ import math
 
 import torch
 
+from rlkit.evals.metrics import length_stats
 from rlkit.records import StepBatch, UpdateStats
 from rlkit.trainers import dist
-from rlkit.trainers.evaluate import length_stats
 
 
 def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Tensor, mu: int, lr: float,

