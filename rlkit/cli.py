@@ -1,4 +1,4 @@
-"""``rlkit`` command line: train, eval, serve, rewards, recipes.
+"""``rlkit`` command line: train, eval, serve, report, rewards, recipes.
 
 Every config option is a dotted flag generated from the config dataclasses, so ``rlkit train --help``
 always lists every option with its default and help text. Flags are never abbreviated (``--train.step``
@@ -138,6 +138,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                    help="vLLM weight-transfer backend; auto = nccl with CUDA, else rlkit_gloo (default: auto)")
     p.add_argument("--dry-run", action="store_true", help="print the vLLM command line and exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+    p = sub.add_parser("report", help="PNG plots of one or several runs: curves over steps, length histograms early "
+                       "vs late, accuracy vs tokens across runs and checkpoints")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (output_dir of `rlkit train`)")
+    p.add_argument("--out", help="where the PNGs go (default: RUN_DIR/report, or report/ in the runs' common parent)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub.add_parser("rewards", help="list every registered component (rewards, shapers, filters, "
                    "transforms, advantages, losses, token masks) with its one-line doc")
     sub.add_parser("recipes", help="list the named presets with a description and the paper")
@@ -156,6 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "report":
+        from rlkit.report import report
+
+        try:
+            report(args.runs, args.out)
+            return 0
+        except UserError as e:
+            if args.debug:
+                raise
+            print(f"rlkit: error: {_one_line(e)}", file=sys.stderr)
+            return 2
     if args.command == "serve":
         from rlkit.serve import serve
 

@@ -49,6 +49,7 @@ class RunLogger:
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.completions_path = self.run_dir / "completions.jsonl"
+        self.lengths_path = self.run_dir / "lengths.jsonl"
         self.wandb = None
         if enabled and "wandb" in report_to:
             import wandb
@@ -57,13 +58,17 @@ class RunLogger:
                 os.environ["WANDB_MODE"] = "offline"
             self.wandb = wandb.init(project=project, name=run_name, config=config, dir=str(self.run_dir),
                                     id=run_id, resume="allow")
+            # wandb makes one panel section per key prefix (reward/, loss/, completion/, eval/, async/, ...);
+            # every chart uses the training step as its x axis
+            self.wandb.define_metric("train/step")
+            self.wandb.define_metric("*", step_metric="train/step")
 
     def start_at(self, step: int | None, row: dict | None = None) -> None:
         """Before the first step: ``step`` None is a fresh run (earlier rows are dropped); otherwise keep rows up
         to ``step`` (the checkpoint resumed) and put back its ``row`` if the file lacks it."""
         if not self.enabled:
             return
-        for path in (self.metrics_path, self.completions_path):
+        for path in (self.metrics_path, self.completions_path, self.lengths_path):
             if not path.exists():
                 continue
             kept = [r for r in _read_rows(path) if step is not None and r.get("step", -1) <= step]
@@ -78,7 +83,26 @@ class RunLogger:
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.wandb is not None:
-            self.wandb.log(metrics, step=step)
+            self.wandb.log({**metrics, "train/step": step}, step=step)
+
+    def log_lengths(self, step: int, lengths: list[int]) -> None:
+        """Every completion length of the step (all processes): lengths.jsonl (for `rlkit report`'s histograms)
+        and a wandb histogram."""
+        if not self.enabled:
+            return
+        with open(self.lengths_path, "a") as f:
+            f.write(json.dumps({"step": step, "lengths": lengths}) + "\n")
+        if self.wandb is not None and lengths:
+            import wandb
+
+            self.wandb.log({"completion/lengths": wandb.Histogram(lengths), "train/step": step}, step=step)
+
+    def log_table(self, key: str, headers: list[str], rows: list[list], step: int) -> None:
+        """A table for wandb only (e.g. the before/after evaluation); the console and JSON have their own."""
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({key: wandb.Table(columns=headers, data=rows), "train/step": step}, step=step)
 
     def log_completions(self, step: int, rows: list[dict]) -> None:
         if not self.enabled or not rows:
@@ -91,7 +115,7 @@ class RunLogger:
 
             cols = list(rows[0])
             table = wandb.Table(columns=cols, data=[[r[c] for c in cols] for r in rows])
-            self.wandb.log({f"completions/step_{step}": table}, step=step)
+            self.wandb.log({"completions/samples": table, "train/step": step}, step=step)
 
     def console(self, text: str) -> None:
         if self.enabled:

@@ -41,8 +41,9 @@ def accuracy_reward(cfg):
                               term.on_error), phase="the held-out evaluation")
 
 
-def eval_table(columns: dict[str, dict], n: int, source: str) -> str:
-    """The held-out table, one column per named result (e.g. before / after)."""
+def eval_rows(columns: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the held-out table, one column per named result (e.g. before / after), with the AES of
+    each later column against the first (O1-Pruner's accuracy-efficiency score)."""
     def fmt(d, k, pct):
         if k not in d:
             return "-"
@@ -52,10 +53,16 @@ def eval_table(columns: dict[str, dict], n: int, source: str) -> str:
         ("accuracy", "accuracy", True), ("mean completion tokens", "mean_tokens", False),
         ("median completion tokens", "median_tokens", False), ("truncation rate", "truncation_rate", True))]
     first, *rest = list(columns.values()) or [{}]
-    if rest and first and all(rest):  # each later column against the first (O1-Pruner's accuracy-efficiency score)
+    if rest and first and all(rest):
         from rlkit.evals.metrics import aes
 
         scores = [aes(d["accuracy"], d["mean_tokens"], first["accuracy"], first["mean_tokens"]) for d in rest]
         rows.append(["AES vs " + next(iter(columns))] + ["-"] + [
             "-" if math.isnan(a) else f"{a:+.3f}" for a in scores])
-    return f"\nHeld-out evaluation on {n} prompts of {source}:\n" + format_table(["metric", *columns], rows)
+    return ["metric", *columns], rows
+
+
+def eval_table(columns: dict[str, dict], n: int, source: str) -> str:
+    """The held-out table for the console."""
+    headers, rows = eval_rows(columns)
+    return f"\nHeld-out evaluation on {n} prompts of {source}:\n" + format_table(headers, rows)

@@ -28,8 +28,9 @@ from rlkit.config import Config
 from rlkit.files import atomic_write_text
 from rlkit.preflight import Preflight
 from rlkit.records import StepBatch
+from rlkit.trainers import dist
 from rlkit.trainers.collect import advantages, collect, refresh_monitors, timed
-from rlkit.trainers.evaluate import accuracy_reward, eval_table, evaluate
+from rlkit.trainers.evaluate import accuracy_reward, eval_rows, eval_table, evaluate
 from rlkit.trainers.metrics import step_metrics
 from rlkit.trainers.run import Run, save, setup, sync_weights
 from rlkit.trainers.update import balance_ranks, prepare_tokens, score_all, update_policy
@@ -132,6 +133,8 @@ def _train(run: Run) -> RunResult:
             with timed(metrics, "time/checkpoint"):
                 save(run, step + 1, dict(metrics))
         metrics["time/step"] = time.perf_counter() - t_step
+        lengths = [n for rank in dist.gather_objects(acc, [s.num_tokens for s in batch.samples]) for n in rank]
+        run.logger.log_lengths(step + 1, lengths)
         run.logger.log(step + 1, metrics)
         failpoints.hit("log")
         if bar is not None:
@@ -150,6 +153,7 @@ def _train(run: Run) -> RunResult:
         atomic_write_text(run.run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
         run.logger.console(eval_table({"before": run.before, "after": after}, len(run.eval_set.prompts),
                                       cfg.data.eval))
+        run.logger.log_table("eval/table", *eval_rows({"before": run.before, "after": after}), step=cfg.train.steps)
     run.logger.finish()
     if acc.num_processes > 1:  # tear the process group down before exit (gloo's threads may abort at exit);
         acc.wait_for_everyone()  # one process has none of its own (vLLM's in-process group stays)
