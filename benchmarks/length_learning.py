@@ -1,11 +1,13 @@
-"""Learning check for the length-aware methods (issue 3): the same seed, data and steps with plain GRPO,
-DLER truncation and a token-budget curriculum, on the embedded SmolLM2-135M-Instruct (CPU, vLLM CPU).
+"""Learning check for the length-aware methods (issues 3 and 14): the same seed, data and steps with plain GRPO,
+DLER truncation, DRPO and a token-budget curriculum, on the embedded SmolLM2-135M-Instruct (CPU, vLLM CPU).
 
-Reports held-out accuracy and completion tokens before and after each run (greedy, the same 128-token
-evaluation cap for all three). Target: DLER cuts mean completion tokens by >= 40% against the GRPO run
-while held-out accuracy stays within 2 points of it.
+Each run trains on MAWPS SingleOp; then `rlkit eval` scores the untrained model and every run's final checkpoint
+as the papers measure it: held-out problems never used in training (``--benchmarks``, by default the whole MAWPS
+AddSub file and SVAMP: 1,394 problems), avg@4 at temperature 0.6 / top_p 0.95 with 95% bootstrap intervals, mean
+tokens, truncation, and AES against the untrained model; `rlkit report` draws the accuracy-vs-tokens plot.
+Target (issue 14): DLER >= 50% fewer tokens than GRPO with accuracy not lower beyond the interval.
 
-    .venv/bin/python benchmarks/length_learning.py [--steps 16] [--out runs/bench-length]
+    .venv/bin/python benchmarks/length_learning.py [--steps 12] [--out runs/bench-length] [--limit N]
 """
 
 from __future__ import annotations
@@ -32,41 +34,74 @@ RUNS = {
     # curriculum recipe scaled: budget 96 -> x0.7 every 4 steps in the prompt, triangular length reward
     "curriculum": ["--recipe=curriculum", "--rollout.max_new_tokens=128",
                    "--prompt_transforms=[{name: budget_curriculum, kwargs: {initial: 96, gamma: 0.7, every: 4}}]"],
+    # DRPO recipe scaled: completions up to 128 tokens, one optimizer step per batch, sampling at T 1.0 like the rest
+    "drpo": ["--recipe=drpo", "--rollout.max_new_tokens=128", "--rollout.temperature=1.0", "--algorithm.minibatches=1"],
 }
+
+
+def _rlkit(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"rlkit {args[0]} failed")
+    return proc
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--out", default="runs/bench-length")
-    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--runs", default="grpo,dler,drpo,curriculum")
+    ap.add_argument("--benchmarks", default="mawps_addsub,svamp")
+    ap.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0 = all)")
     args = ap.parse_args()
     out = Path(args.out)
+    evals = out / "evals"
+    evaluate = ["--benchmarks", args.benchmarks, "--k", "4", "--max-new-tokens", "128", "--limit", str(args.limit),
+                "--no-progress"]
+    base = evals / "untrained.json"
+    if not base.exists():
+        _rlkit("eval", *evaluate, "--output", str(base))
     results = {}
     for name in args.runs.split(","):
         run_dir = out / name
         t0 = time.perf_counter()
-        cmd = [sys.executable, "-m", "rlkit.cli", "train", *COMMON, *RUNS[name], f"--train.steps={args.steps}",
+        cmd = ["train", *COMMON, *RUNS[name], f"--train.steps={args.steps}", "--checkpoint.save_final=true",
                f"--output_dir={run_dir}", "--overwrite"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.stderr.write(proc.stderr[-4000:])
-            raise SystemExit(f"run {name} failed")
-        summary = json.loads((run_dir / "eval_summary.json").read_text())
-        results[name] = {**summary, "wall_s": time.perf_counter() - t0, "command": " ".join(cmd[2:])}
-        print(f"{name}: {results[name]['wall_s']:.0f} s", flush=True)
+        _rlkit(*cmd)
+        wall = time.perf_counter() - t0
+        policy = run_dir / "checkpoints" / f"step_{args.steps:06d}" / "policy"
+        result_path = run_dir / "evals" / f"step_{args.steps:06d}.json"
+        _rlkit("eval", f"--model.name_or_path={policy}", *evaluate, "--baseline", str(base), "--output",
+               str(result_path))
+        results[name] = {"eval": json.loads(result_path.read_text()), "wall_s": wall, "command": " ".join(cmd)}
+        print(f"{name}: trained in {wall:.0f} s", flush=True)
     (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
-    print("\n| run | accuracy before | accuracy after | mean tokens before | mean tokens after | truncation after |")
-    print("|---|---|---|---|---|---|")
+    _rlkit("report", *[str(out / n) for n in results], "--out", str(out / "report"))
+    untrained = json.loads(base.read_text())["benchmarks"]
+    print("\n| run | benchmark | avg@4 [95% CI] | mean tokens | truncation | tokens vs untrained | AES |")
+    print("|---|---|---|---|---|---|---|")
+    for bench, m in untrained.items():
+        print(f"| untrained | {bench} | {_ci(m)} | {m['mean_tokens']:.1f} | {100 * m['truncation_rate']:.1f}% | - | - |")
     for name, r in results.items():
-        b, a = r["before"], r["after"]
-        print(f"| {name} | {100 * b['accuracy']:.1f}% | {100 * a['accuracy']:.1f}% | {b['mean_tokens']:.1f} | "
-              f"{a['mean_tokens']:.1f} | {100 * a['truncation_rate']:.1f}% |")
+        for bench, m in r["eval"]["benchmarks"].items():
+            vs = r["eval"]["vs_baseline"][bench]
+            print(f"| {name} | {bench} | {_ci(m)} | {m['mean_tokens']:.1f} | {100 * m['truncation_rate']:.1f}% | "
+                  f"{-vs['token_reduction_pct']:+.1f}% | {_num(vs['aes'], '+.3f')} |")
     if "grpo" in results and "dler" in results:
-        g, d = results["grpo"]["after"], results["dler"]["after"]
-        cut = 1 - d["mean_tokens"] / g["mean_tokens"]
-        print(f"\nDLER vs GRPO: mean tokens {100 * cut:+.1f}% shorter (target >= 40%), accuracy "
-              f"{100 * (d['accuracy'] - g['accuracy']):+.1f} points (target within 2)")
+        for bench in untrained:
+            g, d = results["grpo"]["eval"]["benchmarks"][bench], results["dler"]["eval"]["benchmarks"][bench]
+            print(f"\n{bench}: DLER vs GRPO mean tokens {100 * (d['mean_tokens'] / g['mean_tokens'] - 1):+.1f}% "
+                  f"(target <= -50%), avg@4 {100 * (d['avg@k'] - g['avg@k']):+.1f} points (GRPO interval "
+                  f"{100 * g['avg@k_ci_low']:.1f}-{100 * g['avg@k_ci_high']:.1f}%)")
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def _ci(m: dict) -> str:
+    return f"{100 * m['avg@k']:.1f}% [{100 * m['avg@k_ci_low']:.1f}, {100 * m['avg@k_ci_high']:.1f}]"
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ _API = {
     "RunResult": ("rlkit.trainers.grpo", "RunResult"),
     "evaluate": ("rlkit.evals.suite", "evaluate_suite"),
     "EvalSettings": ("rlkit.evals.suite", "EvalSettings"),
-    "report": ("rlkit.report", "report"),
+    "report": ("rlkit.plots", "report"),
     "register_reward": ("rlkit.rewards.registry", "register_reward"),
 }
 __all__ = ["__version__", *_API]

@@ -89,7 +89,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("evaluation")
     g.add_argument("--benchmarks", default="held_out", metavar="NAMES",
                    help="comma-separated benchmarks (default: held_out, the config's held-out slice)")
-    g.add_argument("--k", type=int, default=4, help="samples per prompt (default: 4)")
+    g.add_argument("--k", type=int, default=None, help="samples per prompt (default: 4)")
     g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default: 0.6)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
     g.add_argument("--greedy", action="store_true", help="one greedy sample per prompt (k = 1, temperature 0)")
@@ -131,7 +131,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p = sub.add_parser("serve", help="start stock `vllm serve` for rollout.engine: vllm_server (weight transfer, "
                        "logprobs mode, RL routes); other options go to vLLM", description=_SERVE_DOC,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="model path, hub id or the embedded alias (the policy's starting weights)")
+    p.add_argument("model", help="model path, hub id or the embedded alias (the policy's starting weights); give it "
+                   "before any vLLM option")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--weight-transfer", default="auto", choices=["auto", "nccl", "rlkit_gloo"],
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "report":
-        from rlkit.report import report
+        from rlkit.plots import report
 
         try:
             report(args.runs, args.out)
@@ -228,6 +229,9 @@ def _run(args: argparse.Namespace, types: dict) -> int:
         print(suite.compare_table({label: suite.load_result(p) for label, p in zip(labels, args.compare)}))
         return 0
     preflight(cfg, train=False)
+    if args.greedy and args.k not in (None, 1):
+        raise UserError(f"--greedy takes one sample per prompt; drop --k {args.k} (or --greedy)")
+    args.k = 4 if args.k is None else args.k
     if args.k < 1 or args.limit < 0 or args.max_new_tokens < 0:
         raise UserError("--k must be >= 1, --limit and --max-new-tokens >= 0")
     extra = {"max_new_tokens": args.max_new_tokens, "limit": args.limit, "seed": cfg.train.seed}

@@ -28,6 +28,7 @@ BREAKING = {
     "model.lora.target_modules": "the adapters sit on other modules",
     "data.train": "the saved data position is for another dataset",
     "rollout.segments": "the carried segment pools were cut for another number of segments",
+    "rollout.async_steps": "the checkpoint holds the batches generated ahead for the saved number of steps",
 }
 # stage lists whose saved state is keyed by position and name: their names may not change on resume
 STAGE_LISTS = ("prompt_transforms", "sample_transforms", "filter", "shaping", "token_masks")
@@ -193,9 +194,10 @@ def compare_to_checkpoint(cfg: Config, path: Path, state: dict, data_fingerprint
                                   "Start a new run (another output_dir, or --overwrite)")
     old, new = _flatten({k: v for k, v in saved.items() if k not in STAGE_LISTS}), \
         _flatten({k: v for k, v in now.items() if k not in STAGE_LISTS})
+    defaults = _flatten(to_dict(Config()))
     for key in sorted(set(old) | set(new)):
         before, after = old.get(key, "<unset>"), new.get(key, "<unset>")
-        if before == after:
+        if before == after or (before == "<unset>" and after == defaults.get(key)):  # an option added since
             continue
         if key in BREAKING:
             raise CheckpointError(f"--resume {path}: '{key}' changed from {before!r} to {after!r}, which the "

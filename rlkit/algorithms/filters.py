@@ -105,7 +105,10 @@ class _Rounds:
         informative = len(kept)
         chosen, padded = fill_quota(kept, quota, fallback)
         out = _select(batches, chosen)
-        out.metrics = {**batches[-1].metrics, "sampling/rounds": len(batches),
+        merged: dict = {}
+        for b in batches:  # metrics only the first round carries (asynchronous rollouts' staleness) stay
+            merged.update(b.metrics)
+        out.metrics = {**merged, "sampling/rounds": len(batches),
                        "sampling/informative_fraction": informative / max(generated, 1),
                        "sampling/padded_groups": padded, "sampling/prompts_generated": generated,
                        "sampling/cap_hit": float(cap_hit), **self.record(informative, generated, reduce)}

@@ -133,6 +133,6 @@ def benchmark_metrics(groups: list[dict], k: int, *, seed: int = 0) -> dict[str,
 
 def against_baseline(result: dict[str, float], base: dict[str, float]) -> dict[str, float]:
     """Token reduction (%) and AES of one benchmark's result against the baseline's result on it."""
-    lb, pb = base["mean_tokens"], base["avg@k"]
+    lb, pb = base.get("mean_tokens") or math.nan, base.get("avg@k") or 0.0  # null in JSON: no samples
     return {"token_reduction_pct": 100.0 * (lb - result["mean_tokens"]) / lb if lb > 0 else math.nan,
             "aes": aes(result["avg@k"], result["mean_tokens"], pb, lb)}

@@ -63,7 +63,7 @@ def resolve_model(path: str) -> str:
     if not base:
         raise UserError(f"{config}: no base_model_name_or_path; cannot merge the adapter for evaluation")
     digest = hashlib.sha256(str(p.resolve()).encode())
-    for f in sorted(p.glob("adapter_model.*")):
+    for f in [config, *sorted(p.glob("adapter_model.*"))]:  # the base, the adapter's shape and its weights
         digest.update(f.read_bytes())
     out = cache_dir() / "merged" / digest.hexdigest()[:16]
     if not (out / "config.json").is_file():
@@ -90,7 +90,7 @@ def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_
 
     if settings.limit:
         prompts = prompts[:settings.limit]
-    groups = []
+    groups, unscored = [], 0
     bar = tqdm(total=len(prompts), desc=label, unit="prompt", dynamic_ncols=True, disable=not progress)
     for lo in range(0, len(prompts), CHUNK):
         chunk = prompts[lo:lo + CHUNK]
@@ -103,6 +103,7 @@ def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_
                              completion_ids=[s.completion_ids for s in samples], **columns,
                              finish_reason=[s.finish_reason for s in samples],
                              num_tokens=[s.num_tokens for s in samples], step=0)
+        unscored += sum(sc is None for sc in scores)  # the verifier gave no verdict: counted as wrong, reported
         for g in range(len(chunk)):
             members = [(s, sc) for s, sc in zip(samples, scores) if s.group_id == g]
             groups.append({"correct": [float(sc or 0.0) for _, sc in members],
@@ -111,7 +112,7 @@ def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_
                            "answers": [final_answer(s.text) for s, _ in members]})
         bar.update(len(chunk))
     bar.close()
-    return benchmark_metrics(groups, settings.k, seed=settings.seed)
+    return {**benchmark_metrics(groups, settings.k, seed=settings.seed), "unscored": unscored}
 
 
 COLUMNS = [("avg@k", "avg@k", True), ("pass@k", "pass@k", True), ("maj@k", "maj@k", True),
@@ -172,6 +173,17 @@ def load_result(path: str) -> dict:
     return result
 
 
+def _json_safe(value):
+    """NaN (e.g. the mean tokens of correct answers when none is correct) becomes null: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def default_output(model: str) -> Path:
     """Next to the run for a checkpoint (RUN/evals/step_N.json, where `rlkit report` finds it), else ./evals/."""
     p = Path(model)
@@ -192,18 +204,23 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     from rlkit.rollout.weights import exported_weights
     from rlkit.trainers.evaluate import accuracy_reward
 
+    if baseline and baseline_model:
+        raise UserError("give --baseline RESULT.json or --baseline-model PATH, not both")
     base_result = load_result(baseline) if baseline else None
     model = resolve_model(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model)
-    prompt_sets = {}
+    prompt_sets, skipped = {}, {}
     for name in benchmarks:  # read and check every data file before any model loads
         if name == "held_out":
             rows = read_data(cfg.data)[1]
         else:
             path = resolve_source(benchmark_source(name))
             rows = normalise_rows(load_rows(path), path, cfg.data.question_key, cfg.data.answer_key)
-        prompt_sets[name] = build_prompts(rows, tokenizer, cfg.data, source=benchmark_source(name)).prompts
+        built = build_prompts(rows, tokenizer, cfg.data, source=benchmark_source(name))
+        prompt_sets[name], skipped[name] = built.prompts, built.skipped_long
     max_new = settings.max_new_tokens or cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
+    # the engine's context must hold the longest prompt plus this cap (vLLM stops at max_model_len)
+    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, eval_max_new_tokens=max_new))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = pick_dtype(cfg.model.dtype, device)
     policy = load_policy(model, dtype).to(device) if cfg.rollout.engine == "hf" else None
@@ -224,8 +241,9 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
                     "prompt_suffix": cfg.data.prompt_suffix, "system_prompt": cfg.data.system_prompt}
 
     def run_all(label: str) -> dict:
-        return {name: run_benchmark(engine, prompts, accuracy, settings, max_new, label=f"{label}: {name}",
-                                    progress=progress) for name, prompts in prompt_sets.items()}
+        return {name: {**run_benchmark(engine, prompts, accuracy, settings, max_new, label=f"{label}: {name}",
+                                       progress=progress), "skipped_long_prompts": skipped[name]}
+                for name, prompts in prompt_sets.items()}
 
     result = {"model": cfg.model.name_or_path, "settings": settings_out, "benchmarks": run_all("eval"),
               "sources": {n: benchmark_source(n) for n in benchmarks},
@@ -239,9 +257,12 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
                                  for n, m in result["benchmarks"].items() if n in base_result["benchmarks"]}
     out = Path(output) if output else default_output(cfg.model.name_or_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(_json_safe(result), indent=2) + "\n")
     if base_result is not None:
         print(results_table({**base_result, "settings": settings_out}))
     print(results_table(result))
+    for name, n in skipped.items():
+        if n:
+            print(f"{name}: {n} prompts over data.max_prompt_tokens={cfg.data.max_prompt_tokens} were skipped")
     print(f"\nwritten: {out}")
     return result

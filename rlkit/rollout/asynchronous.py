@@ -8,9 +8,11 @@ Staleness: the job of step t is submitted at the start of step t-k, when the pol
 counts weight syncs, one per step); versions only grow, so every token of step t's batch comes from a version
 >= t-k. A weight sync waits for the engine's generation in flight (``VLLMServerEngine`` gates it) and every
 sample records the version it was generated with (``Sample.versions``), so staleness is measured, not assumed:
-``async/staleness_max`` (step - newest version in a sample, <= k) and ``async/oldest_token_lag`` (step - oldest
-version, which segment rollouts can push past k by design: their unfinished samples carry tokens from earlier
-steps).
+``async/staleness_max`` (step - the version the batch's generation started from, <= k, checked),
+``async/sample_staleness_mean`` (step - the newest version in each sample) and ``async/oldest_token_lag`` (step -
+the oldest version, which segment rollouts push past k by design: their samples carry tokens from earlier steps).
+Prompt transforms and the dynamic-sampling filter's sizing see the controller state of the step that draws the
+prompts, up to k steps before the step that trains on them.
 
 Off-policy correction is the loop's existing machinery: with ``rollout.async_importance: sais`` the engine's
 per-token logprobs are the PPO ratio's old policy (each token against the version that generated it); with
@@ -47,9 +49,10 @@ class AsyncRollout(Rollout):
         self._ahead: dict[int, Future] = {}
 
     def _generate(self, prompts: list[Prompt], spec, step: int, metrics: dict) -> StepBatch:
-        t0 = time.perf_counter()
+        t0, version = time.perf_counter(), self.engine.version  # no older policy generates any of this job
         batch = self.inner(prompts, spec, step)
-        batch.metrics = {**metrics, **batch.metrics, "async/generate_s": time.perf_counter() - t0}
+        batch.metrics = {**metrics, **batch.metrics, "async/generate_s": time.perf_counter() - t0,
+                         "async/job_version": float(version)}
         return batch
 
     def produce(self, step: int, job, first_round: bool) -> StepBatch:
@@ -65,14 +68,16 @@ class AsyncRollout(Rollout):
         return batch
 
     def _staleness(self, batch: StepBatch, step: int) -> dict:
+        """The bound is on the job: every token it generated comes from a version >= its start version. Tokens a
+        segment rollout carried from earlier steps (and members that finished in an earlier segment round and
+        wait for their group) are older by design; they are reported, not bounded."""
+        lag = step - int(batch.metrics.pop("async/job_version", step))
+        if lag > self.k:  # the bound is what makes the importance correction valid: never train past it
+            raise RuntimeError(f"asynchronous rollout: the batch of step {step} was generated {lag} versions ago, "
+                               f"over rollout.async_steps={self.k}")
         newest = [step - max(s.versions) for s in batch.samples if s.versions]
         oldest = [step - min(s.versions) for s in batch.samples if s.versions]
-        worst = max(newest, default=0)
-        if worst > self.k:  # the bound is what makes the importance correction valid: never train past it
-            raise RuntimeError(f"asynchronous rollout: a sample of step {step} is {worst} versions old, over "
-                               f"rollout.async_steps={self.k}")
-        return {"async/staleness_max": float(worst),
-                "async/staleness_mean": sum(newest) / max(len(newest), 1),
+        return {"async/staleness_max": float(lag), "async/sample_staleness_mean": sum(newest) / max(len(newest), 1),
                 "async/oldest_token_lag": float(max(oldest, default=0))}
 
     def close(self) -> None:

@@ -122,8 +122,9 @@ class _Server:
             raise ServerError(f"vLLM server {self.url} is unreachable during {what} (connection refused or dropped: "
                               "is it running? `rlkit serve MODEL` starts one)") from e
         except requests.HTTPError as e:
-            body = e.response.text[:400] if e.response is not None else ""
-            raise ServerError(f"vLLM server {self.url} refused {what}: HTTP {e.response.status_code}: {body}") from e
+            r = e.response
+            status, body = (r.status_code, r.text[:400]) if r is not None else ("?", str(e))
+            raise ServerError(f"vLLM server {self.url} refused {what}: HTTP {status}: {body}") from e
         except Exception as e:  # transfer-group failures (gloo/NCCL) and malformed answers
             raise ServerError(f"vLLM server {self.url}: {what} failed: {type(e).__name__}: {e}") from e
 
@@ -203,7 +204,12 @@ class VLLMServerEngine:
             version = self.version
             futures = [self._pool.submit(self._complete, self.servers[(self.rank + k) % len(self.servers)], p, s)
                        for k, (p, s) in enumerate(zip(prompts, specs))]
-            answers = [f.result() for f in futures]
+            try:
+                answers = [f.result() for f in futures]
+            except BaseException:
+                for f in futures:  # do not leave the rest of the call running (or queued) behind the error
+                    f.cancel()
+                raise
         samples = []
         for k, choices in enumerate(answers):
             for c in sorted(choices, key=lambda c: c["index"]):
@@ -260,11 +266,15 @@ class VLLMServerEngine:
             for s in self.servers:
                 if sender:
                     s.post("/pause", "weight sync (pause)", params={"mode": "wait", "clear_cache": "true"})
-                with s.phase(f"weight sync (transfer over {self.backend})"):
-                    s.transfer.send_weights()
-                if sender:
-                    s.post("/update_weight_version", "weight sync (version)", json={"new_version": str(new)})
-                    s.post("/resume", "weight sync (resume)")
+                try:
+                    with s.phase(f"weight sync (transfer over {self.backend})"):
+                        s.transfer.send_weights()
+                    if sender:
+                        s.post("/update_weight_version", "weight sync (version)", json={"new_version": str(new)})
+                finally:
+                    if sender:  # a failed transfer must not leave the server paused for its other clients
+                        with contextlib.suppress(ServerError):
+                            s.post("/resume", "weight sync (resume)")
             self._source.pairs = []
             self.barrier()
             self.version = new

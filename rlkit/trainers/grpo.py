@@ -55,6 +55,8 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
         return _train(run)
     finally:
         run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
+        if hasattr(run.engine, "close"):  # server engines: no request left running behind a failed run
+            run.engine.close()
 
 
 def _train(run: Run) -> RunResult:

@@ -172,6 +172,7 @@ def test_eval_over_server_pushes_the_evaluated_model(server, engine, tiny_model_
     settings = EvalSettings(k=2, max_new_tokens=16)
     remote = evaluate_suite(cfg, ["held_out"], settings, output=str(tmp_path / "r.json"), progress=False)
     remote = remote["benchmarks"]["held_out"]
+    assert remote.pop("skipped_long_prompts") == 0
     _, eval_set = load_prompt_sets(cfg.data, load_tokenizer(str(tiny_model_dir)))
     local = run_benchmark(engine, eval_set.prompts, accuracy_reward(cfg), settings, 16, label="local", progress=False)
     assert remote == local and remote["prompts"] == 6
@@ -210,7 +211,7 @@ def test_dynamic_sampling_over_server_with_async_rollouts(server, tiny_model_dir
     from rlkit.trainers.collect import collect
     from rlkit.trainers.run import setup
 
-    cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
+    cfg = _cfg(tiny_model_dir, tmp_path / "run", server.url, **{
         "rewards": [{"name": "helpers:even_answers_only"}], "rollout.prompts_per_step": 3, "rollout.async_steps": 1,
         "filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward", "max_rounds": 4}}})
     run = setup(cfg)

@@ -30,7 +30,7 @@ def _fake_run(path: Path, steps: int, start_tokens: float) -> Path:
 
 
 def test_report_writes_three_plots_for_several_runs(tmp_path):
-    from rlkit.report import load_run, report
+    from rlkit.plots import load_run, report
 
     a = _fake_run(tmp_path / "runs" / "grpo", 10, 90.0)
     b = _fake_run(tmp_path / "runs" / "dler", 10, 70.0)
