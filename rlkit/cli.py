@@ -162,28 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "report":
-        from rlkit.plots import report
-
-        try:
-            report(args.runs, args.out)
-            return 0
-        except UserError as e:
-            if args.debug:
-                raise
-            print(f"rlkit: error: {_one_line(e)}", file=sys.stderr)
-            return 2
-    if args.command == "serve":
-        from rlkit.serve import serve
-
-        try:
-            return serve(args.model, host=args.host, port=args.port, weight_transfer=args.weight_transfer,
-                         extra=extra, dry_run=args.dry_run)
-        except UserError as e:
-            if args.debug:
-                raise
-            print(f"rlkit: error: {_one_line(e)}", file=sys.stderr)
-            return 2
     if args.command == "rewards":
         from rlkit import registry
 
@@ -200,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14s} {desc}\n{'':14s} {paper}")
         return 0
     try:
+        if args.command == "report":
+            from rlkit.plots import report
+
+            report(args.runs, args.out)
+            return 0
+        if args.command == "serve":
+            from rlkit.serve import serve
+
+            return serve(args.model, host=args.host, port=args.port, weight_transfer=args.weight_transfer,
+                         extra=extra, dry_run=args.dry_run)
         return _run(args, types)
     except UserError as e:
         if args.debug:

@@ -58,6 +58,13 @@ def load_run(run: Path) -> dict:
     return {"label": _label(run), "rows": rows, "lengths": lengths, "points": points}
 
 
+def _save(plt, fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_curves(runs: list[dict], out: Path) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
@@ -72,10 +79,7 @@ def plot_curves(runs: list[dict], out: Path) -> Path:
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_lengths(runs: list[dict], out: Path) -> Path:
@@ -97,10 +101,7 @@ def plot_lengths(runs: list[dict], out: Path) -> Path:
         ax.set_ylabel("samples")
         if early or late:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def plot_pareto(runs: list[dict], out: Path) -> Path:
@@ -121,10 +122,7 @@ def plot_pareto(runs: list[dict], out: Path) -> Path:
     ax.grid(alpha=0.3)
     if any(run["points"] for run in runs):
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, out)
 
 
 def report(run_dirs: list[str], out: str | None = None) -> list[Path]:

@@ -58,6 +58,9 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = 8000, weight_transfe
     from rlkit.models import resolve_model_path
     from rlkit.rollout.server_engine import resolve_backend
 
+    from rlkit.preflight import check_model
+
+    check_model(model)  # a missing local path is one line here, not vLLM's traceback a minute later
     cuda = torch.cuda.is_available()
     backend = resolve_backend(weight_transfer)
     cmd = vllm_command(resolve_model_path(model), host=host, port=port, backend=backend, extra=list(extra), cuda=cuda)
