@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace, types: dict) -> int:
         labels = [p if args.compare.index(p) == i else f"{p} #{i + 1}" for i, p in enumerate(args.compare)]
         print(suite.compare_table({label: suite.load_result(p) for label, p in zip(labels, args.compare)}))
         return 0
-    preflight(cfg, train=False)
+    checked = preflight(cfg, train=False)
     if args.greedy and args.k not in (None, 1):
         raise UserError(f"--greedy takes one sample per prompt; drop --k {args.k} (or --greedy)")
     args.k = 4 if args.k is None else args.k
@@ -227,7 +227,7 @@ def _run(args: argparse.Namespace, types: dict) -> int:
         k=args.k, temperature=args.temperature, top_p=args.top_p, **extra)
     suite.evaluate_suite(cfg, [b.strip() for b in args.benchmarks.split(",") if b.strip()], settings,
                          baseline=args.baseline, baseline_model=args.baseline_model, output=args.output,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, held_out=checked.rows[1])
     return 0
 
 

@@ -56,9 +56,8 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = 8000, weight_transfe
     import torch
 
     from rlkit.models import resolve_model_path
-    from rlkit.rollout.server_engine import resolve_backend
-
     from rlkit.preflight import check_model
+    from rlkit.rollout.server_engine import resolve_backend
 
     check_model(model)  # a missing local path is one line here, not vLLM's traceback a minute later
     cuda = torch.cuda.is_available()

@@ -162,13 +162,18 @@ def build_prompts(rows: list[dict], tokenizer, data_cfg, *, source: str = "") ->
     return PromptSet(prompts, skipped, source)
 
 
+def read_source(spec: str, data_cfg) -> list[dict]:
+    """Every row of one data source, checked and mapped to question / answer with the config's column keys."""
+    path = resolve_source(spec)
+    return normalise_rows(load_rows(path), path, data_cfg.question_key, data_cfg.answer_key)
+
+
 def read_data(data_cfg) -> tuple[list[dict], list[dict]]:
     """Train rows and held-out rows, checked (file, line, columns) without a tokenizer: the run's first step,
     before any model loads. The held-out slice is rows [eval_offset, eval_offset + eval_size) of the eval
     source; when train and eval are the same file those rows are removed from training."""
     train_path, eval_path = resolve_source(data_cfg.train), resolve_source(data_cfg.eval)
-    train_rows = normalise_rows(load_rows(train_path), train_path, data_cfg.question_key, data_cfg.answer_key)
-    eval_rows = normalise_rows(load_rows(eval_path), eval_path, data_cfg.question_key, data_cfg.answer_key)
+    train_rows, eval_rows = read_source(data_cfg.train, data_cfg), read_source(data_cfg.eval, data_cfg)
     lo, hi = data_cfg.eval_offset, data_cfg.eval_offset + data_cfg.eval_size
     held_out = eval_rows[lo:hi]
     if data_cfg.eval_size and not held_out:

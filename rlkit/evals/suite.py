@@ -193,12 +193,13 @@ def default_output(model: str) -> Path:
 
 
 def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseline: str | None = None,
-                   baseline_model: str | None = None, output: str | None = None, progress: bool = True) -> dict:
+                   baseline_model: str | None = None, output: str | None = None, progress: bool = True,
+                   held_out: list[dict] | None = None) -> dict:
     """Evaluate ``cfg.model.name_or_path`` (and a baseline model) on every benchmark; print the table, write the
-    JSON (returned)."""
+    JSON (returned). ``held_out``: the held-out rows preflight already read (else read here)."""
     import torch
 
-    from rlkit.data import build_prompts, load_rows, normalise_rows, read_data, resolve_source
+    from rlkit.data import build_prompts, read_data, read_source
     from rlkit.models import load_policy, load_tokenizer, pick_dtype
     from rlkit.rollout.factory import make_engine
     from rlkit.rollout.weights import exported_weights
@@ -212,10 +213,9 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     prompt_sets, skipped = {}, {}
     for name in benchmarks:  # read and check every data file before any model loads
         if name == "held_out":
-            rows = read_data(cfg.data)[1]
+            rows = held_out if held_out is not None else read_data(cfg.data)[1]
         else:
-            path = resolve_source(benchmark_source(name))
-            rows = normalise_rows(load_rows(path), path, cfg.data.question_key, cfg.data.answer_key)
+            rows = read_source(benchmark_source(name), cfg.data)
         built = build_prompts(rows, tokenizer, cfg.data, source=benchmark_source(name))
         prompt_sets[name], skipped[name] = built.prompts, built.skipped_long
     max_new = settings.max_new_tokens or cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens

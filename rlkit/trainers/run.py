@@ -178,7 +178,7 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
     if train_set.skipped_long:
         run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
     row = restore(run, checked.resume_path) if checked.resume_path is not None else None
-    if row is None and checked.resume_path is None and getattr(engine, "remote", False):
+    if checked.resume_path is None and getattr(engine, "remote", False):
         engine.version = -1  # a server holds whatever it was started with (or the last run's weights):
         sync_weights(run)  # it gets this run's policy, version 0
     run.logger.start_at(run.start_step if checked.resume_path is not None else None, row)
