@@ -47,7 +47,9 @@ class VLLMEngine:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=enable_sleep,
                           dtype=str(dtype).replace("torch.", "") if dtype is not None else "auto")
         else:
-            kwargs.update(enforce_eager=True, dtype="float32")
+            # vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across scheduler steps; without chunked prefill a prompt is never split
+            kwargs.update(enforce_eager=True, dtype="float32", enable_chunked_prefill=False)
         try:
             self.llm = LLM(**kwargs)
         finally:
@@ -56,17 +58,15 @@ class VLLMEngine:
         self.sleep_enabled = on_cuda and enable_sleep
         self.version = 0
         self.progress = progress
-        self._warned_unseeded = False
 
     def generate(self, prompts: list[list[int]], spec: SamplingSpec | list[SamplingSpec]) -> list[Sample]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         specs = per_prompt_specs(spec, len(prompts))
-        seeded = self._seeds_are_safe(prompts, specs)
         params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                  max_tokens=s.max_new_tokens, logprobs=0 if s.logprobs else None,
-                                 seed=s.seed if seeded else None)
+                                 seed=s.seed)
                   for s in specs]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
                                     use_tqdm=self.progress)
@@ -82,24 +82,6 @@ class VLLMEngine:
                                       finish_reason=reason, text=comp.text, group_id=k,
                                       versions=[self.version] * len(ids)))
         return samples
-
-    def _seeds_are_safe(self, prompts: list[list[int]], specs: list[SamplingSpec]) -> bool:
-        """vLLM 0.32's CPU runner crashes ("CPU Generator does not use offset") when a request with a seed
-        has its prefill split across scheduler steps. That happens once the prompts of one call exceed the
-        batched-token budget (long segment continuations do). Then the call runs unseeded: still correct
-        sampling, only not reproducible from the seed."""
-        if self.on_cuda or all(s.seed is None for s in specs):
-            return True
-        budget = self.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-        need = sum(len(p) for p in prompts) + sum(s.n for s in specs)
-        if need + 256 <= budget:
-            return True
-        if not self._warned_unseeded:
-            logging.getLogger("rlkit").warning(
-                "vLLM CPU: %d prompt tokens in one call exceed the %d batched-token budget; sampling without "
-                "per-request seeds (vLLM's CPU runner cannot rewind seeded generators)", need, budget)
-            self._warned_unseeded = True
-        return False
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         weights = [(name, t.detach()) for name, t in named_tensors]
