@@ -71,6 +71,25 @@ def test_continuation_after_a_weight_update_comes_from_the_new_weights(engine, t
             AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).state_dict().items())
 
 
+def test_seeded_k_sample_calls_over_the_token_budget_run_and_repeat(engine, tiny_model_dir):
+    """An evaluation-sized call (many prompts, n samples each) needs more prefill tokens than one scheduler step
+    holds; seeded requests must neither crash vLLM's CPU runner nor lose their seeds."""
+    from rlkit.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompts = [_prompt(tok, f"Sam has {k} red apples and {k + 3} green apples and eats {k % 5}. How many are left?").ids
+               for k in range(64)]
+    spec = SamplingSpec(n=4, temperature=1.0, max_new_tokens=3, seed=11)
+    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert sum(len(p) for p in prompts) * spec.n > budget  # the case that used to split seeded prefills
+    runs = []
+    for _ in range(2):
+        engine.llm.reset_prefix_cache()
+        runs.append(engine.generate(prompts, spec))
+    assert len(runs[0]) == 64 * 4 and all(1 <= s.num_tokens <= 3 for s in runs[0])
+    assert [s.completion_ids for s in runs[0]] == [s.completion_ids for s in runs[1]]
+
+
 def test_trainer_with_segments_checkpoints_and_resumes_the_pool(tiny_model_dir, tmp_path):
     from rlkit.config import load_config
     from rlkit.trainers.grpo import train
@@ -107,21 +126,3 @@ def test_trainer_with_segments_checkpoints_and_resumes_the_pool(tiny_model_dir, 
     assert saved_keys <= still | released_in_3  # nothing from the saved pool was lost
     assert result.last_metrics["segments/mean_wait_steps"] >= 0
 
-
-def test_seeded_k_sample_calls_over_the_token_budget_run_and_repeat(engine, tiny_model_dir):
-    """An evaluation-sized call (many prompts, n samples each) needs more prefill tokens than one scheduler step
-    holds; seeded requests must neither crash vLLM's CPU runner nor lose their seeds."""
-    from rlkit.models import load_tokenizer
-
-    tok = load_tokenizer(str(tiny_model_dir))
-    prompts = [_prompt(tok, f"Sam has {k} red apples and {k + 3} green apples and eats {k % 5}. How many are left?").ids
-               for k in range(64)]
-    spec = SamplingSpec(n=4, temperature=1.0, max_new_tokens=3, seed=11)
-    budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-    assert sum(len(p) for p in prompts) * spec.n > budget  # the case that used to split seeded prefills
-    runs = []
-    for _ in range(2):
-        engine.llm.reset_prefix_cache()
-        runs.append(engine.generate(prompts, spec))
-    assert len(runs[0]) == 64 * 4 and all(1 <= s.num_tokens <= 3 for s in runs[0])
-    assert [s.completion_ids for s in runs[0]] == [s.completion_ids for s in runs[1]]
