@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -84,6 +85,8 @@ def main() -> None:
         done.write_text(json.dumps(results[name], indent=2) + "\n")
         print(f"{name}: trained in {wall:.0f} s", flush=True)
     (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
+    for name in results:  # every run starts from the untrained model: its step-0 point on the accuracy-vs-tokens plot
+        shutil.copyfile(base, out / name / "evals" / "step_000000.json")
     _rlkit("report", *[str(out / n) for n in results], "--out", str(out / "report"))
     untrained = json.loads(base.read_text())["benchmarks"]
     print("\n| run | benchmark | avg@4 [95% CI] | mean tokens | truncation | tokens vs untrained | AES |")
