@@ -3,7 +3,7 @@ DLER truncation, DRPO and a token-budget curriculum, on the embedded SmolLM2-135
 
 Each run trains on MAWPS SingleOp; then `rlkit eval` scores the untrained model and every run's final checkpoint
 as the papers measure it: held-out problems never used in training (``--benchmarks``, by default the whole MAWPS
-AddSub file: 394 problems; add svamp for 1,000 more at 3.5x the time), avg@4 at temperature 0.6 / top_p 0.95 with
+AddSub file: 395 problems; add svamp for 1,000 more at 3.5x the time), avg@4 at temperature 0.6 / top_p 0.95 with
 95% bootstrap intervals, mean tokens, truncation, and AES against the untrained model; `rlkit report` draws the
 accuracy-vs-tokens plot.
 Target (issue 14): DLER >= 50% fewer tokens than GRPO with accuracy not lower beyond the interval.
