@@ -70,8 +70,9 @@ def main() -> None:
         cmd = ["train", *COMMON, *RUNS[name], f"--train.steps={args.steps}", "--checkpoint.save_final=true",
                f"--output_dir={run_dir}", "--overwrite"]
         done = run_dir / "bench.json"  # a finished run is kept, so an interrupted benchmark goes on where it stopped
-        if done.exists() and json.loads(done.read_text())["command"] == " ".join(cmd):
-            results[name] = json.loads(done.read_text())
+        kept = json.loads(done.read_text()) if done.exists() else None
+        if kept and kept["command"] == " ".join(cmd):
+            results[name] = kept
             print(f"{name}: kept from {done}", flush=True)
             continue
         t0 = time.perf_counter()

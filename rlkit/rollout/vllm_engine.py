@@ -54,7 +54,6 @@ class VLLMEngine:
             self.llm = LLM(**kwargs)
         finally:
             torch.set_num_threads = set_num_threads
-        self.on_cuda = on_cuda
         self.sleep_enabled = on_cuda and enable_sleep
         self.version = 0
         self.progress = progress
