@@ -88,7 +88,7 @@ def main() -> None:
     (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")
     for name in results:  # every run starts from the untrained model: its step-0 point on the accuracy-vs-tokens plot
         shutil.copyfile(base, out / name / "evals" / "step_000000.json")
-    _rlkit("report", *[str(out / n) for n in results], "--out", str(out / "report"))
+    _rlkit("report", *[str(out / n) for n in results], "--out", str(out / "report"), "--evals-only")
     untrained = json.loads(base.read_text())["benchmarks"]
     print("\n| run | benchmark | avg@4 [95% CI] | mean tokens | truncation | tokens vs untrained | AES |")
     print("|---|---|---|---|---|---|---|")

@@ -143,6 +143,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
                        "vs late, accuracy vs tokens across runs and checkpoints")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (output_dir of `rlkit train`)")
     p.add_argument("--out", help="where the PNGs go (default: RUN_DIR/report, or report/ in the runs' common parent)")
+    p.add_argument("--evals-only", action="store_true", help="accuracy-vs-tokens plot from `rlkit eval` results "
+                   "(RUN/evals/*.json) only, without the in-training held-out before/after points")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub.add_parser("rewards", help="list every registered component (rewards, shapers, filters, "
                    "transforms, advantages, losses, token masks) with its one-line doc")
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             from rlkit.plots import report
 
-            report(args.runs, args.out)
+            report(args.runs, args.out, args.evals_only)
             return 0
         if args.command == "serve":
             from rlkit.serve import serve

@@ -6,7 +6,9 @@
   steps, from ``lengths.jsonl``);
 - ``pareto.png``: accuracy against mean completion tokens across runs and checkpoints: the held-out results
   before and after training (``eval_summary.json``) and every ``rlkit eval`` result of the run's checkpoints
-  (``evals/*.json``, one point per benchmark; avg@k against mean tokens).
+  (``evals/*.json``, one point per benchmark; avg@k against mean tokens, with its 95% interval as an error bar and a
+  line through a run's checkpoints in step order). ``--evals-only`` leaves out the in-training held-out points, so
+  the plot shows only ``rlkit eval`` results, measured one way (the papers' view).
 
 The plots go to ``--out``, by default ``RUN_DIR/report/`` for one run and ``report/`` in the runs' common parent
 for several.
@@ -38,23 +40,24 @@ def _label(run: Path) -> str:
     return run.resolve().name
 
 
-def load_run(run: Path) -> dict:
-    """What the plots need from one run directory."""
+def load_run(run: Path, evals_only: bool = False) -> dict:
+    """What the plots need from one run directory; a point is (label, accuracy, mean tokens, interval or None)."""
     if not (run / "metrics.jsonl").is_file():
         raise UserError(f"{run}: not an rlkit run directory (no metrics.jsonl)")
     rows = [r for r in _read_rows(run / "metrics.jsonl") if "reward/mean" in r]
     lengths = _read_rows(run / "lengths.jsonl") if (run / "lengths.jsonl").is_file() else []
-    points = []  # (label, accuracy, mean tokens)
+    points = []
     summary = run / "eval_summary.json"
-    if summary.is_file():
+    if summary.is_file() and not evals_only:
         s = json.loads(summary.read_text())
         for when in ("before", "after"):
             if s.get(when):
-                points.append((f"held-out {when}", s[when]["accuracy"], s[when]["mean_tokens"]))
+                points.append((f"held-out {when}", s[when]["accuracy"], s[when]["mean_tokens"], None))
     for path in sorted((run / "evals").glob("*.json")) if (run / "evals").is_dir() else []:
         result = json.loads(path.read_text())
         for name, m in result.get("benchmarks", {}).items():
-            points.append((f"{path.stem} {name}", m["avg@k"], m["mean_tokens"]))
+            ci = (m["avg@k_ci_low"], m["avg@k_ci_high"]) if "avg@k_ci_low" in m else None
+            points.append((f"{path.stem} {name}", m["avg@k"], m["mean_tokens"], ci))
     return {"label": _label(run), "rows": rows, "lengths": lengths, "points": points}
 
 
@@ -111,11 +114,19 @@ def plot_pareto(runs: list[dict], out: Path) -> Path:
     for i, run in enumerate(runs):
         if not run["points"]:
             continue
-        xs = [p[2] for p in run["points"]]
-        ys = [100 * p[1] for p in run["points"]]
-        ax.scatter(xs, ys, marker=markers[i % len(markers)], s=40, label=run["label"])
-        for label, acc, tokens in run["points"]:
+        color = f"C{i % 10}"
+        ax.scatter([p[2] for p in run["points"]], [100 * p[1] for p in run["points"]],
+                   marker=markers[i % len(markers)], s=40, color=color, label=run["label"])
+        by_bench: dict[str, list] = {}  # checkpoints of one benchmark in step order (file names sort by step)
+        for label, acc, tokens, ci in run["points"]:
             ax.annotate(label, (tokens, 100 * acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if ci is not None:
+                ax.errorbar(tokens, 100 * acc, yerr=[[100 * (acc - ci[0])], [100 * (ci[1] - acc)]], color=color,
+                            alpha=0.5, capsize=2, linewidth=1)
+                by_bench.setdefault(label.split(" ", 1)[-1], []).append((tokens, 100 * acc))
+        for line in by_bench.values():
+            if len(line) > 1:
+                ax.plot(*zip(*line), color=color, alpha=0.4, linewidth=1)
     ax.set_xlabel("mean completion tokens")
     ax.set_ylabel("accuracy (%)")
     ax.set_title("accuracy vs tokens (up and left is better)")
@@ -125,9 +136,9 @@ def plot_pareto(runs: list[dict], out: Path) -> Path:
     return _save(plt, fig, out)
 
 
-def report(run_dirs: list[str], out: str | None = None) -> list[Path]:
+def report(run_dirs: list[str], out: str | None = None, evals_only: bool = False) -> list[Path]:
     runs_paths = [Path(r) for r in run_dirs]
-    runs = [load_run(r) for r in runs_paths]
+    runs = [load_run(r, evals_only) for r in runs_paths]
     if out is None:
         target = runs_paths[0] / "report" if len(runs_paths) == 1 else \
             Path(os.path.commonpath([str(r.resolve()) for r in runs_paths])) / "report"

@@ -25,7 +25,10 @@ def _fake_run(path: Path, steps: int, start_tokens: float) -> Path:
         "before": {"accuracy": 0.1, "mean_tokens": start_tokens}, "after": {"accuracy": 0.2, "mean_tokens": 40.0}}))
     (path / "evals").mkdir()
     (path / "evals" / f"step_{steps:06d}.json").write_text(json.dumps({"benchmarks": {
-        "svamp": {"avg@k": 0.3, "mean_tokens": 35.0}, "gsm8k": {"avg@k": 0.05, "mean_tokens": 80.0}}}))
+        "svamp": {"avg@k": 0.3, "avg@k_ci_low": 0.25, "avg@k_ci_high": 0.36, "mean_tokens": 35.0},
+        "gsm8k": {"avg@k": 0.05, "mean_tokens": 80.0}}}))
+    (path / "evals" / "step_000000.json").write_text(json.dumps({"benchmarks": {
+        "svamp": {"avg@k": 0.2, "avg@k_ci_low": 0.15, "avg@k_ci_high": 0.26, "mean_tokens": 60.0}}}))
     return path
 
 
@@ -35,9 +38,13 @@ def test_report_writes_three_plots_for_several_runs(tmp_path):
     a = _fake_run(tmp_path / "runs" / "grpo", 10, 90.0)
     b = _fake_run(tmp_path / "runs" / "dler", 10, 70.0)
     loaded = load_run(a)
-    assert [p[0] for p in loaded["points"]] == ["held-out before", "held-out after", "step_000010 svamp",
-                                                 "step_000010 gsm8k"]
-    assert loaded["points"][2][1:] == (0.3, 35.0)
+    assert [p[0] for p in loaded["points"]] == ["held-out before", "held-out after", "step_000000 svamp",
+                                                 "step_000010 svamp", "step_000010 gsm8k"]
+    assert loaded["points"][1][1:] == (0.2, 40.0, None)
+    assert loaded["points"][3][1:] == (0.3, 35.0, (0.25, 0.36))  # with its interval: the error bar
+    assert loaded["points"][4][3] is None
+    assert [p[0] for p in load_run(a, evals_only=True)["points"]] == ["step_000000 svamp", "step_000010 svamp",
+                                                                       "step_000010 gsm8k"]
     assert len(loaded["rows"]) == 10 and len(loaded["lengths"]) == 10
     written = report([str(a), str(b)])
     assert [p.name for p in written] == ["curves.png", "lengths.png", "pareto.png"]
@@ -53,6 +60,11 @@ def test_report_cli_one_run_and_a_bad_directory(tmp_path):
                           env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in (run / "report").iterdir()) == ["curves.png", "lengths.png", "pareto.png"]
+    full = (run / "report" / "pareto.png").read_bytes()
+    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "report", str(run), "--evals-only", "--out",
+                           str(tmp_path / "evals-only")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "evals-only" / "pareto.png").read_bytes() != full  # two held-out points fewer
     proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "report", str(tmp_path)], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and f"{tmp_path}: not an rlkit run directory (no metrics.jsonl)" in proc.stderr
