@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from rlkit.rewards.pool import shared_pool
 from rlkit.rewards.registry import register_reward
 
-_BOXED = re.compile(r"\\boxed\s*\{")
+# a committed answer: \boxed{...} with something in it. The default prompt suffix itself says "\boxed{}", and a
+# model that copies it empty must not earn the format reward (the 24-step learning check of issue 14 learned to).
+BOXED_ANSWER = r"\\boxed\s*\{\s*[^\s}]"
+_BOXED = re.compile(BOXED_ANSWER)
 
 
 def gold_text(answer: object) -> str | None:
@@ -100,7 +103,8 @@ math_correct = MathCorrect  # the registered name, also as an import path
 
 
 class BoxedFormat:
-    """Format reward: 1.0 if the completion matches `pattern` (default: contains ``\\boxed{...}``), else 0.0."""
+    """Format reward: 1.0 if the completion matches `pattern` (default: contains a non-empty ``\\boxed{...}``),
+    else 0.0."""
 
     def __init__(self, pattern: str | None = None):
         self.regex = re.compile(pattern, re.DOTALL) if pattern else _BOXED
@@ -111,5 +115,5 @@ class BoxedFormat:
 
 @register_reward("boxed_format", factory=True)
 def boxed_format(pattern: str | None = None) -> BoxedFormat:
-    """1.0 if the completion has a \\boxed{} answer (or matches `pattern`), else 0.0."""
+    """1.0 if the completion has a non-empty \\boxed{...} answer (or matches `pattern`), else 0.0."""
     return BoxedFormat(pattern)

@@ -16,6 +16,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from rlkit.rewards.builtin import BOXED_ANSWER
 from rlkit.rewards.registry import register_reward
 
 
@@ -178,7 +179,7 @@ class FormatLength(_Term):
     name = "format_length"
     uses_correct = False
 
-    def __init__(self, max_tokens: int, p: float = 0.5, shape: str = "smooth", pattern: str = r"\\boxed\s*\{"):
+    def __init__(self, max_tokens: int, p: float = 0.5, shape: str = "smooth", pattern: str = BOXED_ANSWER):
         if shape not in ("smooth", "polyline"):
             raise ValueError(f"format_length: shape must be smooth or polyline, got {shape!r}")
         if not 0 < p < 1:

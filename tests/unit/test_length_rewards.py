@@ -72,6 +72,8 @@ def test_format_length_smooth_polyline_and_no_format():
     assert got == [pytest.approx(1.5), pytest.approx(1.0), pytest.approx(0.0)]
     # without the format the reward is never positive
     assert call("format_length", kw, [50, 100], completions=["no box", "no box"]) == [0.0, pytest.approx(-1.0)]
+    # the prompt's own "\\boxed{}" copied empty is no format
+    assert call("format_length", kw, [50], completions=["Put it in \\boxed{ }."]) == [0.0]
 
 
 def test_loop_start_and_repetition_penalty():

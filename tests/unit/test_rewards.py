@@ -39,6 +39,10 @@ def test_weighted_combination_and_none_masked():
 
 def test_registry_import_path_and_factory_kwargs():
     assert resolve_reward("math_correct").obj is math_correct
+    boxed = build_reward("boxed_format")
+    # an answer in the box counts; the prompt suffix's empty "\\boxed{}" copied back does not
+    assert boxed(None, ["so \\boxed{12}", "\\boxed {\\frac{1}{2}}", "answer: \\boxed{}", "\\boxed{ \n}", "12"],
+                 None) == [1.0, 1.0, 0.0, 0.0, 0.0]
     fmt = build_reward("boxed_format", {"pattern": r"^<think>"})
     assert fmt(None, ["<think>x", "no"], None) == [1.0, 0.0]
     fn = build_reward("rlkit.rewards.builtin:math_correct")
