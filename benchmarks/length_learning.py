@@ -8,7 +8,7 @@ AddSub file: 395 problems; add svamp for 1,000 more at 3.5x the time), avg@4 at 
 accuracy-vs-tokens plot.
 Target (issue 14): DLER >= 50% fewer tokens than GRPO with accuracy not lower beyond the interval.
 
-    .venv/bin/python benchmarks/length_learning.py [--steps 12] [--out runs/bench-length] [--limit N]
+    .venv/bin/python benchmarks/length_learning.py [--steps 24] [--out runs/bench-length] [--runs grpo,dler] [--limit N]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _rlkit(*args: str) -> subprocess.CompletedProcess:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=24, help="training steps per run (24: the recorded run)")
     ap.add_argument("--out", default="runs/bench-length")
     ap.add_argument("--runs", default="grpo,dler,drpo,curriculum")
     ap.add_argument("--benchmarks", default="mawps_addsub")
