@@ -8,7 +8,7 @@ TORCH   ?= torch==2.13.0
 EXTRAS  ?= cpu,dev
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu test-slow bench lint clean
+.PHONY: setup demo test test-gpu test-slow bench lint clean gpu-check
 
 setup: $(STAMP)
 
@@ -36,6 +36,14 @@ test-gpu: setup
 
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+# on a lent GPU machine as it comes (torch, transformers, accelerate, peft, pytest; no venv, no network): pytest -m gpu
+# and the GPU benchmarks in about 8 minutes; report.md and results.json go to $OUT (default ./gpu-report)
+GPU_PY ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+		$(GPU_PY) benchmarks/gpu_check.py --out $${OUT:-gpu-report} $(GPU_CHECK_ARGS)
 
 bench: setup
 	$(BIN)/python benchmarks/demo_time.py

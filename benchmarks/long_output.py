@@ -80,29 +80,53 @@ def _samples(lengths: list[int], vocab: int, seed: int = 0):
     return out
 
 
-def _policy_step(config: str, length: int, layers: int, sp_group=None) -> None:
-    """One forward + backward of the GRPO loss on one completion of ``length`` tokens (rlkit configs)."""
+def setup_memory_savers(model, tiled: bool) -> None:
+    """rlkit's long-output savers on ``model``: activation checkpointing; ``tiled``: + tiled MLP, and checkpoint
+    offload to (pinned) CPU memory when CUDA is present (on a CPU it moves nothing)."""
     from types import SimpleNamespace
 
-    from rlkit.algorithms.losses import LossInputs, aggregation_weights, ppo_clip_loss
     from rlkit.kernels import memory
-    from rlkit.trainers.batch import LogprobPolicy, collate, shard_micro_batch
 
-    model = _model(WIDE, layers)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if config in ("tiled", "sp2"):
+    if tiled:
         offload = torch.cuda.is_available()
         memory.apply(model, SimpleNamespace(parallel=SimpleNamespace(tiled_mlp="always", offload_checkpoints=offload),
                                             model=SimpleNamespace(gradient_checkpointing=True)))
+
+
+def policy_grpo_step(model, length: int, vocab: int, sp_group=None) -> None:
+    """One forward + backward of the GRPO loss (ppo_clip, token-mean) through rlkit's LogprobPolicy (packed row,
+    chunked LM head) on one completion of ``length`` tokens after a PROMPT-token prompt, on the model's device."""
+    from rlkit.algorithms.losses import LossInputs, aggregation_weights, ppo_clip_loss
+    from rlkit.trainers.batch import LogprobPolicy, collate, shard_micro_batch
+
+    device = next(model.parameters()).device
     policy = LogprobPolicy(model, sp_group=sp_group)
-    mb = collate(_samples([length], WIDE["vocab_size"]), pad_id=0)
+    mb = collate(_samples([length], vocab), pad_id=0)
     if sp_group is not None:
         mb = shard_micro_batch(mb, torch.distributed.get_world_size(sp_group), torch.distributed.get_rank(sp_group))
+    mb = mb.to(device)
     lp, _ = policy(mb)
     mask = mb.completion_mask
-    loss = ppo_clip_loss(LossInputs(logprobs=lp, old_logprobs=lp.detach(), advantages=torch.ones(1), mask=mask,
-                                    token_weights=aggregation_weights(mask, "token-mean", float(mask.sum()))))
+    loss = ppo_clip_loss(LossInputs(logprobs=lp, old_logprobs=lp.detach(), advantages=torch.ones(1, device=device),
+                                    mask=mask, token_weights=aggregation_weights(mask, "token-mean", float(mask.sum()))))
     loss.loss.backward()
+
+
+def hf_grpo_step(model, length: int, vocab: int) -> None:
+    """Plain transformers: full logits and log-softmax over the vocabulary, then the token-mean GRPO surrogate."""
+    sample = _samples([length], vocab)[0]
+    ids = torch.tensor([sample.prompt_ids + sample.completion_ids], device=next(model.parameters()).device)
+    logits = model(input_ids=ids, use_cache=False).logits[:, PROMPT - 1:-1]
+    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, PROMPT:, None]).squeeze(-1)
+    (-(torch.exp(lp - lp.detach())).sum() / length).backward()
+
+
+def _policy_step(config: str, length: int, layers: int, sp_group=None) -> None:
+    """One forward + backward of the GRPO loss on one completion of ``length`` tokens (rlkit configs)."""
+    model = _model(WIDE, layers)
+    setup_memory_savers(model, tiled=config in ("tiled", "sp2"))
+    policy_grpo_step(model, length, WIDE["vocab_size"], sp_group)
 
 
 def _hf_step(config: str, length: int, layers: int) -> None:
@@ -111,11 +135,7 @@ def _hf_step(config: str, length: int, layers: int) -> None:
     model.config._attn_implementation = "sdpa"
     if config == "ckpt":
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    sample = _samples([length], WIDE["vocab_size"])[0]
-    ids = torch.tensor([sample.prompt_ids + sample.completion_ids])
-    logits = model(input_ids=ids, use_cache=False).logits[:, PROMPT - 1:-1]
-    lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, PROMPT:, None]).squeeze(-1)
-    (-(torch.exp(lp - lp.detach())).sum() / length).backward()
+    hf_grpo_step(model, length, WIDE["vocab_size"])
 
 
 def probe(config: str, length: int, layers: int) -> dict:

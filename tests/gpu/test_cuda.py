@@ -68,8 +68,8 @@ def test_two_steps_on_cuda_with_bf16_autocast(gpu_model_dir, tmp_path):
 
 
 def test_cuda_packed_equals_padded_and_chunked_equals_reference(gpu_model_dir):
-    """Packed rows (flash-attn varlen when installed, per-sample SDPA otherwise) against padded rows, and the
-    chunked LM-head kernel against the plain-torch reference, values and gradients, on CUDA in fp32."""
+    """Packed rows (in fp32 the per-sequence SDPA loop; bf16 is in test_varlen_attention.py) against padded rows,
+    and the chunked LM-head kernel against the plain-torch reference, values and gradients, on CUDA in fp32."""
     from rlkit.kernels.logprobs import chunked_logprobs, reference_logprobs
     from rlkit.models import load_policy
     from rlkit.rollout.base import Sample
