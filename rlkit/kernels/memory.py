@@ -9,9 +9,10 @@ one tile's intermediates live at a time. Tiles: ceil(tokens / hidden_size), ALST
 plain MLP, below hidden_size tokens). The result is exact up to float summation order of the parameter
 gradient over tiles.
 
-Why our own and not DeepSpeed's ``TiledMLP``: DeepSpeed is not installable on the machines this project runs
-on (platform-notes), and its version all-reduces the tile count for ZeRO-3; here the MLP parameters are inputs
-of the autograd function, so DDP's gradient hooks fire once per parameter as usual. With ZeRO-3 / FSDP, whose
+Why our own and not DeepSpeed's ``TiledMLP``: rlkit's engines include DDP and FSDP2, where DeepSpeed's version
+(which all-reduces the tile count for ZeRO-3) does not apply, and here the MLP parameters are inputs of the
+autograd function, so DDP's gradient hooks fire once per parameter as usual. (DeepSpeed itself installs and runs
+on every machine rlkit targets, CPU included: ``make setup`` installs it.) With ZeRO-3 / FSDP, whose
 hooks gather parameters per module call, ``auto`` leaves the MLPs plain and ``always`` is refused.
 
 Checkpoint offload (ALST sec. 3.3): with gradient checkpointing the tensors kept for backward are the decoder

@@ -13,8 +13,10 @@ from rlkit.records import Prompt, StepBatch
 from rlkit.rollout.base import RolloutEngine, SamplingSpec
 
 
-def make_engine(cfg, model_path: str, *, policy=None, tokenizer=None, device=None, dtype=None) -> RolloutEngine:
-    """Build the engine named by ``cfg.rollout.engine`` ("vllm", "vllm_server" or "hf")."""
+def make_engine(cfg, model_path: str, *, policy=None, tokenizer=None, device=None, dtype=None, lockstep: bool = False,
+                context=None) -> RolloutEngine:
+    """Build the engine named by ``cfg.rollout.engine`` ("vllm", "vllm_server" or "hf"). ``lockstep`` and
+    ``context`` are for the hf engine under sharded parameters (rlkit.rollout.hf_engine)."""
     if cfg.rollout.engine == "vllm_server":
         import torch.distributed as tdist
 
@@ -36,7 +38,7 @@ def make_engine(cfg, model_path: str, *, policy=None, tokenizer=None, device=Non
                           dtype=dtype)
     from rlkit.rollout.hf_engine import HFEngine
 
-    return HFEngine(policy, tokenizer)
+    return HFEngine(policy, tokenizer, lockstep=lockstep, context=context)
 
 
 class Rollout:

@@ -31,6 +31,7 @@ import torch
 from rlkit.errors import ServerError
 from rlkit.records import Sample
 from rlkit.rollout.base import SamplingSpec, per_prompt_specs
+from rlkit.rollout.weights import WeightExport, as_export
 
 
 class _Gate:
@@ -68,29 +69,20 @@ class _Gate:
 
 
 def _weight_source():
-    """vLLM's WeightSource over the pairs of the current sync (a class built on first use: vLLM is imported
-    only when a server engine is)."""
+    """vLLM's WeightSource over the policy's WeightExport of the current sync (rlkit.rollout.weights: the shapes
+    without gathering, then each tensor gathered on every process as the transfer reads it). The class is built on
+    first use: vLLM is imported only when a server engine is."""
     from vllm.distributed.weight_transfer.base import ParamMeta, WeightSource
 
     class PolicyWeights(WeightSource):
         def __init__(self):
-            self.pairs: list[tuple[str, torch.Tensor]] = []
+            self.export = WeightExport([])
 
         def metadata(self) -> list[ParamMeta]:
-            # ZeRO-3 keeps the full shape in ds_shape; an FSDP2 DTensor reports its global shape
-            return [ParamMeta(n, t.dtype, tuple(getattr(t, "ds_shape", t.shape))) for n, t in self.pairs]
+            return [ParamMeta(n, dtype, shape) for n, dtype, shape in self.export.specs]
 
         def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-            for name, t in self.pairs:
-                if hasattr(t, "ds_id"):  # DeepSpeed ZeRO-3: gather on every rank, hand out a copy
-                    import deepspeed
-
-                    with deepspeed.zero.GatheredParameters([t], modifier_rank=None):
-                        yield name, t.detach().clone()
-                elif callable(getattr(t, "full_tensor", None)):  # FSDP2: all-gather on every rank
-                    yield name, t.full_tensor().detach()
-                else:
-                    yield name, t.detach()
+            return iter(self.export)
 
     return PolicyWeights()
 
@@ -260,7 +252,7 @@ class VLLMServerEngine:
             self.barrier()  # no process has a request in flight from here on
             if self._source is None:
                 self._connect_transfer()
-            self._source.pairs = list(named_tensors)
+            self._source.export = as_export(named_tensors)
             new = self.version + 1
             sender = self.rank == 0
             for s in self.servers:
@@ -275,7 +267,7 @@ class VLLMServerEngine:
                     if sender:  # a failed transfer must not leave the server paused for its other clients
                         with contextlib.suppress(ServerError):
                             s.post("/resume", "weight sync (resume)")
-            self._source.pairs = []
+            self._source.export = WeightExport([])
             self.barrier()
             self.version = new
 

@@ -88,6 +88,14 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         self.version += 1
 
+    def close(self) -> None:
+        """Shut the in-process engine down now (idempotent). vLLM's teardown destroys its process groups and, on a
+        launcher's world, the default group too, so the trainer calls this after its last collective; left to
+        interpreter exit it would meet groups the trainer already destroyed (a traceback after a finished run)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def sleep(self) -> None:
         if self.sleep_enabled:
             self.llm.sleep(level=1)

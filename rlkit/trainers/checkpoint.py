@@ -3,8 +3,8 @@
 Layout of ``RUN_DIR/checkpoints/step_000012/``::
 
     policy/              HF checkpoint (or PEFT adapter) + tokenizer: load with transformers or vLLM by path
-    trainer/             model, optimizer, scheduler and random states: safetensors and JSON, no pickle
-                         (rlkit.trainers.state_io)
+    trainer/             model, optimizer, scheduler and random states: safetensors and JSON, no pickle; under
+                         DeepSpeed its per-process partitions, loaded weights-only (rlkit.trainers.state_io)
     trainer_state.json   step, run id, the run's config, policy version, data position, stage and rollout
                          state, and the step's metrics row
     COMPLETE             written last
@@ -68,8 +68,10 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
                     trainer_state: dict, keep_last: int) -> Path:
     """Collective: every rank calls it (accelerate gathers sharded states); rank 0 publishes and rotates.
 
-    `prepared` is the accelerate-prepared LogprobPolicy; its ``.model`` (HF or PEFT) is exported.
+    `prepared` is the prepared LogprobPolicy (DDP / DeepSpeed engine / FSDP2 module); its ``.model`` (HF or PEFT)
+    is exported with whole tensors, gathered on every rank and written by rank 0.
     """
+    from rlkit.rollout.weights import gathered_state_dict
     from rlkit.trainers.state_io import save_training_state
 
     root = checkpoint_root(run_dir)
@@ -81,9 +83,10 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     save_training_state(tmp / "trainer", accelerator, prepared, optimizer, scheduler)
-    full = accelerator.get_state_dict(prepared)  # gathered on rank 0 under ZeRO-3 / FSDP
+    module = accelerator.unwrap_model(prepared)
+    full = gathered_state_dict(module, keep=accelerator.is_main_process)  # whole tensors under ZeRO-3 / FSDP2
     if accelerator.is_main_process:
-        inner = accelerator.unwrap_model(prepared).model
+        inner = module.model
         state = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
         inner.save_pretrained(tmp / "policy", state_dict=state)
         tokenizer.save_pretrained(tmp / "policy")

@@ -55,8 +55,22 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
         return _train(run)
     finally:
         run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
-        if hasattr(run.engine, "close"):  # server engines: no request left running behind a failed run
+        multi = run.acc.num_processes > 1
+        # server engines: no request left running behind a failed run; a colocated vLLM engine on a launcher's
+        # world: its teardown (which destroys the process groups) before interpreter exit, not after ours
+        if hasattr(run.engine, "close") and (multi or getattr(run.engine, "remote", False)):
             run.engine.close()
+        if multi:
+            _end_process_group()
+
+
+def _end_process_group() -> None:
+    """Tear the process group down before exit (gloo's threads may abort at interpreter exit); a colocated vLLM
+    engine's shutdown may already have done it."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
 
 
 def _train(run: Run) -> RunResult:
@@ -157,9 +171,8 @@ def _train(run: Run) -> RunResult:
                                       cfg.data.eval))
         run.logger.log_table("eval/table", *eval_rows({"before": run.before, "after": after}), step=cfg.train.steps)
     run.logger.finish()
-    if acc.num_processes > 1:  # tear the process group down before exit (gloo's threads may abort at exit);
-        acc.wait_for_everyone()  # one process has none of its own (vLLM's in-process group stays)
-        acc.end_training()
+    if acc.num_processes > 1:
+        acc.wait_for_everyone()  # every process is done before any tears its groups down (train's finally)
     return RunResult(run.run_dir, cfg.train.steps, run.before, after, metrics)
 
 

@@ -11,6 +11,14 @@ from rlkit.records import StepBatch, UpdateStats
 from rlkit.trainers import dist
 
 
+def _peak_rss_gib() -> float:
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / (2**30 if sys.platform == "darwin" else 2**20)
+
+
 def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Tensor, mu: int, lr: float,
                  timers: dict, version: int, acc) -> dict:
     """``batch``: this rank's collected step (before rank balancing); ``trained_mask``: the loss mask of the
@@ -45,12 +53,17 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
         m[f"mask/{name}/masked_frac"] = removed / n_tok
     m["parallel/sharded_frac"] = stats.sharded / max(stats.micro_batches, 1)  # sequence parallelism at work
     m["optim/grad_norm"] = sum(stats.grad_norms) / max(len(stats.grad_norms), 1)
+    # forwards with samples per optimizer step (this rank): the micro-batches one step accumulates
+    m["optim/micro_batches"] = stats.micro_batches / max(len(stats.grad_norms), 1)
     m["optim/lr"] = lr
     m["throughput/rollout_tokens_per_s"] = none or n_gen_tokens / max(timers.get("rollout", 0.0), 1e-9)
     train_tokens = sum(len(s.prompt_ids) + s.num_tokens for s in samples) * mu
     m["throughput/train_tokens_per_s"] = train_tokens / max(timers.get("train", 0.0), 1e-9)
     m.update({f"time/{k}": v for k, v in timers.items()})
     m["policy_version"] = version
+    m["memory/peak_rss_gib"] = _peak_rss_gib()  # this process's high-water mark (averaged over ranks below)
+    if torch.cuda.is_available():
+        m["memory/peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     m.update(batch.metrics)
     out = dist.mean_metrics(acc, m)
     for key, v in out.items():  # failed reward samples (on_error none): the step's count, summed over ranks

@@ -3,6 +3,7 @@ state that makes a resumed run continue exactly."""
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -23,8 +24,8 @@ from rlkit.preflight import Preflight, preflight
 from rlkit.rewards import RewardSet
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
 from rlkit.rollout.weights import exported_weights
+from rlkit.trainers import backends, dist
 from rlkit.trainers import checkpoint as ckpt
-from rlkit.trainers import dist
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.stages import Stages
 from rlkit.trainers.state_io import load_training_state
@@ -52,6 +53,7 @@ class Run:
     sampler: PromptSampler
     logger: RunLogger
     mbs: MicroBatching
+    backend: backends.Backend = field(default_factory=backends.Backend)  # the distributed engine that trains
     run_id: str = ""  # kept across resumes; names the wandb run and the checkpoints' temporary directories
     data_fingerprint: str = ""  # of the training rows (rlkit.data.fingerprint), compared on resume
     start_step: int = 0
@@ -69,16 +71,27 @@ def _version() -> str:
         return "unknown"
 
 
-def _setup_accelerator(cfg: Config):
-    from accelerate import Accelerator
+def _setup_accelerator(cfg: Config, backend: backends.Backend):
+    """The accelerator of the resolved backend, the training dtype (model.dtype) and console lines. Checks that
+    accelerate runs the engine the backend says (a mismatch is a bug, never a silent fallback)."""
     from accelerate.utils import set_seed
 
     cuda = torch.cuda.is_available()
     dtype = pick_dtype(cfg.model.dtype, torch.device("cuda" if cuda else "cpu"))
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
-    acc = Accelerator(cpu=not cuda, mixed_precision=precision)
+    acc = backends.make_accelerator(backend, precision, cuda)
+    want = {"deepspeed": "DEEPSPEED", "single": "NO"}.get(backend.type, "MULTI_GPU" if cuda else "MULTI_CPU")
+    got = str(acc.distributed_type).rsplit(".", 1)[-1]
+    if got != want or acc.num_processes != backend.world_size:
+        raise RuntimeError(f"accelerate runs {got} on {acc.num_processes} process(es), but the resolved backend is "
+                           f"{backend.type} on {backend.world_size} ({want} expected)")
     set_seed(cfg.train.seed + acc.process_index)
-    return acc, dtype
+    notes = [backend.describe() + f", training dtype {str(dtype).replace('torch.', '')}"]
+    if backend.mixed_precision not in ("no", precision):
+        notes.append(f"the launcher's mixed_precision {backend.mixed_precision} is not used: model.dtype "
+                     f"({cfg.model.dtype}) gives {str(dtype).replace('torch.', '')} on this "
+                     f"{'GPU' if cuda else 'CPU'}")
+    return acc, dtype, notes
 
 
 def _optimizer_and_schedule(cfg: Config, model, total_updates: int):
@@ -128,7 +141,8 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
     """Preflight (unless the CLI did it), accelerator, run dir, model, optimizer, engine, data, rewards, stages,
     logging; restore a checkpoint."""
     checked = checked or preflight(cfg, resume, overwrite)
-    acc, dtype = _setup_accelerator(cfg)
+    backend = checked.backend
+    acc, dtype, notes = _setup_accelerator(cfg, backend)
     if cfg.rollout.prompts_per_step % acc.num_processes:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) is the global batch and "
                           f"must divide by the {acc.num_processes} processes")
@@ -139,7 +153,8 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
         if checked.overwrite:
             _clear_run_dir(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "rlkit": _version()}) + "\n")
+        atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "rlkit": _version(),
+                                                            "distributed": backend.record()}) + "\n")
         save_config(cfg, run_dir / "config.json")
         resolve_model_path(cfg.model.name_or_path)  # converts the embedded model once; other ranks find it cached
     acc.wait_for_everyone()
@@ -149,7 +164,7 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
     hf_model = load_policy(model_path, torch.float32, gradient_checkpointing=cfg.model.gradient_checkpointing,
                            lora=cfg.model.lora)
     _check_sp_heads(hf_model, layout.sp)
-    memory.apply(hf_model, cfg, sharded_params=acc.distributed_type.name in ("DEEPSPEED", "FSDP"))
+    memory.apply(hf_model, cfg, sharded_params=backend.sharded)
     ref_model = None
     if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
         ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk,
@@ -157,11 +172,26 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
         ref_model.requires_grad_(False)
     train_set, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=checked.rows)
     total_updates = cfg.train.steps * cfg.algorithm.mu * cfg.algorithm.minibatches
-    optimizer, scheduler = _optimizer_and_schedule(cfg, hf_model, total_updates)
+    made: dict = {}
+
+    def make_optimizer(module):  # after sharding (FSDP2 replaces the parameters)
+        made["optimizer"], made["scheduler"] = _optimizer_and_schedule(cfg, module, total_updates)
+        return made["optimizer"]
+
     # the scheduler is not prepared (accelerate would step it once per process); checkpoints save it as JSON
-    prepared, optimizer = acc.prepare(LogprobPolicy(hf_model, cfg.optim.logprob_chunk, sp_group=layout.sp_group),
-                                      optimizer)
-    engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype)
+    prepared, optimizer = backends.prepare(backend, acc, LogprobPolicy(hf_model, cfg.optim.logprob_chunk,
+                                                                       sp_group=layout.sp_group),
+                                           make_optimizer, max_grad_norm=cfg.optim.max_grad_norm, dtype=dtype)
+    scheduler = made["scheduler"]
+    share = backends.param_share(prepared)
+    notes.append(f"parameters held per process: {100 * share:.0f}%")
+    if acc.is_main_process:  # run.json records the engine that really runs, with how much it shards
+        atomic_write_text(run_dir / "run.json", json.dumps({
+            "run_id": run_id, "rlkit": _version(),
+            "distributed": {**backend.record(), "param_share": round(share, 4)}}) + "\n")
+    engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype,
+                         lockstep=backend.sharded and backend.world_size > 1,
+                         context=functools.partial(backends.whole_parameters, prepared))
     run = Run(
         cfg=cfg, acc=acc, run_dir=run_dir, tokenizer=tokenizer, prepared=prepared, ref_model=ref_model,
         optimizer=optimizer, scheduler=scheduler, engine=engine, rollout=make_rollout(cfg, engine, tokenizer),
@@ -171,9 +201,10 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name,
                          run_id=run_id),
-        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model), layout, cfg.parallel.sp_mode), run_id=run_id,
+        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model), layout, cfg.parallel.sp_mode), backend=backend,
+        run_id=run_id,
         data_fingerprint=checked.data_fingerprint)
-    for line in checked.notices:
+    for line in notes + checked.notices:
         run.logger.console(line)
     if train_set.skipped_long:
         run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
@@ -189,6 +220,7 @@ def save(run: Run, step: int, row: dict) -> None:
     """A checkpoint after ``step`` steps (collective: every rank calls it); ``row`` is the step's metrics row,
     restored into metrics.jsonl if a kill lands between the checkpoint and the row."""
     state = {"step": step, "run_id": run.run_id, "policy_version": run.engine.version,
+             "distributed": run.backend.record(),
              "sampler": run.sampler.state_dict(), "stages": run.stages.state_dict(),
              "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()), "eval_before": run.before,
              "eval_after": run.after, "world_size": run.acc.num_processes, "metrics_row": clean_row(row),

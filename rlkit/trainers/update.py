@@ -18,7 +18,7 @@ from rlkit.errors import UserError
 from rlkit.kernels.packing import balance_across_ranks, plan_micro_batches, sequence_cost
 from rlkit.kernels.sp_plan import GroupStep, plan_group_steps
 from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, to_completion_space
-from rlkit.trainers import dist
+from rlkit.trainers import backends, dist
 from rlkit.trainers.batch import MicroBatch, collate, shard_micro_batch
 
 
@@ -304,7 +304,8 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                         group_scale=world / max(n_groups, 1.0),
                         extra={key: v[mrows, :width].to(acc.device) if rows else torch.zeros_like(mask, dtype=v.dtype)
                                for key, v in extra.items()}))
-                    acc.backward(out.loss)
+                    # one optimizer step per minibatch: the last micro-batch is the accumulation boundary
+                    backends.backward(acc, prepared, out.loss, last=k == len(micro) - 1)
                 stats.micro_batches += int(bool(m_b.idx))  # real forwards only, not zero-weight padding
                 stats.sharded += int(m_b.sharded and bool(m_b.idx))
                 if epoch == 0 and counted:  # first pass: entropy of every sample; mismatch before any update
@@ -317,12 +318,9 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                         stats.mismatch_tokens += float(real.sum())
                 for key, v in out.stats.items() if counted else ():
                     stats.sums[key] = stats.sums.get(key, 0.0) + float(v)
-            gn = acc.clip_grad_norm_(prepared.parameters(), max_grad_norm or float("inf"))
-            stats.grad_norms.append(float(gn))
-            optimizer.step()
+            stats.grad_norms.append(backends.optimizer_step(acc, prepared, optimizer, max_grad_norm))
             if scheduler is not None:
                 scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
     return _sum_over_sp_group(stats, acc, lay)
 
 

@@ -23,7 +23,8 @@ def test_bad_input_fails_in_one_line(case, tmp_path, request):
                  "--rollout.max_new_tokens=8", "--data.eval_size=2", "--train.eval_before=false",
                  "--train.steps=2", "--logging.progress=false"]
     args += [f"--output_dir={out}", *case.get("args", [])]  # a case's own output_dir comes last and wins
-    env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           **case.get("env", {})}  # a launcher's environment (accelerate config files export theirs)
     proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", *args], capture_output=True, text=True,
                           cwd=HERE, env=env, timeout=300)
     lines = [x for x in proc.stderr.splitlines() if x.strip()]

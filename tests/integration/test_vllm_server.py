@@ -4,7 +4,6 @@ weights through vLLM's weight-transfer API (rlkit_gloo), asynchronous rollouts, 
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,58 +12,13 @@ from pathlib import Path
 import pytest
 import requests
 import torch
+from shared import free_port, prompt_ids, server_matches_policy
 
 from rlkit.config import load_config
 from rlkit.rollout.base import SamplingSpec
 
 HERE = Path(__file__).parent
 TOL_LOGPROB = 1e-4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`rlkit serve` in a subprocess; restartable (the fault test kills it)."""
-
-    def __init__(self, model_dir: Path, log: Path):
-        self.model_dir, self.log, self.port, self.proc = model_dir, log, _free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rlkit.cli", "serve", str(self.model_dir), "--host", "127.0.0.1",
-             "--port", str(self.port), "--max-model-len", "512"],
-            stdout=subprocess.PIPE, stderr=open(self.log, "a"), text=True, env=env, start_new_session=True)
-        deadline = time.monotonic() + 300
-        for line in self.proc.stdout:  # `rlkit serve` prints its ready line once /health answers
-            if "ready at" in line:
-                assert self.url in line
-                return
-            assert time.monotonic() < deadline, "server did not come up"
-        raise AssertionError(f"rlkit serve exited ({self.proc.wait()}): {self.log.read_text()[-3000:]}")
-
-    def api_pid(self) -> int:
-        """The vLLM API server process (the child of `rlkit serve`)."""
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-        return int(out[0])
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-
-
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    s = Server(tiny_model_dir, tmp_path_factory.mktemp("server") / "vllm.log")
-    s.start()
-    yield s
-    s.stop()
 
 
 def _cfg(model_dir, out, url, **over):
@@ -77,34 +31,6 @@ def _cfg(model_dir, out, url, **over):
     }
     base.update(over)
     return load_config(overrides=base)
-
-
-def _prompt_ids(tok):
-    text = tok.apply_chat_template([{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many?"}],
-                                   tokenize=False, add_generation_prompt=True)
-    return tok(text, add_special_tokens=False)["input_ids"]
-
-
-def _server_matches_policy(url: str, policy_dir: Path, model_dir: Path) -> float:
-    """Max |server greedy logprob - trainer logprob| over a fixed prompt's greedy completion."""
-    from rlkit.models import load_policy, load_tokenizer
-    from rlkit.trainers.batch import LogprobPolicy, collate, to_completion_space
-
-    tok = load_tokenizer(str(model_dir))
-    ids = _prompt_ids(tok)
-    model_id = requests.get(f"{url}/v1/models").json()["data"][0]["id"]
-    choice = requests.post(f"{url}/v1/completions", json={
-        "model": model_id, "prompt": ids, "max_tokens": 16, "temperature": 0.0, "logprobs": 0,
-        "return_token_ids": True}).json()["choices"][0]
-    from rlkit.records import Sample
-
-    s = Sample(prompt_ids=ids, completion_ids=choice["token_ids"], logprobs=choice["logprobs"]["token_logprobs"],
-               finish_reason="length", text="", group_id=0)
-    policy = LogprobPolicy(load_policy(str(policy_dir), torch.float32))
-    mb = collate([s], tok.pad_token_id)
-    with torch.no_grad():
-        lp, _ = policy(mb, temperature=1.0)
-    return float(((lp - to_completion_space([s.logprobs], lp.shape[1])).abs() * mb.completion_mask).max())
 
 
 def _rows(run: Path) -> list[dict]:
@@ -126,7 +52,7 @@ def test_server_and_colocated_engines_agree(server, engine, tiny_model_dir):
             remote.update_weights(named)
         assert remote.version == 1 and remote.weight_versions() == ["1"]
         tok = load_tokenizer(str(tiny_model_dir))
-        prompts = [_prompt_ids(tok), tok("What is 7 times 6?")["input_ids"]]
+        prompts = [prompt_ids(tok), tok("What is 7 times 6?")["input_ids"]]
         spec = SamplingSpec(n=3, temperature=0.8, top_p=0.95, max_new_tokens=20, seed=1234)
         a, b = remote.generate(prompts, spec), engine.generate(prompts, spec)
     finally:
@@ -147,14 +73,14 @@ def test_train_over_server_moves_its_weights(server, tiny_model_dir, tmp_path):
     train(cfg)
     ck1 = run / "checkpoints" / "step_000001" / "policy"
     assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "1"
-    assert _server_matches_policy(server.url, ck1, tiny_model_dir) < TOL_LOGPROB
-    assert _server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) > 1e-3  # not the initial weights
+    assert server_matches_policy(server.url, ck1, tiny_model_dir) < TOL_LOGPROB
+    assert server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) > 1e-3  # not the initial weights
 
     train(_cfg(tiny_model_dir, run, server.url, **{"train.steps": 2, "checkpoint.every": 1}), resume="auto")
     ck2 = run / "checkpoints" / "step_000002" / "policy"
     assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "2"
-    assert _server_matches_policy(server.url, ck2, tiny_model_dir) < TOL_LOGPROB
-    assert _server_matches_policy(server.url, ck1, tiny_model_dir) > 1e-4  # step 2 moved them again
+    assert server_matches_policy(server.url, ck2, tiny_model_dir) < TOL_LOGPROB
+    assert server_matches_policy(server.url, ck1, tiny_model_dir) > 1e-4  # step 2 moved them again
     rows = _rows(run)
     assert [r["policy_version"] for r in rows] == [1, 2]
     assert all(r["loss/logprob_mismatch"] < TOL_LOGPROB for r in rows)
@@ -176,7 +102,7 @@ def test_eval_over_server_pushes_the_evaluated_model(server, engine, tiny_model_
     _, eval_set = load_prompt_sets(cfg.data, load_tokenizer(str(tiny_model_dir)))
     local = run_benchmark(engine, eval_set.prompts, accuracy_reward(cfg), settings, 16, label="local", progress=False)
     assert remote == local and remote["prompts"] == 6
-    assert _server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) < TOL_LOGPROB  # it holds the model
+    assert server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) < TOL_LOGPROB  # it holds the model
     assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "1"
 
 
@@ -232,7 +158,7 @@ def test_two_trainer_processes_share_one_server_asynchronously(server, tiny_mode
     env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
          "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
          "--rollout.engine=vllm_server", f"--rollout.server_urls=[{server.url}]", "--rollout.server_timeout=60",
          "--rollout.async_steps=1", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=16",
@@ -246,7 +172,7 @@ def test_two_trainer_processes_share_one_server_asynchronously(server, tiny_mode
     assert all(r["completion/samples"] == 4 for r in rows)  # one prompt x 4 samples per process and step
     assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "3"
     final = run / "checkpoints" / "step_000003" / "policy"
-    assert _server_matches_policy(server.url, final, tiny_model_dir) < TOL_LOGPROB
+    assert server_matches_policy(server.url, final, tiny_model_dir) < TOL_LOGPROB
 
 
 def test_multinode_example_script_against_the_server(server, tiny_model_dir, tmp_path):
