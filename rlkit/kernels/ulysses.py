@@ -12,6 +12,16 @@ group like a data-parallel all-reduce.
 Grouped KV heads: when the KV head count divides by P, KV heads are split like query heads (query head block
 r uses KV head block r); otherwise KV heads are repeated up to the query head count first.
 
+Any degree P, whatever the head count (issue 24): when P does not divide the query heads H (the 12 heads of
+Qwen2.5-1.5B or the 28 of the 7B over 8 ranks), the heads are padded with zero heads up to the next multiple of P
+(KV heads repeated to one per query head first), exchanged and attended like real ones, and dropped after the
+exchange back: rank r holds ceil(H/P) head slots, some of them empty. A zero head attends uniformly over zero
+values, so it outputs zeros and takes no gradient: the result is exact. Why this and not ring attention over the
+remainder (USP's 2-D scheme): the group runs in lock step, so its time is its busiest rank's, ceil(H/P) heads,
+under an uneven split as under padding; padding keeps one exchange and one kernel call per layer, where a ring
+adds P-step exchanges inside attention and a second attention kernel path. The cost is the exchange volume and
+attention work of the empty slots: (ceil(H/P) P - H) / H more, e.g. 33% for 12 heads on 8 ranks, 14% for 28.
+
 Why our own and not DeepSpeed's ``UlyssesSPAttentionHF``: it needs DeepSpeed installed and initialised (not
 installable on the GPU machines this project is lent), and it shards a batch of equal-length rows, while RL
 trains packed rows whose sequence boundaries (``cu_seqlens``) must reach the attention kernel; here the
@@ -113,18 +123,19 @@ def ulysses_attention(module, query, key, value, attention_mask, dropout: float 
                                        cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, **kwargs)
     sp = dist.get_world_size(sp_group)
     h, hkv = query.shape[1], key.shape[1]
-    if h % sp:
-        raise ValueError(f"sequence parallelism over {sp} ranks needs the attention head count ({h}) to divide "
-                         f"by {sp}")
-    if hkv % sp:  # too few KV heads to split: give every query head its own copy
+    if hkv % sp or h % sp:  # too few KV heads to split: give every query head its own copy
         key, value = (x.repeat_interleave(h // hkv, dim=1) for x in (key, value))
+    pad = -h % sp
+    if pad:  # zero heads up to a multiple of sp (module docstring), dropped after the exchange back
+        query, key, value = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (query, key, value))
     q, k, v = (_Exchange.apply(x[0].transpose(0, 1).contiguous(), sp_group, True) for x in (query, key, value))
     total = int(cu_seq_lens_q[-1])
     q, k, v = (x[:total].transpose(0, 1).unsqueeze(0) for x in (q, k, v))  # [1, H/P, T, D], padding dropped
     out, _ = varlen.varlen_attention(module, q, k, v, None, dropout, scaling, cu_seq_lens_q, cu_seq_lens_k,
                                      max_length_q, max_length_k)
     out = F.pad(out[0], (0, 0, 0, 0, 0, sp * query.shape[2] - total))  # [P*S, H/P, D]: padding back
-    return _Exchange.apply(out.contiguous(), sp_group, False).unsqueeze(0), None
+    out = _Exchange.apply(out.contiguous(), sp_group, False)  # [S, H + pad, D]
+    return out[:, :h].unsqueeze(0), None
 
 
 def register() -> str:

@@ -19,22 +19,24 @@ def test_shards_cover_the_padded_row_once():
     assert torch.cat(parts, dim=1).tolist() == [[1, 2, 3, 4, 5, 6, 7, 0, 0]]
 
 
-def test_two_process_ulysses_equals_one_process(tmp_path):
+def test_ulysses_equals_one_process_on_2_and_4_ranks_with_any_head_count(tmp_path):
     """A packed row of 4 samples (one of 1 token, one crossing the shard boundary) through a Qwen2 with split KV
-    heads and a Llama shape with one KV head repeated: logprobs, entropies and parameter gradients equal."""
+    heads, a Llama shape with one KV head repeated, and a Qwen2 of 6 heads / 2 KV heads, on 2 and on 4 ranks (6
+    heads over 4 ranks: padded to 8): logprobs, entropies and parameter gradients equal one process."""
     outs = {}
-    for nproc in (1, 2):
+    for nproc in (1, 2, 4):
         out = tmp_path / f"ulysses_{nproc}.pt"
         proc = torchrun(nproc, str(HERE / "ulysses_check.py"), str(out), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs[nproc] = torch.load(out)
-    for kind in ("qwen2", "llama"):
-        one, two = outs[1][kind], outs[2][kind]
-        assert (one["logprobs"] - two["logprobs"]).abs().max() <= 1e-5, kind
-        assert (one["entropy"] - two["entropy"]).abs().max() <= 1e-5, kind
-        worst = max((one["grads"][n] - two["grads"][n]).abs().max().item() for n in one["grads"])
-        assert worst <= 1e-5, f"{kind}: gradients differ by {worst}"
-        assert all(g.abs().sum() > 0 for n, g in one["grads"].items() if "layers" in n)  # every layer learns
+    for nproc in (2, 4):
+        for kind in ("qwen2", "llama", "qwen2_6h"):
+            one, many = outs[1][kind], outs[nproc][kind]
+            assert (one["logprobs"] - many["logprobs"]).abs().max() <= 1e-5, (kind, nproc)
+            assert (one["entropy"] - many["entropy"]).abs().max() <= 1e-5, (kind, nproc)
+            worst = max((one["grads"][n] - many["grads"][n]).abs().max().item() for n in one["grads"])
+            assert worst <= 1e-5, f"{kind} on {nproc}: gradients differ by {worst}"
+            assert all(g.abs().sum() > 0 for n, g in one["grads"].items() if "layers" in n)  # every layer learns
 
 
 def test_sequence_parallel_update_equals_one_process_for_every_loss_family(tiny_model_dir, tmp_path):
@@ -93,3 +95,33 @@ def test_cli_train_with_sequence_parallelism_equals_the_data_parallel_run(tiny_m
     for name, base in (("sp", "dp"), ("tiled", "dp"), ("adaptive", "dp_segments")):
         worst = max((params[base][k] - params[name][k]).abs().max().item() for k in init)
         assert worst <= 1e-4, f"{name}: parameters differ from the data-parallel run by {worst}"
+
+
+def test_cli_train_sp4_with_six_heads_equals_the_data_parallel_run(tmp_path):
+    """`rlkit train` on 4 processes with a model of 6 query heads and 2 KV heads (head_dim 32): sp_size=4 (heads
+    padded to 8) trains to the parameters of the same 4-process run without SP (the same rollouts: each rank
+    generates its own prompts either way)."""
+    from safetensors.torch import load_file
+
+    from rlkit.models import build_tiny_model
+
+    model = build_tiny_model(tmp_path / "six-heads", hidden_size=192, heads=6, kv_heads=2,
+                             corpus=[f"Tom has {i} apples and buys {i + 2} more. \\boxed{{{2 * i + 2}}}" for i in range(60)])
+    params = {}
+    for name, extra in (("dp", []), ("sp4", ["--parallel.sp_size=4"])):
+        run = tmp_path / name
+        proc = torchrun(4, "-m", "rlkit.cli", "train", f"--model.name_or_path={model}", f"--output_dir={run}",
+                        "--rollout.engine=hf", "--rollout.prompts_per_step=4", "--rollout.group_size=2",
+                        "--rollout.max_new_tokens=16", "--data.eval_size=0",
+                        "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=2", "--optim.lr=1e-3",
+                        "--optim.micro_batch_tokens=96", "--logging.progress=false", *extra, cwd=tmp_path,
+                        extra_path=str(HERE.parent / "integration"))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert [r["parallel/sharded_frac"] for r in rows if "reward/mean" in r] == ([1.0, 1.0] if extra else [0.0, 0.0])
+        params[name] = load_file(str(run / "checkpoints" / "step_000002" / "policy" / "model.safetensors"))
+    init = load_file(str(model / "model.safetensors"))
+    a = torch.cat([(params["dp"][k] - init[k]).flatten() for k in init])
+    b = torch.cat([(params["sp4"][k] - init[k]).flatten() for k in init])
+    assert a.abs().max() > 1e-3
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) >= 0.999

@@ -2,7 +2,8 @@
 
 Writes (rank 0) the per-token logprobs and entropies of the whole row and the parameter gradients of a
 weighted logprob sum, for a Qwen2 (4 heads, 2 KV heads: KV heads split) and a Llama shape (4 heads, 1 KV
-head: KV heads repeated), so the test can compare SP = world with one process.
+head: KV heads repeated) and a Qwen2 of 6 heads and 2 KV heads with head_dim 32 (on 4 ranks: 6 heads do not divide
+by 4 and are padded), so the test can compare SP = world with one process.
 """
 
 import os
@@ -26,6 +27,9 @@ def build(kind: str):
                   max_position_embeddings=128, attn_implementation=ulysses.register())
     if kind == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **common)).float()
+    if kind == "qwen2_6h":
+        common.update(hidden_size=192, num_attention_heads=6)
+        return Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=2, **common)).float()
     return LlamaForCausalLM(LlamaConfig(num_key_value_heads=1, **common)).float()
 
 
@@ -41,7 +45,7 @@ def main(out: str) -> None:
     valid[0, cu[1:] - 1] = False  # the last token of each sequence predicts nothing
     weights = torch.randn(ids.shape, generator=gen) * valid
     result = {}
-    for kind in ("qwen2", "llama"):
+    for kind in ("qwen2", "llama", "qwen2_6h"):
         model = build(kind)
         shard = [ulysses.shard_row(t, world, rank) for t in (ids, pos, labels, weights)]
         logits = model(input_ids=shard[0], position_ids=shard[1], cu_seq_lens_q=cu, cu_seq_lens_k=cu,

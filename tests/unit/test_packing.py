@@ -98,3 +98,62 @@ def test_restore_order_inverts_a_plan(lengths, budget):
     assert restore_order(plan, values_in_plan_order) == [f"v{i}" for i in range(len(lengths))]
     with pytest.raises(ValueError, match="not a partition"):
         restore_order([[0], [0]], ["a", "b"])
+
+
+def _long_tail(n, seed=0, median=3000, cap=16384):
+    import math
+    import random
+
+    rng = random.Random(seed)
+    return [min(cap, max(16, int(rng.lognormvariate(math.log(median), 1.0)))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("n", [256, 1024, 8192])
+def test_planning_work_grows_n_log_n_and_the_count_stays_at_the_lower_bound(n):
+    """Work counted, not timed: one partition call (no re-run per extra micro-batch), item placements linear in n;
+    the micro-batch count within 1% (or 1) of ceil(total / budget); every unit once, the budget respected."""
+    import math
+
+    from rlkit.kernels import packing as P
+
+    lengths = _long_tail(n, seed=n)
+    P._plan.cache_clear()
+    before = dict(P.STATS)
+    plan = P.plan_micro_batches(lengths, 16384, b=1 / (6 * 3584))
+    work = {k: P.STATS[k] - before[k] for k in P.STATS}
+    assert work["kk_calls"] <= 1 and work["greedy_calls"] <= 2
+    assert work["greedy_probes"] <= (P.GREEDY_PROBES + 1) * n
+    assert work["kk_merges"] <= n
+    lower = math.ceil(sum(lengths) / 16384)
+    assert lower <= len(plan) <= lower + max(1, lower // 100)
+    assert sorted(i for mb in plan for i in mb) == list(range(n))
+    assert all(len(mb) == 1 or sum(lengths[i] for i in mb) <= 16384 for mb in plan)
+    P._plan.cache_clear()
+    assert P.plan_micro_batches(lengths, 16384, b=1 / (6 * 3584)) == plan  # deterministic: every rank agrees
+
+
+def test_a_repeated_plan_is_served_from_the_cache():
+    from rlkit.kernels import packing as P
+
+    lengths = _long_tail(300, seed=1)
+    P.plan_micro_batches(lengths, 8192)
+    before = dict(P.STATS)
+    P.plan_micro_batches(lengths, 8192)  # the old-logprob scoring, the reference scoring and the update of a step
+    assert P.STATS == before
+
+
+@settings(max_examples=50, deadline=None)
+@given(costs=st.lists(st.floats(0, 1000), min_size=0, max_size=200), k=st.integers(1, 8),
+       cap=st.one_of(st.none(), st.floats(100, 3000)))
+def test_greedy_partition_is_a_partition_within_the_cap(costs, k, cap):
+    from rlkit.kernels.packing import greedy_partition
+
+    parts = greedy_partition(costs, k, sizes=costs, cap=cap)
+    assert len(parts) >= k and sorted(i for p in parts for i in p) == list(range(len(costs)))
+    if cap is None:
+        assert len(parts) == k
+        if costs:
+            sums = [sum(costs[i] for i in p) for p in parts]
+            assert max(sums) <= sum(costs) / k + max(costs) + 1e-6
+    else:
+        assert all(len(p) <= 1 or sum(costs[i] for i in p) <= cap + 1e-6 for p in parts)
