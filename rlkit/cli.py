@@ -13,12 +13,16 @@ exit status 1.
 from __future__ import annotations
 
 import argparse
+import errno
+import math
+import signal
 import sys
 import typing
 from typing import Literal
 
 import yaml
 
+from rlkit import progress
 from rlkit.config import ConfigError, iter_leaves, load_config
 from rlkit.errors import UserError
 
@@ -179,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, desc, paper in list_recipes():
             print(f"{name:14s} {desc}\n{'':14s} {paper}")
         return 0
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         if args.command == "report":
             from rlkit.plots import report
@@ -196,6 +201,38 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rlkit: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Terminated) as e:
+        if getattr(args, "debug", False):
+            raise
+        name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
+        print(f"rlkit: interrupted by {name}{progress.where()}{progress.resume_hint()}", file=sys.stderr)
+        return code
+    except OSError as e:
+        if e.errno not in _ENVIRONMENT or getattr(args, "debug", False):
+            raise
+        print(f"rlkit: error: {_environment_line(e)}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
+    """SIGTERM, raised in the main thread so that the run unwinds (locks released, engines closed)."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
+
+
+# failures of the machine, not of rlkit or the user's input: one line naming the file, never a traceback
+_ENVIRONMENT = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+                errno.EIO: "input/output error"}
+
+
+def _environment_line(e: OSError) -> str:
+    target = f" writing {e.filename}" if e.filename else ""
+    return f"{_ENVIRONMENT[e.errno]}{target}{progress.where()}{progress.resume_hint()}"
 
 
 def _one_line(e: Exception) -> str:
@@ -218,12 +255,16 @@ def _run(args: argparse.Namespace, types: dict) -> int:
         labels = [p if args.compare.index(p) == i else f"{p} #{i + 1}" for i, p in enumerate(args.compare)]
         print(suite.compare_table({label: suite.load_result(p) for label, p in zip(labels, args.compare)}))
         return 0
-    checked = preflight(cfg, train=False)
     if args.greedy and args.k not in (None, 1):
         raise UserError(f"--greedy takes one sample per prompt; drop --k {args.k} (or --greedy)")
     args.k = 4 if args.k is None else args.k
     if args.k < 1 or args.limit < 0 or args.max_new_tokens < 0:
         raise UserError("--k must be >= 1, --limit and --max-new-tokens >= 0")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    checked = preflight(cfg, train=False)
     extra = {"max_new_tokens": args.max_new_tokens, "limit": args.limit, "seed": cfg.train.seed}
     settings = suite.EvalSettings.greedy(**extra) if args.greedy else suite.EvalSettings(
         k=args.k, temperature=args.temperature, top_p=args.top_p, **extra)

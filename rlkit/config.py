@@ -203,6 +203,8 @@ class OptimConfig:
     warmup_steps: int = opt(0, "linear warm-up steps", check=">=0")
     schedule: Literal["constant", "linear", "cosine"] = opt("constant", "learning-rate schedule after warm-up")
     max_grad_norm: float = opt(1.0, "gradient clipping (0 = off)", check=">=0")
+    skip_nonfinite: bool = opt(False, "when a loss or gradient norm is not finite, skip that optimizer step and count "
+                               "it (optim/skipped_updates) instead of stopping the run")
     packing: bool = opt(True, "pack each micro-batch into one row with no padding (false: right-padded rows)")
     micro_batch_tokens: int = opt(8192, "token budget (prompt + completion) of a packed micro-batch",
         check=">=1")
@@ -219,7 +221,7 @@ class OptimConfig:
 @dataclass
 class ParallelConfig:
     sp_size: int = opt(1, "Ulysses sequence parallelism over groups of N processes (world = data-parallel x N); "
-                       "the attention head count must divide by N", check=">=1")
+                       "any N: heads that do not divide by N are padded (rlkit.kernels.ulysses)", check=">=1")
     sp_mode: Literal["fixed", "adaptive"] = opt(
         "fixed", "fixed: every micro-batch sharded over the SP group; adaptive: only micro-batches over "
         "optim.micro_batch_tokens, the rest run side by side, one per rank (same gradients)")
@@ -233,7 +235,7 @@ class ParallelConfig:
 @dataclass
 class TrainConfig:
     steps: int = opt(10, "training steps (one rollout batch each)", check=">=0")
-    seed: int = opt(0, "seed for data order, sampling and init")
+    seed: int = opt(0, "seed for data order, sampling and init", check="[0,4294967295]")
     eval_every: int = opt(0, "evaluate on the held-out slice every N steps (0 = only before and after)",
         check=">=0")
     eval_before: bool = opt(True, "evaluate before training (the 'before' column)")
@@ -379,13 +381,34 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key repeated in one mapping is an error (YAML says keys are unique;
+    PyYAML keeps the last one silently, so `lr` given twice would train with whichever came last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}, again at line "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.setdefault(key, key_node.start_mark.line) if isinstance(key, (str, int, float, bool)) else None
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str):
+    """YAML with unique keys (rlkit's config files and recipes)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict:
     try:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = load_yaml(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -481,6 +504,9 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
             built = registry.build(entry, term.kwargs)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{source}: rewards[{i}] ({term.name}): {e}") from None
+        if not callable(built):
+            raise ConfigError(f"{source}: rewards[{i}] ({term.name}): the factory returned {type(built).__name__} "
+                              f"{built!r:.60}, not a reward function")
         if getattr(built, "uses_correct", False) and not verifiers:
             raise ConfigError(f"{source}: rewards[{i}]: reward {term.name!r} needs a correctness term (e.g. "
                               "math_correct, weight 0 if it should not add to the reward) in `rewards`")
@@ -560,6 +586,12 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(not bad_sinks, f"'logging.report_to' has unknown sink {bad_sinks}; valid: wandb")
 
     entries = _check_components(cfg, source)
+    from rlkit.rewards.combine import RewardError, check_weights
+
+    try:
+        check_weights(cfg.rewards, cfg.shaping)
+    except RewardError as e:
+        raise ConfigError(f"{source}: rewards: {e}") from None
     has_verifier = any(t.correctness or e.flag("correctness", False) for t, e in zip(cfg.rewards, entries))
     need(sum(t.correctness or e.flag("correctness", False) for t, e in zip(cfg.rewards, entries)) <= 1,
          "at most one reward term can be the correctness term")

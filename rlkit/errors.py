@@ -22,3 +22,8 @@ class CheckpointError(UserError):
 class ServerError(UserError):
     """A vLLM server the run depends on is unreachable, refuses, fails or does not answer in time (the message
     names the server and the phase: connecting, generation, weight sync)."""
+
+
+class TrainingDiverged(UserError):
+    """A loss or gradient norm that is not finite: the run stops before the update is applied (and before any
+    checkpoint could hold it), naming the step."""

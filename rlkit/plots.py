@@ -12,16 +12,22 @@
 
 The plots go to ``--out``, by default ``RUN_DIR/report/`` for one run and ``report/`` in the runs' common parent
 for several.
+
+Nothing is left out silently: each malformed line of a run's files (``file:line``, not valid JSON, not an object,
+no step) and each plot, panel or run that has nothing to show gets one warning line on stderr saying what and why;
+a plot with nothing at all to show is not written. When no plot can be made the report is a UserError (exit
+status 2) and writes nothing.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 from pathlib import Path
 
 from rlkit.errors import UserError
-from rlkit.logging import _read_rows
 
 CURVES = [("reward/mean", "reward"), ("accuracy", "accuracy (training samples)"),
           ("completion/mean_tokens", "mean completion tokens"), ("completion/truncation_rate", "truncation rate")]
@@ -40,25 +46,125 @@ def _label(run: Path) -> str:
     return run.resolve().name
 
 
+MAX_LINE_NOTES = 3  # malformed lines named one by one per file; the rest are counted in one line
+RUN_FILES = ("metrics.jsonl", "lengths.jsonl", "eval_summary.json", "evals")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _why(e: json.JSONDecodeError) -> str:
+    return e.msg.removesuffix(" starting at")  # "Unterminated string starting at" is followed by the position
+
+
+def _read_jsonl(path: Path, notes: list[str]) -> list[dict]:
+    """The object rows of a .jsonl file that carry an integer ``step``; each other non-blank line is one note
+    (``file:line: why``; after MAX_LINE_NOTES of them, one line with the count of the rest)."""
+    rows, bad = [], []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as e:
+            bad.append(f"{path}:{lineno}: not valid JSON ({_why(e)} at column {e.colno}); line skipped")
+            continue
+        except ValueError:  # not UTF-8
+            bad.append(f"{path}:{lineno}: not valid UTF-8; line skipped")
+            continue
+        if not isinstance(row, dict):
+            bad.append(f"{path}:{lineno}: not a JSON object ({type(row).__name__}); line skipped")
+        elif not isinstance(row.get("step"), int) or isinstance(row.get("step"), bool):
+            bad.append(f"{path}:{lineno}: no integer 'step' (got {row.get('step')!r}); line skipped")
+        else:
+            rows.append(row)
+    notes += bad[:MAX_LINE_NOTES]
+    if len(bad) > MAX_LINE_NOTES:
+        notes.append(f"{path}: {len(bad) - MAX_LINE_NOTES} more malformed line(s) skipped")
+    return rows
+
+
+def _read_json(path: Path, notes: list[str]) -> dict | None:
+    try:
+        value = json.loads(path.read_bytes())
+    except json.JSONDecodeError as e:
+        notes.append(f"{path}: not valid JSON ({_why(e)} at line {e.lineno}, column {e.colno}); its points are "
+                     "left out")
+        return None
+    except (OSError, ValueError) as e:
+        notes.append(f"{path}: cannot read it ({e}); its points are left out")
+        return None
+    if not isinstance(value, dict):
+        notes.append(f"{path}: not a JSON object; its points are left out")
+        return None
+    return value
+
+
+def _point(notes: list[str], where: str, label: str, m, ci_keys: tuple[str, str] | None = None):
+    """(label, accuracy, mean tokens, interval or None) from a metrics object, or None with a note."""
+    acc_key = "accuracy" if ci_keys is None else "avg@k"
+    if not isinstance(m, dict) or not _number(m.get(acc_key)) or not _number(m.get("mean_tokens")):
+        got = {k: m.get(k) for k in (acc_key, "mean_tokens")} if isinstance(m, dict) else m
+        notes.append(f"{where}: no numeric {acc_key} and mean_tokens for {label!r} (got {got!r}); point left out")
+        return None
+    ci = None
+    if ci_keys is not None and _number(m.get(ci_keys[0])) and _number(m.get(ci_keys[1])):
+        ci = (m[ci_keys[0]], m[ci_keys[1]])
+    return (label, m[acc_key], m["mean_tokens"], ci)
+
+
 def load_run(run: Path, evals_only: bool = False) -> dict:
-    """What the plots need from one run directory; a point is (label, accuracy, mean tokens, interval or None)."""
-    if not (run / "metrics.jsonl").is_file():
+    """What the plots need from one run directory; a point is (label, accuracy, mean tokens, interval or None).
+    ``notes``: one line per thing of the run that cannot be plotted (malformed lines and files, missing files)."""
+    if not run.is_dir():
+        raise UserError(f"{run}: no such run directory")
+    if not any((run / name).exists() for name in RUN_FILES):
         raise UserError(f"{run}: not an rlkit run directory (no metrics.jsonl)")
-    rows = [r for r in _read_rows(run / "metrics.jsonl") if "reward/mean" in r]
-    lengths = _read_rows(run / "lengths.jsonl") if (run / "lengths.jsonl").is_file() else []
+    notes: list[str] = []
+    metrics, lengths_path = run / "metrics.jsonl", run / "lengths.jsonl"
+    rows = [r for r in _read_jsonl(metrics, notes) if any(key in r for key, _ in CURVES)] \
+        if metrics.is_file() else []
+    lengths = []
+    if lengths_path.is_file():
+        for r in _read_jsonl(lengths_path, notes):
+            if isinstance(r.get("lengths"), list) and all(_number(n) for n in r["lengths"]):
+                lengths.append(r)
+            else:
+                notes.append(f"{lengths_path}: step {r['step']}: 'lengths' is not a list of numbers; row skipped")
     points = []
     summary = run / "eval_summary.json"
     if summary.is_file() and not evals_only:
-        s = json.loads(summary.read_text())
+        s = _read_json(summary, notes) or {}
         for when in ("before", "after"):
             if s.get(when):
-                points.append((f"held-out {when}", s[when]["accuracy"], s[when]["mean_tokens"], None))
+                points.append(_point(notes, str(summary), f"held-out {when}", s[when]))
     for path in sorted((run / "evals").glob("*.json")) if (run / "evals").is_dir() else []:
-        result = json.loads(path.read_text())
-        for name, m in result.get("benchmarks", {}).items():
-            ci = (m["avg@k_ci_low"], m["avg@k_ci_high"]) if "avg@k_ci_low" in m else None
-            points.append((f"{path.stem} {name}", m["avg@k"], m["mean_tokens"], ci))
-    return {"label": _label(run), "rows": rows, "lengths": lengths, "points": points}
+        result = _read_json(path, notes)
+        if result is None:
+            continue
+        benchmarks = result.get("benchmarks")
+        if not isinstance(benchmarks, dict) or not benchmarks:
+            notes.append(f"{path}: no 'benchmarks' results (not an `rlkit eval` result?); left out")
+            continue
+        for name, m in benchmarks.items():
+            points.append(_point(notes, str(path), f"{path.stem} {name}", m, ("avg@k_ci_low", "avg@k_ci_high")))
+    return {"label": _label(run), "path": run, "rows": rows, "lengths": lengths,
+            "points": [p for p in points if p is not None], "notes": notes}
+
+
+def _missing_or_empty(path: Path) -> str | None:
+    if not path.is_file():
+        return f"{path} does not exist"
+    if not path.read_bytes().strip():
+        return f"{path} is empty"
+    return None
+
+
+def _why_no_rows(run: dict) -> str:
+    path = run.get("path", Path(run["label"])) / "metrics.jsonl"
+    return _missing_or_empty(path) or \
+        f"{path} has no training steps (no valid row with {', '.join(k for k, _ in CURVES)})"
 
 
 def _save(plt, fig, out: Path) -> Path:
@@ -68,20 +174,58 @@ def _save(plt, fig, out: Path) -> Path:
     return out
 
 
+def curves_skipped(runs: list[dict]) -> tuple[str | None, list[str]]:
+    """Why curves.png cannot be made (None when it can), and what it leaves out (empty panels, runs)."""
+    with_rows = [r for r in runs if r["rows"]]
+    if not with_rows:
+        return "curves.png: " + "; ".join(_why_no_rows(r) for r in runs), []
+    left = [f"curves.png: {_why_no_rows(r)}; left out" for r in runs if not r["rows"]]
+    panels = {key: any(_number(row.get(key)) for r in with_rows for row in r["rows"]) for key, _ in CURVES}
+    if not any(panels.values()):
+        return ("curves.png: every value of " + ", ".join(panels) + " is null or missing in "
+                + ", ".join(str(r.get("path", r["label"])) + "/metrics.jsonl" for r in with_rows)), left
+    for key, title in CURVES:
+        if not panels[key]:
+            left.append(f"curves.png: panel {title!r} is empty: no row of any run's metrics.jsonl has a number "
+                        f"for {key!r}")
+    return None, left
+
+
+def lengths_skipped(runs: list[dict]) -> tuple[str | None, list[str]]:
+    def why(run: dict) -> str:
+        path = run.get("path", Path(run["label"])) / "lengths.jsonl"
+        return _missing_or_empty(path) or f"{path} has no valid length rows"
+
+    if not any(r["lengths"] for r in runs):
+        return "lengths.png: " + "; ".join(why(r) for r in runs), []
+    return None, [f"lengths.png: {why(r)}; its panel is empty" for r in runs if not r["lengths"]]
+
+
+def pareto_skipped(runs: list[dict], evals_only: bool = False) -> tuple[str | None, list[str]]:
+    if any(r["points"] for r in runs):
+        return None, []
+    wanted = "`rlkit eval` results (evals/*.json)" if evals_only else \
+        "held-out results (eval_summary.json) or `rlkit eval` results (evals/*.json)"
+    return f"pareto.png: no usable {wanted} in {', '.join(str(r.get('path', r['label'])) for r in runs)}", []
+
+
 def plot_curves(runs: list[dict], out: Path) -> Path:
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for ax, (key, title) in zip(axes.flat, CURVES):
         for run in runs:
-            xs = [r["step"] for r in run["rows"] if isinstance(r.get(key), (int, float))]
-            ys = [r[key] for r in run["rows"] if isinstance(r.get(key), (int, float))]
+            xs = [r["step"] for r in run["rows"] if _number(r.get(key))]
+            ys = [r[key] for r in run["rows"] if _number(r.get(key))]
             if xs:
                 ax.plot(xs, ys, marker="o", markersize=3, label=run["label"])
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
+    for ax in axes.flat:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+            break
     return _save(plt, fig, out)
 
 
@@ -137,16 +281,34 @@ def plot_pareto(runs: list[dict], out: Path) -> Path:
 
 
 def report(run_dirs: list[str], out: str | None = None, evals_only: bool = False) -> list[Path]:
+    """Write the plots that have something to show; one warning line on stderr for each thing left out. A
+    UserError (nothing written) when no plot can be made."""
     runs_paths = [Path(r) for r in run_dirs]
     runs = [load_run(r, evals_only) for r in runs_paths]
+    warnings = [note for run in runs for note in run["notes"]]
+    plans, skipped = [], []
+    for name, check, plot in (("curves.png", curves_skipped, plot_curves), ("lengths.png", lengths_skipped,
+                                                                            plot_lengths),
+                              ("pareto.png", lambda rs: pareto_skipped(rs, evals_only), plot_pareto)):
+        why, left = check(runs)
+        if why is not None:
+            skipped.append(why)
+        else:
+            plans.append((name, plot))
+        warnings += left
+    for line in warnings:
+        print(f"rlkit: warning: {line}", file=sys.stderr)
+    if not plans:
+        raise UserError(f"nothing to plot: {'; '.join(skipped)}")
+    for line in skipped:
+        print(f"rlkit: warning: not plotted: {line}", file=sys.stderr)
     if out is None:
         target = runs_paths[0] / "report" if len(runs_paths) == 1 else \
             Path(os.path.commonpath([str(r.resolve()) for r in runs_paths])) / "report"
     else:
         target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
-    written = [plot_curves(runs, target / "curves.png"), plot_lengths(runs, target / "lengths.png"),
-               plot_pareto(runs, target / "pareto.png")]
+    written = [plot(runs, target / name) for name, plot in plans]
     for path in written:
         print(f"wrote {path}")
     return written

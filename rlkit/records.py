@@ -192,4 +192,5 @@ class UpdateStats:
     grad_norms: list[float] = field(default_factory=list)
     micro_batches: int = 0  # forwards with a gradient (every pass), and those sharded over the SP group
     sharded: int = 0
+    skipped: int = 0  # optimizer steps skipped for a non-finite loss or gradient norm (optim.skip_nonfinite)
 

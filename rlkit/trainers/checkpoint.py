@@ -71,9 +71,6 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
     `prepared` is the prepared LogprobPolicy (DDP / DeepSpeed engine / FSDP2 module); its ``.model`` (HF or PEFT)
     is exported with whole tensors, gathered on every rank and written by rank 0.
     """
-    from rlkit.rollout.weights import gathered_state_dict
-    from rlkit.trainers.state_io import save_training_state
-
     root = checkpoint_root(run_dir)
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp-{trainer_state.get('run_id', 'run')}"
@@ -82,6 +79,22 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
+    try:
+        _write(tmp, final, root, run_dir, step, accelerator, prepared, tokenizer, optimizer, scheduler, trainer_state,
+               keep_last)
+    except OSError:  # disk full, quota, read-only: no half-written checkpoint is left behind (the last one stays)
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write(tmp: Path, final: Path, root: Path, run_dir, step: int, accelerator, prepared, tokenizer, optimizer,
+           scheduler, trainer_state: dict, keep_last: int) -> None:
+    from rlkit.rollout.weights import gathered_state_dict
+    from rlkit.trainers.state_io import save_training_state
+
     save_training_state(tmp / "trainer", accelerator, prepared, optimizer, scheduler)
     module = accelerator.unwrap_model(prepared)
     full = gathered_state_dict(module, keep=accelerator.is_main_process)  # whole tensors under ZeRO-3 / FSDP2
@@ -91,7 +104,7 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
         inner.save_pretrained(tmp / "policy", state_dict=state)
         tokenizer.save_pretrained(tmp / "policy")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
-        failpoints.hit("checkpoint")
+        failpoints.hit("checkpoint", str(tmp / "COMPLETE"))
         (tmp / "COMPLETE").write_text("ok\n")
         fsync_tree(tmp)
         if final.exists():  # re-saving the same step (e.g. final == periodic): replace atomically
@@ -105,8 +118,6 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
         failpoints.hit("publish")
         for stale in list_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -23,10 +23,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlkit import failpoints
+from rlkit import failpoints, progress
 from rlkit.config import Config
 from rlkit.files import atomic_write_text
-from rlkit.preflight import Preflight
+from rlkit.preflight import Preflight, preflight
 from rlkit.records import StepBatch
 from rlkit.trainers import dist
 from rlkit.trainers.collect import advantages, collect, refresh_monitors, timed
@@ -50,18 +50,27 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
     """Run GRPO-family training as configured. ``resume``: None, "auto" or a checkpoint path; ``overwrite``:
     replace an earlier run in ``output_dir`` (without it or ``resume`` a non-empty output_dir is an error)."""
     # 0. set-up (preflight, then restore from a checkpoint), then the "before" column of the held-out table
-    run = setup(cfg, resume, overwrite=overwrite, checked=checked)
+    progress.at("set-up", run_dir=cfg.output_dir)
+    checked = checked or preflight(cfg, resume, overwrite)  # takes the run directory's lock (main process)
+    run = None
     try:
+        run = setup(cfg, checked)
         return _train(run)
     finally:
-        run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
-        multi = run.acc.num_processes > 1
-        # server engines: no request left running behind a failed run; a colocated vLLM engine on a launcher's
-        # world: its teardown (which destroys the process groups) before interpreter exit, not after ours
-        if hasattr(run.engine, "close") and (multi or getattr(run.engine, "remote", False)):
-            run.engine.close()
-        if multi:
-            _end_process_group()
+        if run is not None:
+            _close(run)
+        checked.release()  # the lock; a directory the run never wrote into is removed again
+
+
+def _close(run: Run) -> None:
+    run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
+    multi = run.acc.num_processes > 1
+    # server engines: no request left running behind a failed run; a colocated vLLM engine on a launcher's
+    # world: its teardown (which destroys the process groups) before interpreter exit, not after ours
+    if hasattr(run.engine, "close") and (multi or getattr(run.engine, "remote", False)):
+        run.engine.close()
+    if multi:
+        _end_process_group()
 
 
 def _end_process_group() -> None:
@@ -80,12 +89,14 @@ def _train(run: Run) -> RunResult:
                                  temperature=cfg.rollout.eval_temperature, seed=cfg.train.seed,
                                  max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens)
     if cfg.train.eval_before and not run.before and run.eval_set.prompts:
+        progress.at("the held-out evaluation before training")
         run.before = held_out()
         run.logger.log(run.start_step, {f"eval/{k}": v for k, v in run.before.items()})
     metrics: dict = {}
     bar = _progress(run)
     for step in range(run.start_step, cfg.train.steps):
         t_step, run.timers = time.perf_counter(), {}
+        progress.at("rollout", step + 1)
         # 1. shapers with a monitor set refresh their targets from fresh rollouts of the current policy
         monitor_metrics = refresh_monitors(run, step)
 
@@ -108,6 +119,7 @@ def _train(run: Run) -> RunResult:
 
         # 5. old logprobs (from the engine, or recomputed when the policy moves within the step) and the
         #    reference logprobs for a KL term
+        progress.at("scoring")
         with timed(run.timers, "old_logprobs"):
             score = functools.partial(score_all, samples=trained.samples, pad_id=run.tokenizer.pad_token_id,
                                       acc=acc, width=trained.mask.shape[1], temperature=cfg.rollout.temperature,
@@ -120,15 +132,18 @@ def _train(run: Run) -> RunResult:
                 trained.ref_logprobs = score(run.ref_model or run.prepared, disable_adapter=run.ref_model is None)
 
         # 6. policy updates: mu passes x minibatches, exact aggregation across micro-batches and ranks
+        progress.at("policy update")
         with timed(run.timers, "train"):
             stats = update_policy(run.prepared, run.optimizer, run.scheduler, acc, trained, loss=stages.loss,
                                   algorithm=a, pad_id=run.tokenizer.pad_token_id, temperature=cfg.rollout.temperature,
                                   mbs=run.mbs, max_new_tokens=cfg.rollout.max_new_tokens,
                                   max_grad_norm=cfg.optim.max_grad_norm, seed=cfg.train.seed + step,
-                                  forward_masks=stages.forward_masks)
+                                  forward_masks=stages.forward_masks, step=step + 1,
+                                  skip_nonfinite=cfg.optim.skip_nonfinite)
         failpoints.hit("update")
 
         # 7. weight sync: the engine generates with the updated policy from the next step on
+        progress.at("weight sync")
         run.timers["weight_sync"] = sync_weights(run)
 
         # 8. metrics, sample completions, periodic eval and checkpoint
@@ -146,10 +161,12 @@ def _train(run: Run) -> RunResult:
         if cfg.logging.completions_every and step % cfg.logging.completions_every == 0:
             run.logger.log_completions(step + 1, _completion_rows(batch, cfg.logging.completions_count))
         if (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
+            progress.at("checkpoint")
             with timed(metrics, "time/checkpoint"):
                 save(run, step + 1, dict(metrics))
         metrics["time/step"] = time.perf_counter() - t_step
         lengths = [n for rank in dist.gather_objects(acc, [s.num_tokens for s in batch.samples]) for n in rank]
+        progress.at("logging")
         run.logger.log_lengths(step + 1, lengths)
         run.logger.log(step + 1, metrics)
         failpoints.hit("log")

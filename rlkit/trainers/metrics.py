@@ -29,8 +29,12 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     n_gen_tokens = sum(lengths)
     n_tok = max(float(trained_mask.sum()) * mu, 1.0)
     rewards = batch.rewards
-    m = {"reward/mean": float(rewards.mean()) if len(samples) else math.nan,
-         "reward/std": float(rewards.std()) if len(samples) > 1 else 0.0}
+    # samples no term applies to (every term None) have no reward to report: left out, null when none has one
+    scored = ~torch.stack([torch.isnan(t) for t in batch.terms.values()]).all(0) if batch.terms else \
+        torch.ones(len(samples), dtype=torch.bool)
+    kept = rewards[scored] if len(samples) else rewards
+    m = {"reward/mean": float(kept.mean()) if kept.numel() else math.nan,
+         "reward/std": float(kept.std()) if kept.numel() > 1 else 0.0}
     for name, t in batch.terms.items():
         valid = t[~torch.isnan(t)]
         m[f"reward/{name}"] = float(valid.mean()) if valid.numel() else math.nan
@@ -52,9 +56,11 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     for name, removed in stats.masked.items():
         m[f"mask/{name}/masked_frac"] = removed / n_tok
     m["parallel/sharded_frac"] = stats.sharded / max(stats.micro_batches, 1)  # sequence parallelism at work
-    m["optim/grad_norm"] = sum(stats.grad_norms) / max(len(stats.grad_norms), 1)
+    m["optim/grad_norm"] = sum(stats.grad_norms) / len(stats.grad_norms) if stats.grad_norms else math.nan
+    if stats.skipped:
+        m["optim/skipped_updates"] = float(stats.skipped)
     # forwards with samples per optimizer step (this rank): the micro-batches one step accumulates
-    m["optim/micro_batches"] = stats.micro_batches / max(len(stats.grad_norms), 1)
+    m["optim/micro_batches"] = stats.micro_batches / max(len(stats.grad_norms) + stats.skipped, 1)
     m["optim/lr"] = lr
     m["throughput/rollout_tokens_per_s"] = none or n_gen_tokens / max(timers.get("rollout", 0.0), 1e-9)
     train_tokens = sum(len(s.prompt_ids) + s.num_tokens for s in samples) * mu

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,17 +12,19 @@ from typing import Any
 
 import torch
 
+from rlkit import rundir
 from rlkit.config import Config, ConfigError, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
-from rlkit.errors import CheckpointError
+from rlkit.errors import CheckpointError, UserError
 from rlkit.files import atomic_write_text
 from rlkit.kernels import memory
 from rlkit.logging import RunLogger, clean_row
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
-from rlkit.preflight import Preflight, preflight
+from rlkit.preflight import Preflight
 from rlkit.rewards import RewardSet
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
 from rlkit.rollout.weights import exported_weights
+from rlkit.rundir import LOCK_NAME
 from rlkit.trainers import backends, dist
 from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.batch import LogprobPolicy
@@ -56,6 +57,7 @@ class Run:
     backend: backends.Backend = field(default_factory=backends.Backend)  # the distributed engine that trains
     run_id: str = ""  # kept across resumes; names the wandb run and the checkpoints' temporary directories
     data_fingerprint: str = ""  # of the training rows (rlkit.data.fingerprint), compared on resume
+    inputs: dict = field(default_factory=dict)  # fingerprint of the model and tokenizer (rlkit.inputs), ditto
     start_step: int = 0
     before: dict = field(default_factory=dict)  # held-out results before training (restored on resume)
     after: dict = field(default_factory=dict)  # held-out results after the last step (in the final checkpoint)
@@ -121,56 +123,68 @@ def _hidden_size(model) -> int:
     return int(_text_config(model).hidden_size)
 
 
-def _check_sp_heads(model, sp: int) -> None:
-    heads = int(_text_config(model).num_attention_heads)
-    if heads % sp:
-        raise ConfigError(f"'parallel.sp_size' ({sp}) must divide the model's {heads} attention heads (Ulysses gives "
-                          "each rank of an SP group a share of the heads)")
+def _check_shared_lock(acc, checked: Preflight) -> None:
+    """Every process sees the lock the main process took: they share one output_dir (the checkpoints rely on it)."""
+    token = dist.broadcast_object(acc, checked.lock.token if checked.lock is not None else "")
+    if acc.is_main_process or not token:
+        return
+    try:
+        seen = (checked.run_dir / LOCK_NAME).read_text()
+    except OSError:
+        seen = ""
+    if seen != token:
+        raise UserError(f"output_dir {checked.run_dir}: process {acc.process_index} does not see the run directory "
+                        "that process 0 locked; every process of a run must share output_dir (a shared filesystem "
+                        "across nodes)")
 
 
-def _clear_run_dir(run_dir: Path) -> None:
-    """--overwrite: remove what an earlier run left (preflight checked that it is an rlkit run directory)."""
-    for entry in run_dir.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+def _start_run_dir(cfg: Config, acc, checked: Preflight, run_id: str, record: dict) -> None:
+    """The run starts for real: (main process) clear an --overwrite'd run, write run.json and config.json."""
+    run_dir = checked.run_dir
+    if acc.is_main_process:
+        try:
+            if checked.overwrite:
+                rundir.clear(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "rlkit": _version(),
+                                                                "distributed": record}) + "\n")
+            save_config(cfg, run_dir / "config.json")
+        except OSError as e:
+            raise rundir.unwritable(run_dir, e) from None
+    acc.wait_for_everyone()
 
 
-def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, checked: Preflight | None = None) -> Run:
-    """Preflight (unless the CLI did it), accelerator, run dir, model, optimizer, engine, data, rewards, stages,
-    logging; restore a checkpoint."""
-    checked = checked or preflight(cfg, resume, overwrite)
+def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None = None, overwrite: bool = False) -> Run:
+    """Accelerator, model, optimizer, engine, data, rewards, stages (everything that can fail), then the run
+    directory (written only now), logging, and a restored checkpoint. Without ``checked`` the preflight runs here
+    (its run-directory lock is then held until the process ends; ``rlkit.trainers.grpo.train`` releases it)."""
+    if checked is None:
+        from rlkit.preflight import preflight
+
+        checked = preflight(cfg, resume, overwrite)
     backend = checked.backend
     acc, dtype, notes = _setup_accelerator(cfg, backend)
     if cfg.rollout.prompts_per_step % acc.num_processes:
         raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) is the global batch and "
                           f"must divide by the {acc.num_processes} processes")
-    acc.wait_for_everyone()  # every process has checked the run directory before the first one writes to it
+    _check_shared_lock(acc, checked)
     run_id = dist.broadcast_object(acc, checked.run_id)  # one id: one temporary directory per checkpoint
     run_dir = checked.run_dir
     if acc.is_main_process:
-        if checked.overwrite:
-            _clear_run_dir(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "rlkit": _version(),
-                                                            "distributed": backend.record()}) + "\n")
-        save_config(cfg, run_dir / "config.json")
         resolve_model_path(cfg.model.name_or_path)  # converts the embedded model once; other ranks find it cached
     acc.wait_for_everyone()
     layout = dist.make_layout(acc, cfg.parallel.sp_size)
     model_path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
+    train_set, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=checked.rows)  # prompt lengths: before the model
     hf_model = load_policy(model_path, torch.float32, gradient_checkpointing=cfg.model.gradient_checkpointing,
                            lora=cfg.model.lora)
-    _check_sp_heads(hf_model, layout.sp)
     memory.apply(hf_model, cfg, sharded_params=backend.sharded)
     ref_model = None
     if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
         ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk,
                                   sp_group=layout.sp_group).to(acc.device).eval()
         ref_model.requires_grad_(False)
-    train_set, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=checked.rows)
     total_updates = cfg.train.steps * cfg.algorithm.mu * cfg.algorithm.minibatches
     made: dict = {}
 
@@ -185,17 +199,16 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
     scheduler = made["scheduler"]
     share = backends.param_share(prepared)
     notes.append(f"parameters held per process: {100 * share:.0f}%")
-    if acc.is_main_process:  # run.json records the engine that really runs, with how much it shards
-        atomic_write_text(run_dir / "run.json", json.dumps({
-            "run_id": run_id, "rlkit": _version(),
-            "distributed": {**backend.record(), "param_share": round(share, 4)}}) + "\n")
     engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype,
                          lockstep=backend.sharded and backend.world_size > 1,
                          context=functools.partial(backends.whole_parameters, prepared))
+    rollout, rewards, stages = make_rollout(cfg, engine, tokenizer), RewardSet.from_config(cfg.rewards, cfg.shaping), \
+        Stages.from_config(cfg)
+    # run.json records the engine that really runs, with how much it shards
+    _start_run_dir(cfg, acc, checked, run_id, {**backend.record(), "param_share": round(share, 4)})
     run = Run(
         cfg=cfg, acc=acc, run_dir=run_dir, tokenizer=tokenizer, prepared=prepared, ref_model=ref_model,
-        optimizer=optimizer, scheduler=scheduler, engine=engine, rollout=make_rollout(cfg, engine, tokenizer),
-        rewards=RewardSet.from_config(cfg.rewards), stages=Stages.from_config(cfg),
+        optimizer=optimizer, scheduler=scheduler, engine=engine, rollout=rollout, rewards=rewards, stages=stages,
         train_set=train_set, eval_set=eval_set,
         sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
@@ -203,7 +216,7 @@ def setup(cfg: Config, resume: str | None = None, *, overwrite: bool = False, ch
                          run_id=run_id),
         mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model), layout, cfg.parallel.sp_mode), backend=backend,
         run_id=run_id,
-        data_fingerprint=checked.data_fingerprint)
+        data_fingerprint=checked.data_fingerprint, inputs=checked.inputs)
     for line in notes + checked.notices:
         run.logger.console(line)
     if train_set.skipped_long:
@@ -220,7 +233,7 @@ def save(run: Run, step: int, row: dict) -> None:
     """A checkpoint after ``step`` steps (collective: every rank calls it); ``row`` is the step's metrics row,
     restored into metrics.jsonl if a kill lands between the checkpoint and the row."""
     state = {"step": step, "run_id": run.run_id, "policy_version": run.engine.version,
-             "distributed": run.backend.record(),
+             "distributed": run.backend.record(), "inputs": run.inputs,
              "sampler": run.sampler.state_dict(), "stages": run.stages.state_dict(),
              "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()), "eval_before": run.before,
              "eval_after": run.after, "world_size": run.acc.num_processes, "metrics_row": clean_row(row),

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from rlkit.algorithms.losses import LossInputs, MinibatchInputs, aggregation_denominator, aggregation_weights
-from rlkit.errors import UserError
+from rlkit.errors import TrainingDiverged, UserError
 from rlkit.kernels.packing import balance_across_ranks, plan_micro_batches, sequence_cost
 from rlkit.kernels.sp_plan import GroupStep, plan_group_steps
 from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, to_completion_space
@@ -236,13 +236,17 @@ def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: li
 
 def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss: LossSpec, algorithm,
                   pad_id: int, temperature: float, mbs: MicroBatching, max_new_tokens: int, max_grad_norm: float,
-                  seed: int, forward_masks: list = ()) -> UpdateStats:
+                  seed: int, forward_masks: list = (), step: int = 0, skip_nonfinite: bool = False) -> UpdateStats:
     """mu passes x minibatches; micro-batches accumulate into one optimizer step per minibatch.
 
     The aggregation normaliser is summed over all ranks and the weights are multiplied by the world
     size because DDP averages gradients: the result equals one process training on the whole batch.
     ``forward_masks`` ((name, mask) of kind "forward") scale the token weights after each forward pass.
     Returns token sums of the loss statistics, entropy, the vLLM-vs-trainer mismatch and grad norms.
+
+    A loss (any micro-batch, any rank) or gradient norm that is not finite never reaches the weights: the run
+    stops with TrainingDiverged naming ``step``, or with ``skip_nonfinite`` that optimizer step is skipped and
+    counted (``stats.skipped``). The finiteness check is all-reduced, so every rank decides the same.
     """
     a, world, lay = algorithm, acc.num_processes, layout_of(mbs, acc)
     # units that stay together: single samples, or whole groups for sequence-level losses (DRPO)
@@ -269,6 +273,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
             extra = {}
             if loss.prepare is not None:  # before the first backward: the policy is the minibatch's start
                 extra = _prepare_minibatch(loss, prepared, acc, batch, rows, micro, pad_id, temperature, mbs)
+            nonfinite = None  # the first micro-batch whose loss was not finite on some rank
             for k, m_b in enumerate(micro):
                 # an empty micro-batch (this rank has fewer units than another, or none in this minibatch)
                 # runs one of the rank's samples with zero weights, so every rank runs the same forwards
@@ -304,6 +309,10 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                         group_scale=world / max(n_groups, 1.0),
                         extra={key: v[mrows, :width].to(acc.device) if rows else torch.zeros_like(mask, dtype=v.dtype)
                                for key, v in extra.items()}))
+                    if nonfinite is None and _any_rank(acc, not bool(torch.isfinite(out.loss.detach()).all())):
+                        nonfinite = (k, float(out.loss.detach().float().sum()))
+                        if not skip_nonfinite:
+                            _diverged(step, f"the loss is {nonfinite[1]}", mb_index, k)
                     # one optimizer step per minibatch: the last micro-batch is the accumulation boundary
                     backends.backward(acc, prepared, out.loss, last=k == len(micro) - 1)
                 stats.micro_batches += int(bool(m_b.idx))  # real forwards only, not zero-weight padding
@@ -318,10 +327,29 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                         stats.mismatch_tokens += float(real.sum())
                 for key, v in out.stats.items() if counted else ():
                     stats.sums[key] = stats.sums.get(key, 0.0) + float(v)
-            stats.grad_norms.append(backends.optimizer_step(acc, prepared, optimizer, max_grad_norm))
+            norm, applied = backends.optimizer_step(acc, prepared, optimizer, max_grad_norm,
+                                                    skip=nonfinite is not None)
+            if not applied:
+                if not skip_nonfinite:
+                    _diverged(step, f"the gradient norm is {norm}", mb_index, None)
+                stats.skipped += 1
+            else:
+                stats.grad_norms.append(norm)
             if scheduler is not None:
                 scheduler.step()
     return _sum_over_sp_group(stats, acc, lay)
+
+
+def _any_rank(acc, flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (every rank gets the same answer)."""
+    return bool(dist.reduce(acc, torch.tensor(float(flag)), "max") > 0)
+
+
+def _diverged(step: int, what: str, minibatch: int, micro: int | None) -> None:
+    where = f"minibatch {minibatch + 1}" + (f", micro-batch {micro + 1}" if micro is not None else "")
+    raise TrainingDiverged(f"step {step}: {what} ({where}); the run stopped before applying it, so the weights and "
+                           "the last checkpoint are from before this step. Lower optim.lr or check the rewards and "
+                           "advantages, or set optim.skip_nonfinite: true to skip such steps")
 
 
 def _sum_over_sp_group(stats: UpdateStats, acc, lay: dist.Layout) -> UpdateStats:
@@ -335,7 +363,7 @@ def _sum_over_sp_group(stats: UpdateStats, acc, lay: dist.Layout) -> UpdateStats
     tdist.all_gather_object(every, (stats.entropy, stats.tokens, stats.mismatch, stats.mismatch_tokens,
                                     stats.sums, stats.masked), group=lay.sp_group)
     out = UpdateStats(masked={}, grad_norms=stats.grad_norms, micro_batches=stats.micro_batches,
-                      sharded=stats.sharded)
+                      sharded=stats.sharded, skipped=stats.skipped)
     for entropy, tokens, mismatch, mismatch_tokens, sums, masked in every:
         out.entropy += entropy
         out.tokens += tokens

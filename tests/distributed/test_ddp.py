@@ -47,7 +47,7 @@ def test_cli_train_on_two_processes_with_colocated_vllm(tiny_model_dir, tmp_path
     run = tmp_path / "ddp-run"
     proc = _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
                      "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1",
-                     "--data.eval_size=4", "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=2",
+                     "--data.eval_size=4", "--train.eval_before=false", "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=2",
                      "--logging.progress=false", cwd=tmp_path, extra_path=str(HERE.parent / "integration"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -65,6 +65,7 @@ def test_cli_segments_on_two_processes_gather_uneven_batches_and_save_both_pools
     run = tmp_path / "seg-run"
     proc = _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
                      "--rollout.prompts_per_step=4", "--rollout.max_new_tokens=48", "--rollout.segments=3",
+                     "--rollout.engine=hf",
                      "--rollout.segment_min_groups=1", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
                      "--train.eval_before=false", "--train.eval_after=false",
                      "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=3", "--checkpoint.every=1",

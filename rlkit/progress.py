@@ -1,0 +1,41 @@
+"""Where a run is (step and phase), for the one line an interruption or an environmental failure prints.
+
+The loop updates it as it goes; the CLI reads it when SIGINT, SIGTERM or a full disk stops the run. Imports
+nothing from rlkit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+state: dict = {"run_dir": None, "step": None, "phase": None}
+
+
+def at(phase: str, step: int | None = None, run_dir: str | Path | None = None) -> None:
+    """The run is now in ``phase`` (of 1-based ``step`` when given)."""
+    state["phase"] = phase
+    if step is not None:
+        state["step"] = step
+    if run_dir is not None:
+        state["run_dir"] = Path(run_dir)
+
+
+def where() -> str:
+    """' at step 3 (rollout)', or '' before a run started."""
+    if state["phase"] is None:
+        return ""
+    step = f" at step {state['step']}" if state["step"] is not None else ""
+    return f"{step} ({state['phase']})" if step else f" during {state['phase']}"
+
+
+def resume_hint() -> str:
+    """What the user can do next: the last complete checkpoint of the run, and the command to continue."""
+    run_dir = state["run_dir"]
+    if run_dir is None:
+        return ""
+    from rlkit.trainers.checkpoint import find_latest
+
+    latest = find_latest(run_dir)
+    if latest is None:
+        return f"; no checkpoint of {run_dir} was written yet"
+    return f"; the last checkpoint is {latest}, intact: run the same command with --resume auto to continue"
