@@ -2,7 +2,7 @@
 sequence parallelism on a long-tail batch, and the time per token of SP 2 vs SP 1.
 
     .venv/bin/python benchmarks/long_output.py memory   [--budget-gib 4] [--layers 2] [--configs ...]
-    .venv/bin/python benchmarks/long_output.py adaptive [--samples 32] [--cap 32768] [--budget 4096]
+    .venv/bin/python benchmarks/long_output.py adaptive [--samples 32] [--cap 32768] [--budget 4096] [--nproc 4]
     .venv/bin/python benchmarks/long_output.py overhead [--length 8192]
 
 ``memory``: one completion of L tokens after a 64-token prompt, forward + backward of the GRPO loss (ppo_clip,
@@ -18,8 +18,10 @@ Qwen2.5-0.5B's width (hidden 896, MLP 4864, 14 heads, 2 KV heads) and vocabulary
   sp2      + Ulysses sequence parallelism over 2 processes (per-process memory)
 
 ``adaptive``: a small model (hidden 256, 4 layers), a long-tail batch (log-normal lengths as in
-benchmarks/packing.py, capped at ``--cap``), one update over 2 processes with sp_size 2 in fixed and in adaptive
-mode, alternating, best of ``--repeats``; prints the planner's predicted costs next to the measured times.
+benchmarks/packing.py, capped at ``--cap``), one update over ``--nproc`` processes (default 4) with sp_size = nproc
+in fixed, adaptive and flex mode, alternating, best of ``--repeats``, after the start-up calibration of the time
+model (rlkit.parallel.calibrate, as the trainer does); prints each plan's predicted seconds and lower bound next to
+the measured time.
 
 ``overhead``: one sample of ``--length`` tokens, forward + backward, time per token on 1 process (sp 1) and on 2
 processes sharing it (sp 2), the same small model.
@@ -101,7 +103,8 @@ def policy_grpo_step(model, length: int, vocab: int, sp_group=None) -> None:
     from rlkit.trainers.batch import LogprobPolicy, collate, shard_micro_batch
 
     device = next(model.parameters()).device
-    policy = LogprobPolicy(model, sp_group=sp_group)
+    groups = {torch.distributed.get_world_size(sp_group): sp_group} if sp_group is not None else None
+    policy = LogprobPolicy(model, sp_groups=groups)
     mb = collate(_samples([length], vocab), pad_id=0)
     if sp_group is not None:
         mb = shard_micro_batch(mb, torch.distributed.get_world_size(sp_group), torch.distributed.get_rank(sp_group))
@@ -205,77 +208,87 @@ def memory_benchmark(args) -> dict:
             if "hf" in results else {}}
 
 
-def _update_main(mode: str, lengths: list[int], budget: int, repeats: int) -> None:
-    """Under torchrun (2 processes, sp_size 2): one update of the long-tail batch per repeat, ``mode`` fixed or
-    adaptive (alternating when "both"); rank 0 prints the times."""
+def _update_main(modes: list[str], lengths: list[int], budget: int, repeats: int) -> None:
+    """Under torchrun (P processes, sp_size P): the SP time model calibrated once (rlkit.parallel.calibrate), then
+    one update of the long-tail batch per mode and repeat, modes alternating; rank 0 prints, per mode, the best
+    measured seconds, the plan's predicted seconds and lower bound, and the degrees the plan used."""
+    import dataclasses
+
     from accelerate import Accelerator
 
     from rlkit.algorithms.losses import ppo_clip_loss
     from rlkit.config import AlgorithmConfig
+    from rlkit.parallel.calibrate import calibrate, describe
+    from rlkit.parallel.layout import make_layout
+    from rlkit.parallel.micro import MicroBatching, plan_rank
     from rlkit.records import StepBatch
-    from rlkit.trainers import dist
     from rlkit.trainers.batch import LogprobPolicy
-    from rlkit.trainers.update import LossSpec, MicroBatching, prepare_tokens, update_policy
+    from rlkit.trainers.update import LossSpec, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=True)
-    layout = dist.make_layout(acc, acc.num_processes)
-    policy = LogprobPolicy(_model(SMALL, 4), sp_group=layout.sp_group)
+    layout = make_layout(acc, acc.num_processes, "flex")  # blocks of every degree; a mode only restricts the plan
+    policy = LogprobPolicy(_model(SMALL, 4), sp_groups=layout.groups)
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)  # lr 0: every repeat does identical work
     prepared, opt = acc.prepare(policy, opt)
     batch = prepare_tokens(StepBatch([], _samples(lengths, SMALL["vocab_size"]),
                                      advantages=torch.randn(len(lengths), generator=torch.Generator().manual_seed(0))))
-    modes = ["fixed", "adaptive"] if mode == "both" else [mode]
-    times: dict[str, list[float]] = {m: [] for m in modes}
+    ratio = 1 / (6 * SMALL["hidden_size"])
+    heads = SMALL["num_attention_heads"]
+    cost = calibrate(prepared, acc, layout, budget=budget, ratio=ratio, layers=4, heads=heads,
+                     head_dim=SMALL["hidden_size"] // heads, vocab=SMALL["vocab_size"], checkpointing=False)
+    out: dict = {"cost_model": cost.to_dict(), "described": describe(cost)}
     for rep in range(repeats + 1):  # repeat 0 warms up and is not counted
         for m in modes:
-            mbs = MicroBatching(micro_batch_tokens=budget, cost_b=1 / (6 * SMALL["hidden_size"]), layout=layout,
-                                sp_mode=m)
+            mbs = MicroBatching(micro_batch_tokens=budget, cost_b=ratio, layout=dataclasses.replace(layout, mode=m),
+                                cost=cost, calibrated=True)
             acc.wait_for_everyone()
             t = time.perf_counter()
-            update_policy(prepared, opt, None, acc, batch, loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(),
-                          pad_id=0, temperature=1.0, mbs=mbs, max_new_tokens=max(lengths), max_grad_norm=0.0, seed=0)
+            stats = update_policy(prepared, opt, None, acc, batch, loss=LossSpec(ppo_clip_loss),
+                                  algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, mbs=mbs,
+                                  max_new_tokens=max(lengths), max_grad_norm=0.0, seed=0)
             acc.wait_for_everyone()
+            seconds = time.perf_counter() - t
+            row = out.setdefault(m, {"seconds": float("inf")})
             if rep:
-                times[m].append(time.perf_counter() - t)
+                row["seconds"] = min(row["seconds"], seconds)
+            row["predicted_s"], row["bound_s"] = stats.predicted_s, stats.bound_s
+            micros = plan_rank([[i] for i in range(len(lengths))], batch.samples, mbs, acc)
+            row["rounds"] = len(micros)
+            row["degrees_rank0"] = sorted(m_.degree for m_ in micros if m_.idx)
     if acc.is_main_process:
-        print(json.dumps({m: min(v) for m, v in times.items()}), flush=True)
+        print(json.dumps(out), flush=True)
 
 
 def adaptive_benchmark(args) -> dict:
     sys.path.insert(0, str(HERE.parent))
     from packing import lognormal_lengths
 
-    from rlkit.kernels.sp_plan import plan_cost, plan_group_steps
-
     lengths = lognormal_lengths(args.samples, args.median, args.sigma, args.cap, args.seed)
     totals = [PROMPT + n for n in lengths]
-    b = 1 / (6 * SMALL["hidden_size"])
-    predicted = {m: plan_cost(plan_group_steps(totals, 2, args.budget, m, b=b), totals, 2, b=b, comm=args.comm)
-                 for m in ("fixed", "adaptive")}
-    steps = {m: [s.sharded for s in plan_group_steps(totals, 2, args.budget, m, b=b)] for m in ("fixed", "adaptive")}
-    proc = _torchrun(2, "_update", "both", json.dumps(lengths), str(args.budget), str(args.repeats))
+    proc = _torchrun(args.nproc, "_update", json.dumps(["fixed", "adaptive", "flex"]), json.dumps(lengths),
+                     str(args.budget), str(args.repeats))
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
-    measured = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])
-    return {"lengths": {"n": len(lengths), "max": max(lengths), "mean": sum(lengths) / len(lengths),
+    got = json.loads([x for x in proc.stdout.splitlines() if x.startswith("{")][-1])
+    for m in ("fixed", "adaptive", "flex"):
+        got[m]["speedup_over_fixed"] = got["fixed"]["seconds"] / got[m]["seconds"]
+        got[m]["predicted_speedup"] = got["fixed"]["predicted_s"] / got[m]["predicted_s"]
+        got[m]["prediction_error"] = got[m]["predicted_s"] / got[m]["seconds"] - 1
+    return {"lengths": {"n": len(lengths), "max": max(totals), "mean": sum(totals) / len(totals),
                         "over_budget": sum(t > args.budget for t in totals)},
-            "budget_tokens_per_rank": args.budget,
-            "steps": {m: {"sharded": s.count(True), "side_by_side": s.count(False)} for m, s in steps.items()},
-            "predicted_cost": predicted, "comm_per_token": args.comm, "seconds": measured,
-            "speedup_adaptive_over_fixed": measured["fixed"] / measured["adaptive"],
-            "predicted_speedup": predicted["fixed"] / predicted["adaptive"]}
+            "processes": args.nproc, "budget_tokens_per_rank": args.budget, **got}
 
 
 def _overhead_main(length: int, repeats: int) -> None:
     """Under torchrun (1 or 2 processes): forward + backward of one ``length``-token sample, best of repeats."""
     from accelerate import Accelerator
 
-    from rlkit.trainers import dist
+    from rlkit.parallel.layout import make_layout
     from rlkit.trainers.batch import LogprobPolicy, collate, shard_micro_batch
 
     acc = Accelerator(cpu=True)
-    layout = dist.make_layout(acc, acc.num_processes)
-    policy = LogprobPolicy(_model(SMALL, 4), sp_group=layout.sp_group)
+    layout = make_layout(acc, acc.num_processes)
+    policy = LogprobPolicy(_model(SMALL, 4), sp_groups=layout.groups)
     mb = collate(_samples([length], SMALL["vocab_size"]), pad_id=0)
     if layout.sp > 1:
         mb = shard_micro_batch(mb, layout.sp, layout.sp_rank)
@@ -310,7 +323,7 @@ def main() -> None:
         if kind == "_probe":
             _probe_main(rest[0], int(rest[1]), int(rest[2]))
         elif kind == "_update":
-            _update_main(rest[0], json.loads(rest[1]), int(rest[2]), int(rest[3]))
+            _update_main(json.loads(rest[0]), json.loads(rest[1]), int(rest[2]), int(rest[3]))
         else:
             _overhead_main(int(rest[0]), int(rest[1]))
         sys.stdout.flush()
@@ -328,8 +341,7 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=1.0)
     ap.add_argument("--cap", type=int, default=32768)
     ap.add_argument("--budget", type=int, default=4096, help="tokens per rank of a micro-batch (adaptive)")
-    ap.add_argument("--comm", type=float, default=0.0, help="the planner's exchange cost per token in cost units "
-                    "(a*L + b*L^2 with a = 1); from the overhead part: (T_sp2 - T_sp1 / 2) / T_sp1 x cost(L) / L")
+    ap.add_argument("--nproc", type=int, default=4, help="processes of the adaptive part (one SP group)")
     ap.add_argument("--length", type=int, default=8192)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)

@@ -51,10 +51,11 @@ def main() -> None:
     from rlkit.algorithms.losses import ppo_clip_loss
     from rlkit.config import AlgorithmConfig
     from rlkit.models import build_tiny_model, load_policy
+    from rlkit.parallel.micro import MicroBatching, plan_rank
     from rlkit.records import StepBatch
     from rlkit.rollout.base import Sample
     from rlkit.trainers.batch import LogprobPolicy
-    from rlkit.trainers.update import LossSpec, MicroBatching, plan_rank, prepare_tokens, update_policy
+    from rlkit.trainers.update import LossSpec, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=args.device == "cpu")
     tmp = tempfile.mkdtemp(prefix="rlkit-bench-")

@@ -6,7 +6,8 @@ Lengths: log-normal with median 3,000 tokens (sigma 1), capped at 16,384 (a long
 Budget 16,384 tokens a micro-batch, cost a*L + b*L^2 with b = 1 / (6 x 3,584) (Qwen2-7B's hidden size, as the
 trainer sets it). For each size: time of one ``plan_micro_batches`` call (best of ``--repeats``, the cache
 cleared before each), micro-batches against the lower bound ceil(total / budget), and cost imbalance (heaviest
-micro-batch over the mean). Also ``plan_group_steps`` (SP 8, adaptive) at the same sizes.
+micro-batch over the mean). Also ``rlkit.parallel.plan.plan_group`` (SP 8, adaptive and flex, with benchmarks/sp_sim.py's
+time model of Qwen2-7B on H100s) at the same sizes, on a 32k-cap tail.
 
 "old" is the planner as it was before issue 24, reproduced here from its algorithm: Karmarkar-Karp at
 ceil(total / budget) parts, re-run with one more part until every part fits. It is run only up to
@@ -22,7 +23,7 @@ import random
 import time
 
 from rlkit.kernels import packing as P
-from rlkit.kernels.sp_plan import plan_group_steps
+from rlkit.parallel.plan import CostModel, plan_group
 
 BUDGET = 16384
 B = 1.0 / (6 * 3584)
@@ -79,13 +80,18 @@ def main() -> None:
         t, plan = best_time(lambda lengths=lengths: P.plan_micro_batches(lengths, BUDGET, b=B), a.repeats)
         mb, lb, imb = quality(plan, lengths)
         print(f"| {n} | new | {t:.3f} | {mb} | {lb} | {imb:.3f} |", flush=True)
-    print("\nplan_group_steps (SP 8, adaptive, 16,384 tokens per rank):\n")
-    print("| samples | seconds | group steps |")
-    print("|---|---|---|")
+    from sp_sim import cost_model
+
+    cost: CostModel = cost_model(8)
+    print("\nplan_group (one SP group of 8, 16,384 tokens per rank, sp_sim's time model):\n")
+    print("| samples | mode | seconds | rounds | predicted vs lower bound |")
+    print("|---|---|---|---|---|")
     for n in (int(x) for x in a.sizes.split(",")):
-        lengths = [min(4 * BUDGET, x * 2) for x in lengths_of(n)]  # a 32k-cap tail: some need several ranks
-        t, steps = best_time(lambda lengths=lengths: plan_group_steps(lengths, 8, BUDGET, "adaptive", b=B), a.repeats)
-        print(f"| {n} | {t:.3f} | {len(steps)} |", flush=True)
+        lengths = [min(2 * BUDGET, x * 2) for x in lengths_of(n)]  # a 32k-cap tail: some need several ranks
+        for mode in ("adaptive", "flex"):
+            t, plan = best_time(lambda lengths=lengths, mode=mode: plan_group(lengths, 8, BUDGET, mode, cost), a.repeats)
+            print(f"| {n} | {mode} | {t:.3f} | {len(plan.rounds)} | +{100 * (plan.predicted / plan.bound - 1):.1f}% |",
+                  flush=True)
 
 
 if __name__ == "__main__":

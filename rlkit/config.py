@@ -221,10 +221,14 @@ class OptimConfig:
 @dataclass
 class ParallelConfig:
     sp_size: int = opt(1, "Ulysses sequence parallelism over groups of N processes (world = data-parallel x N); "
-                       "any N: heads that do not divide by N are padded (rlkit.kernels.ulysses)", check=">=1")
-    sp_mode: Literal["fixed", "adaptive"] = opt(
-        "fixed", "fixed: every micro-batch sharded over the SP group; adaptive: only micro-batches over "
-        "optim.micro_batch_tokens, the rest run side by side, one per rank (same gradients)")
+                       "any N: heads that do not divide by N are padded (rlkit.parallel.ulysses)", check=">=1")
+    sp_mode: Literal["fixed", "adaptive", "flex"] = opt(
+        "fixed", "fixed: every micro-batch sharded over the SP group; adaptive: each micro-batch sharded over the "
+        "group or run by one rank, flex: over an aligned block of 1, 2, 4, ... or N ranks (FlexSP), chosen by a "
+        "time model fitted at start-up (same gradients; rlkit.parallel)")
+    cost_model: dict = opt(help="adaptive/flex time model values that replace the start-up calibration's: a (s per "
+                           "token), b (s per token^2), overhead (s per forward), comm {degree: s per token or "
+                           "[s per token, s per forward]}; all four given: no calibration", factory=dict)
     tiled_mlp: Literal["auto", "always", "never"] = opt(
         "auto", "run the MLPs in sequence tiles with a recomputing backward (ALST TiledMLP); auto = on with "
         "model.gradient_checkpointing")
@@ -416,6 +420,29 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
+def _check_cost_model(cm: dict, need) -> None:
+    """``parallel.cost_model``: known keys, finite non-negative seconds, degrees > 1."""
+    import math
+
+    bad = sorted(set(cm) - {"a", "b", "overhead", "comm"})
+    need(not bad, f"'parallel.cost_model' has unknown key(s) {bad}; valid: a, b, overhead, comm")
+
+    def ok(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    for key in ("a", "b", "overhead"):
+        need(key not in cm or ok(cm[key]), f"'parallel.cost_model.{key}' must be a finite number >= 0 (seconds), "
+             f"got {cm.get(key)!r}")
+    comm = cm.get("comm", {})
+    need(isinstance(comm, dict), f"'parallel.cost_model.comm' must map degrees to seconds, got {comm!r}")
+    for degree, v in comm.items():
+        need(str(degree).isdigit() and int(degree) > 1, f"'parallel.cost_model.comm' key {degree!r} is not a "
+             "degree > 1")
+        values = v if isinstance(v, list) else [v]
+        need(1 <= len(values) <= 2 and all(ok(x) for x in values), f"'parallel.cost_model.comm.{degree}' must be "
+             f"seconds per token or [seconds per token, seconds per forward], finite and >= 0, got {v!r}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
                 recipes: list[str] | None = None) -> Config:
     """Defaults <- recipes (in order) <- YAML file <- overrides; validates every key, choice and name.
@@ -567,6 +594,7 @@ def validate(cfg: Config, source: str = "config") -> None:
          f"({cfg.data.max_prompt_tokens} + {max(r.max_new_tokens, r.eval_max_new_tokens)} = {longest}); raise it or "
          "leave it at 0 (= their sum)")
     sp = cfg.parallel.sp_size
+    _check_cost_model(cfg.parallel.cost_model, need)
     need(world % sp == 0, f"'parallel.sp_size' ({sp}) must divide the {world} processes (world = data-parallel x "
          "sequence-parallel)")
     need(sp == 1 or cfg.optim.packing, "'parallel.sp_size' > 1 shards packed rows: set optim.packing to true")

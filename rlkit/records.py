@@ -193,4 +193,6 @@ class UpdateStats:
     micro_batches: int = 0  # forwards with a gradient (every pass), and those sharded over the SP group
     sharded: int = 0
     skipped: int = 0  # optimizer steps skipped for a non-finite loss or gradient norm (optim.skip_nonfinite)
+    predicted_s: float = 0.0  # SP plans' predicted forward+backward seconds over every pass (calibrated cost model)
+    bound_s: float = 0.0  # and their lower bound (rlkit.parallel.plan)
 

@@ -14,10 +14,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from rlkit.kernels import memory, ulysses
+from rlkit.kernels import memory
 from rlkit.kernels.attention import register as register_packed_attention
 from rlkit.kernels.logprobs import chunked_logprobs, logprobs_from_logits
 from rlkit.kernels.packing import pack_sequences
+from rlkit.parallel import ulysses
 from rlkit.records import Sample, to_completion_space  # noqa: F401  (re-exported for callers)
 
 
@@ -40,19 +41,20 @@ class LogprobPolicy(nn.Module):
     run only on the scored positions, in chunks of ``logprob_chunk`` rows (rlkit.kernels.logprobs), so
     logits for all positions are never materialised.
 
-    With ``sp_group`` (sequence parallelism, set once at start-up) a micro-batch made by ``shard_micro_batch``
-    runs Ulysses attention over the group: this rank scores the tokens whose predicting position lies in its
-    shard, and the [B, C] results are summed over the group (``ulysses.sum_over_group``), so every rank of the
-    group returns the whole micro-batch's logprobs and computes the same loss from them.
+    With ``sp_groups`` (sequence parallelism, set once at start-up: degree -> this rank's block of that many ranks,
+    rlkit.parallel.layout) a micro-batch made by ``shard_micro_batch`` at degree d runs Ulysses attention over the
+    block of d: this rank scores the tokens whose predicting position lies in its shard, and the [B, C] results are
+    summed over the block (``ulysses.sum_over_group``), so every rank of it returns the whole micro-batch's logprobs
+    and computes the same loss from them.
     """
 
-    def __init__(self, model: nn.Module, logprob_chunk: int = 512, sp_group=None):
+    def __init__(self, model: nn.Module, logprob_chunk: int = 512, sp_groups: dict | None = None):
         super().__init__()
         self.model = model
         self.logprob_chunk = logprob_chunk
-        self.sp_group = sp_group
+        self.sp_groups = dict(sp_groups or {})
         base = _base_model(model)
-        attention = ulysses.register() if sp_group is not None else register_packed_attention()
+        attention = ulysses.register() if self.sp_groups else register_packed_attention()
         if base.config._attn_implementation != attention:
             base.set_attn_implementation(attention)
 
@@ -63,10 +65,13 @@ class LogprobPolicy(nn.Module):
         if batch.cu_seqlens is not None:  # packed row: the attention kernel reads the boundaries
             extra = dict(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
                          max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen)
+        group = None
         if batch.sharded:
-            if self.sp_group is None:
-                raise ValueError("a sharded micro-batch needs a policy built with an sp_group")
-            extra["sp_group"] = self.sp_group
+            group = self.sp_groups.get(batch.sp_degree)
+            if group is None:
+                raise ValueError(f"a micro-batch sharded {batch.sp_degree} ways needs a policy built with a "
+                                 f"process group of that degree (it has {sorted(self.sp_groups)})")
+            extra["sp_group"] = group
         with memory.offload_context(base):
             hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                               position_ids=batch.position_ids, use_cache=False, **extra).last_hidden_state
@@ -84,12 +89,12 @@ class LogprobPolicy(nn.Module):
             # a shard may hold no scored token (all prompt): tie the backbone and the head in with weight 0
             # anyway, so that its backward runs every layer's exchange that the other ranks' backwards wait for
             # and gives every parameter a gradient (DDP waits for all of them)
-            out = ulysses.sum_over_group(out + head(hidden[:, :1]).sum() * 0.0, self.sp_group)
+            out = ulysses.sum_over_group(out + head(hidden[:, :1]).sum() * 0.0, group)
         if not with_entropy:
             return out, None
         ent = ent.detach().new_zeros(shape).index_put((batch.score_sample, batch.score_cols), ent.detach())
         if batch.sharded:
-            torch.distributed.all_reduce(ent, group=self.sp_group)
+            torch.distributed.all_reduce(ent, group=group)
         return out, ent
 
 
@@ -117,7 +122,12 @@ class MicroBatch:
     score_targets: torch.Tensor  # [K]
     num_tokens: int  # real (prompt + completion) tokens
     max_seqlen: int = 0  # longest sequence (packed rows)
-    sharded: bool = False  # this rank's shard of the row (sequence parallelism); cu_seqlens stay the whole row's
+    sp_degree: int = 1  # > 1: this rank's shard of the row, one of sp_degree (sequence parallelism); cu_seqlens stay
+    # the whole row's
+
+    @property
+    def sharded(self) -> bool:
+        return self.sp_degree > 1
 
     def to(self, device) -> MicroBatch:
         moved = {f: (getattr(self, f).to(device) if getattr(self, f) is not None else None) for f in _TENSORS}
@@ -134,7 +144,7 @@ def shard_micro_batch(mb: MicroBatch, sp: int, rank: int) -> MicroBatch:
     return replace(mb, input_ids=ulysses.shard_row(mb.input_ids, sp, rank),
                    position_ids=ulysses.shard_row(mb.position_ids, sp, rank), score_rows=mb.score_rows[mine],
                    score_pos=mb.score_pos[mine] - start, score_sample=mb.score_sample[mine],
-                   score_cols=mb.score_cols[mine], score_targets=mb.score_targets[mine], sharded=True)
+                   score_cols=mb.score_cols[mine], score_targets=mb.score_targets[mine], sp_degree=sp)
 
 
 def collate(samples: list[Sample], pad_id: int, packed: bool = True) -> MicroBatch:

@@ -7,8 +7,6 @@ device for the collective and come back on the CPU.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -24,33 +22,6 @@ def reduce(acc, t: torch.Tensor, op: str, group=None) -> torch.Tensor:
     out = t.to(acc.device).clone()
     tdist.all_reduce(out, op=tdist.ReduceOp.MAX if op == "max" else tdist.ReduceOp.SUM, group=group)
     return (out / tdist.get_world_size(group) if op == "mean" else out).cpu()
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where this process sits when the world is dp x sp (sequence parallelism): SP group g holds the
-    consecutive ranks g*sp .. g*sp + sp - 1 and trains one data-parallel share together; ``dp_group`` joins the
-    ranks with this rank's position in their SP groups (one copy of every share, for de-duplicated sums)."""
-
-    sp: int = 1
-    sp_rank: int = 0
-    dp: int = 1
-    dp_rank: int = 0
-    sp_group: Any = None
-    dp_group: Any = None
-
-
-def make_layout(acc, sp: int) -> Layout:
-    """The SP and DP process groups (collective: every rank creates every group, in the same order)."""
-    world, rank = acc.num_processes, acc.process_index
-    if sp == 1:
-        return Layout(dp=world, dp_rank=rank)
-    import torch.distributed as tdist
-
-    sp_groups = [tdist.new_group(list(range(g * sp, (g + 1) * sp))) for g in range(world // sp)]
-    dp_groups = [tdist.new_group(list(range(j, world, sp))) for j in range(sp)]
-    return Layout(sp=sp, sp_rank=rank % sp, dp=world // sp, dp_rank=rank // sp, sp_group=sp_groups[rank // sp],
-                  dp_group=dp_groups[rank % sp])
 
 
 def gather_objects(acc, obj) -> list:

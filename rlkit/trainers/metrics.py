@@ -56,6 +56,11 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     for name, removed in stats.masked.items():
         m[f"mask/{name}/masked_frac"] = removed / n_tok
     m["parallel/sharded_frac"] = stats.sharded / max(stats.micro_batches, 1)  # sequence parallelism at work
+    if stats.predicted_s > 0:  # adaptive/flex SP: the plans' predicted forward+backward time against the update's
+        m["parallel/predicted_s"] = stats.predicted_s
+        m["parallel/measured_s"] = timers.get("train", math.nan)
+        m["parallel/bound_s"] = stats.bound_s
+        m["parallel/gap"] = stats.predicted_s / max(stats.bound_s, 1e-12) - 1.0  # to the lower bound
     m["optim/grad_norm"] = sum(stats.grad_norms) / len(stats.grad_norms) if stats.grad_norms else math.nan
     if stats.skipped:
         m["optim/skipped_updates"] = float(stats.skipped)

@@ -20,6 +20,10 @@ from rlkit.files import atomic_write_text
 from rlkit.kernels import memory
 from rlkit.logging import RunLogger, clean_row
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
+from rlkit.parallel import calibrate as sp_calibrate
+from rlkit.parallel.layout import make_layout
+from rlkit.parallel.micro import MicroBatching
+from rlkit.parallel.plan import CostModel
 from rlkit.preflight import Preflight
 from rlkit.rewards import RewardSet
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
@@ -30,7 +34,6 @@ from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.stages import Stages
 from rlkit.trainers.state_io import load_training_state
-from rlkit.trainers.update import MicroBatching
 
 
 @dataclass
@@ -173,7 +176,7 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
     if acc.is_main_process:
         resolve_model_path(cfg.model.name_or_path)  # converts the embedded model once; other ranks find it cached
     acc.wait_for_everyone()
-    layout = dist.make_layout(acc, cfg.parallel.sp_size)
+    layout = make_layout(acc, cfg.parallel.sp_size, cfg.parallel.sp_mode)
     model_path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
     train_set, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=checked.rows)  # prompt lengths: before the model
@@ -183,7 +186,7 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
     ref_model = None
     if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
         ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk,
-                                  sp_group=layout.sp_group).to(acc.device).eval()
+                                  sp_groups=layout.groups).to(acc.device).eval()
         ref_model.requires_grad_(False)
     total_updates = cfg.train.steps * cfg.algorithm.mu * cfg.algorithm.minibatches
     made: dict = {}
@@ -194,7 +197,7 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
 
     # the scheduler is not prepared (accelerate would step it once per process); checkpoints save it as JSON
     prepared, optimizer = backends.prepare(backend, acc, LogprobPolicy(hf_model, cfg.optim.logprob_chunk,
-                                                                       sp_group=layout.sp_group),
+                                                                       sp_groups=layout.groups),
                                            make_optimizer, max_grad_norm=cfg.optim.max_grad_norm, dtype=dtype)
     scheduler = made["scheduler"]
     share = backends.param_share(prepared)
@@ -214,7 +217,7 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name,
                          run_id=run_id),
-        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model), layout, cfg.parallel.sp_mode), backend=backend,
+        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model), layout), backend=backend,
         run_id=run_id,
         data_fingerprint=checked.data_fingerprint, inputs=checked.inputs)
     for line in notes + checked.notices:
@@ -222,11 +225,33 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
     if train_set.skipped_long:
         run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
     row = restore(run, checked.resume_path) if checked.resume_path is not None else None
+    if layout.sp > 1 and layout.mode != "fixed":
+        _fit_cost_model(run, hf_model, dtype)
     if checked.resume_path is None and getattr(engine, "remote", False):
         engine.version = -1  # a server holds whatever it was started with (or the last run's weights):
         sync_weights(run)  # it gets this run's policy, version 0
     run.logger.start_at(run.start_step if checked.resume_path is not None else None, row)
     return run
+
+
+def _fit_cost_model(run: Run, hf_model, dtype) -> None:
+    """The adaptive/flex SP time model: a resumed run keeps the one its checkpoint saved (the same plans, so the
+    resumed run is exact), a new one measures it (rlkit.parallel.calibrate); parallel.cost_model values win."""
+    cfg, mbs, text = run.cfg, run.mbs, _text_config(hf_model)
+    given = cfg.parallel.cost_model
+    if mbs.calibrated:
+        merged = {**mbs.cost.to_dict(), **{k: v for k, v in given.items() if k != "comm"}}
+        merged["comm"] = {**merged["comm"], **{str(k): v for k, v in (given.get("comm") or {}).items()}}
+        mbs.cost = CostModel.from_dict(merged)
+    else:
+        heads = int(text.num_attention_heads)
+        mbs.cost = sp_calibrate.calibrate(
+            run.prepared, run.acc, mbs.layout, budget=mbs.micro_batch_tokens, ratio=mbs.cost_b,
+            layers=int(text.num_hidden_layers), heads=heads,
+            head_dim=int(getattr(text, "head_dim", None) or text.hidden_size // heads), vocab=int(text.vocab_size),
+            checkpointing=cfg.model.gradient_checkpointing, dtype=dtype, given=given)
+        mbs.calibrated = True
+    run.logger.console(sp_calibrate.describe(mbs.cost))
 
 
 def save(run: Run, step: int, row: dict) -> None:
@@ -237,7 +262,7 @@ def save(run: Run, step: int, row: dict) -> None:
              "sampler": run.sampler.state_dict(), "stages": run.stages.state_dict(),
              "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()), "eval_before": run.before,
              "eval_after": run.after, "world_size": run.acc.num_processes, "metrics_row": clean_row(row),
-             "config": to_dict(run.cfg),
+             "config": to_dict(run.cfg), "parallel_cost": run.mbs.cost.to_dict() if run.mbs.calibrated else None,
              "data": {"train_rows": run.sampler.size, "fingerprint": run.data_fingerprint}}
     ckpt.save_checkpoint(run.run_dir, step, run.acc, run.prepared, run.tokenizer, run.optimizer, run.scheduler,
                          state, run.cfg.checkpoint.keep_last)
@@ -271,6 +296,8 @@ def restore(run: Run, path: Path) -> dict | None:
             raise CheckpointError(f"{path}: the rollout state (segment pools) was saved by {len(rollout_states)} "
                                   f"processes; resume with the same number (now {acc.num_processes})")
         run.rollout.load_state_dict(rollout_states[acc.process_index])
+    if state.get("parallel_cost"):  # the adaptive/flex time model the run planned with: the same plans again
+        run.mbs.cost, run.mbs.calibrated = CostModel.from_dict(state["parallel_cost"]), True
     run.engine.version = state["policy_version"] - 1
     sync_weights(run)  # the engine (a server too) gets the restored policy under its saved version
     run.logger.console(f"resumed from {path} at step {run.start_step}")

@@ -1,4 +1,4 @@
-"""Ulysses sequence parallelism (rlkit.kernels.ulysses) on 2 gloo processes against 1 process."""
+"""Ulysses sequence parallelism (rlkit.parallel.ulysses) on 2 gloo processes against 1 process."""
 
 import json
 
@@ -9,7 +9,7 @@ from test_ddp import (
 )
 from test_ddp import _torchrun as torchrun
 
-from rlkit.kernels.ulysses import shard_bounds, shard_row
+from rlkit.parallel.ulysses import shard_bounds, shard_row
 
 
 def test_shards_cover_the_padded_row_once():
@@ -40,14 +40,15 @@ def test_ulysses_equals_one_process_on_2_and_4_ranks_with_any_head_count(tmp_pat
 
 
 def test_sequence_parallel_update_equals_one_process_for_every_loss_family(tiny_model_dir, tmp_path):
-    """update_policy with sp_size=2 (fixed: every micro-batch sharded; adaptive: only those over the 30-token
-    budget, the rest side by side) against 1 process, after scoring old (and reference) logprobs under the same
-    layout: the same parameters for ppo_clip x 3 aggregations, with KL, with DMMPT, kl_cov and drpo."""
+    """update_policy with sp_size=2 (fixed: every micro-batch sharded; adaptive: those over the 30-token budget
+    sharded, the rest side by side) and with sp_size=4 in flex mode (12-token budget: plans mixing degree-4, degree-2
+    and unsharded micro-batches in the same rounds) against 1 process, after scoring old (and reference) logprobs
+    under the same layout: the same parameters for ppo_clip x 3 aggregations, with KL, with DMMPT, kl_cov and drpo."""
     outs = {}
-    for nproc, mode in ((1, "fixed"), (2, "fixed"), (2, "adaptive")):
+    for nproc, mode, budget in ((1, "fixed", 30), (2, "fixed", 30), (2, "adaptive", 30), (4, "flex", 12)):
         out = tmp_path / f"sp_{nproc}_{mode}.pt"
-        proc = torchrun(nproc, str(HERE / "sp_update_check.py"), str(tiny_model_dir), str(out), str(nproc), mode, "30",
-                        cwd=tmp_path)
+        proc = torchrun(nproc, str(HERE / "sp_update_check.py"), str(tiny_model_dir), str(out), str(nproc), mode,
+                        str(budget), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         outs[(nproc, mode)] = torch.load(out)
     one = outs[(1, "fixed")]
@@ -55,7 +56,7 @@ def test_sequence_parallel_update_equals_one_process_for_every_loss_family(tiny_
     for family, ref in one.items():
         moved = max((ref["params"][k] - init[k]).abs().max().item() for k in init)
         assert moved > 1e-3, family  # the update really moved the parameters
-        for key in ((2, "fixed"), (2, "adaptive")):
+        for key in ((2, "fixed"), (2, "adaptive"), (4, "flex")):
             got = outs[key][family]
             worst = max((ref["params"][k] - got["params"][k]).abs().max().item() for k in ref["params"])
             assert worst <= 1e-5 * max(1.0, moved), f"{family} {key}: parameters differ by {worst} (moved {moved})"
@@ -63,19 +64,28 @@ def test_sequence_parallel_update_equals_one_process_for_every_loss_family(tiny_
             assert abs(ref["entropy"] - got["entropy"]) <= 1e-5 and ref["tokens"] == got["tokens"]
             assert ref["masked"] == got["masked"]
     assert one["ppo_dmmpt"]["masked"] > 0  # DMMPT really removed tokens
+    # the plans really were what they claim: fixed shards everything, adaptive mixes 1 and 2, flex 1, 2 and 4
+    assert all(r["degrees"] == [2] for r in outs[(2, "fixed")].values())
+    assert all(r["degrees"] == [1, 2] for r in outs[(2, "adaptive")].values())
+    flex = {f: r["degrees"] for f, r in outs[(4, "flex")].items()}
+    # drpo's units are whole groups: its short groups top up the sharded rows, so its plans mix 2 and 4
+    assert all(d == ([2, 4] if f == "drpo" else [1, 2, 4]) for f, d in flex.items()), flex
 
 
 def test_cli_train_with_sequence_parallelism_equals_the_data_parallel_run(tiny_model_dir, tmp_path):
     """`rlkit train` on 2 processes: sp_size=2 (fixed; with checkpointing and tiled MLPs; adaptive with segment
-    rollouts) against the same run data-parallel (sp_size=1, same rollouts: each rank generates its own prompts either way), 2 steps
-    of 2 passes (old logprobs scored under SP): the same parameters. (A 1-process run generates other
-    completions, as rollout seeds are per rank; the update itself is compared with 1 process above.)"""
+    rollouts) against the same run data-parallel (sp_size=1, same rollouts: each rank generates its own prompts
+    either way), 2 steps of 2 passes (old logprobs scored under SP): the same parameters. (A 1-process run generates
+    other completions, as rollout seeds are per rank; the update itself is compared with 1 process above.) The
+    adaptive run calibrates its time model at start-up, with the exchange's per-token cost given (on 2 CPU
+    processes it is nearly free, and fixed SP would be the fastest plan), and logs predicted vs measured time."""
     from safetensors.torch import load_file
 
     segments = "--rollout.segments=2"  # segment rollouts: unfinished samples carried to the next step
     runs = {"dp": [], "sp": ["--parallel.sp_size=2"],
             "tiled": ["--parallel.sp_size=2", "--model.gradient_checkpointing=true", "--parallel.tiled_mlp=always"],
-            "dp_segments": [segments], "adaptive": [segments, "--parallel.sp_size=2", "--parallel.sp_mode=adaptive"]}
+            "dp_segments": [segments], "adaptive": [segments, "--parallel.sp_size=2", "--parallel.sp_mode=adaptive",
+                                                    "--parallel.cost_model={comm: {2: 0.01}}"]}
     params, sharded = {}, {}
     for name, extra in runs.items():
         run = tmp_path / name
@@ -87,6 +97,16 @@ def test_cli_train_with_sequence_parallelism_equals_the_data_parallel_run(tiny_m
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
         sharded[name] = [r["parallel/sharded_frac"] for r in rows if "reward/mean" in r]
+        if name == "adaptive":
+            assert "SP time model:" in proc.stdout and "d=2: 10000.00 us/token" in proc.stdout  # the given value
+            timed = [r for r in rows if "reward/mean" in r]
+            assert all(r["parallel/predicted_s"] > 0 and r["parallel/bound_s"] > 0 and r["parallel/gap"] >= -1e-9
+                       and r["parallel/measured_s"] > 0 for r in timed)
+            # saved with the checkpoint: a resumed run plans with the same model (exact resume)
+            state = json.loads((run / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
+            assert state["parallel_cost"]["comm"]["2"][0] == 0.01 and state["parallel_cost"]["a"] > 0
+        else:
+            assert all("parallel/predicted_s" not in r for r in rows)
         params[name] = load_file(str(run / "checkpoints" / "step_000002" / "policy" / "model.safetensors"))
     assert sharded["dp"] == [0.0, 0.0] and sharded["sp"] == [1.0, 1.0] and sharded["tiled"] == [1.0, 1.0]
     assert all(0.0 < f < 1.0 for f in sharded["adaptive"])  # rows over 112 tokens sharded, the rest side by side

@@ -12,9 +12,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from rlkit.kernels import ulysses
 from rlkit.kernels.logprobs import logprobs_from_logits
 from rlkit.kernels.packing import pack_sequences
+from rlkit.parallel import ulysses
 
 LENGTHS = [5, 1, 13, 9]  # 28 tokens: the 13-token sample crosses the 2-way shard boundary; one sample of 1
 

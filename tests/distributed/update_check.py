@@ -10,9 +10,10 @@ from accelerate import Accelerator
 from rlkit.algorithms.losses import ppo_clip_loss
 from rlkit.config import AlgorithmConfig
 from rlkit.models import load_policy
+from rlkit.parallel.micro import MicroBatching
 from rlkit.records import Sample, StepBatch
 from rlkit.trainers.batch import LogprobPolicy
-from rlkit.trainers.update import LossSpec, MicroBatching, balance_ranks, prepare_tokens, update_policy
+from rlkit.trainers.update import LossSpec, balance_ranks, prepare_tokens, update_policy
 
 
 def main(model_dir: str, aggregation: str, out: str) -> None:

@@ -90,8 +90,9 @@ def test_update_policy_packed_and_padded_give_the_same_parameters(tiny_model_dir
     from accelerate import Accelerator
 
     from rlkit.config import AlgorithmConfig
+    from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
-    from rlkit.trainers.update import LossSpec, MicroBatching, prepare_tokens, update_policy
+    from rlkit.trainers.update import LossSpec, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=True)
     samples = _samples(500, [5, 90, 1, 33, 12, 60], seed=3)
@@ -118,8 +119,9 @@ def test_kl_cov_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir):
 
     from rlkit.algorithms.losses import kl_cov_loss, kl_cov_select
     from rlkit.config import AlgorithmConfig
+    from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
-    from rlkit.trainers.update import LossSpec, MicroBatching, prepare_tokens, update_policy
+    from rlkit.trainers.update import LossSpec, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=True)
     samples = _samples(500, [5, 90, 1, 33, 12, 60], seed=3)

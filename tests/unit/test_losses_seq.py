@@ -17,7 +17,7 @@ from rlkit.algorithms.losses import (
     kl_cov_select,
 )
 from rlkit.config import ConfigError, load_config, loss_options
-from rlkit.trainers.update import unit_chunks
+from rlkit.parallel.micro import unit_chunks
 
 
 def build_loss(cfg):

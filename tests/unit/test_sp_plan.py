@@ -1,42 +1,109 @@
+import random
+
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlkit.kernels.sp_plan import GroupStep, plan_cost, plan_group_steps
+from rlkit.kernels import packing
+from rlkit.parallel.plan import (
+    CostModel,
+    candidates,
+    choose,
+    degrees_for,
+    lockstep_time,
+    lower_bound,
+    plan_group,
+    plan_groups,
+    round_times,
+)
+
+COSTLY = CostModel(a=1.0, b=0.01, comm=((2, 0.5, 1.0), (4, 1.0, 2.0), (8, 1.5, 3.0)), overhead=0.5)
 
 
-@settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(1, 700), min_size=0, max_size=40), sp=st.integers(1, 4),
-       budget=st.integers(100, 300), mode=st.sampled_from(["fixed", "adaptive"]))
-def test_plans_train_every_sample_once_within_the_budget(lengths, sp, budget, mode):
-    steps = plan_group_steps(lengths, sp, budget, mode)
-    seen = sorted(i for s in steps for part in s.parts for i in part)
+@settings(max_examples=150, deadline=None)
+@given(lengths=st.lists(st.integers(1, 900), min_size=0, max_size=40), sp=st.sampled_from([1, 2, 3, 4, 6, 8]),
+       budget=st.integers(100, 300), mode=st.sampled_from(["fixed", "adaptive", "flex"]),
+       comm=st.floats(0.0, 3.0))
+def test_plans_train_every_sample_once_within_the_budget_and_never_slower_than_fixed(lengths, sp, budget, mode, comm):
+    cost = CostModel(1.0, 0.002, comm=tuple((d, comm * d / 8, comm) for d in (2, 3, 4, 6, 8)), overhead=0.3)
+    plan = plan_group(lengths, sp, budget, mode, cost)
+    allowed = degrees_for(sp, mode)
+    seen = sorted(i for r in plan.rounds for job in r for i in job.units)
     assert seen == list(range(len(lengths)))  # every sample exactly once
-    for s in steps:
-        if s.sharded:
-            assert len(s.parts) == 1 and s.parts[0]
-            # each rank holds at most a 1/sp shard, or a sample over sp x budget goes alone
-            assert sum(lengths[i] for i in s.parts[0]) <= sp * budget or len(s.parts[0]) == 1
-            if mode == "adaptive":  # sequence-parallel only where one rank cannot hold the sample
-                assert all(lengths[i] > budget for i in s.parts[0])
-        else:
-            assert mode == "adaptive" and len(s.parts) == sp and any(s.parts)
-            assert all(sum(lengths[i] for i in part) <= budget for part in s.parts)
-    if mode == "fixed":
-        assert all(s.sharded for s in steps)
+    for r in plan.rounds:
+        taken = set()
+        for job in r:
+            assert job.degree in allowed and job.first % job.degree == 0 and job.first + job.degree <= sp
+            ranks = set(range(job.first, job.first + job.degree))
+            assert not ranks & taken  # blocks of one round are disjoint
+            taken |= ranks
+            # each rank holds at most budget tokens of the row, or one over-long sample goes alone
+            assert sum(lengths[i] for i in job.units) <= job.degree * budget or len(job.units) == 1
+            assert job.seconds == pytest.approx(cost.time([lengths[i] for i in job.units], job.degree))
+    fixed = plan_group(lengths, sp, budget, "fixed", cost)
+    assert plan.predicted <= fixed.predicted * (1 + 1e-9)  # never predicted slower than fixed SP
+    assert plan.predicted >= plan.bound * (1 - 1e-9) or not lengths
+    assert plan_group(lengths, sp, budget, mode, cost) == plan  # deterministic: every rank plans the same
 
 
-def test_a_long_tail_batch_runs_mostly_data_parallel_and_is_predicted_cheaper():
-    lengths = [300] * 14 + [6000, 7000]  # 14 short completions and two near the cap, budget 4000 per rank
-    adaptive = plan_group_steps(lengths, 2, 4000, "adaptive", b=1 / 4000)
-    fixed = plan_group_steps(lengths, 2, 4000, "fixed", b=1 / 4000)
-    assert [s.sharded for s in adaptive].count(True) == 2  # each long sample sharded alone (13000 > 8000)
-    short_steps = [s for s in adaptive if not s.sharded]
-    assert len(short_steps) == 1 and sorted(len(p) for p in short_steps[0].parts) == [7, 7]
-    cost = {k: plan_cost(p, lengths, 2, b=1 / 4000, comm=0.5) for k, p in (("adaptive", adaptive), ("fixed", fixed))}
-    assert cost["adaptive"] < cost["fixed"]
+def test_degrees_of_each_mode():
+    assert degrees_for(8, "fixed") == (8,)
+    assert degrees_for(8, "adaptive") == (1, 8)
+    assert degrees_for(8, "flex") == (1, 2, 4, 8)
+    assert degrees_for(6, "flex") == (1, 2, 6)  # powers of two that divide 6, and 6
+    with pytest.raises(ValueError, match="sp_mode"):
+        degrees_for(4, "ring")
 
 
-def test_step_shapes():
-    assert plan_group_steps([], 2, 100) == []
-    assert plan_group_steps([50, 60], 2, 100) == [GroupStep(False, ((0,), (1,)))] or \
-        plan_group_steps([50, 60], 2, 100) == [GroupStep(False, ((1,), (0,)))]
+def test_a_long_tail_batch_mixes_degrees_when_the_exchange_is_expensive():
+    """FlexSP's case: 4 ranks, budget 100 tokens each; short samples alone, a 180-token sample on 2 ranks, a
+    350-token one on 4. The flex plan mixes all three degrees and beats fixed SP by a wide margin."""
+    lengths = [350, 180] + [40] * 12
+    flex = plan_group(lengths, 4, 100, "flex", COSTLY)
+    fixed = plan_group(lengths, 4, 100, "fixed", COSTLY)
+    degree = {i: job.degree for r in flex.rounds for job in r for i in job.units}
+    assert degree[0] == 4 and degree[1] == 2 and {degree[i] for i in range(2, 14)} <= {1, 2}
+    assert sorted({job.degree for r in flex.rounds for job in r}) == [1, 2, 4]
+    assert flex.predicted < 0.75 * fixed.predicted
+    # with free exchanges and no overhead, sharding costs nothing: fixed SP is as good as any plan and wins ties
+    free = CostModel(1.0, 0.01)
+    assert plan_group(lengths, 4, 100, "flex", free).candidate == "floor 4"
+
+
+def test_sp_groups_in_lock_step_choose_together_and_never_lose_to_fixed():
+    rng = random.Random(0)
+    shares = [[min(2000, int(rng.lognormvariate(5.5, 1.0))) + 8 for _ in range(60)] for _ in range(4)]
+    cost = CostModel(1.0, 1e-4, comm=((2, 0.3, 2.0), (4, 0.6, 4.0), (8, 0.9, 6.0)), overhead=5.0)
+    plans = plan_groups(shares, 8, 400, "flex", cost)
+    joint = lockstep_time([round_times(p.rounds) for p in plans])
+    fixed = lockstep_time([round_times(p.rounds) for p in plan_groups(shares, 8, 400, "fixed", cost)])
+    alone = lockstep_time([round_times(plan_group(s, 8, 400, "flex", cost).rounds) for s in shares])
+    assert joint <= fixed and joint <= alone * (1 + 1e-9)
+    # choose: a group moves off the common candidate only when the lock-step time drops
+    options = [[[5.0, 1.0], [3.0, 3.0]], [[5.0], [4.0, 4.0]]]
+    assert choose(options) == [0, 0] and lockstep_time([[5.0, 1.0], [5.0]]) == 6.0
+
+
+def test_lower_bound_counts_each_sample_at_its_cheapest_degree():
+    cost = CostModel(1.0, 0.0, comm=((2, 0.5, 0.0), (4, 1.0, 0.0)), overhead=0.0)
+    # 50 tokens fit one rank (rank-seconds 50), 150 need 2 ranks (150 + 2 * 0.5 * 150), 350 need 4 (350 + 4 * 350)
+    assert lower_bound([50, 150, 350], 4, 100, "flex", cost) == pytest.approx((50 + 300 + 1750) / 4)
+
+
+def test_candidates_have_the_same_names_for_any_share():
+    names = [n for n, _ in candidates([10, 500, 30], 8, 100, "flex")]
+    assert names == [n for n, _ in candidates([], 8, 100, "flex")]
+    assert names[0] == "floor 8" and len(names) == 1 + 3 * 4
+
+
+def test_planning_work_grows_like_n_log_n():
+    """Counted work, not seconds: packing placements and partition calls for 1,024 vs 8,192 samples."""
+    rng = random.Random(1)
+    lengths = [min(16384, int(rng.lognormvariate(8.0, 1.0))) + 16 for _ in range(8192)]
+    work = {}
+    for n in (1024, 8192):
+        packing._plan.cache_clear()
+        before = dict(packing.STATS)
+        plan_group(lengths[:n], 8, 16384, "flex", COSTLY)
+        work[n] = sum(packing.STATS[k] - before[k] for k in packing.STATS)
+    assert work[8192] < 8 * 1.5 * work[1024]  # about 8x the samples: well under n^2's 64x

@@ -27,11 +27,12 @@ installable on the GPU machines this project is lent), and it shards a batch of 
 trains packed rows whose sequence boundaries (``cu_seqlens``) must reach the attention kernel; here the
 exchange is ~60 lines around the existing varlen kernel.
 
-Switched on at set-up (DESIGN rule 8): the trainer's ``LogprobPolicy`` is given the SP group once and, for a
-micro-batch that is a shard of a row (rlkit.trainers.batch.shard_micro_batch), passes ``sp_group`` with the
+Switched on at set-up (DESIGN rule 8): the trainer's ``LogprobPolicy`` is given its process groups once (one per
+degree, rlkit.parallel.layout) and, for a micro-batch that is a shard of a row at degree d
+(rlkit.trainers.batch.shard_micro_batch), passes the block of d as ``sp_group`` with the
 attention keyword arguments (``cu_seq_lens_q`` etc.) that transformers already hands to every attention
 layer, so activation checkpointing's recomputation sees it too. Without ``sp_group`` the attention is plain
-varlen attention: in adaptive mode (rlkit.kernels.sp_plan) short micro-batches run unsharded on the same model.
+varlen attention: under adaptive or flex plans (rlkit.parallel.plan) unsharded micro-batches run on the same model.
 """
 
 from __future__ import annotations

@@ -1,0 +1,116 @@
+"""Step-time simulation of sequence-parallel plans at the recipes' sizes (issue 24 items 2-4), with rlkit's planner.
+
+    .venv/bin/python benchmarks/sp_sim.py [--gpus 16,64] [--minibatches 1] [--seed 0]
+
+Nothing runs on a GPU: every plan is rlkit.parallel.plan's, every time its cost model with these constants:
+
+- model: Qwen2-7B's shape (28 layers, hidden 3,584, 28 query / 4 KV heads of 128, 7.6e9 parameters), bf16,
+  activation checkpointing (every exchange runs 3 times: forward, recomputed forward, backward);
+- compute: H100 at 40% of 989 TFLOP/s: a = 6 x 7.6e9 / (0.4 x 989e12) s per token, b = 6 x 28 x 3,584 / (0.4 x
+  989e12) s per token^2 (causal attention, forward + backward);
+- exchanges (Ulysses, rlkit.parallel.ulysses): per layer q, k, v and the output, heads padded to a multiple of the
+  degree (KV heads repeated when they do not split), each rank sending (d-1)/d of its T/d tokens' data, at 450 GB/s
+  per GPU inside a node of 8 (NVLink) and 50 GB/s per GPU across nodes (InfiniBand, 400 Gb/s); 10 us (NVLink) /
+  20 us (IB) latency per all-to-all;
+- 20 ms fixed cost per micro-batch forward+backward (launches, parameter gathers);
+- a rank holds the activations of 16,384 tokens (the budget); samples are prompt (256) + completion;
+- batch: 512 prompts x 16 = 8,192 samples a step, in ``--minibatches`` optimizer steps; lock-step over all GPUs
+  (ZeRO-3 / FSDP gather parameters in every forward: a round lasts as long as the slowest rank's micro-batch).
+
+Length distributions: log-normal completions with median 3,000 (sigma 1) capped at 16k and at 32k (long-tail RL
+rollouts before length training), and a DLER-like one (median 2,400, sigma 0.5, truncated at L_T = 4,000: the
+lengths after length-penalty training, a pile-up at the cap).
+
+Plans: no SP (every rank alone: infeasible when a sample exceeds the budget, shown for reference), fixed SP 8,
+adaptive SP 8 ({1, 8}), flex SP 8 ({1, 2, 4, 8} inside a node) and flex over all GPUs ({1, ..., G}, degree 16+
+across nodes), with the lower bound (every sample at its cheapest degree, perfect packing, no idle rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import random
+import time
+
+from rlkit.kernels.packing import balance_across_ranks
+from rlkit.parallel.plan import CostModel, lockstep_time, lower_bound, plan_groups, round_times
+
+LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, PARAMS = 28, 3584, 28, 4, 128, 7.6e9
+FLOPS = 0.4 * 989e12
+NODE, NVLINK, IB, LAT_NV, LAT_IB = 8, 450e9, 50e9, 10e-6, 20e-6
+OVERHEAD, BUDGET, PROMPT = 0.020, 16384, 256
+SAMPLES = 512 * 16
+
+
+def cost_model(max_degree: int) -> CostModel:
+    """The constants of the module docstring as rlkit's CostModel, degrees 2 .. max_degree (powers of two)."""
+    comm = []
+    d = 2
+    while d <= max_degree:
+        q = -(-HEADS // d) * d
+        kv = KV_HEADS if KV_HEADS % d == 0 and HEADS % d == 0 else q
+        per_token = (2 * q + 2 * kv) * HEAD_DIM * 2 * LAYERS * 3  # bytes of one token's exchanges, fwd + recompute + bwd
+        bw, lat = (NVLINK, LAT_NV) if d <= NODE else (IB, LAT_IB)
+        # each rank holds T/d tokens and sends (d-1)/d of their data: (T/d) (d-1)/d bytes-per-token / bandwidth
+        comm.append((d, per_token * (d - 1) / (d * d) / bw, 4 * LAYERS * 3 * lat))
+        d *= 2
+    return CostModel(a=6 * PARAMS / FLOPS, b=6 * LAYERS * HIDDEN / FLOPS, comm=tuple(comm), overhead=OVERHEAD)
+
+
+def lengths_of(kind: str, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    if kind == "dler":
+        return [PROMPT + min(4000, max(16, int(rng.lognormvariate(math.log(2400), 0.5)))) for _ in range(SAMPLES)]
+    cap = {"cap16k": 16384, "cap32k": 32768}[kind]
+    return [PROMPT + min(cap, max(16, int(rng.lognormvariate(math.log(3000), 1.0)))) for _ in range(SAMPLES)]
+
+
+def step_time(lengths: list[int], gpus: int, sp: int, mode: str, cost: CostModel, minibatches: int):
+    """(seconds, the mode's lower bound, planning seconds per SP group) of one step: per minibatch, the samples balanced over the
+    gpus/sp SP groups by cost, each group planned, rounds in lock-step over all groups."""
+    total = bound = planning = 0.0
+    for m in range(minibatches):
+        mine = lengths[m::minibatches]
+        shares = [[mine[i] for i in s] for s in balance_across_ranks([cost.work([n]) for n in mine], gpus // sp)]
+        t = time.perf_counter()
+        plans = plan_groups(shares, sp, BUDGET, mode, cost)
+        planning = max(planning, (time.perf_counter() - t) / len(shares))  # each group plans its own share
+        total += lockstep_time([round_times(p.rounds) for p in plans])
+        bound += max(lower_bound(share, sp, BUDGET, mode, cost) for share in shares)
+    return total, bound, planning
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gpus", default="16,64")
+    ap.add_argument("--minibatches", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    print(f"# sp_sim: {platform.node()} {time.strftime('%Y-%m-%d')}, {SAMPLES} samples a step in {args.minibatches} "
+          f"minibatch(es), budget {BUDGET} tokens/rank")
+    print("| lengths | GPUs | plan | step s | vs fixed SP 8 | vs fixed SP G | vs the bound | planning s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for kind in ("cap16k", "cap32k", "dler"):
+        lengths = lengths_of(kind, args.seed)
+        for gpus in (int(g) for g in args.gpus.split(",")):
+            cost = cost_model(gpus)
+            # the bound over all GPUs, summed over the minibatches (each a lock-step phase of its own)
+            glob = sum(lower_bound(lengths[m::args.minibatches], gpus, BUDGET, "flex", cost)
+                       for m in range(args.minibatches))
+            rows = {}
+            for name, sp, mode in (("no SP", 1, "fixed"), ("fixed SP 8", 8, "fixed"), ("adaptive SP 8", 8, "adaptive"),
+                                   ("flex SP 8", 8, "flex"), (f"fixed SP {gpus}", gpus, "fixed"),
+                                   (f"flex SP {gpus}", gpus, "flex")):
+                rows[name] = step_time(lengths, gpus, sp, mode, cost, args.minibatches)
+            base, wide = rows["fixed SP 8"][0], rows[f"fixed SP {gpus}"][0]
+            for name, (t, _, planning) in rows.items():
+                note = " (over budget: infeasible)" if name == "no SP" and max(lengths) > BUDGET else ""
+                print(f"| {kind} | {gpus} | {name}{note} | {t:.2f} | {t / base:.3f}x | {t / wide:.3f}x "
+                      f"| +{100 * (t / glob - 1):.1f}% | {planning:.2f} |")
+            print(f"| {kind} | {gpus} | lower bound | {glob:.2f} | {glob / base:.3f}x | {glob / wide:.3f}x | | |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""Which micro-batches of an SP group run at which sequence-parallel degree, in which lock-step round (issue 24).
+
+RL rollouts are long-tailed: most completions are short, a few hit the cap. Fixed SP shards every micro-batch over
+the P ranks of an SP group and pays the all-to-all on all of them. FlexSP (Wang et al., "Data-Centric and
+Heterogeneity-Adaptive Sequence Parallelism", ASPLOS'25) instead gives each micro-batch its own degree: an aligned
+block of d ranks of the group (d = 1: one rank alone) runs it while the other blocks run other micro-batches. Every
+sample is trained once with the same weights whatever its degree, so the gradients are the same; only time moves.
+
+Modes (``parallel.sp_mode``): ``fixed``, degree P for every micro-batch; ``adaptive``, degrees {1, P}; ``flex``,
+every power of two that divides P, and P (FlexSP's heterogeneous groups).
+
+Memory model: a rank holds the activations of at most ``budget`` tokens, so a micro-batch of degree d holds at most
+d x budget tokens (a single sample longer than P x budget goes alone at degree P: the budget is a planning target,
+the device's memory the real limit).
+
+Time model (``CostModel``, fitted at start-up by rlkit.parallel.calibrate): a micro-batch of sequences L_i at degree
+d takes  sum_i (a L_i + b L_i^2) / d  +  c_d sum_i L_i  +  o  seconds, with c_d the all-to-all time per row token at
+degree d (c_1 = 0) and o a fixed per-forward overhead. The ranks run in lock-step rounds (every rank runs one
+micro-batch per round, an idle one a zero-weight forward), so a round lasts as long as its slowest micro-batch and a
+plan as long as its rounds.
+
+Planner (``plan_group``): every sample gets the smallest allowed degree that holds it, raised to a floor f; each
+degree class is packed into bins of d x budget tokens (rlkit.kernels.packing: best-fit-decreasing count, cost
+balanced), optionally (a) topping up the free room of higher-degree bins with lower-class samples and (b) rounding a
+class's bin count up to a multiple of P/d so its rounds are full; the bins are dealt into rounds by first-fit
+decreasing time over aligned free blocks (a shelf schedule). Every floor in the mode's degrees and each variant is
+a candidate, the fixed plan among them, and the plan predicted fastest wins: never predicted slower than fixed SP.
+The work is a few O(n log n) packings and an O(jobs x open rounds) schedule: no solver; the lower bound
+(``bound``: every sample at its cheapest degree, perfect packing, no idle rank) says how much one could gain.
+Deterministic: the same lengths and cost model give the same plan on every rank.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rlkit.kernels.packing import plan_micro_batches
+
+MODES = ("fixed", "adaptive", "flex")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds of one forward+backward (module docstring): ``a`` per token, ``b`` per token^2 of a sequence,
+    ``comm`` ((degree, seconds per row token, seconds per forward), ...) for the exchanges at each degree > 1 (their
+    volume and their latency), ``overhead`` per forward at any degree."""
+
+    a: float = 1.0
+    b: float = 0.0
+    comm: tuple[tuple[int, float, float], ...] = ()
+    overhead: float = 0.0
+
+    def comm_at(self, degree: int) -> float:
+        return next((c for d, c, _ in self.comm if d == degree), 0.0) if degree > 1 else 0.0
+
+    def latency_at(self, degree: int) -> float:
+        return next((f for d, _, f in self.comm if d == degree), 0.0) if degree > 1 else 0.0
+
+    def work(self, lengths: Sequence[int]) -> float:
+        return sum(self.a * n + self.b * n * n for n in lengths)
+
+    def time(self, lengths: Sequence[int], degree: int) -> float:
+        """Predicted seconds of one micro-batch of ``lengths`` at ``degree``."""
+        return (self.work(lengths) / degree + self.comm_at(degree) * sum(lengths) + self.latency_at(degree)
+                + self.overhead)
+
+    def rank_seconds(self, length: int, degree: int) -> float:
+        """Rank-seconds one sequence costs at ``degree`` (its share of d ranks' time, without overhead)."""
+        return self.a * length + self.b * length * length + degree * self.comm_at(degree) * length
+
+    def to_dict(self) -> dict:
+        return {"a": self.a, "b": self.b, "comm": {str(d): [c, f] for d, c, f in self.comm}, "overhead": self.overhead}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CostModel:
+        """From ``to_dict``'s form; a degree's entry may be one number (seconds per token) or [per token, per forward]."""
+        comm = []
+        for k, v in (d.get("comm") or {}).items():
+            per_token, per_forward = (v, 0.0) if isinstance(v, (int, float)) else v
+            comm.append((int(k), float(per_token), float(per_forward)))
+        return cls(float(d.get("a", 1.0)), float(d.get("b", 0.0)), tuple(sorted(comm)), float(d.get("overhead", 0.0)))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One micro-batch: ``degree`` ranks of the group, sub-ranks ``first`` .. ``first + degree - 1``, run ``units``
+    (indices into the planned lengths) together, each a 1/degree shard of the packed row."""
+
+    degree: int
+    first: int
+    units: tuple[int, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Lock-step rounds of jobs on disjoint aligned blocks (a sub-rank in no job of a round idles through it)."""
+
+    rounds: tuple[tuple[Job, ...], ...]
+    predicted: float  # seconds, the sum of the rounds' slowest jobs
+    bound: float  # seconds, the lower bound (module docstring)
+    candidate: str  # which candidate won (floor degree and variant), for the metrics and tests
+
+    def job_of(self, round_index: int, sub_rank: int) -> Job | None:
+        for job in self.rounds[round_index]:
+            if job.first <= sub_rank < job.first + job.degree:
+                return job
+        return None
+
+
+def degrees_for(sp: int, mode: str) -> tuple[int, ...]:
+    """The degrees a mode may give a micro-batch in an SP group of ``sp`` ranks."""
+    if mode not in MODES:
+        raise ValueError(f"sp_mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode == "fixed" or sp == 1:
+        return (sp,)
+    if mode == "adaptive":
+        return (1, sp)
+    return tuple(sorted({d for d in (2 ** i for i in range(sp.bit_length())) if sp % d == 0} | {sp}))
+
+
+def _schedule(jobs: list[tuple[int, tuple[int, ...], float]], sp: int) -> list[list[Job]]:
+    """Deal (degree, units, seconds) jobs into rounds: slowest first, each into the first round with a free aligned
+    block of its degree, else a new round (first-fit decreasing shelves: a round lasts as long as its first job)."""
+    rounds: list[list[Job]] = []
+    free: list[int] = []  # bitmask of the free sub-ranks of each round
+    open_rounds: list[int] = []  # rounds with a free sub-rank, in creation order
+    full = (1 << sp) - 1
+    for degree, units, seconds in sorted(jobs, key=lambda j: (-j[2], -j[0], j[1])):
+        block = (1 << degree) - 1
+        home = None
+        for r in open_rounds:
+            for first in range(0, sp - degree + 1, degree):
+                if free[r] >> first & block == block:
+                    home = (r, first)
+                    break
+            if home:
+                break
+        if home is None:
+            rounds.append([])
+            free.append(full)
+            open_rounds.append(len(rounds) - 1)
+            home = (len(rounds) - 1, 0)
+        r, first = home
+        rounds[r].append(Job(degree, first, units, seconds))
+        free[r] &= ~(block << first)
+        if free[r] == 0:
+            open_rounds.remove(r)
+    return rounds
+
+
+def _top_up(bins: list[list[int]], rooms: list[int], items: list[int], lengths: Sequence[int]) -> list[int]:
+    """Best-fit the longest ``items`` into the free ``rooms`` of ``bins`` (in place); returns the items left."""
+    order = sorted(range(len(bins)), key=lambda j: (rooms[j], j))
+    free = [(rooms[j], j) for j in order]
+    left = []
+    for i in sorted(items, key=lambda i: (-lengths[i], i)):
+        k = bisect.bisect_left(free, (lengths[i], -1))
+        if k == len(free):
+            left.append(i)
+            continue
+        room, j = free.pop(k)
+        bins[j].append(i)
+        if room - lengths[i] > 0:
+            bisect.insort(free, (room - lengths[i], j))
+    return left
+
+
+def _jobs(lengths: Sequence[int], degree_of: list[int], sp: int, budget: int, cost: CostModel, *, top_up: bool,
+          rounded: bool) -> list[tuple[int, tuple[int, ...], float]]:
+    """Pack each degree class (highest first) into bins of degree x budget tokens; see the module docstring."""
+    bins: list[tuple[int, list[int]]] = []
+    for degree in sorted(set(degree_of), reverse=True):
+        items = [i for i, d in enumerate(degree_of) if d == degree]
+        if top_up and bins:
+            rooms = [d * budget - sum(lengths[i] for i in b) for d, b in bins]
+            items = _top_up([b for _, b in bins], rooms, items, lengths)
+        if not items:
+            continue
+        sizes = [lengths[i] for i in items]
+        parts = plan_micro_batches(sizes, degree * budget, a=cost.a, b=cost.b)
+        per_round = sp // degree
+        if rounded and per_round > 1 and len(parts) % per_round and len(items) > len(parts):
+            want = min(len(items), -(-len(parts) // per_round) * per_round)
+            parts = plan_micro_batches(sizes, degree * budget, min_count=want, a=cost.a, b=cost.b)
+        bins += [(degree, [items[j] for j in p]) for p in parts if p]
+    return [(d, tuple(sorted(b)), cost.time([lengths[i] for i in b], d)) for d, b in bins]
+
+
+def lower_bound(lengths: Sequence[int], sp: int, budget: int, mode: str, cost: CostModel) -> float:
+    """Every sample at its cheapest feasible degree, perfectly packed, no rank idle: the rank-seconds / sp, plus the
+    per-forward overhead of the fewest rounds that can hold the tokens (ceil(tokens / (sp x budget)), a sample over
+    sp x budget counted as sp x budget: it fills a round alone)."""
+    degrees = degrees_for(sp, mode)
+    total = 0.0
+    for n in lengths:
+        feasible = [d for d in degrees if n <= d * budget] or [sp]
+        total += min(cost.rank_seconds(n, d) for d in feasible)
+    return total / sp + math.ceil(sum(min(n, sp * budget) for n in lengths) / (sp * budget)) * cost.overhead
+
+
+def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
+               cost: CostModel | None = None) -> list[tuple[str, tuple[tuple[Job, ...], ...]]]:
+    """(name, rounds) of every candidate plan (module docstring), the fixed plan first; rounds slowest first. The
+    list has the same length and names for any lengths of the same ``sp`` and ``mode``: groups can be compared."""
+    if sp < 1 or budget < 1:
+        raise ValueError(f"plan_group: sp and budget must be >= 1, got {sp} and {budget}")
+    cost = cost or CostModel()
+    degrees = degrees_for(sp, mode)
+    lengths = [int(n) for n in lengths]
+    smallest = [next((d for d in degrees if n <= d * budget), sp) for n in lengths]
+    out = []
+    for floor in sorted(degrees, reverse=True):
+        degree_of = [max(floor, d) for d in smallest]
+        variants = [(False, False)] if floor == sp else [(False, False), (True, False), (False, True), (True, True)]
+        for top_up, rounded in variants:
+            rounds = _schedule(_jobs(lengths, degree_of, sp, budget, cost, top_up=top_up, rounded=rounded), sp)
+            rounds.sort(key=lambda r: -max(j.seconds for j in r))
+            name = f"floor {floor}" + (" top-up" if top_up else "") + (" rounded" if rounded else "")
+            out.append((name, tuple(tuple(r) for r in rounds)))
+    return out
+
+
+def round_times(rounds: Sequence[Sequence[Job]]) -> list[float]:
+    return [max(j.seconds for j in r) for r in rounds]
+
+
+def lockstep_time(groups: Sequence[Sequence[float]]) -> float:
+    """Seconds of SP groups' rounds run in lock-step (round r of every group together): sum over r of the max."""
+    return sum(max((g[r] for g in groups if r < len(g)), default=0.0) for r in range(max(map(len, groups), default=0)))
+
+
+def choose(options: Sequence[Sequence[Sequence[float]]]) -> list[int]:
+    """Which candidate each SP group runs, ``options[g][c]`` being group g's candidate c's round times: the common
+    candidate with the least lock-step time (candidate 0, the fixed plan, wins ties), then one pass in which each
+    group moves to the candidate that lowers the lock-step time most. Never predicted slower than fixed SP."""
+    count = len(options[0])
+    joint = [lockstep_time([opts[c] for opts in options]) for c in range(count)]
+    pick = [min(range(count), key=lambda c: (joint[c] * (1 + 1e-9) if c else joint[c], c))] * len(options)
+    best = joint[pick[0]]
+    for g in range(len(options)):
+        for c in range(count):
+            trial = pick[:g] + [c] + pick[g + 1:]
+            t = lockstep_time([options[h][trial[h]] for h in range(len(options))])
+            if t < best * (1 - 1e-9):
+                pick, best = trial, t
+    return pick
+
+
+def plan_groups(shares: Sequence[Sequence[int]], sp: int, budget: int, mode: str = "fixed",
+                cost: CostModel | None = None) -> list[GroupPlan]:
+    """Plans for SP groups that run in lock-step, one per share of lengths, chosen together (``choose``)."""
+    cost = cost or CostModel()
+    cands = [candidates(share, sp, budget, mode, cost) for share in shares]
+    pick = choose([[round_times(r) for _, r in group] for group in cands])
+    return [_plan_of(cands[g][pick[g]], share, sp, budget, mode, cost) for g, share in enumerate(shares)]
+
+
+def _plan_of(candidate, lengths, sp, budget, mode, cost) -> GroupPlan:
+    name, rounds = candidate
+    return GroupPlan(rounds, sum(round_times(rounds)), lower_bound(lengths, sp, budget, mode, cost), name)
+
+
+def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
+               cost: CostModel | None = None) -> GroupPlan:
+    """The lock-step rounds that train every unit of ``lengths`` (tokens) once in an SP group of ``sp`` ranks with
+    ``budget`` tokens per rank, predicted fastest under ``cost`` among the candidates (module docstring)."""
+    return plan_groups([lengths], sp, budget, mode, cost)[0]
+
+
+def fixed_time(lengths: Sequence[int], sp: int, budget: int, cost: CostModel) -> float:
+    """Predicted seconds of the fixed-SP plan of the same units (for comparisons)."""
+    return plan_group(lengths, sp, budget, "fixed", cost).predicted
+
+
+def idle_share(plan: GroupPlan, sp: int) -> float:
+    """Share of rank-seconds of the plan spent waiting for the slowest job of a round."""
+    total = sum(max(j.seconds for j in r) for r in plan.rounds) * sp
+    busy = sum(j.seconds * j.degree for r in plan.rounds for j in r)
+    return 0.0 if total == 0 else 1.0 - busy / total
+
+
+__all__ = ["MODES", "CostModel", "GroupPlan", "Job", "candidates", "choose", "degrees_for", "fixed_time", "idle_share",
+           "lockstep_time", "lower_bound", "plan_group", "plan_groups", "round_times"]
