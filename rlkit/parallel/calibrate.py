@@ -80,8 +80,11 @@ def calibrate(policy, acc, layout: Layout, *, budget: int, ratio: float, layers:
         short, long = 16, max(64, min(budget, 4096))
         t_short = 3 * _forward_seconds(policy, acc, short, vocab)
         t_long = 3 * _forward_seconds(policy, acc, long, vocab)
-        a = max((t_long - t_short) / ((long - short) + ratio * (long * long - short * short)), 1e-12)
-        values[0], values[1] = a, max(t_short - a * (short + ratio * short * short), 0.0)
+        work = lambda n: n + ratio * n * n  # noqa: E731
+        a = float(given["a"]) if "a" in given else (t_long - t_short) / (work(long) - work(short))
+        if a <= 0:  # timing noise (the long forward no slower than the short): no fixed cost, all per token
+            a = t_long / work(long)
+        values[0], values[1] = a, max(t_short - a * work(short), 0.0)
     exchanges = layers * (12 if checkpointing else 8)
     for j, degree in enumerate(wanted):
         if degree in comm_given:

@@ -9,7 +9,7 @@ this rank runs the job whose aligned block holds its sub-rank, with the other ra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -90,12 +90,13 @@ def _sp_plan(lengths: list[int], units: list[list[int]], mbs: MicroBatching, lay
     """This rank's rounds of its SP group's plan, the plans of all SP groups chosen together (lock-step)."""
     cost = mbs.cost or P.CostModel(1.0, mbs.cost_b)
     cands = P.candidates(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, cost)
-    times = [P.round_times(r) for _, r in cands]
-    every = dist.gather_objects(acc, times) if acc.num_processes > 1 else [times]
-    options = [every[g * lay.sp] for g in range(lay.dp)]  # every rank of a group planned the same share
+    mine = ([P.round_times(r) for _, r in cands], P.lower_bound(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, cost))
+    every = dist.gather_objects(acc, mine) if acc.num_processes > 1 else [mine]
+    options = [every[g * lay.sp][0] for g in range(lay.dp)]  # every rank of a group planned the same share
     pick = P.choose(options)
     chosen = [options[g][pick[g]] for g in range(lay.dp)]
-    mbs.log.append((P.lockstep_time(chosen), P.lower_bound(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, cost)))
+    # the groups run in lock-step: their time is the rounds' maxima, bounded below by the slowest group's bound
+    mbs.log.append((P.lockstep_time(chosen), max(every[g * lay.sp][1] for g in range(lay.dp))))
     micros = []
     for job_round in cands[pick[lay.dp_rank]][1]:
         job = next((j for j in job_round if j.first <= lay.sp_rank < j.first + j.degree), None)
@@ -125,11 +126,18 @@ def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching,
 
 
 def micro_inputs(samples: list[Sample], micro: Micro, pad_id: int, mbs: MicroBatching, acc) -> tuple[list[int], MicroBatch]:
-    """The sample indices a micro-batch runs (an empty one runs the rank's shortest sample, weighted zero) and
-    its model inputs on the device: this rank's shard of the row when the degree is > 1 (blocks are aligned, so
-    the rank's position in its block is its sub-rank modulo the degree)."""
-    idx = micro.idx or [min(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + samples[i].num_tokens)]
-    mb = collate([samples[i] for i in idx], pad_id, packed=mbs.packing)
+    """The sample indices a micro-batch runs and its model inputs on the device: this rank's shard of the row when
+    the degree is > 1 (blocks are aligned, so the rank's position in its block is its sub-rank modulo the degree).
+    An empty micro-batch runs the first token of the rank's shortest sample's prompt and completion, weighted zero:
+    every parameter still takes part, at the cost of two tokens (an idle rank of a round must not hold a long row)."""
+    if micro.idx:
+        idx, rows = micro.idx, [samples[i] for i in micro.idx]
+    else:
+        short = min(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + samples[i].num_tokens)
+        s = samples[short]
+        idx, rows = [short], [replace(s, prompt_ids=s.prompt_ids[:1], completion_ids=s.completion_ids[:1],
+                                      logprobs=s.logprobs[:1])]
+    mb = collate(rows, pad_id, packed=mbs.packing)
     if micro.sharded:
         mb = shard_micro_batch(mb, micro.degree, mbs.layout.sp_rank % micro.degree)
     return idx, mb.to(acc.device)

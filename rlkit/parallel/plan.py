@@ -79,8 +79,8 @@ class CostModel:
         """From ``to_dict``'s form; a degree's entry may be one number (seconds per token) or [per token, per forward]."""
         comm = []
         for k, v in (d.get("comm") or {}).items():
-            per_token, per_forward = (v, 0.0) if isinstance(v, (int, float)) else v
-            comm.append((int(k), float(per_token), float(per_forward)))
+            values = [v] if isinstance(v, (int, float)) else list(v)
+            comm.append((int(k), float(values[0]), float(values[1]) if len(values) > 1 else 0.0))
         return cls(float(d.get("a", 1.0)), float(d.get("b", 0.0)), tuple(sorted(comm)), float(d.get("overhead", 0.0)))
 
 

@@ -78,18 +78,26 @@ class LogprobPolicy(nn.Module):
         # position p predicts token p + 1
         h = hidden[batch.score_rows, batch.score_pos - 1]
         head = base.get_output_embeddings()
+        # a shard may hold no scored token (all prompt): tie the backbone and the head in with weight 0 anyway, so
+        # that its backward runs every layer's exchange that the other ranks' backwards wait for and gives every
+        # parameter a gradient (DDP waits for all of them)
+        tie = None
         if _plain_linear(head):
             lp, ent = chunked_logprobs(h, head.weight, head.bias, batch.score_targets, temperature,
                                        self.logprob_chunk)
+            if batch.sharded:  # a local Linear: calling it again runs no collective
+                tie = head(hidden[:, :1]).sum() * 0.0
         else:  # an adapted, custom or sharded head: call the module (its hooks gather weights), then plain torch
-            lp, ent = logprobs_from_logits(head(h), batch.score_targets, temperature)
+            # once per forward at any degree: ZeRO-3 gathers the head's weights over every rank at each call, and
+            # ranks of one round may run micro-batches of different degrees (rlkit.parallel)
+            logits = head(torch.cat([h, hidden[0, :1]]) if batch.sharded else h)
+            if batch.sharded:
+                logits, tie = logits[:-1], logits[-1:].sum() * 0.0
+            lp, ent = logprobs_from_logits(logits, batch.score_targets, temperature)
         shape = batch.completion_mask.shape
         out = lp.new_zeros(shape).index_put((batch.score_sample, batch.score_cols), lp)
         if batch.sharded:
-            # a shard may hold no scored token (all prompt): tie the backbone and the head in with weight 0
-            # anyway, so that its backward runs every layer's exchange that the other ranks' backwards wait for
-            # and gives every parameter a gradient (DDP waits for all of them)
-            out = ulysses.sum_over_group(out + head(hidden[:, :1]).sum() * 0.0, group)
+            out = ulysses.sum_over_group(out + tie, group)
         if not with_entropy:
             return out, None
         ent = ent.detach().new_zeros(shape).index_put((batch.score_sample, batch.score_cols), ent.detach())

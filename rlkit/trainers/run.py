@@ -235,22 +235,22 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
 
 
 def _fit_cost_model(run: Run, hf_model, dtype) -> None:
-    """The adaptive/flex SP time model: a resumed run keeps the one its checkpoint saved (the same plans, so the
-    resumed run is exact), a new one measures it (rlkit.parallel.calibrate); parallel.cost_model values win."""
+    """The adaptive/flex SP time model: a resumed run starts from the one its checkpoint saved (the same plans, so
+    the resumed run is exact) and measures only what it lacks (a degree the saved run did not use); a new run
+    measures it all (rlkit.parallel.calibrate); parallel.cost_model values win."""
     cfg, mbs, text = run.cfg, run.mbs, _text_config(hf_model)
-    given = cfg.parallel.cost_model
-    if mbs.calibrated:
-        merged = {**mbs.cost.to_dict(), **{k: v for k, v in given.items() if k != "comm"}}
-        merged["comm"] = {**merged["comm"], **{str(k): v for k, v in (given.get("comm") or {}).items()}}
-        mbs.cost = CostModel.from_dict(merged)
-    else:
-        heads = int(text.num_attention_heads)
-        mbs.cost = sp_calibrate.calibrate(
-            run.prepared, run.acc, mbs.layout, budget=mbs.micro_batch_tokens, ratio=mbs.cost_b,
-            layers=int(text.num_hidden_layers), heads=heads,
-            head_dim=int(getattr(text, "head_dim", None) or text.hidden_size // heads), vocab=int(text.vocab_size),
-            checkpointing=cfg.model.gradient_checkpointing, dtype=dtype, given=given)
-        mbs.calibrated = True
+    given = dict(cfg.parallel.cost_model)
+    if mbs.calibrated:  # restored: the saved values count as given, the config's on top
+        saved = mbs.cost.to_dict()
+        given = {**{k: saved[k] for k in ("a", "b", "overhead")}, **given,
+                 "comm": {**saved["comm"], **{str(k): v for k, v in (given.get("comm") or {}).items()}}}
+    heads = int(text.num_attention_heads)
+    mbs.cost = sp_calibrate.calibrate(
+        run.prepared, run.acc, mbs.layout, budget=mbs.micro_batch_tokens, ratio=mbs.cost_b,
+        layers=int(text.num_hidden_layers), heads=heads,
+        head_dim=int(getattr(text, "head_dim", None) or text.hidden_size // heads), vocab=int(text.vocab_size),
+        checkpointing=cfg.model.gradient_checkpointing, dtype=dtype, given=given)
+    mbs.calibrated = True
     run.logger.console(sp_calibrate.describe(mbs.cost))
 
 
@@ -296,7 +296,7 @@ def restore(run: Run, path: Path) -> dict | None:
             raise CheckpointError(f"{path}: the rollout state (segment pools) was saved by {len(rollout_states)} "
                                   f"processes; resume with the same number (now {acc.num_processes})")
         run.rollout.load_state_dict(rollout_states[acc.process_index])
-    if state.get("parallel_cost"):  # the adaptive/flex time model the run planned with: the same plans again
+    if state.get("parallel_cost") and run.mbs.sp_mode != "fixed":  # the time model it planned with: same plans
         run.mbs.cost, run.mbs.calibrated = CostModel.from_dict(state["parallel_cost"]), True
     run.engine.version = state["policy_version"] - 1
     sync_weights(run)  # the engine (a server too) gets the restored policy under its saved version

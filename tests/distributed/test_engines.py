@@ -175,20 +175,25 @@ def test_lora_under_zero3_and_fsdp2(config, tmp_path):
     assert norms["zero3"] == pytest.approx(norms["fsdp2"], rel=1e-5)
 
 
-@pytest.mark.parametrize("engine,mode", [("zero3", "fixed"), ("fsdp2", "adaptive")])
+@pytest.mark.parametrize("engine,mode", [("zero3", "fixed"), ("fsdp2", "adaptive"), ("zero3", "flex")])
 def test_sp_with_sharded_engine_against_a_server_asynchronously(engine, mode, server, config, tiny_model_dir,
                                                                   tmp_path):
-    """SP 2 (fixed / adaptive) x ZeRO-3 / FSDP2 x `vllm_server` x `async_steps: 1`: the sharded weights reach the
-    server gathered (it ends holding the final policy), batches are never more than one version old."""
+    """SP 2 (fixed / adaptive / flex) x ZeRO-3 / FSDP2 x `vllm_server` x `async_steps: 1`: the sharded weights reach
+    the server gathered (it ends holding the final policy), batches are never more than one version old. Flex under
+    ZeRO-3 with an expensive exchange: rounds mix a sharded micro-batch on both ranks with unsharded ones on each,
+    and ZeRO-3's per-call parameter gathers still meet (the LM head runs once per forward at any degree)."""
     run = tmp_path / "run"
     _ok(accelerate(config, run, engine, "--rollout.engine=vllm_server", f"--rollout.server_urls=[{server.url}]",
                    "--rollout.async_steps=1", "--parallel.sp_size=2", f"--parallel.sp_mode={mode}",
-                   "--optim.micro_batch_tokens=100"))
+                   "--optim.micro_batch_tokens=100", *(["--parallel.cost_model={comm: {2: 0.01}}"] if mode == "flex"
+                                                      else [])))
     got = distributed(run)
     assert (got["type"], got["sp"], got["dp"]) == (ENGINES[engine][1], 2, 1)
     steps = rows(run)
     assert [r["async/staleness_max"] for r in steps] == [0.0, 1.0]
     assert all(r["parallel/sharded_frac"] > 0 for r in steps)
+    if mode == "flex":  # rows over the budget sharded, the rest on one rank each
+        assert all(r["parallel/sharded_frac"] < 1 for r in steps), [r["parallel/sharded_frac"] for r in steps]
     import requests
 
     assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "2"

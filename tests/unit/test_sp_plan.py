@@ -107,3 +107,10 @@ def test_planning_work_grows_like_n_log_n():
         plan_group(lengths[:n], 8, 16384, "flex", COSTLY)
         work[n] = sum(packing.STATS[k] - before[k] for k in packing.STATS)
     assert work[8192] < 8 * 1.5 * work[1024]  # about 8x the samples: well under n^2's 64x
+
+
+def test_cost_model_round_trips_and_reads_the_configs_forms():
+    cost = CostModel(2e-4, 3e-8, comm=((2, 1e-5, 0.01), (4, 2e-5, 0.02)), overhead=0.05)
+    assert CostModel.from_dict(cost.to_dict()) == cost
+    got = CostModel.from_dict({"a": 1.0, "comm": {"2": 0.5, 4: [0.25], "8": [0.1, 3.0]}})
+    assert got.comm == ((2, 0.5, 0.0), (4, 0.25, 0.0), (8, 0.1, 3.0)) and got.b == 0.0
