@@ -184,8 +184,9 @@ class AlgorithmConfig:
     epsilon_low: float = opt(0.2, "PPO clip range below 1 (losses with an epsilon_low option)", check="[0,1)")
     epsilon_high: float = opt(0.2, "PPO clip range above 1 (DAPO clip-higher uses 0.28)", check=">=0")
     dual_clip: float = opt(0.0, "dual-clip constant c > 1 for negative advantages (0 = off)", check="0|>1")
-    aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = opt(
-        "token-mean", "loss aggregation; seq-mean-token-sum-norm is Dr.GRPO's constant normaliser")
+    aggregation: Literal["auto", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = opt(
+        "auto", "loss aggregation; seq-mean-token-sum-norm is Dr.GRPO's constant normaliser; auto = the one the loss "
+        "declares (gspo: seq-mean-token-mean, cispo: token-mean), else token-mean")
     kl_coef: float = opt(0.0, "beta of the k3 KL penalty to the initial (reference) policy; 0 = no reference model",
         check=">=0")
     mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)", check=">=1")
@@ -642,6 +643,12 @@ def validate(cfg: Config, source: str = "config") -> None:
             why = " (it would load and score a reference model that is never used)" if key == "kl_coef" else ""
             need(False, f"'{dotted}' is {_get(cfg, dotted)} but loss {a.loss!r} has no {key!r} option{why}; "
                  f"remove it or pick a loss that uses it")
+    declared = loss.flag("aggregation", None)
+    need(a.aggregation in ("auto", declared) or declared is None,
+         f"'algorithm.aggregation' is {a.aggregation!r} but loss {a.loss!r} is defined with {declared!r}: remove "
+         "the setting (auto takes the loss's) or pick another loss")
+    if a.aggregation == "auto":
+        a.aggregation = declared or "token-mean"
     if loss.flag("needs_whole_groups", False):
         per_rank = r.prompts_per_step // world
         need(per_rank % a.minibatches == 0,

@@ -8,9 +8,12 @@ aggregation (token-mean, seq-mean-token-mean, Dr.GRPO's constant normaliser) is 
 
 Declarations a loss may carry (attributes of the function, read once at start-up):
 - ``needs_whole_groups``: the loss is not a sum over tokens (DRPO); micro-batches keep groups whole.
+- ``aggregation``: the aggregation the loss is defined with (GSPO: seq-mean-token-mean; CISPO: token-mean);
+  ``algorithm.aggregation: auto`` takes it, another explicit value is a parse-time error.
 - ``prepare(MinibatchInputs, **options) -> {name: [M, C] tensor}``: per-token inputs computed over the whole
   minibatch (all micro-batches, all ranks) before any backward pass; they reach the loss as ``inp.extra``.
-Options named like the algorithm section's fields (epsilon_low, epsilon_high, dual_clip, kl_coef) and
+Statistics are token sums over the mask (``loss/<name>`` = sum / tokens); a name ending in ``_count`` is a plain
+count (``loss/<name>`` = the step's sum on a process). Options named like the algorithm section's fields (epsilon_low, epsilon_high, dual_clip, kl_coef) and
 ``max_len`` (rollout.max_new_tokens) are filled in from the config; the rest come from ``loss_kwargs``.
 A loss without a ``kl_coef`` option has no KL term, so ``algorithm.kl_coef > 0`` is rejected for it.
 """
@@ -61,7 +64,9 @@ class LossOutputs:
 
 
 def aggregation_denominator(mask: torch.Tensor, mode: str, max_len: int) -> float:
-    """The normaliser of `mode` for the minibatch rows in `mask` [N, T] (all-reduce it across ranks)."""
+    """The normaliser of `mode` for the minibatch rows in `mask` [N, T] (all-reduce it across ranks). ``auto`` (a
+    config that was not validated, which resolves it to the loss's declared aggregation) is token-mean."""
+    mode = "token-mean" if mode == "auto" else mode
     rows_with_tokens = float((mask.sum(1) > 0).sum())
     if mode == "token-mean":
         return float(mask.sum())
@@ -80,12 +85,19 @@ def aggregation_weights(mask: torch.Tensor, mode: str, denominator: float) -> to
     seq-mean-token-sum-norm (Dr.GRPO, Liu et al. 2025): sum_i sum_t l_it / (N * max_len).
     """
     denominator = max(float(denominator), 1.0)
+    mode = "token-mean" if mode == "auto" else mode
     if mode == "seq-mean-token-mean":
         lengths = mask.sum(1, keepdim=True).clamp(min=1)
         return mask / lengths / denominator
     if mode in ("token-mean", "seq-mean-token-sum-norm"):
         return mask / denominator
     raise ValueError(f"unknown aggregation {mode!r}")
+
+
+def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor, bound: float = 20.0) -> torch.Tensor:
+    """pi / pi_old = exp(logp - logp_old), the log-ratio clamped to [-bound, bound] so one far-off token cannot
+    overflow float32 (exp(20) ~ 5e8): the one ratio every loss and importance correction uses."""
+    return torch.exp((logprobs - old_logprobs).clamp(-bound, bound))
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -107,8 +119,7 @@ def ppo_clip_loss(inp: LossInputs, *, epsilon_low: float = 0.2, epsilon_high: fl
         loss  = sum_t w_t l_t                     (w from aggregation_weights)
     """
     adv = inp.advantages.unsqueeze(1).to(inp.logprobs.dtype)
-    log_ratio = (inp.logprobs - inp.old_logprobs).clamp(-20.0, 20.0)
-    ratio = torch.exp(log_ratio)
+    ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     per_token = torch.maximum(unclipped, clipped)
@@ -167,7 +178,7 @@ def kl_cov_loss(inp: LossInputs, *, kl_cov_ratio: float = 0.002, ppo_kl_coef: fl
     DOT: ratio 0.002, coef 1.0. (verl selects within one micro-batch; a long response alone in a
     micro-batch has a constant advantage there, covariance 0, and arbitrary tokens would be penalised.)"""
     adv = inp.advantages.unsqueeze(1).expand_as(inp.logprobs).to(inp.logprobs.dtype)
-    ratio = torch.exp((inp.logprobs - inp.old_logprobs).clamp(-20.0, 20.0))
+    ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
     chosen = inp.extra["kl_cov_chosen"] & (inp.mask > 0)
     per_token = -adv * ratio + torch.where(chosen, ppo_kl_coef * (inp.logprobs - inp.old_logprobs).abs(),
                                            torch.zeros_like(ratio))
@@ -224,10 +235,65 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
     penalty = beta * (kl.detach() - delta).clamp(min=0) * kl
     loss = -total * inp.group_scale + penalty * len(groups) * inp.group_scale
     stats = {"kl": ((inp.old_logprobs - inp.logprobs).detach() * mask).sum(),
-             "ratio": (torch.exp(inp.logprobs - inp.old_logprobs).detach() * mask).sum(),
-             "mixed_groups": torch.tensor(float(mixed))}
+             "ratio": (importance_ratio(inp.logprobs, inp.old_logprobs).detach() * mask).sum(),
+             "mixed_groups_count": torch.tensor(float(mixed))}
     return LossOutputs(loss=loss, stats=stats)
 
 
 drpo_loss.needs_whole_groups = True
 register("loss", "drpo")(drpo_loss)
+
+
+@register("loss", "cispo")
+def cispo_loss(inp: LossInputs, *, is_low: float = 1.0, is_high: float = 0.28) -> LossOutputs:
+    """CISPO (MiniMax-M1, Chen et al. arXiv 2506.13585, eqs. 4-5): REINFORCE on every token, each weighted by its
+    importance ratio clipped and detached, so no token's gradient is dropped by clipping (PPO's clip zeroes the
+    gradient of tokens outside the trust region; CISPO only bounds their weight):
+
+        r_t  = exp(logp_t - logp_old_t)
+        l_t  = - sg(clip(r_t, 1 - is_low, 1 + is_high)) * A * logp_t
+        loss = sum_t w_t l_t            (token-mean: 1 / sum_i |o_i|, the paper's normaliser)
+
+    The paper imposes no lower bound on the weight (a large epsilon_low: is_low = 1 here, r >= 0) and tunes only the
+    upper one; its value is not given in the paper [assumption: 0.28, DAPO's clip-higher]. The gradient is
+    r_hat A grad logp, equal to PPO's where the ratio is inside the bounds."""
+    adv = inp.advantages.unsqueeze(1).to(inp.logprobs.dtype)
+    ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
+    weight = torch.clamp(ratio, 1 - is_low, 1 + is_high).detach()
+    per_token = -weight * adv * inp.logprobs
+    mask = inp.mask
+    stats = {"clip_frac": ((weight != ratio.detach()).float() * mask).sum(), "ratio": (ratio.detach() * mask).sum()}
+    return LossOutputs(loss=(per_token * inp.token_weights).sum(), stats=stats)
+
+
+cispo_loss.aggregation = "token-mean"
+
+
+@register("loss", "gspo")
+def gspo_loss(inp: LossInputs, *, seq_clip_low: float = 3e-4, seq_clip_high: float = 4e-4) -> LossOutputs:
+    """GSPO (Qwen, Zheng et al. arXiv 2507.18071, eqs. 5-7): the importance ratio and its clipping at the sequence
+    level, the ratio length-normalised (a geometric mean of the token ratios):
+
+        s_i  = exp( (1 / |o_i|) sum_t (logp_it - logp_old_it) )
+        l_i  = - min( s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i )
+        loss = (1 / G) sum_i l_i         (seq-mean-token-mean: token weights 1 / (|o_i| G) summed over o_i's tokens)
+
+    Each token of o_i carries l_i, so ``sum_t w_it l_i`` = l_i / G. The paper's clipping ranges: 3e-4 (left) and
+    4e-4 (right). Samples are never split across micro-batches (packing keeps a sample whole; under sequence
+    parallelism the logprobs of the whole row are summed over the group first), so s_i is exact per micro-batch."""
+    mask = inp.mask
+    lengths = mask.sum(1).clamp(min=1)
+    log_s = ((inp.logprobs - inp.old_logprobs) * mask).sum(1) / lengths
+    s = torch.exp(log_s.clamp(-20.0, 20.0))
+    adv = inp.advantages.to(s.dtype)
+    unclipped, clipped = -s * adv, -torch.clamp(s, 1 - seq_clip_low, 1 + seq_clip_high) * adv
+    per_seq = torch.maximum(unclipped, clipped)
+    loss = (per_seq.unsqueeze(1) * inp.token_weights).sum()
+    tokens = mask.sum(1)
+    stats = {"clip_frac": ((clipped > unclipped).float() * tokens).sum().detach(),
+             "seq_ratio": (s.detach() * tokens).sum(), "ratio": (importance_ratio(inp.logprobs, inp.old_logprobs)
+                                                               .detach() * mask).sum()}
+    return LossOutputs(loss=loss, stats=stats)
+
+
+gspo_loss.aggregation = "seq-mean-token-mean"

@@ -46,11 +46,10 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     m["completion/truncation_rate"] = none or sum(s.finish_reason == "length" for s in samples) / len(samples)
     m["completion/samples"] = float(len(samples))
     m["completion/total_tokens"] = float(n_gen_tokens)
-    for key in ("clip_frac", "ratio", "kl"):
+    for key in ("clip_frac", "ratio", "kl"):  # every loss's dashboard keys, 0 when a loss has no such term
         m[f"loss/{key}"] = stats.sums.get(key, 0.0) / n_tok
-    for key, v in stats.sums.items():  # fractions a loss reports (dual_clip_frac, kl_cov_frac), TIS weights
-        if key.endswith("_frac") or key == "tis_weight":
-            m[f"loss/{key}"] = v / n_tok
+    for key, v in stats.sums.items():  # every statistic a loss reports: token sums as means, counts as they are
+        m[f"loss/{key}"] = v if key.endswith("_count") else v / n_tok
     m["loss/entropy"] = stats.entropy / max(stats.tokens, 1.0)
     m["loss/logprob_mismatch"] = stats.mismatch / max(stats.mismatch_tokens, 1.0)
     for name, removed in stats.masked.items():

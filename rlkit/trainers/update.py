@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
-from rlkit.algorithms.losses import LossInputs, MinibatchInputs, aggregation_denominator, aggregation_weights
+from rlkit.algorithms.losses import (
+    LossInputs,
+    MinibatchInputs,
+    aggregation_denominator,
+    aggregation_weights,
+    importance_ratio,
+)
 from rlkit.errors import TrainingDiverged, UserError
 from rlkit.kernels.packing import balance_across_ranks, sequence_cost
 from rlkit.parallel.layout import Layout, make_layout
@@ -51,7 +57,7 @@ def truncated_importance(old: torch.Tensor, behaviour: torch.Tensor, cap: float)
     RL training"): w_t = min(pi_old(y_t) / pi_behaviour(y_t), C), no gradient, multiplied into the token weights.
     pi_behaviour is the rollout engine's (a stale version under asynchronous rollouts, or another numeric
     implementation); pi_old the policy the PPO ratio is taken against."""
-    return torch.exp((old.detach() - behaviour).clamp(max=20.0)).clamp(max=cap)
+    return importance_ratio(old.detach(), behaviour).clamp(max=cap)
 
 
 def _units(samples: list[Sample], whole_groups: bool) -> list[list[int]]:

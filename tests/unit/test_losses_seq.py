@@ -44,7 +44,7 @@ def test_drpo_hand_computed_value_and_gradient():
     g = inp.logprobs.grad
     assert g[0].tolist() == pytest.approx([-0.25, -0.25])  # -w / |o|
     assert g[2].tolist() == pytest.approx([1.0, 0.0])  # softmax over one negative = 1, / |o| = 1
-    assert out.stats["mixed_groups"].item() == 1
+    assert out.stats["mixed_groups_count"].item() == 1
 
 
 def test_drpo_length_weights_and_unmixed_groups():
