@@ -107,7 +107,8 @@ class RolloutConfig:
         check=">=0")
     gpu_memory_utilization: float = opt(0.3, "vLLM GPU memory fraction (CUDA only)", check="(0,1]")
     kv_cache_gib: float = opt(2.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)", check=">0")
-    max_model_len: int = opt(0, "vLLM context length; 0 = max_prompt_tokens + max_new_tokens", check=">=0")
+    max_model_len: int = opt(0, "vLLM context length; 0 = data.max_prompt_tokens + 64 + the longest completion "
+                             "(rollout or evaluation cap)", check=">=0")
     sleep_between_steps: bool = opt(False, "free vLLM memory during training (CUDA only; vLLM sleep mode)")
     segments: int = opt(1, "UloRL segment rollout: each step decodes at most ceil(max_new_tokens / N) tokens per "
                         "sample and carries unfinished samples to the next step (1 = ordinary rollout)", check=">=1")

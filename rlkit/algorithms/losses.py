@@ -139,7 +139,7 @@ def ppo_clip_loss(inp: LossInputs, *, epsilon_low: float = 0.2, epsilon_high: fl
     return LossOutputs(loss=loss, stats=stats)
 
 
-def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, ppo_kl_coef: float = 1.0) -> dict:
+def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, **_) -> dict:
     """KL-Cov's token choice over the whole minibatch (every micro-batch, every rank):
     cov_t = (A_t - mean A)(logp_t - mean logp) over the minibatch's valid tokens (means over all ranks),
     chosen = the top k = max(1, floor(ratio * N)) tokens by cov_t, N the minibatch's valid tokens.

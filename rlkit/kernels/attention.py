@@ -1,8 +1,9 @@
 """Attention over packed rows, plugged into transformers' attention interface (no model code forked).
 
 ``register()`` adds an attention implementation named ``rlkit_varlen`` to transformers'
-``AttentionInterface`` (and a matching mask function). Models load with
-``attn_implementation="rlkit_varlen"`` (rlkit.models.load_policy does). Behaviour per call:
+``AttentionInterface`` (and a matching mask function). Models load with ``sdpa`` (rlkit.models.load_policy) and the
+trainer's ``LogprobPolicy`` switches them to ``rlkit_varlen`` (or ``rlkit_ulysses`` under sequence parallelism) at
+set-up. Behaviour per call:
 
 - packed call (the forward got ``cu_seq_lens_q``/``cu_seq_lens_k``, see rlkit.kernels.packing):
   causal attention inside each sequence of the row and nothing across sequences, by one of three backends

@@ -182,18 +182,6 @@ def balance_across_ranks(unit_costs: Sequence[float], world: int) -> list[list[i
     return greedy_partition(unit_costs, world)
 
 
-def restore_order(chunks: Sequence[Sequence[int]], values: Sequence) -> list:
-    """Inverse of a partition: ``values[j]`` belongs to the j-th item of the concatenated ``chunks``;
-    return the values in the original item order (every item must appear exactly once)."""
-    flat = [i for chunk in chunks for i in chunk]
-    if sorted(flat) != list(range(len(flat))):
-        raise ValueError("restore_order: the chunks are not a partition of 0..n-1")
-    out = [None] * len(flat)
-    for j, i in enumerate(flat):
-        out[i] = values[j]
-    return out
-
-
 def pack_sequences(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Concatenate token lists into one row.
 

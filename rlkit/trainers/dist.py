@@ -1,4 +1,6 @@
-"""Collectives the trainer uses, in one place: every cross-rank exchange goes through these.
+"""Collectives the trainer uses, in one place: every cross-rank exchange of the training loop goes through these
+(the exceptions are model internals: the SP exchanges and sums in rlkit.parallel and LogprobPolicy, the hf
+engine's lock-step flag, FSDP2's initial broadcast and the weight transfer to servers).
 
 All work on one process too (then they return their input). Tensors are moved to the accelerator's
 device for the collective and come back on the CPU.

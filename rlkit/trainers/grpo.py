@@ -11,7 +11,7 @@ How this loop departs from textbook GRPO (Shao et al. 2024), all by configuratio
 - the old policy's logprobs are recomputed only when the policy moves within the step (mu x minibatches > 1),
   or taken from the engine when the rollout says so; the ratio is otherwise against the current policy.
 Runs on one process or many (``accelerate launch``: DDP, DeepSpeed ZeRO, FSDP2 through accelerate config
-files); each process owns a colocated rollout engine.
+files); each process owns a colocated rollout engine (vllm, hf) or a client of shared servers (vllm_server).
 """
 
 from __future__ import annotations

@@ -115,10 +115,10 @@ def _score_plan(policy, samples: list[Sample], plan: list[Micro], pad_id: int, a
     lay = layout_of(mbs, acc)
     peft_model = acc.unwrap_model(policy).model
     for micro in plan:
-        idx, mb = micro_inputs(samples, micro, pad_id, mbs, acc)
+        idx, inputs = micro_inputs(samples, micro, pad_id, mbs, acc)
         adapter_off = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with adapter_off, acc.autocast():
-            lp, _ = policy(mb, temperature=temperature)
+            lp, _ = policy(inputs, temperature=temperature)
         if owns_results(micro, lay):
             out[idx, :lp.shape[1]] = lp.float().cpu()
     if lay.sp > 1:  # each row was written by one rank of the group
@@ -144,12 +144,12 @@ class LossSpec:
     prepare: Any = None  # MinibatchInputs -> {name: [M, C]}, options bound (see rlkit.algorithms.losses)
 
 
-def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: list[int], micro: list[Micro],
+def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: list[int], plan: list[Micro],
                        pad_id: int, temperature: float, mbs: MicroBatching) -> dict:
     """The loss's minibatch-wide inputs, [len(rows), C] each, from the current policy's logprobs (one no-grad
     forward over the minibatch's micro-batches, empty ones included so every rank runs the same forwards).
     Its sums and gathers run over one copy of each data-parallel share (the DP group under SP)."""
-    current = _score_plan(prepared, batch.samples, micro, pad_id, acc, temperature=temperature, mbs=mbs,
+    current = _score_plan(prepared, batch.samples, plan, pad_id, acc, temperature=temperature, mbs=mbs,
                           width=batch.mask.shape[1])
     lay = layout_of(mbs, acc)
     return loss.prepare(MinibatchInputs(
@@ -194,14 +194,14 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
         stats.sums["tis_weight"] = 0.0
     # micro-batch plans depend only on the minibatch's units: plan once, reuse in every pass
     mbs.take_log()
-    plans = [plan_rank(mb_units, batch.samples, mbs, acc) for mb_units in minibatch_units]
+    plans = [plan_rank(mini_units, batch.samples, mbs, acc) for mini_units in minibatch_units]
     predicted, bound = mbs.take_log()
     if mbs.calibrated:  # the plans' time model is in seconds: the metrics compare it with the measured time
         stats.predicted_s, stats.bound_s = predicted * a.mu, bound * a.mu
     prepared.train()
     for epoch in range(a.mu):
-        for mb_index, mb_units in enumerate(minibatch_units):
-            rows = [i for unit in mb_units for i in unit]
+        for mini_index, mini_units in enumerate(minibatch_units):
+            rows = [i for unit in mini_units for i in unit]
             # sums over ranks count each share once: the sp ranks of an SP group hold the same rows
             denom = aggregation_denominator(batch.mask[rows], a.aggregation, max_new_tokens)
             denom = float(dist.reduce(acc, torch.tensor(denom), "sum")) / lay.sp
@@ -209,25 +209,25 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
                                          "sum")) / lay.sp
             extra = {}
             if loss.prepare is not None:  # before the first backward: the policy is the minibatch's start
-                extra = _prepare_minibatch(loss, prepared, acc, batch, rows, plans[mb_index], pad_id, temperature, mbs)
+                extra = _prepare_minibatch(loss, prepared, acc, batch, rows, plans[mini_index], pad_id, temperature, mbs)
             mini = _Minibatch(rows, {i: j for j, i in enumerate(rows)},
                               aggregation_weights(batch.mask[rows], a.aggregation, denom) * world, extra,
                               world / max(n_groups, 1.0))
             nonfinite = None  # the first micro-batch whose loss was not finite on some rank
-            for k, m_b in enumerate(plans[mb_index]):
-                last = k == len(plans[mb_index]) - 1
-                bad = _micro_step(prepared, acc, batch, m_b, mini, stats, loss=loss, algorithm=a, pad_id=pad_id,
+            for k, micro in enumerate(plans[mini_index]):
+                last = k == len(plans[mini_index]) - 1
+                bad = _micro_step(prepared, acc, batch, micro, mini, stats, loss=loss, algorithm=a, pad_id=pad_id,
                                   temperature=temperature, mbs=mbs, forward_masks=forward_masks, last=last,
-                                  first_pass=epoch == 0, first_minibatch=mb_index == 0)
+                                  first_pass=epoch == 0, first_minibatch=mini_index == 0)
                 if nonfinite is None and bad is not None:
                     nonfinite = (k, bad)
                     if not skip_nonfinite:
-                        _diverged(step, f"the loss is {bad}", mb_index, k)
+                        _diverged(step, f"the loss is {bad}", mini_index, k)
             norm, applied = backends.optimizer_step(acc, prepared, optimizer, max_grad_norm,
                                                     skip=nonfinite is not None)
             if not applied:
                 if not skip_nonfinite:
-                    _diverged(step, f"the gradient norm is {norm}", mb_index, None)
+                    _diverged(step, f"the gradient norm is {norm}", mini_index, None)
                 stats.skipped += 1
             else:
                 stats.grad_norms.append(norm)
@@ -236,7 +236,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
     return sum_over_sp_group(stats, lay)
 
 
-def _micro_step(prepared, acc, batch: StepBatch, m_b: Micro, mini: _Minibatch, stats: UpdateStats, *, loss: LossSpec,
+def _micro_step(prepared, acc, batch: StepBatch, micro: Micro, mini: _Minibatch, stats: UpdateStats, *, loss: LossSpec,
                 algorithm, pad_id: int, temperature: float, mbs: MicroBatching, forward_masks, last: bool,
                 first_pass: bool, first_minibatch: bool) -> float | None:
     """One forward/backward of a micro-batch, its statistics added to ``stats`` (by the rank that owns it). An empty
@@ -244,19 +244,19 @@ def _micro_step(prepared, acc, batch: StepBatch, m_b: Micro, mini: _Minibatch, s
     with zero weights, so every rank runs the same forwards. Returns the loss when it is not finite on some rank
     (checked on every rank, so all agree), else None."""
     a, lay = algorithm, layout_of(mbs, acc)
-    idx, mb = micro_inputs(batch.samples, m_b, pad_id, mbs, acc)
-    counted = owns_results(m_b, lay)
+    idx, inputs = micro_inputs(batch.samples, micro, pad_id, mbs, acc)
+    counted = owns_results(micro, lay)
     mrows = [mini.position.get(i, 0) for i in idx]
-    width = mb.completion_mask.shape[1]
-    zero = 1.0 if m_b.idx else 0.0
+    width = inputs.completion_mask.shape[1]
+    live = 1.0 if micro.idx else 0.0  # 0: a zero-weight forward of an idle rank
     sync = contextlib.nullcontext() if last else acc.no_sync(prepared)
     with sync, acc.autocast():
-        lp, ent = prepared(mb, temperature=temperature, with_entropy=True)
+        lp, ent = prepared(inputs, temperature=temperature, with_entropy=True)
         old = batch.old_logprobs[idx, :width].to(acc.device) if batch.old_logprobs is not None else lp.detach()
         ref = batch.ref_logprobs[idx, :width].to(acc.device) if batch.ref_logprobs is not None else None
-        mask = batch.mask[idx, :width].to(acc.device) * zero
+        mask = batch.mask[idx, :width].to(acc.device) * live
         correct = batch.correct[idx].to(acc.device) if batch.correct is not None else None
-        token_weights = mini.weights[mrows, :width].to(acc.device) * zero if mini.rows else torch.zeros_like(mask)
+        token_weights = mini.weights[mrows, :width].to(acc.device) * live if mini.rows else torch.zeros_like(mask)
         if a.tis_cap > 0:  # off-policy rollouts: weight each token by min(pi_old / pi_behaviour, C)
             tis = truncated_importance(old, batch.behaviour[idx, :width].to(acc.device), a.tis_cap)
             token_weights = token_weights * tis
@@ -278,10 +278,10 @@ def _micro_step(prepared, acc, batch: StepBatch, m_b: Micro, mini: _Minibatch, s
         # one optimizer step per minibatch: the last micro-batch is the accumulation boundary (a non-finite loss
         # goes backward too, so every engine reaches it; the optimizer step is then skipped or the run stops)
         backends.backward(acc, prepared, out.loss, last=last)
-    stats.micro_batches += int(bool(m_b.idx))  # real forwards only, not zero-weight padding
-    stats.sharded += int(m_b.sharded and bool(m_b.idx))
+    stats.micro_batches += int(bool(micro.idx))  # real forwards only, not zero-weight padding
+    stats.sharded += int(micro.sharded and bool(micro.idx))
     if first_pass and counted:  # first pass: entropy of every sample; mismatch before any update
-        real = mb.completion_mask
+        real = inputs.completion_mask
         stats.entropy += float((ent * real).sum())
         stats.tokens += float(real.sum())
         if first_minibatch:

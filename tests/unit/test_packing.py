@@ -10,7 +10,6 @@ from rlkit.kernels.packing import (
     karmarkar_karp,
     pack_sequences,
     plan_micro_batches,
-    restore_order,
     sequence_cost,
 )
 
@@ -88,16 +87,6 @@ def test_balance_across_ranks_assigns_every_unit_once(lengths, world):
     assert sorted(i for p in parts for i in p) == list(range(len(lengths)))
     if len(lengths) >= world:
         assert all(parts)  # nobody idles when there are enough units
-
-
-@settings(max_examples=100, deadline=None)
-@given(lengths=lengths_st, budget=st.integers(50, 1500))
-def test_restore_order_inverts_a_plan(lengths, budget):
-    plan = plan_micro_batches(lengths, budget)
-    values_in_plan_order = [f"v{i}" for mb in plan for i in mb]
-    assert restore_order(plan, values_in_plan_order) == [f"v{i}" for i in range(len(lengths))]
-    with pytest.raises(ValueError, match="not a partition"):
-        restore_order([[0], [0]], ["a", "b"])
 
 
 def _long_tail(n, seed=0, median=3000, cap=16384):
