@@ -471,8 +471,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 
 
 # options of a loss that the trainer fills in from the config (the rest come from algorithm.loss_kwargs)
-LOSS_BOUND = {"epsilon_low": "algorithm.epsilon_low", "epsilon_high": "algorithm.epsilon_high",
-              "dual_clip": "algorithm.dual_clip", "kl_coef": "algorithm.kl_coef", "max_len": "rollout.max_new_tokens"}
+# the algorithm section's options that belong to a loss: set to a non-default value, some loss must bind them
+LOSS_FIELDS = ("epsilon_low", "epsilon_high", "dual_clip", "kl_coef")
+
+
+def loss_binds(entry) -> dict:
+    """The loss's declared bindings {option: dotted config key} (``binds``): only these are filled from the config,
+    never an option that merely shares a name with a config field."""
+    binds = entry.flag("binds", None) or {}
+    return {k: v for k, v in binds.items() if k in entry.options}
 
 
 def _get(cfg: Config, dotted: str) -> Any:
@@ -481,9 +488,10 @@ def _get(cfg: Config, dotted: str) -> Any:
 
 
 def loss_options(cfg: Config) -> dict:
-    """Every option of the configured loss: the config-bound ones (LOSS_BOUND) and ``algorithm.loss_kwargs``."""
+    """Every option of the configured loss: the ones it declares bound to the config (``binds``) and
+    ``algorithm.loss_kwargs``."""
     entry = registry.resolve("loss", cfg.algorithm.loss)
-    bound = {k: _get(cfg, v) for k, v in LOSS_BOUND.items() if k in entry.options}
+    bound = {k: _get(cfg, v) for k, v in loss_binds(entry).items()}
     return {**bound, **cfg.algorithm.loss_kwargs}
 
 
@@ -636,13 +644,14 @@ def validate(cfg: Config, source: str = "config") -> None:
          "leave algorithm.scale at auto")
     registry.check_options(adv, advantage_options(cfg), "algorithm", source)
     loss = _resolve("loss", a.loss, "algorithm.loss", source)
-    a.loss_kwargs = registry.check_options(loss, a.loss_kwargs, "algorithm.loss_kwargs", source, bound=tuple(LOSS_BOUND))
+    binds = loss_binds(loss)
+    a.loss_kwargs = registry.check_options(loss, a.loss_kwargs, "algorithm.loss_kwargs", source, bound=tuple(binds))
     defaults = AlgorithmConfig()
-    for key, dotted in LOSS_BOUND.items():
-        section, _, field_name = dotted.partition(".")
-        if section == "algorithm" and key not in loss.options and _get(cfg, dotted) != getattr(defaults, field_name):
+    for key in LOSS_FIELDS:
+        dotted = f"algorithm.{key}"
+        if dotted not in binds.values() and _get(cfg, dotted) != getattr(defaults, key):
             why = " (it would load and score a reference model that is never used)" if key == "kl_coef" else ""
-            need(False, f"'{dotted}' is {_get(cfg, dotted)} but loss {a.loss!r} has no {key!r} option{why}; "
+            need(False, f"'{dotted}' is {_get(cfg, dotted)} but loss {a.loss!r} does not use it{why}; "
                  f"remove it or pick a loss that uses it")
     declared = loss.flag("aggregation", None)
     need(a.aggregation in ("auto", declared) or declared is None,

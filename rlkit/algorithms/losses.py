@@ -13,9 +13,10 @@ Declarations a loss may carry (attributes of the function, read once at start-up
 - ``prepare(MinibatchInputs, **options) -> {name: [M, C] tensor}``: per-token inputs computed over the whole
   minibatch (all micro-batches, all ranks) before any backward pass; they reach the loss as ``inp.extra``.
 Statistics are token sums over the mask (``loss/<name>`` = sum / tokens); a name ending in ``_count`` is a plain
-count (``loss/<name>`` = the step's sum on a process). Options named like the algorithm section's fields (epsilon_low, epsilon_high, dual_clip, kl_coef) and
-``max_len`` (rollout.max_new_tokens) are filled in from the config; the rest come from ``loss_kwargs``.
-A loss without a ``kl_coef`` option has no KL term, so ``algorithm.kl_coef > 0`` is rejected for it.
+count (``loss/<name>`` = the step's sum on a process). - ``binds``: {option: dotted config key} the trainer fills in from the config (ppo_clip: epsilon_low,
+  epsilon_high, dual_clip, kl_coef from the algorithm section; drpo: max_len from rollout.max_new_tokens); every
+  other option comes from ``loss_kwargs`` (an option named like a config field is not filled by the name alone).
+  A loss that binds no ``algorithm.kl_coef`` has no KL term, so ``algorithm.kl_coef > 0`` is rejected for it.
 """
 
 from __future__ import annotations
@@ -139,6 +140,8 @@ def ppo_clip_loss(inp: LossInputs, *, epsilon_low: float = 0.2, epsilon_high: fl
     return LossOutputs(loss=loss, stats=stats)
 
 
+ppo_clip_loss.binds = {k: f"algorithm.{k}" for k in ("epsilon_low", "epsilon_high", "dual_clip", "kl_coef")}
+
 def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, **_) -> dict:
     """KL-Cov's token choice over the whole minibatch (every micro-batch, every rank):
     cov_t = (A_t - mean A)(logp_t - mean logp) over the minibatch's valid tokens (means over all ranks),
@@ -241,6 +244,7 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
 
 
 drpo_loss.needs_whole_groups = True
+drpo_loss.binds = {"max_len": "rollout.max_new_tokens"}
 register("loss", "drpo")(drpo_loss)
 
 

@@ -32,7 +32,7 @@ def test_unknown_key_names_key_file_and_valid_keys(tmp_path):
 
 
 def test_invalid_choice_lists_choices():
-    with pytest.raises(ConfigError, match="valid choices: token-mean, seq-mean-token-mean, seq-mean-token-sum-norm"):
+    with pytest.raises(ConfigError, match="valid choices: auto, token-mean, seq-mean-token-mean, seq-mean-token-sum-norm"):
         load_config(overrides=["algorithm.aggregation=mean"])
 
 

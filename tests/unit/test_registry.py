@@ -46,8 +46,8 @@ def test_component_options_are_checked_at_parse_time(override, message):
 
 @pytest.mark.parametrize("override, message", [
     ({"algorithm.loss": "kl_cov", "algorithm.kl_coef": 0.1},
-     r"'algorithm\.kl_coef' is 0\.1 but loss 'kl_cov' has no 'kl_coef' option \(it would load and score a reference"),
-    ({"algorithm.loss": "drpo", "algorithm.epsilon_high": 0.28}, r"loss 'drpo' has no 'epsilon_high' option"),
+     r"'algorithm\.kl_coef' is 0\.1 but loss 'kl_cov' does not use it \(it would load and score a reference"),
+    ({"algorithm.loss": "drpo", "algorithm.epsilon_high": 0.28}, r"'algorithm\.epsilon_high' is 0\.28 but loss 'drpo' does not use it"),
     ({"algorithm.advantage": "dr_grpo", "algorithm.scale": "group"},
      r"'algorithm\.scale' is 'group' but advantage 'dr_grpo' divides by no std"),
     ({"algorithm.advantage": "batch_norm", "algorithm.scale": "batch"}, r"advantage 'batch_norm' divides by no std"),
