@@ -478,7 +478,7 @@ LOSS_FIELDS = ("epsilon_low", "epsilon_high", "dual_clip", "kl_coef")
 def loss_binds(entry) -> dict:
     """The loss's declared bindings {option: dotted config key} (``binds``): only these are filled from the config,
     never an option that merely shares a name with a config field."""
-    binds = entry.flag("binds", None) or {}
+    binds = entry.caps.binds or {}
     return {k: v for k, v in binds.items() if k in entry.options}
 
 
@@ -534,7 +534,7 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
     for i, term in enumerate(cfg.rewards):
         entry = _resolve("reward", term.name, f"rewards[{i}].name", source, factory=term.factory)
         term.kwargs = registry.check_options(entry, term.kwargs, f"rewards[{i}].kwargs", source)
-        verifiers += bool(term.correctness or entry.flag("correctness", False))
+        verifiers += bool(term.correctness or entry.caps.verifier)
         entries.append(entry)
     for i, (term, entry) in enumerate(zip(cfg.rewards, entries)):  # build once: a bad value fails now
         try:
@@ -544,7 +544,7 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
         if not callable(built):
             raise ConfigError(f"{source}: rewards[{i}] ({term.name}): the factory returned {type(built).__name__} "
                               f"{built!r:.60}, not a reward function")
-        if getattr(built, "uses_correct", False) and not verifiers:
+        if registry.capabilities(built).needs_verifier and not verifiers:
             raise ConfigError(f"{source}: rewards[{i}]: reward {term.name!r} needs a correctness term (e.g. "
                               "math_correct, weight 0 if it should not add to the reward) in `rewards`")
     for _, kind, where, comp in components(cfg):
@@ -630,11 +630,11 @@ def validate(cfg: Config, source: str = "config") -> None:
         check_weights(cfg.rewards, cfg.shaping)
     except RewardError as e:
         raise ConfigError(f"{source}: rewards: {e}") from None
-    has_verifier = any(t.correctness or e.flag("correctness", False) for t, e in zip(cfg.rewards, entries))
-    need(sum(t.correctness or e.flag("correctness", False) for t, e in zip(cfg.rewards, entries)) <= 1,
+    has_verifier = any(t.correctness or e.caps.verifier for t, e in zip(cfg.rewards, entries))
+    need(sum(t.correctness or e.caps.verifier for t, e in zip(cfg.rewards, entries)) <= 1,
          "at most one reward term can be the correctness term")
     for e in entries[len(cfg.rewards):]:
-        need(has_verifier or not getattr(e.obj, "needs_correctness", False),
+        need(has_verifier or not e.caps.needs_verifier,
              f"{registry.KINDS[e.kind][1]} {e.name!r} needs a correctness term (e.g. math_correct, weight 0 if it "
              "should not add to the reward) in `rewards`")
 
@@ -653,18 +653,19 @@ def validate(cfg: Config, source: str = "config") -> None:
             why = " (it would load and score a reference model that is never used)" if key == "kl_coef" else ""
             need(False, f"'{dotted}' is {_get(cfg, dotted)} but loss {a.loss!r} does not use it{why}; "
                  f"remove it or pick a loss that uses it")
-    declared = loss.flag("aggregation", None)
+    declared = loss.caps.aggregation
     need(a.aggregation in ("auto", declared) or declared is None,
          f"'algorithm.aggregation' is {a.aggregation!r} but loss {a.loss!r} is defined with {declared!r}: remove "
          "the setting (auto takes the loss's) or pick another loss")
     if a.aggregation == "auto":
         a.aggregation = declared or "token-mean"
-    if loss.flag("needs_whole_groups", False):
+    if loss.caps.whole_groups:
         per_rank = r.prompts_per_step // world
         need(per_rank % a.minibatches == 0,
              f"loss {a.loss!r} keeps groups whole: 'algorithm.minibatches' must divide the {per_rank} prompts "
              "of each process")
-        need(has_verifier, f"loss {a.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
+    need(has_verifier or not loss.caps.needs_verifier,
+         f"loss {a.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -65,6 +65,46 @@ CALL_DATA = {"advantage": {"rewards", "group_ids", "lengths"}, "loss": {"inp"}}
 
 
 @dataclass(frozen=True)
+class Capabilities:
+    """What a component needs from the batch and what it promises, declared by the component (a registration flag
+    or an attribute of the function, class or built instance) and read here only: config validation and stage
+    resolution ask ``Entry.caps`` / ``capabilities(obj)``, never the component's attributes.
+
+    Attributes that declare each field (first found wins): ``verifier`` <- correctness; ``needs_verifier`` <-
+    needs_verifier, needs_correctness, uses_correct (the component reads the batch's ``correct``, so a correctness
+    term must be configured); ``whole_groups`` <- needs_whole_groups; the others by their own names."""
+
+    verifier: bool = False  # reward: its value is the correctness signal (math_correct)
+    needs_verifier: bool = False  # any kind: reads ``correct``, so `rewards` must hold a correctness term
+    whole_groups: bool = False  # loss: not a sum over tokens, micro-batches keep groups whole (DRPO)
+    prepare: Any = None  # loss: minibatch-wide inputs computed before any backward (KL-Cov's token choice)
+    aggregation: str | None = None  # loss: the aggregation it is defined with (GSPO, CISPO)
+    binds: Any = None  # loss: {option: dotted config key} filled in from the config
+    handles_timeouts: bool = False  # reward: bounds its own time per sample (no thread watchdog)
+    monitor: Any = None  # shaper: (every, size, samples) of a monitor set generated with the current policy
+    needs_looping: bool = False  # shaper: the batch must carry the loop detector's flags
+    needs_shaped: bool = False  # filter: decides on shaped rewards, so each round is shaped first
+
+
+_DECLARED = {"verifier": ("correctness",), "needs_verifier": ("needs_verifier", "needs_correctness", "uses_correct"),
+             "whole_groups": ("needs_whole_groups",), "prepare": ("prepare",), "aggregation": ("aggregation",),
+             "binds": ("binds",), "handles_timeouts": ("handles_timeouts",), "monitor": ("monitor",),
+             "needs_looping": ("needs_looping",), "needs_shaped": ("needs_shaped",)}
+
+
+def capabilities(obj: Any, flags: dict | None = None) -> Capabilities:
+    """The declarations of a component: registration ``flags`` first, then the object's attributes."""
+    values = {}
+    for name, attrs in _DECLARED.items():
+        for attr in attrs:
+            value = (flags or {}).get(attr, getattr(obj, attr, None))
+            if value is not None:
+                values[name] = value
+                break
+    return Capabilities(**values)
+
+
+@dataclass(frozen=True)
 class Entry:
     """A resolved component. ``factory``: ``obj(**options)`` builds the callable; otherwise ``obj`` is the
     callable and its options are bound as keyword arguments. ``flags`` carry declarations such as
@@ -78,8 +118,10 @@ class Entry:
     flags: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)  # option name -> inspect.Parameter
 
-    def flag(self, key: str, default: Any = None) -> Any:
-        return self.flags.get(key, getattr(self.obj, key, default))
+    @property
+    def caps(self) -> Capabilities:
+        """The component's declarations (see Capabilities)."""
+        return capabilities(self.obj, self.flags)
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}

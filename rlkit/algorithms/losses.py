@@ -244,6 +244,7 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
 
 
 drpo_loss.needs_whole_groups = True
+drpo_loss.needs_verifier = True  # reads ``correct``: S+ and S- per group
 drpo_loss.binds = {"max_len": "rollout.max_new_tokens"}
 register("loss", "drpo")(drpo_loss)
 

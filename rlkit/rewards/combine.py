@@ -223,11 +223,11 @@ class RewardSet:
             label = _term_label(term.name, taken)
             taken.add(label)
             entry = registry.resolve("reward", term.name, factory=term.factory)
-            is_verifier = term.correctness or bool(entry.flag("correctness", False))
+            is_verifier = term.correctness or entry.caps.verifier
             fn = registry.build(entry, term.kwargs)
             # a reward that bounds its own time per sample (math_correct's process pool) runs without the
             # thread watchdog, whose whole-batch limit would otherwise grow with the batch
-            timeout = 0.0 if getattr(fn, "handles_timeouts", False) else float(term.timeout)
+            timeout = 0.0 if registry.capabilities(fn).handles_timeouts else float(term.timeout)
             built.append(Term(label, float(term.weight), fn, term.format, is_verifier, timeout, term.on_error))
         return cls(built)
 

@@ -30,7 +30,7 @@ def accuracy_reward(cfg):
 
     for term in cfg.rewards:
         entry = registry.resolve("reward", term.name, factory=term.factory)
-        if term.correctness or entry.flag("correctness", False):
+        if term.correctness or entry.caps.verifier:
             break
     else:
         term = RewardTerm("math_correct")

@@ -11,8 +11,8 @@ The loop calls these lists the same way whatever method they implement:
     forward_masks       keep(MaskInputs) after each forward             dmmpt
     loss                LossSpec (fn, whole groups, minibatch prepare)  ppo_clip, kl_cov, drpo
 
-Declarations are read here, once: a shaper's ``monitor`` and ``needs_looping``, a mask's ``kind``, a loss's
-``needs_whole_groups`` and ``prepare``. Component state (``state_dict``) is saved in checkpoints by position.
+Declarations are asked of the registry (rlkit.registry.Capabilities), once: a shaper's ``monitor`` and
+``needs_looping``, a loss's ``whole_groups`` and ``prepare``; a mask's ``kind``. Component state (``state_dict``) is saved in checkpoints by position.
 """
 
 from __future__ import annotations
@@ -46,31 +46,30 @@ class Stages:
         masks = built["token_masks"]
         loss_entry = registry.resolve("loss", cfg.algorithm.loss)
         options = loss_options(cfg)
-        prepare = loss_entry.flag("prepare")
+        prepare = loss_entry.caps.prepare
         if prepare is not None:
             prepare = functools.partial(prepare, **options)
         return cls(
             prompt_transforms=built["prompt_transforms"], sample_transforms=built["sample_transforms"],
             filter=built["filter"][0][1] if built["filter"] else None, shapers=built["shaping"],
             advantage=registry.build(registry.resolve("advantage", cfg.algorithm.advantage), advantage_options(cfg)),
-            loss=LossSpec(registry.build(loss_entry, options), bool(loss_entry.flag("needs_whole_groups", False)),
-                          prepare),
+            loss=LossSpec(registry.build(loss_entry, options), bool(loss_entry.caps.whole_groups), prepare),
             batch_masks=[(n, m) for n, m in masks if m.kind == "batch"],
             forward_masks=[(n, m) for n, m in masks if m.kind == "forward"])
 
     @property
     def monitored(self) -> list[tuple[str, Any]]:
         """Shapers that declare a monitor set: (every, size, samples)."""
-        return [(n, s) for n, s in self.shapers if getattr(s, "monitor", None)]
+        return [(n, s) for n, s in self.shapers if registry.capabilities(s).monitor]
 
     @property
     def needs_looping(self) -> bool:
-        return any(getattr(s, "needs_looping", False) for _, s in self.shapers)
+        return any(registry.capabilities(s).needs_looping for _, s in self.shapers)
 
     @property
     def needs_shaped_rounds(self) -> bool:
         """The filter decides on shaped rewards: each generation round is shaped before filtering."""
-        return bool(getattr(self.filter, "needs_shaped", False))
+        return self.filter is not None and bool(registry.capabilities(self.filter).needs_shaped)
 
     def _stateful(self) -> dict[str, Any]:
         out = {}

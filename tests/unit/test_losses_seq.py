@@ -23,7 +23,7 @@ from rlkit.parallel.micro import unit_chunks
 def build_loss(cfg):
     """The configured loss with its options bound, and whether it keeps groups whole (as the trainer builds it)."""
     entry = registry.resolve("loss", cfg.algorithm.loss)
-    return registry.build(entry, loss_options(cfg)), bool(entry.flag("needs_whole_groups", False))
+    return registry.build(entry, loss_options(cfg)), entry.caps.whole_groups
 
 
 def drpo_inputs(logp, mask, correct, groups, old=None, scale=1.0):
