@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -55,6 +56,11 @@ class Server:
         self.model_dir, self.log, self.port, self.proc = model_dir, log, free_port(), None
         self.url = f"http://127.0.0.1:{self.port}"
 
+    def _drain(self) -> None:
+        with open(self.log, "a") as log:
+            for line in self.proc.stdout:
+                log.write(line)
+
     def start(self) -> None:
         env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
         self.proc = subprocess.Popen(
@@ -66,6 +72,8 @@ class Server:
         for line in self.proc.stdout:  # `rlkit serve` prints its ready line once /health answers
             if "ready at" in line:
                 assert self.url in line
+                # keep draining stdout into the log: a server that fills an unread pipe blocks mid-session
+                threading.Thread(target=self._drain, daemon=True).start()
                 return
             assert time.monotonic() < deadline, "server did not come up"
         raise AssertionError(f"rlkit serve exited ({self.proc.wait()}): {self.log.read_text()[-3000:]}")

@@ -212,9 +212,11 @@ def test_multinode_launchers_form_one_job(runs, config, tiny_model_dir, tmp_path
     assert printed.returncode == 0, printed.stderr
     commands = [line for line in printed.stdout.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2 and all("deepspeed" not in c and "zero3.yaml" in c for c in commands)
-    nodes = [subprocess.Popen(["bash", "-c", c], cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for c in commands]
-    results = [(n.wait(timeout=600), n.stderr.read()) for n in nodes]
+    # output to files: a launcher blocked on a full pipe would hang its node and with it the other
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    nodes = [subprocess.Popen(["bash", "-c", c], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=open(log, "w")) for c, log in zip(commands, logs)]
+    results = [(n.wait(timeout=600), log.read_text()) for n, log in zip(nodes, logs)]
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[1][1][-3000:]
     state = json.loads((out / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["distributed"]["num_machines"] == 2
@@ -222,12 +224,13 @@ def test_multinode_launchers_form_one_job(runs, config, tiny_model_dir, tmp_path
     assert all(torch.equal(one[k], v) for k, v in policy(out).items())
 
     port, tr = free_port(), tmp_path / "torchrun"
+    logs = [tmp_path / f"torchrun{i}.log" for i in range(2)]
     nodes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(i), "--nproc_per_node", "1",
          "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "rlkit.cli", "train", str(config),
-         f"--output_dir={tr}"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         f"--output_dir={tr}"], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=open(logs[i], "w"))
         for i in (0, 1)]
-    results = [(n.wait(timeout=600), n.stderr.read()) for n in nodes]
+    results = [(n.wait(timeout=600), log.read_text()) for n, log in zip(nodes, logs)]
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:]
     assert distributed(tr)["num_machines"] == 2
     ddp = policy(runs.get("ddp"))
