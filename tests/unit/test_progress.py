@@ -3,7 +3,8 @@ import pytest
 from rlkit import progress
 
 
-def test_an_interruption_that_was_swallowed_is_raised_at_the_next_phase():
+def test_an_interruption_that_was_swallowed_is_raised_at_the_next_phase(monkeypatch):
+    monkeypatch.setattr(progress, "state", dict(progress.state))
     try:
         try:
             progress.interrupt(KeyboardInterrupt)
