@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14s} {desc}\n{'':14s} {paper}")
         return 0
     previous = signal.signal(signal.SIGTERM, _terminated)
+    previous_int = signal.signal(signal.SIGINT, _interrupted)
     try:
         if args.command == "report":
             from rlkit.plots import report
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rlkit: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as e:
+        progress.state["pending"] = None
         if getattr(args, "debug", False):
             raise
         name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
@@ -214,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
@@ -221,7 +224,11 @@ class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrup
 
 
 def _terminated(signum, frame):
-    raise Terminated()
+    progress.interrupt(Terminated)
+
+
+def _interrupted(signum, frame):
+    progress.interrupt(KeyboardInterrupt)
 
 
 # failures of the machine, not of rlkit or the user's input: one line naming the file, never a traceback

@@ -8,11 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-state: dict = {"run_dir": None, "step": None, "phase": None}
+state: dict = {"run_dir": None, "step": None, "phase": None, "pending": None}
+
+
+def interrupt(exc_type: type[BaseException]) -> None:
+    """A signal handler's body: remember the interruption, then raise it in the main thread. Python raises it at the
+    next bytecode wherever that is, and where that is a finaliser or a callback the exception is printed and
+    dropped; the next phase boundary (``at``) raises it again, so a signal always stops the run."""
+    state["pending"] = exc_type
+    raise exc_type()
 
 
 def at(phase: str, step: int | None = None, run_dir: str | Path | None = None) -> None:
-    """The run is now in ``phase`` (of 1-based ``step`` when given)."""
+    """The run is now in ``phase`` (of 1-based ``step`` when given). Raises an interruption that was lost."""
+    if state["pending"] is not None:
+        raise state["pending"]()
     state["phase"] = phase
     if step is not None:
         state["step"] = step
