@@ -288,8 +288,8 @@ def gspo_loss(inp: LossInputs, *, seq_clip_low: float = 3e-4, seq_clip_high: flo
     parallelism the logprobs of the whole row are summed over the group first), so s_i is exact per micro-batch."""
     mask = inp.mask
     lengths = mask.sum(1).clamp(min=1)
-    log_s = ((inp.logprobs - inp.old_logprobs) * mask).sum(1) / lengths
-    s = torch.exp(log_s.clamp(-20.0, 20.0))
+    # the ratio of the sequences' geometric-mean token probabilities
+    s = importance_ratio((inp.logprobs * mask).sum(1) / lengths, (inp.old_logprobs * mask).sum(1) / lengths)
     adv = inp.advantages.to(s.dtype)
     unclipped, clipped = -s * adv, -torch.clamp(s, 1 - seq_clip_low, 1 + seq_clip_high) * adv
     per_seq = torch.maximum(unclipped, clipped)

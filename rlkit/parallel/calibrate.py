@@ -18,10 +18,12 @@ plans with the same numbers, so the SP groups' plans agree):
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
 
+from rlkit.kernels.packing import sequence_cost
 from rlkit.parallel.layout import Layout
 from rlkit.parallel.plan import CostModel
 from rlkit.records import Sample
@@ -74,13 +76,13 @@ def calibrate(policy, acc, layout: Layout, *, budget: int, ratio: float, layers:
     """The CostModel of this run (module docstring); ``ratio`` = b / a, ``given`` = parallel.cost_model."""
     given = dict(given or {})
     wanted = [d for d in layout.degrees if d > 1]
-    comm_given = {int(k): v for k, v in (given.get("comm") or {}).items()}
+    comm_given = {d: (c, f) for d, c, f in CostModel.from_dict({"comm": given.get("comm")}).comm}
     values = torch.zeros(2 + 2 * len(wanted), dtype=torch.float64)
     if not {"a", "overhead"} <= set(given):
         short, long = 16, max(64, min(budget, 4096))
         t_short = 3 * _forward_seconds(policy, acc, short, vocab)
         t_long = 3 * _forward_seconds(policy, acc, long, vocab)
-        work = lambda n: n + ratio * n * n  # noqa: E731
+        work = functools.partial(sequence_cost, a=1.0, b=ratio)
         a = float(given["a"]) if "a" in given else (t_long - t_short) / (work(long) - work(short))
         if a <= 0:  # timing noise (the long forward no slower than the short): no fixed cost, all per token
             a = t_long / work(long)
@@ -98,9 +100,7 @@ def calibrate(policy, acc, layout: Layout, *, budget: int, ratio: float, layers:
     a = float(given.get("a", values[0]))
     comm = []
     for j, degree in enumerate(wanted):
-        v = comm_given.get(degree)
-        per_token, per_forward = (float(values[2 + 2 * j]), float(values[3 + 2 * j])) if v is None else \
-            ((float(v), 0.0) if isinstance(v, (int, float)) else (float(v[0]), float(v[1] if len(v) > 1 else 0.0)))
+        per_token, per_forward = comm_given.get(degree, (float(values[2 + 2 * j]), float(values[3 + 2 * j])))
         comm.append((degree, per_token, per_forward))
     return CostModel(a=a, b=float(given.get("b", a * ratio)), comm=tuple(comm),
                      overhead=float(given.get("overhead", values[1])))

@@ -38,10 +38,6 @@ class Layout:
     def degrees(self) -> tuple[int, ...]:
         return degrees_for(self.sp, self.mode)
 
-    def first_of_block(self, degree: int) -> int:
-        """The sub-rank this rank's block of ``degree`` starts at."""
-        return self.sp_rank - self.sp_rank % degree
-
 
 def make_layout(acc, sp: int, mode: str = "fixed") -> Layout:
     """The SP, DP and block process groups (collective: every rank creates every group, in the same order)."""

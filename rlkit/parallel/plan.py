@@ -37,7 +37,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlkit.kernels.packing import plan_micro_batches
+from rlkit.kernels.packing import plan_micro_batches, sequence_cost
 
 MODES = ("fixed", "adaptive", "flex")
 
@@ -60,7 +60,7 @@ class CostModel:
         return next((f for d, _, f in self.comm if d == degree), 0.0) if degree > 1 else 0.0
 
     def work(self, lengths: Sequence[int]) -> float:
-        return sum(self.a * n + self.b * n * n for n in lengths)
+        return sum(sequence_cost(n, self.a, self.b) for n in lengths)
 
     def time(self, lengths: Sequence[int], degree: int) -> float:
         """Predicted seconds of one micro-batch of ``lengths`` at ``degree``."""
@@ -69,7 +69,7 @@ class CostModel:
 
     def rank_seconds(self, length: int, degree: int) -> float:
         """Rank-seconds one sequence costs at ``degree`` (its share of d ranks' time, without overhead)."""
-        return self.a * length + self.b * length * length + degree * self.comm_at(degree) * length
+        return sequence_cost(length, self.a, self.b) + degree * self.comm_at(degree) * length
 
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "comm": {str(d): [c, f] for d, c, f in self.comm}, "overhead": self.overhead}
@@ -103,12 +103,6 @@ class GroupPlan:
     predicted: float  # seconds, the sum of the rounds' slowest jobs
     bound: float  # seconds, the lower bound (module docstring)
     candidate: str  # which candidate won (floor degree and variant), for the metrics and tests
-
-    def job_of(self, round_index: int, sub_rank: int) -> Job | None:
-        for job in self.rounds[round_index]:
-            if job.first <= sub_rank < job.first + job.degree:
-                return job
-        return None
 
 
 def degrees_for(sp: int, mode: str) -> tuple[int, ...]:
@@ -271,17 +265,5 @@ def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
     return plan_groups([lengths], sp, budget, mode, cost)[0]
 
 
-def fixed_time(lengths: Sequence[int], sp: int, budget: int, cost: CostModel) -> float:
-    """Predicted seconds of the fixed-SP plan of the same units (for comparisons)."""
-    return plan_group(lengths, sp, budget, "fixed", cost).predicted
-
-
-def idle_share(plan: GroupPlan, sp: int) -> float:
-    """Share of rank-seconds of the plan spent waiting for the slowest job of a round."""
-    total = sum(max(j.seconds for j in r) for r in plan.rounds) * sp
-    busy = sum(j.seconds * j.degree for r in plan.rounds for j in r)
-    return 0.0 if total == 0 else 1.0 - busy / total
-
-
-__all__ = ["MODES", "CostModel", "GroupPlan", "Job", "candidates", "choose", "degrees_for", "fixed_time", "idle_share",
-           "lockstep_time", "lower_bound", "plan_group", "plan_groups", "round_times"]
+__all__ = ["MODES", "CostModel", "GroupPlan", "Job", "candidates", "choose", "degrees_for", "lockstep_time",
+           "lower_bound", "plan_group", "plan_groups", "round_times"]

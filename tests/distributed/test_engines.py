@@ -200,6 +200,15 @@ def test_sp_with_sharded_engine_against_a_server_asynchronously(engine, mode, se
     assert server_matches_policy(server.url, run / "checkpoints" / "step_000002" / "policy", tiny_model_dir) < 1e-4
 
 
+def _nodes(commands: list[list[str]], cwd: Path, log_prefix: Path) -> list[tuple[int, str]]:
+    """Start one launcher per emulated node at once; (exit status, stderr) of each. Output goes to files: a launcher
+    blocked on a full pipe would hang its node and with it the other."""
+    logs = [log_prefix.with_name(f"{log_prefix.name}{i}.log") for i in range(len(commands))]
+    nodes = [subprocess.Popen(c, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+             for c, log in zip(commands, logs)]
+    return [(n.wait(timeout=600), log.read_text()) for n, log in zip(nodes, logs)]
+
+
 def test_multinode_launchers_form_one_job(runs, config, tiny_model_dir, tmp_path):
     """Two nodes emulated on 127.0.0.1, one launcher per node, as the SLURM script prints them (`DRY_RUN=1`):
     `accelerate launch --num_machines 2 --machine_rank i` with zero3.yaml forms one 2-process job (it used to be two
@@ -212,11 +221,7 @@ def test_multinode_launchers_form_one_job(runs, config, tiny_model_dir, tmp_path
     assert printed.returncode == 0, printed.stderr
     commands = [line for line in printed.stdout.splitlines() if line and not line.startswith("#")]
     assert len(commands) == 2 and all("deepspeed" not in c and "zero3.yaml" in c for c in commands)
-    # output to files: a launcher blocked on a full pipe would hang its node and with it the other
-    logs = [tmp_path / f"node{i}.log" for i in range(2)]
-    nodes = [subprocess.Popen(["bash", "-c", c], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=open(log, "w")) for c, log in zip(commands, logs)]
-    results = [(n.wait(timeout=600), log.read_text()) for n, log in zip(nodes, logs)]
+    results = _nodes([["bash", "-c", c] for c in commands], ROOT, tmp_path / "node")
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[1][1][-3000:]
     state = json.loads((out / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     assert state["world_size"] == 2 and state["distributed"]["num_machines"] == 2
@@ -224,13 +229,10 @@ def test_multinode_launchers_form_one_job(runs, config, tiny_model_dir, tmp_path
     assert all(torch.equal(one[k], v) for k, v in policy(out).items())
 
     port, tr = free_port(), tmp_path / "torchrun"
-    logs = [tmp_path / f"torchrun{i}.log" for i in range(2)]
-    nodes = [subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(i), "--nproc_per_node", "1",
-         "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "rlkit.cli", "train", str(config),
-         f"--output_dir={tr}"], cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=open(logs[i], "w"))
-        for i in (0, 1)]
-    results = [(n.wait(timeout=600), log.read_text()) for n, log in zip(nodes, logs)]
+    results = _nodes([[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(i),
+                       "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port), "-m",
+                       "rlkit.cli", "train", str(config), f"--output_dir={tr}"] for i in (0, 1)], tmp_path,
+                     tmp_path / "torchrun")
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:]
     assert distributed(tr)["num_machines"] == 2
     ddp = policy(runs.get("ddp"))
