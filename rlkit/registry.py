@@ -1,6 +1,6 @@
 """One registry for every kind of component (DESIGN rule 4).
 
-Kinds: reward, shaper, filter, prompt_transform, sample_transform, advantage, loss, token_mask.
+Kinds: reward, shaper, filter, prompt_transform, sample_transform, advantage, loss, token_mask, engine.
 A component is found by
 
 - its registered name (built-ins register themselves when their module is imported; the modules are
@@ -19,6 +19,7 @@ This module imports only rlkit.errors at import time: every layer may import it.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import importlib
 import importlib.metadata
 import inspect
@@ -45,6 +46,7 @@ KINDS = {
     "advantage": ("rlkit.advantages", "advantage estimator"),
     "loss": ("rlkit.losses", "policy loss"),
     "token_mask": ("rlkit.token_masks", "token mask"),
+    "engine": ("rlkit.engines", "rollout engine"),
 }
 
 BUILTIN_MODULES = {
@@ -56,52 +58,118 @@ BUILTIN_MODULES = {
     "advantage": ("rlkit.algorithms.advantages",),
     "loss": ("rlkit.algorithms.losses",),
     "token_mask": ("rlkit.algorithms.masks",),
+    "engine": ("rlkit.rollout.engines",),
 }
 
 # parameters of a reward call that are data, not options
 REWARD_DATA = {"prompts", "completions", "completion_ids", "finish_reason", "num_tokens", "step", "correct"}
 # the first positional parameters of an advantage / loss call
-CALL_DATA = {"advantage": {"rewards", "group_ids", "lengths"}, "loss": {"inp"}}
+CALL_DATA = {"advantage": {"rewards", "group_ids", "lengths"}, "loss": {"inp"}, "engine": {"ctx"}}
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a component needs from the batch and what it promises, declared by the component (a registration flag
-    or an attribute of the function, class or built instance) and read here only: config validation and stage
-    resolution ask ``Entry.caps`` / ``capabilities(obj)``, never the component's attributes.
+    """What a component needs from the batch and what it promises: the declaration every kind shares. Each kind
+    has its own declaration class (``DECLARATIONS``) adding its fields; a component declares them as registration
+    flags or as attributes of its function, class or built instance, and they are read here only: config
+    validation and stage resolution ask ``Entry.caps`` / ``capabilities(obj, kind=...)``, never the component.
 
-    Attributes that declare each field (first found wins): ``verifier`` <- correctness; ``needs_verifier`` <-
-    needs_verifier, needs_correctness, uses_correct (the component reads the batch's ``correct``, so a correctness
-    term must be configured); ``whole_groups`` <- needs_whole_groups; the others by their own names."""
+    Attribute names: each field by its own name, plus the older spellings in ``_ALIASES`` (``needs_correctness``
+    / ``uses_correct`` -> needs_verifier, ``correctness`` -> verifier, ``needs_whole_groups`` -> whole_groups,
+    ``handles_timeouts = True`` -> timeouts "own")."""
 
-    verifier: bool = False  # reward: its value is the correctness signal (math_correct)
-    needs_verifier: bool = False  # any kind: reads ``correct``, so `rewards` must hold a correctness term
-    whole_groups: bool = False  # loss: not a sum over tokens, micro-batches keep groups whole (DRPO)
-    prepare: Any = None  # loss: minibatch-wide inputs computed before any backward (KL-Cov's token choice)
-    aggregation: str | None = None  # loss: the aggregation it is defined with (GSPO, CISPO)
-    binds: Any = None  # loss: {option: dotted config key} filled in from the config
-    handles_timeouts: bool = False  # reward: bounds its own time per sample (no thread watchdog)
-    monitor: Any = None  # shaper: (every, size, samples) of a monitor set generated with the current policy
-    needs_looping: bool = False  # shaper: the batch must carry the loop detector's flags
-    needs_shaped: bool = False  # filter: decides on shaped rewards, so each round is shaped first
+    needs_verifier: bool = False  # reads the batch's ``correct``, so `rewards` must hold a correctness term
 
 
-_DECLARED = {"verifier": ("correctness",), "needs_verifier": ("needs_verifier", "needs_correctness", "uses_correct"),
-             "whole_groups": ("needs_whole_groups",), "prepare": ("prepare",), "aggregation": ("aggregation",),
-             "binds": ("binds",), "handles_timeouts": ("handles_timeouts",), "monitor": ("monitor",),
-             "needs_looping": ("needs_looping",), "needs_shaped": ("needs_shaped",)}
+@dataclass(frozen=True)
+class RewardCaps(Capabilities):
+    verifier: bool = False  # its value is the correctness signal (math_correct)
+    # "watchdog": each call runs under the term's `timeout` on a watchdog thread; "own": the reward bounds its
+    # own time per sample (math_correct's process pool) and is called inline
+    timeouts: Literal["watchdog", "own"] = "watchdog"
+    # a failed batch: "per_sample" retries one sample at a time to find the failing one (cheap rewards);
+    # "whole_batch" fails the batch as a unit (a scoring model: N single-sample forwards would cost N batches)
+    batch_errors: Literal["per_sample", "whole_batch"] = "per_sample"
 
 
-def capabilities(obj: Any, flags: dict | None = None) -> Capabilities:
-    """The declarations of a component: registration ``flags`` first, then the object's attributes."""
+@dataclass(frozen=True)
+class ShaperCaps(Capabilities):
+    monitor: Any = None  # (every, size, samples) of a monitor set generated with the current policy (LASER-D)
+    needs_looping: bool = False  # the batch must carry the loop detector's flags
+
+
+@dataclass(frozen=True)
+class FilterCaps(Capabilities):
+    needs_shaped: bool = False  # decides on shaped rewards, so each generation round is shaped first
+
+
+@dataclass(frozen=True)
+class LossCaps(Capabilities):
+    whole_groups: bool = False  # not a sum over tokens: micro-batches keep groups whole (DRPO)
+    prepare: Any = None  # minibatch-wide inputs computed before any backward (KL-Cov's token choice)
+    aggregation: str | None = None  # the aggregation it is defined with (GSPO, CISPO)
+    binds: Any = None  # {option: dotted config key} filled in from the config
+
+
+@dataclass(frozen=True)
+class MaskCaps(Capabilities):
+    kind: Literal["batch", "forward"] = "batch"  # batch: before the normaliser; forward: after each forward
+
+
+@dataclass(frozen=True)
+class EngineCaps(Capabilities):
+    """A rollout engine's declaration (``rlkit.rollout.engines`` for the built-ins). Hooks are callables taking the
+    config: ``validate`` raises ConfigError at parse time, ``preflight`` checks what it needs before any model loads
+    (a server's reachability, memory), ``serve`` starts what the engine talks to (``rlkit serve --engine NAME``)."""
+
+    remote: bool = False  # generates outside the training processes: it gets the run's weights at start-up
+    concurrent: bool = False  # may generate while the trainer trains (gates update_weights): async_steps allowed
+    weight_sync: bool = True  # takes new policy weights; False: a fixed policy (evaluation, off-policy data)
+    uses_policy: bool = False  # generates with the training policy object itself (the hf engine)
+    validate: Any = None
+    preflight: Any = None
+    serve: Any = None
+
+
+DECLARATIONS: dict[str, type[Capabilities]] = {
+    "reward": RewardCaps, "shaper": ShaperCaps, "filter": FilterCaps, "loss": LossCaps, "token_mask": MaskCaps,
+    "engine": EngineCaps}
+_ALIASES = {"needs_verifier": ("needs_correctness", "uses_correct"), "verifier": ("correctness",),
+            "whole_groups": ("needs_whole_groups",), "timeouts": ("handles_timeouts",)}
+
+
+def capabilities(obj: Any, flags: dict | None = None, *, kind: str) -> Capabilities:
+    """The declaration of a component of ``kind``: registration ``flags`` first, then the object's attributes.
+    A declared value outside its choices is a ValueError naming the component."""
+    cls = DECLARATIONS.get(kind, Capabilities)
+    types_of = typing.get_type_hints(cls)
     values = {}
-    for name, attrs in _DECLARED.items():
-        for attr in attrs:
+    for f in dataclasses.fields(cls):
+        for attr in (f.name, *_ALIASES.get(f.name, ())):
             value = (flags or {}).get(attr, getattr(obj, attr, None))
-            if value is not None:
-                values[name] = value
-                break
-    return Capabilities(**values)
+            if value is None:
+                continue
+            if attr == "handles_timeouts":
+                value = "own" if value else "watchdog"
+            tp = types_of[f.name]
+            choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else ()
+            if choices and value not in choices:
+                raise ValueError(f"{_label(kind)} {getattr(obj, '__name__', obj)!r:.60} declares {f.name}={value!r}; "
+                                 f"valid: {', '.join(map(str, choices))}")
+            values[f.name] = value
+            break
+    return cls(**values)
+
+
+def hooks(obj: Any) -> dict[str, Callable]:
+    """The lifecycle hooks a built component defines (``setup``, ``close``, ``state_dict``, ``load_state_dict``):
+    the one place that asks an object which of them it has."""
+    out = {}
+    for name in ("setup", "close", "state_dict", "load_state_dict"):
+        fn = getattr(obj, name, None)
+        if callable(fn):
+            out[name] = fn
+    return out
 
 
 @dataclass(frozen=True)
@@ -120,8 +188,8 @@ class Entry:
 
     @property
     def caps(self) -> Capabilities:
-        """The component's declarations (see Capabilities)."""
-        return capabilities(self.obj, self.flags)
+        """The component's declaration (see Capabilities and DECLARATIONS)."""
+        return capabilities(self.obj, self.flags, kind=self.kind)
 
 
 _REGISTRY: dict[str, dict[str, Entry]] = {k: {} for k in KINDS}
@@ -155,7 +223,8 @@ def declared_options(kind: str, obj: Any, factory: bool) -> dict[str, inspect.Pa
         params = inspect.signature(target).parameters
     except (TypeError, ValueError):
         return {}
-    skip = {"self"} if factory else (REWARD_DATA if kind == "reward" else CALL_DATA.get(kind, set()))
+    data = REWARD_DATA if kind == "reward" else CALL_DATA.get(kind, set())
+    skip = {"self"} | (data if kind == "engine" else set()) if factory else data
     out = {}
     for name, p in params.items():
         if name in skip or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
@@ -263,6 +332,38 @@ def listing(kind: str) -> list[tuple[str, str]]:
     for name, ep in _entry_points(kind).items():
         out.setdefault(name, f"(entry point {ep.value})")
     return sorted(out.items())
+
+
+def describe(kinds: list[str]) -> str:
+    """The listing of ``rlkit components``: per kind, each component's one-line doc, options (with defaults) and
+    the declarations that differ from the kind's defaults."""
+    lines = []
+    for kind in kinds:
+        lines.append(f"{plural(kind)} (entry-point group {KINDS[kind][0]}):")
+        for name, doc in listing(kind):
+            lines.append(f"  {name:22s} {doc}")
+            try:
+                entry = resolve(kind, name)
+            except Exception as e:  # a broken plugin is listed with why, the rest still print
+                lines.append(f"      (cannot load: {e})")
+                continue
+            opts = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+                             for p in entry.options.values())
+            if opts:
+                lines.append(f"      options: {opts}")
+            caps, default = entry.caps, DECLARATIONS.get(kind, Capabilities)()
+            declared = [f"{f.name}={_shown(getattr(caps, f.name))}" for f in dataclasses.fields(caps)
+                        if getattr(caps, f.name) != getattr(default, f.name)]
+            if declared:
+                lines.append(f"      declares: {', '.join(declared)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, property):  # declared by the built instance, from its options
+        return "(from options)"
+    return getattr(value, "__name__", None) or repr(value)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -235,8 +235,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
 
     from rlkit.data import build_prompts, read_data, read_source
     from rlkit.models import load_policy, load_tokenizer, pick_dtype
-    from rlkit.rollout.factory import make_engine
-    from rlkit.rollout.weights import exported_weights
+    from rlkit.rollout.factory import engine_entry, first_push, make_engine, push_policy
     from rlkit.trainers.evaluate import accuracy_reward
 
     if baseline and baseline_model:
@@ -259,20 +258,19 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, eval_max_new_tokens=max_new))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = pick_dtype(cfg.model.dtype, device)
-    policy = load_policy(model, dtype).to(device) if cfg.rollout.engine == "hf" else None
+    caps = engine_entry(cfg).caps
+    policy = load_policy(model, dtype).to(device) if caps.uses_policy else None
     engine = make_engine(cfg, model, policy=policy, tokenizer=tokenizer, device=device, dtype=dtype)
     accuracy = accuracy_reward(cfg)
 
     def load_weights(path: str) -> None:
         weights = load_policy(path, torch.float32)
-        if policy is not None:  # the hf engine generates with the policy itself
+        if policy is not None:  # the engine generates with the policy itself
             policy.load_state_dict(weights.state_dict())
             return
-        with exported_weights(weights) as named:
-            engine.update_weights(named)
+        push_policy(engine, caps, weights)
 
-    if getattr(engine, "remote", False):
-        load_weights(model)  # a server holds whatever it was started with
+    first_push(engine, caps, lambda: load_policy(model, torch.float32))
     settings_out = {**dataclasses.asdict(settings), "max_new_tokens": max_new, "engine": cfg.rollout.engine,
                     "prompt_suffix": cfg.data.prompt_suffix, "system_prompt": cfg.data.system_prompt}
 

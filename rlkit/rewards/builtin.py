@@ -66,7 +66,7 @@ class MathCorrect:
     """
 
     correctness = True  # also when named by import path (rlkit.rewards.builtin:math_correct)
-    handles_timeouts = True  # per-sample deadlines in the pool: the term's whole-batch `timeout` is not applied
+    timeouts = "own"  # per-sample deadlines in the pool: the term's whole-batch `timeout` is not applied
 
     def __init__(self, sample_timeout: float = 10.0, workers: int = 0):
         if sample_timeout < 0 or workers < 0:

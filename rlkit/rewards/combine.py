@@ -227,7 +227,7 @@ class RewardSet:
             fn = registry.build(entry, term.kwargs)
             # a reward that bounds its own time per sample (math_correct's process pool) runs without the
             # thread watchdog, whose whole-batch limit would otherwise grow with the batch
-            timeout = 0.0 if registry.capabilities(fn).handles_timeouts else float(term.timeout)
+            timeout = 0.0 if registry.capabilities(fn, kind="reward").timeouts == "own" else float(term.timeout)
             built.append(Term(label, float(term.weight), fn, term.format, is_verifier, timeout, term.on_error))
         return cls(built)
 

@@ -8,37 +8,54 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
+from collections.abc import Callable
 
+from rlkit import registry
 from rlkit.records import Prompt, StepBatch
-from rlkit.rollout.base import RolloutEngine, SamplingSpec
+from rlkit.rollout.base import EngineContext, RolloutEngine, SamplingSpec
+
+
+def engine_entry(cfg) -> registry.Entry:
+    """The registry entry of ``rollout.engine`` (its declaration: ``.caps``)."""
+    return registry.resolve("engine", cfg.rollout.engine)
 
 
 def make_engine(cfg, model_path: str, *, policy=None, tokenizer=None, device=None, dtype=None, lockstep: bool = False,
                 context=None) -> RolloutEngine:
-    """Build the engine named by ``cfg.rollout.engine`` ("vllm", "vllm_server" or "hf"). ``lockstep`` and
-    ``context`` are for the hf engine under sharded parameters (rlkit.rollout.hf_engine)."""
-    if cfg.rollout.engine == "vllm_server":
-        import torch.distributed as tdist
+    """Build the engine named by ``cfg.rollout.engine`` (a registered name, an import path or an ``rlkit.engines``
+    entry point) with ``rollout.engine_options``. ``lockstep`` and ``context`` are for engines that generate with
+    the policy under sharded parameters (the hf engine)."""
+    import torch.distributed as tdist
 
-        from rlkit.rollout.server_engine import VLLMServerEngine
+    multi = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
+    ctx = EngineContext(cfg, model_path, policy=policy, tokenizer=tokenizer, device=device, dtype=dtype,
+                        lockstep=lockstep, gather=context, rank=tdist.get_rank() if multi else 0,
+                        world=tdist.get_world_size() if multi else 1, barrier=tdist.barrier if multi else None)
+    return engine_entry(cfg).obj(ctx, **cfg.rollout.engine_options)
 
-        multi = tdist.is_available() and tdist.is_initialized() and tdist.get_world_size() > 1
-        return VLLMServerEngine(cfg.rollout.server_urls, timeout=cfg.rollout.server_timeout,
-                                backend=cfg.rollout.weight_transfer, transfer_address=cfg.rollout.transfer_address,
-                                rank=tdist.get_rank() if multi else 0, world=tdist.get_world_size() if multi else 1,
-                                barrier=tdist.barrier if multi else None)
-    if cfg.rollout.engine == "vllm":
-        from rlkit.rollout.vllm_engine import VLLMEngine
 
-        max_len = cfg.rollout.max_model_len or (cfg.data.max_prompt_tokens + 64 + max(
-            cfg.rollout.max_new_tokens, cfg.rollout.eval_max_new_tokens))  # + 64: room for an injected budget
-        return VLLMEngine(model_path, seed=cfg.train.seed, max_model_len=max_len, device=device,
-                          gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                          kv_cache_gib=cfg.rollout.kv_cache_gib, enable_sleep=cfg.rollout.sleep_between_steps,
-                          dtype=dtype)
-    from rlkit.rollout.hf_engine import HFEngine
+def push_policy(engine: RolloutEngine, caps: registry.EngineCaps, model) -> float:
+    """The one way a policy reaches an engine: ``model``'s weights exported (rlkit.rollout.weights: gathered when
+    sharded, LoRA merged) into ``engine.update_weights``; an engine declaring no ``weight_sync`` (a fixed policy)
+    only counts the version. Every process calls it at the same point. Returns seconds."""
+    from rlkit.rollout.weights import exported_weights
 
-    return HFEngine(policy, tokenizer, lockstep=lockstep, context=context)
+    t = time.perf_counter()
+    if caps.weight_sync:
+        with exported_weights(model) as named:
+            engine.update_weights(named)
+    else:
+        engine.version += 1
+    return time.perf_counter() - t
+
+
+def first_push(engine: RolloutEngine, caps: registry.EngineCaps, model: Callable[[], object]) -> None:
+    """A remote engine holds whatever it was started with (or an earlier run's weights): before its first use it
+    gets ``model()`` as version 0 (training: the initial policy; evaluation: the evaluated model)."""
+    if caps.remote and caps.weight_sync:
+        engine.version = -1
+        push_policy(engine, caps, model())
 
 
 class Rollout:

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable
 import torch
 
 from rlkit.records import Sample
-from rlkit.rollout.base import SamplingSpec, per_prompt_specs
+from rlkit.rollout.base import EngineBase, SamplingSpec, engine_sample, per_prompt_specs
 
 
-class HFEngine:
+class HFEngine(EngineBase):
     def __init__(self, model, tokenizer, batch_size: int = 64, *, lockstep: bool = False,
                  context: Callable[[], contextlib.AbstractContextManager] | None = None):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
@@ -83,18 +83,11 @@ class HFEngine:
             toks = toks[:end]
             lps = scores[row, torch.arange(end), torch.tensor(toks)].tolist() if scores is not None else []
             k = row // spec.n
-            samples.append(Sample(prompt_ids=list(prompts[k]), completion_ids=toks, logprobs=lps,
-                                  finish_reason="stop" if toks and toks[-1] == eos else "length",
-                                  text=self.tokenizer.decode(toks, skip_special_tokens=True), group_id=k,
-                                  versions=[self.version] * len(toks)))
+            samples.append(engine_sample(prompts[k], toks, lps, stopped=bool(toks) and toks[-1] == eos,
+                                         text=self.tokenizer.decode(toks, skip_special_tokens=True), group=k,
+                                         version=self.version))
         model.train(was_training)
         return samples
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.version += 1  # weights are shared with the trainer
-
-    def sleep(self) -> None:
-        pass
-
-    def wake(self) -> None:
-        pass

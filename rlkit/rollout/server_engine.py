@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
@@ -30,42 +29,8 @@ import torch
 
 from rlkit.errors import ServerError
 from rlkit.records import Sample
-from rlkit.rollout.base import SamplingSpec, per_prompt_specs
+from rlkit.rollout.base import EngineBase, Gate, SamplingSpec, engine_sample, per_prompt_specs
 from rlkit.rollout.weights import WeightExport, as_export
-
-
-class _Gate:
-    """Generation calls run side by side; a weight sync waits until none is in flight and holds new ones back."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._active = 0
-        self._closed = False
-
-    @contextlib.contextmanager
-    def generating(self):
-        with self._cond:
-            self._cond.wait_for(lambda: not self._closed)
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self):
-        with self._cond:
-            self._cond.wait_for(lambda: not self._closed)
-            self._closed = True
-            self._cond.wait_for(lambda: self._active == 0)
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._closed = False
-                self._cond.notify_all()
 
 
 def _weight_source():
@@ -156,10 +121,9 @@ def resolve_backend(name: str) -> str:
     return "nccl" if torch.cuda.is_available() else "rlkit_gloo"
 
 
-class VLLMServerEngine:
-    """The RolloutEngine protocol over one or more vLLM servers (``rollout.engine: vllm_server``)."""
-
-    remote = True  # the run pushes its initial weights at start-up: a server may hold anything
+class VLLMServerEngine(EngineBase):
+    """The RolloutEngine protocol over one or more vLLM servers (``rollout.engine: vllm_server``; declared remote
+    and concurrent in rlkit.rollout.engines)."""
 
     def __init__(self, urls: list[str], *, timeout: float = 600.0, backend: str = "auto", transfer_address: str = "",
                  rank: int = 0, world: int = 1, barrier=None, max_inflight: int = 32):
@@ -169,7 +133,7 @@ class VLLMServerEngine:
         self.version = 0
         self.backend = resolve_backend(backend)
         self.timeout = timeout
-        self._gate = _Gate()
+        self._gate = Gate()
         self._pool = ThreadPoolExecutor(max_workers=max_inflight, thread_name_prefix="rlkit-vllm-client")
         self._source = None
         for s in self.servers:
@@ -205,11 +169,9 @@ class VLLMServerEngine:
         samples = []
         for k, choices in enumerate(answers):
             for c in sorted(choices, key=lambda c: c["index"]):
-                ids = [int(t) for t in c["token_ids"]]
-                lps = [float(x) for x in c["logprobs"]["token_logprobs"]] if specs[k].logprobs else []
-                samples.append(Sample(prompt_ids=list(prompts[k]), completion_ids=ids, logprobs=lps,
-                                      finish_reason="length" if c["finish_reason"] == "length" else "stop",
-                                      text=c["text"], group_id=k, versions=[version] * len(ids)))
+                lps = c["logprobs"]["token_logprobs"] if specs[k].logprobs else []
+                samples.append(engine_sample(prompts[k], c["token_ids"], lps, stopped=c["finish_reason"] != "length",
+                                             text=c["text"], group=k, version=version))
         return samples
 
     def _complete(self, s: _Server, prompt: list[int], spec: SamplingSpec) -> list[dict]:
@@ -273,12 +235,6 @@ class VLLMServerEngine:
 
     def weight_versions(self) -> list[str]:
         return [s.get("/weight_info", "reading the weight version")["weight_version"] for s in self.servers]
-
-    def sleep(self) -> None:
-        pass
-
-    def wake(self) -> None:
-        pass
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

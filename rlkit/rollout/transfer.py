@@ -22,6 +22,7 @@ CUDA streams in the packed producer); rlkit uses ``nccl`` wherever there is a GP
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -31,13 +32,6 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 import torch
-from vllm.distributed.weight_transfer.base import (
-    TrainerInitInfo,
-    TrainerWeightTransferEngine,
-    WeightTransferEngine,
-    WeightTransferInitInfo,
-    WeightTransferUpdateInfo,
-)
 
 BACKEND = "rlkit_gloo"
 DEFAULT_BUFFER_BYTES = 256 * 1024 * 1024
@@ -86,165 +80,193 @@ def _broadcast(group, buf: torch.Tensor) -> None:
     group.broadcast([buf], opts).wait()
 
 
-@dataclass
-class GlooInitInfo(WeightTransferInitInfo):
-    """What a server's workers need to join the trainer's group (sent by the trainer at the handshake)."""
-
-    master_address: str
-    master_port: int
-    rank_offset: int
-    world_size: int
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES
-    timeout_s: float = 300.0
+_VLLM_CLASSES = ('GlooInitInfo', 'GlooUpdateInfo', 'GlooWeightTransferEngine', 'GlooTrainerInitInfo', 'GlooTrainerWeightTransferEngine')
 
 
-@dataclass
-class GlooUpdateInfo(WeightTransferUpdateInfo):
-    names: list[str]
-    dtype_names: list[str]
-    shapes: list[list[int]]
+@functools.cache
+def _vllm_classes() -> dict[str, type]:
+    """The vLLM-side classes, built on first use so that importing this module (``plan_chunks``, the plugin hook)
+    does not import vLLM. They are published as module attributes under their own names (pickling finds them)."""
+    from vllm.distributed.weight_transfer.base import (
+        TrainerInitInfo,
+        TrainerWeightTransferEngine,
+        WeightTransferEngine,
+        WeightTransferInitInfo,
+        WeightTransferUpdateInfo,
+    )
+
+    @dataclass
+    class GlooInitInfo(WeightTransferInitInfo):
+        """What a server's workers need to join the trainer's group (sent by the trainer at the handshake)."""
+
+        master_address: str
+        master_port: int
+        rank_offset: int
+        world_size: int
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES
+        timeout_s: float = 300.0
 
 
-class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
-    """Worker side (runs inside ``vllm serve``)."""
+    @dataclass
+    class GlooUpdateInfo(WeightTransferUpdateInfo):
+        names: list[str]
+        dtype_names: list[str]
+        shapes: list[list[int]]
 
-    init_info_cls = GlooInitInfo
-    update_info_cls = GlooUpdateInfo
 
-    def __init__(self, config, vllm_config, device, model) -> None:
-        super().__init__(config, vllm_config, device, model)
-        self.group = None
-        self.buffer_bytes = DEFAULT_BUFFER_BYTES
+    class GlooWeightTransferEngine(WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
+        """Worker side (runs inside ``vllm serve``)."""
 
-    def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
-        p = self.parallel_config
-        rank = p.data_parallel_index * p.world_size + p.rank + init_info.rank_offset
-        self.buffer_bytes = init_info.buffer_bytes
-        self.group = _open_group(init_info.master_address, init_info.master_port, rank, init_info.world_size,
-                                 init_info.timeout_s)
+        init_info_cls = GlooInitInfo
+        update_info_cls = GlooUpdateInfo
 
-    def start_weight_update(self) -> None:
-        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+        def __init__(self, config, vllm_config, device, model) -> None:
+            super().__init__(config, vllm_config, device, model)
+            self.group = None
+            self.buffer_bytes = DEFAULT_BUFFER_BYTES
 
-        initialize_layerwise_reload(self.model)
+        def init_transfer_engine(self, init_info: GlooInitInfo) -> None:
+            p = self.parallel_config
+            rank = p.data_parallel_index * p.world_size + p.rank + init_info.rank_offset
+            self.buffer_bytes = init_info.buffer_bytes
+            self.group = _open_group(init_info.master_address, init_info.master_port, rank, init_info.world_size,
+                                     init_info.timeout_s)
 
-    def finish_weight_update(self) -> None:
-        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+        def start_weight_update(self) -> None:
+            from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
-        finalize_layerwise_reload(self.model, self.model_config)
+            initialize_layerwise_reload(self.model)
 
-    def update_weights(self, update_info: dict[str, Any]) -> None:
-        # the base class ends with torch.accelerator.synchronize(), which has nothing to do (or fails) on CPU
-        self.receive_weights(self.parse_update_info(update_info))
+        def finish_weight_update(self) -> None:
+            from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
 
-    def receive_weights(self, update_info: GlooUpdateInfo) -> None:
-        if self.group is None:
-            raise RuntimeError("rlkit_gloo weight transfer not initialised: call /init_weight_transfer_engine first")
-        from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
+            finalize_layerwise_reload(self.model, self.model_config)
 
-        dtypes = [getattr(torch, d) for d in update_info.dtype_names]
-        sizes = [_nbytes(s, d) for s, d in zip(update_info.shapes, dtypes)]
-        for lo, hi in plan_chunks(sizes, self.buffer_bytes):
-            buf = torch.empty(sum(sizes[lo:hi]), dtype=torch.uint8)
-            _broadcast(self.group, buf)
-            pairs = unpack_tensor(buf, update_info.names[lo:hi], update_info.shapes[lo:hi], dtypes[lo:hi],
-                                  sizes[lo:hi])
-            self.model.load_weights([(n, t.to(self.device)) for n, t in pairs])
+        def update_weights(self, update_info: dict[str, Any]) -> None:
+            # the base class ends with torch.accelerator.synchronize(), which has nothing to do (or fails) on CPU
+            self.receive_weights(self.parse_update_info(update_info))
 
-    def shutdown(self) -> None:
-        if self.group is not None:
-            from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+        def receive_weights(self, update_info: GlooUpdateInfo) -> None:
+            if self.group is None:
+                raise RuntimeError("rlkit_gloo weight transfer not initialised: call /init_weight_transfer_engine first")
+            from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
 
-            stateless_destroy_torch_distributed_process_group(self.group)
+            dtypes = [getattr(torch, d) for d in update_info.dtype_names]
+            sizes = [_nbytes(s, d) for s, d in zip(update_info.shapes, dtypes)]
+            for lo, hi in plan_chunks(sizes, self.buffer_bytes):
+                buf = torch.empty(sum(sizes[lo:hi]), dtype=torch.uint8)
+                _broadcast(self.group, buf)
+                pairs = unpack_tensor(buf, update_info.names[lo:hi], update_info.shapes[lo:hi], dtypes[lo:hi],
+                                      sizes[lo:hi])
+                self.model.load_weights([(n, t.to(self.device)) for n, t in pairs])
+
+        def shutdown(self) -> None:
+            if self.group is not None:
+                from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+
+                stateless_destroy_torch_distributed_process_group(self.group)
+                self.group = None
+
+
+    @dataclass
+    class GlooTrainerInitInfo(TrainerInitInfo):
+        """Trainer side: the trainer's rank-0 endpoint (the server's workers connect to it) and the group size
+        (1 + the server's worker count)."""
+
+        backend: ClassVar[str] = BACKEND
+
+        master_address: str
+        master_port: int
+        world_size: int
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES
+        timeout_s: float = 300.0
+
+
+    class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
+        """Trainer side. Every trainer rank iterates the source (materialising sharded parameters is a collective);
+        only the sender (rank 0) talks to the server and broadcasts."""
+
+        init_info_cls = GlooTrainerInitInfo
+
+        def __init__(self, *, client, source, is_sender: bool = True, buffer_bytes: int = DEFAULT_BUFFER_BYTES):
+            super().__init__(client=client, source=source, is_sender=is_sender)
+            self.buffer_bytes = buffer_bytes
             self.group = None
 
-
-@dataclass
-class GlooTrainerInitInfo(TrainerInitInfo):
-    """Trainer side: the trainer's rank-0 endpoint (the server's workers connect to it) and the group size
-    (1 + the server's worker count)."""
-
-    backend: ClassVar[str] = BACKEND
-
-    master_address: str
-    master_port: int
-    world_size: int
-    buffer_bytes: int = DEFAULT_BUFFER_BYTES
-    timeout_s: float = 300.0
-
-
-class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerInitInfo]):
-    """Trainer side. Every trainer rank iterates the source (materialising sharded parameters is a collective);
-    only the sender (rank 0) talks to the server and broadcasts."""
-
-    init_info_cls = GlooTrainerInitInfo
-
-    def __init__(self, *, client, source, is_sender: bool = True, buffer_bytes: int = DEFAULT_BUFFER_BYTES):
-        super().__init__(client=client, source=source, is_sender=is_sender)
-        self.buffer_bytes = buffer_bytes
-        self.group = None
-
-    @classmethod
-    def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client, source=None):
-        if source is None:
-            raise ValueError("rlkit_gloo weight transfer needs a WeightSource")
-        engine = cls(client=client, source=source, is_sender=init_info.is_sender, buffer_bytes=init_info.buffer_bytes)
-        if not engine.is_sender:
-            return engine
-        worker = GlooInitInfo(master_address=init_info.master_address, master_port=init_info.master_port,
-                              rank_offset=1, world_size=init_info.world_size, buffer_bytes=init_info.buffer_bytes,
-                              timeout_s=init_info.timeout_s)
-        # the server's workers wait in the rendezvous inside their request; open our end meanwhile
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(client.init_weight_transfer_engine, asdict(worker))
-            engine.group = _open_group(init_info.master_address, init_info.master_port, 0, init_info.world_size,
-                                       init_info.timeout_s)
-            pending.result()
-        return engine
-
-    def send_weights(self) -> None:
-        meta = self.source.metadata()
-        if not self.is_sender:
-            for _ in self.source:
-                pass
-            return
-        info = GlooUpdateInfo(names=[m.name for m in meta], dtype_names=[str(m.dtype).split(".")[-1] for m in meta],
-                              shapes=[list(m.shape) for m in meta])
-        self.client.start_weight_update()
-        pool = ThreadPoolExecutor(max_workers=1)
-        try:
-            pending = pool.submit(self.client.update_weights, asdict(info))
-            self._send_chunks(self._checked(meta), [_nbytes(m.shape, m.dtype) for m in meta], pending)
-            pending.result()
-        finally:
-            pool.shutdown(wait=False)  # a failed broadcast leaves the request thread waiting: do not join it
-        self.client.finish_weight_update()
-
-    def _send_chunks(self, pairs: Iterator[tuple[str, torch.Tensor]], sizes: list[int], pending) -> None:
-        for lo, hi in plan_chunks(sizes, self.buffer_bytes):
-            if pending.done():  # the server refused the update: its error, not a broadcast with no peer
+        @classmethod
+        def trainer_init(cls, init_info: GlooTrainerInitInfo, *, client, source=None):
+            if source is None:
+                raise ValueError("rlkit_gloo weight transfer needs a WeightSource")
+            engine = cls(client=client, source=source, is_sender=init_info.is_sender, buffer_bytes=init_info.buffer_bytes)
+            if not engine.is_sender:
+                return engine
+            worker = GlooInitInfo(master_address=init_info.master_address, master_port=init_info.master_port,
+                                  rank_offset=1, world_size=init_info.world_size, buffer_bytes=init_info.buffer_bytes,
+                                  timeout_s=init_info.timeout_s)
+            # the server's workers wait in the rendezvous inside their request; open our end meanwhile
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                pending = pool.submit(client.init_weight_transfer_engine, asdict(worker))
+                engine.group = _open_group(init_info.master_address, init_info.master_port, 0, init_info.world_size,
+                                           init_info.timeout_s)
                 pending.result()
-            parts = [next(pairs)[1].detach().to("cpu").contiguous().view(-1).view(torch.uint8)
-                     for _ in range(lo, hi)]
-            _broadcast(self.group, torch.cat(parts) if len(parts) > 1 else parts[0])
+            return engine
 
-    def _checked(self, meta) -> Iterator[tuple[str, torch.Tensor]]:
-        """The source's pairs, each checked against the metadata the server was sent (a disagreement would split
-        the stream differently on the two sides)."""
-        it = iter(self.source)
-        for m in meta:
-            name, tensor = next(it)
-            if name != m.name or tensor.dtype != m.dtype or tuple(tensor.shape) != tuple(m.shape):
-                raise ValueError(f"weight source yielded {name!r} {tensor.dtype} {tuple(tensor.shape)} where its "
-                                 f"metadata declared {m.name!r} {m.dtype} {tuple(m.shape)}")
-            yield name, tensor
+        def send_weights(self) -> None:
+            meta = self.source.metadata()
+            if not self.is_sender:
+                for _ in self.source:
+                    pass
+                return
+            info = GlooUpdateInfo(names=[m.name for m in meta], dtype_names=[str(m.dtype).split(".")[-1] for m in meta],
+                                  shapes=[list(m.shape) for m in meta])
+            self.client.start_weight_update()
+            pool = ThreadPoolExecutor(max_workers=1)
+            try:
+                pending = pool.submit(self.client.update_weights, asdict(info))
+                self._send_chunks(self._checked(meta), [_nbytes(m.shape, m.dtype) for m in meta], pending)
+                pending.result()
+            finally:
+                pool.shutdown(wait=False)  # a failed broadcast leaves the request thread waiting: do not join it
+            self.client.finish_weight_update()
 
-    def shutdown(self) -> None:
-        if self.group is not None:
-            from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+        def _send_chunks(self, pairs: Iterator[tuple[str, torch.Tensor]], sizes: list[int], pending) -> None:
+            for lo, hi in plan_chunks(sizes, self.buffer_bytes):
+                if pending.done():  # the server refused the update: its error, not a broadcast with no peer
+                    pending.result()
+                parts = [next(pairs)[1].detach().to("cpu").contiguous().view(-1).view(torch.uint8)
+                         for _ in range(lo, hi)]
+                _broadcast(self.group, torch.cat(parts) if len(parts) > 1 else parts[0])
 
-            stateless_destroy_torch_distributed_process_group(self.group)
-            self.group = None
+        def _checked(self, meta) -> Iterator[tuple[str, torch.Tensor]]:
+            """The source's pairs, each checked against the metadata the server was sent (a disagreement would split
+            the stream differently on the two sides)."""
+            it = iter(self.source)
+            for m in meta:
+                name, tensor = next(it)
+                if name != m.name or tensor.dtype != m.dtype or tuple(tensor.shape) != tuple(m.shape):
+                    raise ValueError(f"weight source yielded {name!r} {tensor.dtype} {tuple(tensor.shape)} where its "
+                                     f"metadata declared {m.name!r} {m.dtype} {tuple(m.shape)}")
+                yield name, tensor
+
+        def shutdown(self) -> None:
+            if self.group is not None:
+                from vllm.distributed.utils import stateless_destroy_torch_distributed_process_group
+
+                stateless_destroy_torch_distributed_process_group(self.group)
+                self.group = None
+
+    scope = locals()
+    built = {name: scope[name] for name in _VLLM_CLASSES}
+    for name, cls in built.items():
+        cls.__qualname__ = name
+    globals().update(built)
+    return built
+
+
+def __getattr__(name: str):
+    if name in _VLLM_CLASSES:
+        return _vllm_classes()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _registered = threading.Lock()
@@ -258,8 +280,9 @@ def register() -> None:
         WeightTransferTrainerFactory,
     )
 
+    classes = _vllm_classes()
     with _registered:
         if BACKEND not in WeightTransferEngineFactory._registry:
-            WeightTransferEngineFactory.register_engine(BACKEND, GlooWeightTransferEngine)
+            WeightTransferEngineFactory.register_engine(BACKEND, classes["GlooWeightTransferEngine"])
         if BACKEND not in WeightTransferTrainerFactory._registry:
-            WeightTransferTrainerFactory.register_engine(BACKEND, GlooTrainerWeightTransferEngine)
+            WeightTransferTrainerFactory.register_engine(BACKEND, classes["GlooTrainerWeightTransferEngine"])

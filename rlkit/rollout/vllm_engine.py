@@ -16,10 +16,10 @@ from collections.abc import Iterable
 import torch
 
 from rlkit.records import Sample
-from rlkit.rollout.base import SamplingSpec, per_prompt_specs
+from rlkit.rollout.base import EngineBase, SamplingSpec, engine_sample, per_prompt_specs
 
 
-class VLLMEngine:
+class VLLMEngine(EngineBase):
     def __init__(self, model_path: str, *, seed: int = 0, max_model_len: int = 2048, device=None,
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: float = 2.0, enable_sleep: bool = False,
                  dtype: torch.dtype | None = None, progress: bool = False):
@@ -76,10 +76,8 @@ class VLLMEngine:
                 lps: list[float] = []
                 if specs[k].logprobs and comp.logprobs is not None:
                     lps = [step[tok].logprob for step, tok in zip(comp.logprobs, ids)]
-                reason = "length" if comp.finish_reason == "length" else "stop"
-                samples.append(Sample(prompt_ids=list(prompts[k]), completion_ids=ids, logprobs=lps,
-                                      finish_reason=reason, text=comp.text, group_id=k,
-                                      versions=[self.version] * len(ids)))
+                samples.append(engine_sample(prompts[k], ids, lps, stopped=comp.finish_reason != "length",
+                                             text=comp.text, group=k, version=self.version))
         return samples
 
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

@@ -11,7 +11,7 @@ How this loop departs from textbook GRPO (Shao et al. 2024), all by configuratio
 - the old policy's logprobs are recomputed only when the policy moves within the step (mu x minibatches > 1),
   or taken from the engine when the rollout says so; the ratio is otherwise against the current policy.
 Runs on one process or many (``accelerate launch``: DDP, DeepSpeed ZeRO, FSDP2 through accelerate config
-files); each process owns a colocated rollout engine (vllm, hf) or a client of shared servers (vllm_server).
+files); each process owns a colocated rollout engine (vllm, hf) or a client of a remote one (vllm_server: shared servers).
 """
 
 from __future__ import annotations
@@ -65,9 +65,9 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
 def _close(run: Run) -> None:
     run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
     multi = run.acc.num_processes > 1
-    # server engines: no request left running behind a failed run; a colocated vLLM engine on a launcher's
+    # remote engines: no request left running behind a failed run; a colocated vLLM engine on a launcher's
     # world: its teardown (which destroys the process groups) before interpreter exit, not after ours
-    if hasattr(run.engine, "close") and (multi or getattr(run.engine, "remote", False)):
+    if multi or run.engine_caps.remote:
         run.engine.close()
     if multi:
         _end_process_group()

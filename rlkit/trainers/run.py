@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import functools
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlkit import rundir
+from rlkit import registry, rundir
 from rlkit.config import Config, ConfigError, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
 from rlkit.errors import CheckpointError, UserError
@@ -27,7 +26,7 @@ from rlkit.parallel.plan import CostModel
 from rlkit.preflight import Preflight
 from rlkit.rewards import RewardSet
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
-from rlkit.rollout.weights import exported_weights
+from rlkit.rollout.factory import engine_entry, first_push, push_policy
 from rlkit.rundir import LOCK_NAME
 from rlkit.trainers import backends, dist
 from rlkit.trainers import checkpoint as ckpt
@@ -49,6 +48,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     engine: RolloutEngine
+    engine_caps: registry.EngineCaps  # the engine's declaration (remote, weight_sync, ...)
     rollout: Rollout  # one engine call per step, or segments carried across steps
     rewards: RewardSet
     stages: Stages  # the method's stages, resolved from the config
@@ -111,10 +111,7 @@ def _optimizer_and_schedule(cfg: Config, model, total_updates: int):
 
 def sync_weights(run: Run) -> float:
     """Push the policy's weights to the rollout engine (its version goes up by one); returns seconds."""
-    t = time.perf_counter()
-    with exported_weights(run.acc.unwrap_model(run.prepared).model) as named:
-        run.engine.update_weights(named)
-    return time.perf_counter() - t
+    return push_policy(run.engine, run.engine_caps, run.acc.unwrap_model(run.prepared).model)
 
 
 def _text_config(model):
@@ -211,7 +208,7 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
     _start_run_dir(cfg, acc, checked, run_id, {**backend.record(), "param_share": round(share, 4)})
     run = Run(
         cfg=cfg, acc=acc, run_dir=run_dir, tokenizer=tokenizer, prepared=prepared, ref_model=ref_model,
-        optimizer=optimizer, scheduler=scheduler, engine=engine, rollout=rollout, rewards=rewards, stages=stages,
+        optimizer=optimizer, scheduler=scheduler, engine=engine, engine_caps=engine_entry(cfg).caps, rollout=rollout, rewards=rewards, stages=stages,
         train_set=train_set, eval_set=eval_set,
         sampler=PromptSampler(len(train_set.prompts), seed=cfg.train.seed, shuffle=cfg.data.shuffle),
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
@@ -227,9 +224,8 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
     row = restore(run, checked.resume_path) if checked.resume_path is not None else None
     if layout.sp > 1 and layout.mode != "fixed":
         _fit_cost_model(run, hf_model, dtype)
-    if checked.resume_path is None and getattr(engine, "remote", False):
-        engine.version = -1  # a server holds whatever it was started with (or the last run's weights):
-        sync_weights(run)  # it gets this run's policy, version 0
+    if checked.resume_path is None:
+        first_push(engine, run.engine_caps, lambda: run.acc.unwrap_model(run.prepared).model)
     run.logger.start_at(run.start_step if checked.resume_path is not None else None, row)
     return run
 

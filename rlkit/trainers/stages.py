@@ -54,22 +54,22 @@ class Stages:
             filter=built["filter"][0][1] if built["filter"] else None, shapers=built["shaping"],
             advantage=registry.build(registry.resolve("advantage", cfg.algorithm.advantage), advantage_options(cfg)),
             loss=LossSpec(registry.build(loss_entry, options), bool(loss_entry.caps.whole_groups), prepare),
-            batch_masks=[(n, m) for n, m in masks if m.kind == "batch"],
-            forward_masks=[(n, m) for n, m in masks if m.kind == "forward"])
+            batch_masks=[(n, m) for n, m in masks if registry.capabilities(m, kind="token_mask").kind == "batch"],
+            forward_masks=[(n, m) for n, m in masks if registry.capabilities(m, kind="token_mask").kind == "forward"])
 
     @property
     def monitored(self) -> list[tuple[str, Any]]:
         """Shapers that declare a monitor set: (every, size, samples)."""
-        return [(n, s) for n, s in self.shapers if registry.capabilities(s).monitor]
+        return [(n, s) for n, s in self.shapers if registry.capabilities(s, kind="shaper").monitor]
 
     @property
     def needs_looping(self) -> bool:
-        return any(registry.capabilities(s).needs_looping for _, s in self.shapers)
+        return any(registry.capabilities(s, kind="shaper").needs_looping for _, s in self.shapers)
 
     @property
     def needs_shaped_rounds(self) -> bool:
         """The filter decides on shaped rewards: each generation round is shaped before filtering."""
-        return self.filter is not None and bool(registry.capabilities(self.filter).needs_shaped)
+        return self.filter is not None and bool(registry.capabilities(self.filter, kind="filter").needs_shaped)
 
     def _stateful(self) -> dict[str, Any]:
         out = {}

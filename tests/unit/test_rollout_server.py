@@ -26,9 +26,9 @@ def test_plan_chunks_covers_every_parameter_once_in_order(sizes, buffer):
 
 
 def test_gate_sync_waits_for_generation_and_holds_new_ones_back():
-    from rlkit.rollout.server_engine import _Gate
+    from rlkit.rollout.base import Gate
 
-    gate, log = _Gate(), []
+    gate, log = Gate(), []
     started = threading.Event()
 
     def generate(tag, hold):
