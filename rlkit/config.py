@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import yaml
 
 from rlkit import registry
 from rlkit.registry import ConfigError, coerce  # noqa: F401  (ConfigError is part of this module's API)
+
+log = logging.getLogger("rlkit")
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None, check: str = "") -> Any:
@@ -119,9 +122,12 @@ class RolloutConfig:
         check=">=1")
     segment_max_wait: int = opt(0, "segments: release a group after this many steps, cutting unfinished samples "
                                 "(0 = no cap beyond max_new_tokens)", check=">=0")
-    segment_importance: Literal["pois", "sais"] = opt(
-        "pois", "segments: pois = old logprobs recomputed with the current policy for the whole sequence (UloRL's "
-        "choice); sais = each token against the policy version that produced it (the engine's logprobs)")
+    importance: Literal["auto", "pois", "sais"] = opt(
+        "auto", "old policy of the PPO ratio for tokens an older policy version generated (segments > 1, "
+        "async_steps > 0): sais = each token against the version that produced it (the engine's logprobs); pois = "
+        "against the current policy, recomputed for the whole sequence (UloRL's choice for segments; under "
+        "async_steps with algorithm.tis_cap weighting tokens by min(pi_old / pi_behaviour, cap)); auto = sais with "
+        "async_steps > 0, else pois. Replaces segment_importance / async_importance (translated with a warning)")
     server_urls: list = opt(help="vllm_server: base URLs of the servers (e.g. http://node1:8000); each process "
                             "spreads its prompts over all of them", factory=list)
     server_timeout: float = opt(600.0, "vllm_server: seconds one server call (a generation request, a phase of a "
@@ -134,10 +140,6 @@ class RolloutConfig:
                                 "transfer (empty: the local address that routes to the first server)")
     async_steps: int = opt(0, "vllm_server: generate up to k steps ahead while the current step trains (0 = "
                            "synchronous); every sample is at most k policy versions old", check=">=0")
-    async_importance: Literal["sais", "pois"] = opt(
-        "sais", "async_steps > 0: sais = the PPO ratio is taken against the logprobs of the policy version that "
-        "generated each token (the engine's); pois = against the current policy (recomputed), with "
-        "algorithm.tis_cap weighting each token by min(pi_old / pi_behaviour, cap)")
 
 
 @dataclass
@@ -463,14 +465,52 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if path is not None:
         source = str(path)
         raw = _deep_merge(raw, _read_yaml(Path(path)))
+        translate_renamed(raw, source)
         _build(Config, raw, "", source)  # a mistake in the file is reported against the file alone
     items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     for key, value in items:
         set_dotted(raw, key, value)
         source = f"{path or 'defaults'} + overrides" if path else "overrides"
+    translate_renamed(raw, source)
     cfg = _build(Config, raw, "", source)
     validate(cfg, source)
     return cfg
+
+
+# options that were merged into one: old dotted key -> new dotted key
+RENAMED = {"rollout.segment_importance": "rollout.importance", "rollout.async_importance": "rollout.importance"}
+
+
+def translate_renamed(raw: dict, source: str, *, saved: bool = False) -> None:
+    """Move renamed options (``RENAMED``) of a raw config tree to their new key, in place. A user's config gets one
+    warning line per old key; two old keys that now name one option must agree (else ConfigError). ``saved``: a
+    checkpoint's full config, which holds both old keys with their defaults: the option they had in effect
+    (sais when asynchronous rollouts used it, or segments did) is kept, silently."""
+    rollout = raw.get("rollout") if isinstance(raw.get("rollout"), dict) else None
+    old = {k: rollout.pop(k.split(".", 1)[1]) for k in RENAMED if rollout and k.split(".", 1)[1] in rollout}
+    if not old:
+        return
+    if saved:
+        seg, asy = old.get("rollout.segment_importance"), old.get("rollout.async_importance")
+        segments, ahead = rollout.get("segments", 1) > 1, rollout.get("async_steps", 0) > 0
+        rollout["importance"] = "sais" if (ahead and (asy == "sais" or (segments and seg == "sais"))) or \
+            (not ahead and segments and seg == "sais") else "pois"
+        return
+    values = set(map(str, old.values()))
+    if len(values) > 1 or ("importance" in rollout and {str(rollout["importance"])} != values):
+        given = ", ".join(f"{k}: {v}" for k, v in old.items())
+        raise ConfigError(f"{source}: {given} disagree{'s' if len(old) == 1 else ''} with each other or with "
+                          "rollout.importance: they are one option now, rollout.importance (sais or pois)")
+    for key in old:
+        log.warning("%s: '%s' is now 'rollout.importance' (one choice for segments and asynchronous rollouts); "
+                    "read as rollout.importance: %s", source, key, next(iter(values)))
+    rollout["importance"] = next(iter(values))
+
+
+def importance(cfg: Config) -> str:
+    """``rollout.importance`` with auto resolved: sais under asynchronous rollouts, else pois."""
+    r = cfg.rollout
+    return r.importance if r.importance != "auto" else ("sais" if r.async_steps > 0 else "pois")
 
 
 # options of a loss that the trainer fills in from the config (the rest come from algorithm.loss_kwargs)
@@ -550,6 +590,7 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
         if registry.capabilities(built, kind="reward").needs_verifier and not verifiers:
             raise ConfigError(f"{source}: rewards[{i}]: reward {term.name!r} needs a correctness term (e.g. "
                               "math_correct, weight 0 if it should not add to the reward) in `rewards`")
+        term._built = built
     for _, kind, where, comp in components(cfg):
         entry = _resolve(kind, comp.name, f"{where}.name", source)
         comp.kwargs = registry.check_options(entry, comp.kwargs, f"{where}.kwargs", source)
@@ -557,8 +598,16 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
             built = registry.build(entry, comp.kwargs)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{source}: {where}: {e}") from None
+        comp._built = built
         entries.append(registry.Entry(kind, comp.name, built, False, entry.doc, entry.flags, entry.options))
     return entries
+
+
+def built_component(comp, entry: registry.Entry):
+    """The component of a config entry (RewardTerm or Component), built once per process: the object the config
+    check built is handed over (once: a second run from the same config object builds fresh state)."""
+    built = comp.__dict__.pop("_built", None)
+    return built if built is not None else registry.build(entry, comp.kwargs)
 
 
 def _check_ranges(node: Any, prefix: str, source: str) -> None:
@@ -615,6 +664,7 @@ def validate(cfg: Config, source: str = "config") -> None:
     r.engine_options = registry.check_options(engine, r.engine_options, "rollout.engine_options", source)
     for problem in engine.caps.validate(cfg) if engine.caps.validate else ():
         need(False, problem)
+    r.importance = importance(cfg)  # auto resolved: the saved config says which correction ran
     need(r.async_steps == 0 or engine.caps.concurrent,
          f"'rollout.async_steps' ({r.async_steps}) needs an engine that generates while the trainer trains (e.g. "
          f"vllm_server); the {r.engine!r} engine shares the device with training and stays synchronous")

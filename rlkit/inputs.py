@@ -44,15 +44,25 @@ def model_dir(name: str) -> Path | None:
         return None
 
 
+_HEADER_LIMIT = 100 << 20  # bytes of a safetensors header read at most
+
+
+def _header_bytes(f) -> tuple[int, bytes]:
+    """(declared header length, the header's bytes up to _HEADER_LIMIT) of an open safetensors file: the one reader
+    of the header (the integrity check parses it, the fingerprint hashes it)."""
+    (n,) = struct.unpack("<Q", f.read(8))
+    return n, f.read(min(n, _HEADER_LIMIT))
+
+
 def _safetensors_header(path: Path, what: str = "model.name_or_path") -> tuple[dict, int]:
     """(header, the file size the header implies) of a safetensors file; UserError when it is not one."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if not 2 <= n <= min(size - 8, 100 << 20):
+            n, raw = _header_bytes(f)
+            if not 2 <= n <= min(size - 8, _HEADER_LIMIT):
                 raise ValueError(f"header length {n}")
-            header = json.loads(f.read(n))
+            header = json.loads(raw)
     except (OSError, ValueError, struct.error) as e:
         raise UserError(f"{what}: {path} is not a readable safetensors file ({e})") from None
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
@@ -163,8 +173,7 @@ def _sampled_digest(path: Path) -> str:
     h.update(str(size).encode())
     with open(path, "rb") as f:
         if path.suffix == ".safetensors":
-            (n,) = struct.unpack("<Q", f.read(8))
-            h.update(f.read(min(n, 100 << 20)))
+            h.update(_header_bytes(f)[1])
         for k in range(_SLICES):
             f.seek(max(0, (size - _SLICE) * k // (_SLICES - 1)))
             h.update(f.read(_SLICE))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rlkit import inputs, registry
-from rlkit.config import EMBEDDED_MODEL, Config, to_dict, world_size
+from rlkit.config import EMBEDDED_MODEL, Config, to_dict, translate_renamed, world_size
 from rlkit.data import fingerprint, read_data
 from rlkit.errors import CheckpointError, UserError
 from rlkit.rundir import RunLock, check_output_dir
@@ -250,6 +250,7 @@ def compare_to_checkpoint(cfg: Config, path: Path, state: dict, data_fingerprint
     saved = state.get("config")
     if not isinstance(saved, dict):
         return [f"resume: {path} records no config; changes since it was written cannot be checked"]
+    translate_renamed(saved, str(path), saved=True)  # a checkpoint from before options were merged
     now = to_dict(cfg)
     notices = []
     for key in STAGE_LISTS:

@@ -21,7 +21,9 @@ EPS = 1e-6
 
 
 def group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample group mean, group unbiased std (0 for a group of one) and group size, each [N]."""
+    """Per-sample group mean, group unbiased std (0 for a group of one) and group size, each [N]. Vectorised
+    scatter sums over each sample's group slot (``torch.unique``'s inverse), not index lists
+    (``records.group_index``): the statistics are needed per sample, in one pass."""
     _, inv = torch.unique(group_ids, return_inverse=True)
     k = int(inv.max()) + 1 if inv.numel() else 0
     v = values.double()

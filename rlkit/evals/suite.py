@@ -121,6 +121,8 @@ def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_
     """k samples per prompt through ``engine``, scored; the benchmark's metrics (rlkit.evals.metrics)."""
     from tqdm.auto import tqdm
 
+    from rlkit.rewards.combine import reward_inputs
+
     if settings.limit:
         prompts = prompts[:settings.limit]
     groups, unscored = [], 0
@@ -130,12 +132,8 @@ def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_
         spec = SamplingSpec(n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
                             max_new_tokens=max_new_tokens, logprobs=False, seed=settings.seed * 1_000_003 + lo)
         samples = engine.generate([p.ids for p in chunk], spec)
-        rows = [chunk[s.group_id] for s in samples]
-        columns = {key: [r.columns.get(key) for r in rows] for key in chunk[0].columns}
-        scores = accuracy_fn(prompts=[r.text for r in rows], completions=[s.text for s in samples],
-                             completion_ids=[s.completion_ids for s in samples], **columns,
-                             finish_reason=[s.finish_reason for s in samples],
-                             num_tokens=[s.num_tokens for s in samples], step=0)
+        texts, completions, ids, columns, context = reward_inputs(chunk, samples)
+        scores = accuracy_fn(prompts=texts, completions=completions, completion_ids=ids, **columns, **context, step=0)
         unscored += sum(sc is None for sc in scores)  # the verifier gave no verdict: counted as wrong, reported
         for g in range(len(chunk)):
             members = [(s, sc) for s, sc in zip(samples, scores) if s.group_id == g]
@@ -235,6 +233,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
 
     from rlkit.data import build_prompts, read_data, read_source
     from rlkit.models import load_policy, load_tokenizer, pick_dtype
+    from rlkit.rewards.combine import RewardContext, RewardSet
     from rlkit.rollout.factory import engine_entry, first_push, make_engine, push_policy
     from rlkit.trainers.evaluate import accuracy_reward
 
@@ -262,6 +261,8 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     policy = load_policy(model, dtype).to(device) if caps.uses_policy else None
     engine = make_engine(cfg, model, policy=policy, tokenizer=tokenizer, device=device, dtype=dtype)
     accuracy = accuracy_reward(cfg)
+    verifier = RewardSet([accuracy.term])  # its lifecycle: setup once the engine is built, close at the end
+    verifier.setup(RewardContext.here(device, dtype=dtype))
 
     def load_weights(path: str) -> None:
         weights = load_policy(path, torch.float32)
@@ -270,25 +271,30 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
             return
         push_policy(engine, caps, weights)
 
-    first_push(engine, caps, lambda: load_policy(model, torch.float32))
-    settings_out = {**dataclasses.asdict(settings), "max_new_tokens": max_new, "engine": cfg.rollout.engine,
-                    "prompt_suffix": cfg.data.prompt_suffix, "system_prompt": cfg.data.system_prompt}
+    try:
+        first_push(engine, caps, lambda: load_policy(model, torch.float32))
+        settings_out = {**dataclasses.asdict(settings), "max_new_tokens": max_new, "engine": cfg.rollout.engine,
+                        "prompt_suffix": cfg.data.prompt_suffix, "system_prompt": cfg.data.system_prompt}
 
-    def run_all(label: str) -> dict:
-        return {name: {**run_benchmark(engine, prompts, accuracy, settings, max_new, label=f"{label}: {name}",
-                                       progress=progress), "skipped_long_prompts": skipped[name]}
-                for name, prompts in prompt_sets.items()}
+        def run_all(label: str) -> dict:
+            return {name: {**run_benchmark(engine, prompts, accuracy, settings, max_new, label=f"{label}: {name}",
+                                           progress=progress), "skipped_long_prompts": skipped[name]}
+                    for name, prompts in prompt_sets.items()}
 
-    result = {"model": cfg.model.name_or_path, "settings": settings_out, "benchmarks": run_all("eval"),
-              "sources": {n: benchmark_source(n) for n in benchmarks},
-              "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-    if baseline_model:
-        load_weights(resolve_model(baseline_model))
-        base_result = {"model": baseline_model, "settings": settings_out, "benchmarks": run_all("baseline")}
-    if base_result is not None:
-        result["baseline"] = {"model": base_result.get("model"), "benchmarks": base_result["benchmarks"]}
-        result["vs_baseline"] = {n: against_baseline(m, base_result["benchmarks"][n])
-                                 for n, m in result["benchmarks"].items() if n in base_result["benchmarks"]}
+        result = {"model": cfg.model.name_or_path, "settings": settings_out, "benchmarks": run_all("eval"),
+                  "sources": {n: benchmark_source(n) for n in benchmarks},
+                  "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        if baseline_model:
+            load_weights(resolve_model(baseline_model))
+            base_result = {"model": baseline_model, "settings": settings_out, "benchmarks": run_all("baseline")}
+        if base_result is not None:
+            result["baseline"] = {"model": base_result.get("model"), "benchmarks": base_result["benchmarks"]}
+            result["vs_baseline"] = {n: against_baseline(m, base_result["benchmarks"][n])
+                                     for n, m in result["benchmarks"].items() if n in base_result["benchmarks"]}
+    finally:
+        verifier.close()
+        if caps.remote:  # no connection or request left behind
+            engine.close()
     out = Path(output) if output else default_output(cfg.model.name_or_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(_json_safe(result), indent=2) + "\n")

@@ -61,6 +61,58 @@ class RewardTimeout(Exception):
         self.seconds = seconds
 
 
+def reward_inputs(prompts: Sequence, samples: Sequence) -> tuple[list, list, list, dict[str, list], dict]:
+    """The arguments of a reward call for ``samples`` (rlkit.records.Sample) whose ``group_id`` indexes ``prompts``
+    (rlkit.records.Prompt): prompt texts, completion texts, completion ids, every dataset column per sample (None
+    where a prompt lacks it) and the context (finish_reason, num_tokens). The one place they are assembled."""
+    rows = [prompts[s.group_id] for s in samples]
+    keys = sorted({k for p in prompts for k in p.columns})
+    columns = {k: [r.columns.get(k) for r in rows] for k in keys}
+    context = {"finish_reason": [s.finish_reason for s in samples], "num_tokens": [s.num_tokens for s in samples]}
+    return [r.text for r in rows], [s.text for s in samples], [s.completion_ids for s in samples], columns, context
+
+
+@dataclass
+class RewardContext:
+    """What a reward's ``setup(context)`` gets: where it runs and what it may use. ``memory_left``: bytes free on
+    ``device`` once the rollout engine holds its share (CUDA: the GPU's free memory; CPU: available RAM)."""
+
+    device: Any
+    rank: int = 0
+    world_size: int = 1
+    dtype: Any = None
+    memory_left: int | None = None
+
+    @classmethod
+    def here(cls, device, rank: int = 0, world_size: int = 1, dtype=None) -> RewardContext:
+        """The context of this process, with the memory free now (call it after the rollout engine is built)."""
+        left = None
+        if device is not None and torch.device(device).type == "cuda":
+            left = int(torch.cuda.mem_get_info(device)[0])
+        else:
+            try:
+                import psutil
+
+                left = int(psutil.virtual_memory().available)
+            except ImportError:
+                pass
+        return cls(device=device, rank=rank, world_size=world_size, dtype=dtype, memory_left=left)
+
+
+def make_term(term, label: str) -> Term:
+    """A configured reward term (rlkit.config.RewardTerm) as a Term: the component built once per process (the one
+    the config check built, handed over), with its declarations: verifier, timeouts ("own": no thread watchdog,
+    whose whole-batch limit would grow with the batch), batch_errors."""
+    from rlkit.config import built_component
+
+    entry = registry.resolve("reward", term.name, factory=term.factory)
+    fn = built_component(term, entry)
+    caps = registry.capabilities(fn, entry.flags, kind="reward")
+    timeout = 0.0 if caps.timeouts == "own" else float(term.timeout)
+    return Term(label, float(term.weight), fn, term.format, bool(term.correctness or caps.verifier), timeout,
+                term.on_error, caps.batch_errors)
+
+
 @dataclass
 class RewardValues:
     """Per-sample rewards of one batch.
@@ -103,6 +155,7 @@ class Term:
     correctness: bool = False
     timeout: float = 120.0
     on_error: str = "raise"  # "raise" | "none"
+    batch_errors: str = "per_sample"  # the reward's declaration: "per_sample" | "whole_batch" (no single-sample retry)
 
     def __post_init__(self):
         if self.on_error not in ("raise", "none"):
@@ -222,14 +275,39 @@ class RewardSet:
         for term in reward_terms:  # kwargs were checked (and completed) when the config was parsed
             label = _term_label(term.name, taken)
             taken.add(label)
-            entry = registry.resolve("reward", term.name, factory=term.factory)
-            is_verifier = term.correctness or entry.caps.verifier
-            fn = registry.build(entry, term.kwargs)
-            # a reward that bounds its own time per sample (math_correct's process pool) runs without the
-            # thread watchdog, whose whole-batch limit would otherwise grow with the batch
-            timeout = 0.0 if registry.capabilities(fn, kind="reward").timeouts == "own" else float(term.timeout)
-            built.append(Term(label, float(term.weight), fn, term.format, is_verifier, timeout, term.on_error))
+            built.append(make_term(term, label))
         return cls(built)
+
+    # lifecycle: every term's optional hooks (rlkit.registry.hooks), called by the trainer once each
+
+    def setup(self, context: RewardContext) -> None:
+        """Each term's ``setup(context)``, once, after the rollout engine is built (so ``memory_left`` is what the
+        engine left)."""
+        for t in self.terms:
+            if "setup" in registry.hooks(t.fn):
+                t.fn.setup(context)
+
+    def close(self) -> None:
+        """Each term's ``close()``; one that raises is reported in one warning line and the others still close
+        (the run's outcome is decided by then)."""
+        for t in self.terms:
+            if "close" in registry.hooks(t.fn):
+                try:
+                    t.fn.close()
+                except Exception as e:  # noqa: BLE001 - close the others
+                    log.warning("reward %r: close() raised %s: %s", t.label, type(e).__name__, e)
+
+    def state_dict(self) -> dict:
+        """{term label: its state} for the terms with ``state_dict`` (JSON values: saved in the checkpoint)."""
+        return {t.label: t.fn.state_dict() for t in self.terms if "state_dict" in registry.hooks(t.fn)}
+
+    def load_state_dict(self, state: dict) -> None:
+        for t in self.terms:
+            if t.label in state and "load_state_dict" in registry.hooks(t.fn):
+                t.fn.load_state_dict(state[t.label])
+
+    def verifier(self) -> Term | None:
+        return next((t for t in self.terms if t.correctness), None)
 
     @property
     def correctness_label(self) -> str | None:
@@ -343,7 +421,7 @@ def _raise_located(term: Term, batch: _Batch, e: Exception) -> None:
     """on_error raise: find the failing sample (``e.sample``, else the first sample that fails alone) and
     raise a RewardError naming the reward, step and sample."""
     idx, err = _sample_of(e, len(batch)), e
-    if idx is None:
+    if idx is None and term.batch_errors == "per_sample":
         for i in range(len(batch)):
             try:
                 call_with_timeout(term.fn, batch.one(i), term.timeout, term.label)
@@ -360,6 +438,8 @@ def _raise_located(term: Term, batch: _Batch, e: Exception) -> None:
     elif idx is None and isinstance(err, RewardTimeout):
         hint = (f" on a batch of {len(batch)} samples, though no single sample times out alone: the batch is too "
                 "slow for this term's `timeout` (raise it, or 0 for no limit)")
+    elif idx is None and term.batch_errors == "whole_batch":
+        hint = f" on a batch of {len(batch)} samples (it declares batch_errors: whole_batch: no sample is retried alone)"
     elif idx is None:
         hint = " (no single sample fails alone)"
     raise RewardError(f"reward {term.label!r} {_describe(err)}{batch.at(idx)}{hint}") from err
@@ -379,6 +459,8 @@ def _mask_failures(term: Term, batch: _Batch, e: Exception) -> tuple[list, int]:
         partial = e.values  # type: ignore[attr-defined]
         for i, v in zip(ok, _check(term, [partial[i] for i in ok], batch, ok)):
             values[i] = v
+    elif term.batch_errors == "whole_batch":  # declared: the batch fails as a unit, no N single-sample calls
+        failures = dict.fromkeys(range(n), f"{_describe(e)} on the whole batch (batch_errors: whole_batch)")
     else:
         timed_out = 0
         for i in range(n):

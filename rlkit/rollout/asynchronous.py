@@ -14,7 +14,7 @@ the oldest version, which segment rollouts push past k by design: their samples 
 Prompt transforms and the dynamic-sampling filter's sizing see the controller state of the step that draws the
 prompts, up to k steps before the step that trains on them.
 
-Off-policy correction is the loop's existing machinery: with ``rollout.async_importance: sais`` the engine's
+Off-policy correction is the loop's existing machinery: with ``rollout.importance: sais`` the engine's
 per-token logprobs are the PPO ratio's old policy (each token against the version that generated it); with
 ``pois`` the ratio is against the current policy and ``algorithm.tis_cap`` weights each token by
 min(pi_old / pi_behaviour, cap) (truncated importance sampling, Yao et al. 2025).
@@ -44,7 +44,7 @@ class AsyncRollout(Rollout):
     def __init__(self, inner: Rollout, k: int, total_steps: int, *, old_from_engine: bool):
         super().__init__(inner.engine)
         self.inner, self.k, self.total_steps = inner, k, total_steps
-        self.old_from_engine = old_from_engine or inner.old_from_engine
+        self.old_from_engine = old_from_engine  # rollout.importance: one choice for the whole rollout
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlkit-async-rollout")
         self._ahead: dict[int, Future] = {}
 

@@ -117,6 +117,8 @@ class SegmentedRollout(Rollout):
 
 
 def make_rollout(cfg, engine: RolloutEngine, tokenizer) -> Rollout:
+    from rlkit.config import importance
+
     r = cfg.rollout
     if r.segments <= 1:
         rollout = Rollout(engine)
@@ -127,9 +129,9 @@ def make_rollout(cfg, engine: RolloutEngine, tokenizer) -> Rollout:
             engine, segment_len=math.ceil(r.max_new_tokens / r.segments), max_total_len=r.max_new_tokens,
             min_groups=r.segment_min_groups, max_wait=r.segment_max_wait,
             decode=functools.partial(tokenizer.decode, skip_special_tokens=True))
-        rollout = SegmentedRollout(engine, worker, r.segment_importance)
+        rollout = SegmentedRollout(engine, worker, importance(cfg))
     if r.async_steps > 0:
         from rlkit.rollout.asynchronous import AsyncRollout
 
-        rollout = AsyncRollout(rollout, r.async_steps, cfg.train.steps, old_from_engine=r.async_importance == "sais")
+        rollout = AsyncRollout(rollout, r.async_steps, cfg.train.steps, old_from_engine=importance(cfg) == "sais")
     return rollout

@@ -14,7 +14,7 @@ unfinished members cut where they are (finish_reason "length").
 
 Every completion token records the policy ``versions`` that produced it and the ``segments`` index
 (0, 1, ...) of the round that produced it. Which old logprobs the ratio is taken against across versions (POIS:
-recomputed by the trainer; SAIS: the engine's) is ``rollout.segment_importance``, read by ``SegmentedRollout`` in
+recomputed by the trainer; SAIS: the engine's) is ``rollout.importance``, read by ``SegmentedRollout`` in
 rlkit.rollout.factory (its ``old_from_engine``) and applied by the trainer (rlkit.trainers.grpo); the pool is
 saved in checkpoints via ``state_dict``.
 """

@@ -19,18 +19,15 @@ import dataclasses
 import math
 import statistics
 
-from rlkit.records import StageContext, StepBatch
+from rlkit.records import StageContext, StepBatch, group_index
 from rlkit.registry import register
 
 
 def outlier_cuts(lengths: list[int], correct: list[float | None], group_ids: list[int], *, alpha: float = 3.0,
                  margin: float = 32, success_threshold: float = 1.0) -> dict[int, int]:
     """{sample index: new length} for the responses DOT truncates."""
-    by_group: dict[int, list[int]] = {}
-    for i, g in enumerate(group_ids):
-        by_group.setdefault(g, []).append(i)
     cuts = {}
-    for idx in by_group.values():
+    for idx in (g.tolist() for g in group_index(group_ids)):
         if len(idx) < 2:
             continue
         rate = sum(1.0 for i in idx if correct[i] is not None and correct[i] >= 1) / len(idx)

@@ -16,7 +16,7 @@ import torch
 
 from rlkit.data import make_prompt
 from rlkit.records import ShapingBatch, StageContext, StepBatch
-from rlkit.rewards.combine import RewardError
+from rlkit.rewards.combine import RewardError, reward_inputs
 from rlkit.rewards.length import ends_in_loop
 from rlkit.rollout.base import SamplingSpec
 from rlkit.trainers import dist
@@ -61,12 +61,8 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
             batch.metrics.setdefault(f"reward/{term.label}/errors", 0)
     values = None
     if samples:
-        keys = sorted({k for p in prompts for k in p.columns})
-        columns = {k: [prompts[s.group_id].columns.get(k) for s in samples] for k in keys}
-        values = run.rewards([prompts[s.group_id].text for s in samples], [s.text for s in samples],
-                             [s.completion_ids for s in samples], columns,
-                             finish_reason=[s.finish_reason for s in samples],
-                             num_tokens=[s.num_tokens for s in samples], step=step)
+        texts, completions, ids, columns, context = reward_inputs(prompts, samples)
+        values = run.rewards(texts, completions, ids, columns, **context, step=step)
     if values is None:  # a rank with no share (e.g. fewer monitor prompts than ranks)
         if idx is None:
             batch.rewards, batch.terms = torch.zeros(0), {t.label: torch.zeros(0) for t in run.rewards.terms}

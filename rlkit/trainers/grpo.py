@@ -64,6 +64,7 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
 
 def _close(run: Run) -> None:
     run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
+    run.rewards.close()  # the reward terms' own resources (a scoring model, a pool)
     multi = run.acc.num_processes > 1
     # remote engines: no request left running behind a failed run; a colocated vLLM engine on a launcher's
     # world: its teardown (which destroys the process groups) before interpreter exit, not after ours
@@ -85,7 +86,7 @@ def _end_process_group() -> None:
 def _train(run: Run) -> RunResult:
     cfg = run.cfg
     acc, stages, a = run.acc, run.stages, cfg.algorithm
-    held_out = functools.partial(evaluate, run.engine, run.eval_set.prompts, accuracy_reward(cfg),
+    held_out = functools.partial(evaluate, run.engine, run.eval_set.prompts, accuracy_reward(cfg, run.rewards),
                                  temperature=cfg.rollout.eval_temperature, seed=cfg.train.seed,
                                  max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens)
     if cfg.train.eval_before and not run.before and run.eval_set.prompts:

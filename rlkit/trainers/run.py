@@ -25,6 +25,7 @@ from rlkit.parallel.micro import MicroBatching
 from rlkit.parallel.plan import CostModel
 from rlkit.preflight import Preflight
 from rlkit.rewards import RewardSet
+from rlkit.rewards.combine import RewardContext
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
 from rlkit.rollout.factory import engine_entry, first_push, push_policy
 from rlkit.rundir import LOCK_NAME
@@ -204,6 +205,7 @@ def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None =
                          context=functools.partial(backends.whole_parameters, prepared))
     rollout, rewards, stages = make_rollout(cfg, engine, tokenizer), RewardSet.from_config(cfg.rewards, cfg.shaping), \
         Stages.from_config(cfg)
+    rewards.setup(RewardContext.here(acc.device, acc.process_index, acc.num_processes, dtype))
     # run.json records the engine that really runs, with how much it shards
     _start_run_dir(cfg, acc, checked, run_id, {**backend.record(), "param_share": round(share, 4)})
     run = Run(
@@ -257,6 +259,7 @@ def save(run: Run, step: int, row: dict) -> None:
              "distributed": run.backend.record(), "inputs": run.inputs,
              "sampler": run.sampler.state_dict(), "stages": run.stages.state_dict(),
              "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()), "eval_before": run.before,
+             "rewards": dist.gather_objects(run.acc, run.rewards.state_dict()),
              "eval_after": run.after, "world_size": run.acc.num_processes, "metrics_row": clean_row(row),
              "config": to_dict(run.cfg), "parallel_cost": run.mbs.cost.to_dict() if run.mbs.calibrated else None,
              "data": {"train_rows": run.sampler.size, "fingerprint": run.data_fingerprint}}
@@ -292,6 +295,12 @@ def restore(run: Run, path: Path) -> dict | None:
             raise CheckpointError(f"{path}: the rollout state (segment pools) was saved by {len(rollout_states)} "
                                   f"processes; resume with the same number (now {acc.num_processes})")
         run.rollout.load_state_dict(rollout_states[acc.process_index])
+    reward_states = state.get("rewards") or []
+    if any(reward_states):  # each process's reward terms get their own state (a process of the same index)
+        if len(reward_states) != acc.num_processes:
+            raise CheckpointError(f"{path}: the reward terms' state was saved by {len(reward_states)} processes; "
+                                  f"resume with the same number (now {acc.num_processes})")
+        run.rewards.load_state_dict(reward_states[acc.process_index])
     if state.get("parallel_cost") and run.mbs.sp_mode != "fixed":  # the time model it planned with: same plans
         run.mbs.cost, run.mbs.calibrated = CostModel.from_dict(state["parallel_cost"]), True
     run.engine.version = state["policy_version"] - 1

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlkit import registry
-from rlkit.config import COMPONENT_FIELDS, Config, advantage_options, components, loss_options
+from rlkit.config import (
+    COMPONENT_FIELDS,
+    Config,
+    advantage_options,
+    built_component,
+    components,
+    loss_options,
+)
 from rlkit.trainers.update import LossSpec
 
 
@@ -41,8 +48,7 @@ class Stages:
     def from_config(cls, cfg: Config) -> Stages:
         built: dict[str, list[tuple[str, Any]]] = {field_name: [] for field_name in COMPONENT_FIELDS}
         for field_name, kind, _, c in components(cfg):
-            built[field_name].append((registry.short_name(c.name), registry.build(registry.resolve(kind, c.name),
-                                                                                  c.kwargs)))
+            built[field_name].append((registry.short_name(c.name), built_component(c, registry.resolve(kind, c.name))))
         masks = built["token_masks"]
         loss_entry = registry.resolve("loss", cfg.algorithm.loss)
         options = loss_options(cfg)
@@ -76,8 +82,9 @@ class Stages:
         for prefix, items in (("prompt_transforms", self.prompt_transforms),
                               ("sample_transforms", self.sample_transforms), ("shaping", self.shapers),
                               ("token_masks", self.batch_masks + self.forward_masks)):
-            out.update({f"{prefix}[{i}].{n}": obj for i, (n, obj) in enumerate(items) if hasattr(obj, "state_dict")})
-        if self.filter is not None and hasattr(self.filter, "state_dict"):
+            out.update({f"{prefix}[{i}].{n}": obj for i, (n, obj) in enumerate(items)
+                        if "state_dict" in registry.hooks(obj)})
+        if self.filter is not None and "state_dict" in registry.hooks(self.filter):
             out["filter"] = self.filter
         return out
 

@@ -32,7 +32,7 @@ from rlkit.parallel.micro import (
     plan_rank,
     sum_over_sp_group,
 )
-from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, to_completion_space
+from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, group_index, to_completion_space
 from rlkit.trainers import backends, dist
 
 
@@ -64,10 +64,7 @@ def _units(samples: list[Sample], whole_groups: bool) -> list[list[int]]:
     """Sample indices that must share a micro-batch: single samples, or whole groups."""
     if not whole_groups:
         return [[i] for i in range(len(samples))]
-    by_group: dict[int, list[int]] = {}
-    for i, smp in enumerate(samples):
-        by_group.setdefault(smp.group_id, []).append(i)
-    return list(by_group.values())
+    return [idx.tolist() for idx in group_index([smp.group_id for smp in samples])]
 
 
 def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,

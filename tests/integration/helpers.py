@@ -111,3 +111,31 @@ def waits_for_release(prompts, completions, completion_ids, **kwargs):
     while not release.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
     return [0.1 * (len(set(ids)) % 3) for ids in completion_ids]
+
+
+class ScoringModel:
+    """A stand-in for a model-based reward with the full lifecycle: counts its builds, keeps what `setup` gave it,
+    a state (batches scored) saved in checkpoints, `close`; declares whole-batch failures (no per-sample retry)."""
+
+    builds, contexts, closed = [], [], []
+    batch_errors = "whole_batch"
+
+    def __init__(self, scale: float = 1.0):
+        ScoringModel.builds.append(scale)
+        self.scale, self.batches = scale, 0
+
+    def setup(self, context):
+        ScoringModel.contexts.append(context)
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
+        self.batches += 1
+        return [self.scale * ((len(set(ids)) % 3) / 2) for ids in completion_ids]
+
+    def state_dict(self):
+        return {"batches": self.batches}
+
+    def load_state_dict(self, state):
+        self.batches = state["batches"]
+
+    def close(self):
+        ScoringModel.closed.append(self.batches)

@@ -79,7 +79,7 @@ def test_plugin_evaluates_and_trains_asynchronously_with_a_fixed_policy(plugin, 
 
     run = tmp_path / "run"
     train(_cfg(tiny_model_dir, run, server.url, **{**opts, "train.steps": 3, "rollout.async_steps": 1,
-                                                   "rollout.async_importance": "pois", "algorithm.tis_cap": 2.0}))
+                                                   "rollout.importance": "pois", "algorithm.tis_cap": 2.0}))
     rows = _rows(run)
     assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0]
     assert [r["policy_version"] for r in rows] == [1, 2, 3]  # versions count the steps; no weights were sent

@@ -103,7 +103,7 @@ def test_eval_over_server_pushes_the_evaluated_model(server, engine, tiny_model_
     local = run_benchmark(engine, eval_set.prompts, accuracy_reward(cfg), settings, 16, label="local", progress=False)
     assert remote == local and remote["prompts"] == 6
     assert server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) < TOL_LOGPROB  # it holds the model
-    assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "1"
+    assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "0"  # the first push: version 0, as in training
 
 
 def test_async_rollouts_bound_staleness_and_correct_for_it(server, tiny_model_dir, tmp_path):
@@ -123,7 +123,7 @@ def test_async_rollouts_bound_staleness_and_correct_for_it(server, tiny_model_di
 
     pois = tmp_path / "pois"
     train(_cfg(tiny_model_dir, pois, server.url, **{
-        "train.steps": 3, "rollout.async_steps": 1, "rollout.async_importance": "pois", "algorithm.tis_cap": 2.0,
+        "train.steps": 3, "rollout.async_steps": 1, "rollout.importance": "pois", "algorithm.tis_cap": 2.0,
         "optim.lr": 3e-3, "rollout.segments": 2}))
     rows = _rows(pois)
     assert all(r["async/staleness_max"] <= 1.0 for r in rows) and rows[-1]["async/staleness_max"] == 1.0

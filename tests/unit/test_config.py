@@ -101,8 +101,9 @@ def test_segment_and_dmmpt_options_are_checked_at_parse_time():
 
     from rlkit.config import ConfigError, load_config
 
-    cfg = load_config(overrides={"rollout.segments": 4, "rollout.segment_importance": "sais"})
-    assert cfg.rollout.segments == 4 and cfg.rollout.segment_importance == "sais"
+    cfg = load_config(overrides={"rollout.segments": 4, "rollout.importance": "sais"})
+    assert cfg.rollout.segments == 4 and cfg.rollout.importance == "sais"
+    assert load_config(overrides={"rollout.segments": 4}).rollout.importance == "pois"  # auto, resolved
     assert cfg.optim.packing is True and cfg.optim.micro_batch_tokens == 8192  # packing is the default
     with _pytest.raises(ConfigError, match="cannot be combined with a `filter`"):
         load_config(overrides={"rollout.segments": 2, "filter": {"name": "dynamic_sampling"}})
@@ -110,8 +111,29 @@ def test_segment_and_dmmpt_options_are_checked_at_parse_time():
         load_config(overrides={"rollout.segments": 0})
     with _pytest.raises(ConfigError, match="token mask 'dmmpt' needs a correctness term"):
         load_config(overrides={"token_masks": [{"name": "dmmpt"}], "rewards": [{"name": "boxed_format"}]})
-    with _pytest.raises(ConfigError, match="segment_importance"):
-        load_config(overrides={"rollout.segment_importance": "tois"})
+    with _pytest.raises(ConfigError, match="rollout.importance"):
+        load_config(overrides={"rollout.importance": "tois"})
+
+
+def test_importance_is_one_option_and_the_old_names_are_translated(caplog):
+    import pytest as _pytest
+
+    from rlkit.config import ConfigError, load_config, translate_renamed
+
+    with caplog.at_level("WARNING", logger="rlkit"):
+        cfg = load_config(overrides={"rollout.segments": 2, "rollout.segment_importance": "sais"})
+    assert cfg.rollout.importance == "sais" and not hasattr(cfg.rollout, "segment_importance")
+    assert "'rollout.segment_importance' is now 'rollout.importance'" in caplog.text
+    with _pytest.raises(ConfigError, match="rollout.segment_importance: pois, rollout.async_importance: sais "
+                                           "disagree with each other or with rollout.importance"):
+        load_config(overrides={"rollout.segment_importance": "pois", "rollout.async_importance": "sais"})
+    # a checkpoint's saved config (both old keys, defaults included): the choice that was in effect
+    for segments, ahead, seg, asy, want in [(1, 0, "pois", "sais", "pois"), (4, 0, "sais", "sais", "sais"),
+                                            (1, 2, "pois", "sais", "sais"), (4, 1, "pois", "pois", "pois")]:
+        saved = {"rollout": {"segments": segments, "async_steps": ahead, "segment_importance": seg,
+                             "async_importance": asy}}
+        translate_renamed(saved, "ckpt", saved=True)
+        assert saved["rollout"] == {"segments": segments, "async_steps": ahead, "importance": want}
 
 
 def test_sequence_parallel_settings_are_checked_against_the_world(monkeypatch):

@@ -299,3 +299,59 @@ def test_a_hung_reward_does_not_hold_up_exit():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("reward 'stuck' timed out after 0.2 s at step 1, sample 0 (prompt: 'p')")
     assert time.monotonic() - t0 < 60  # ~2 s (torch import); a join on the sleeping thread would take an hour
+
+
+def test_whole_batch_failures_are_not_retried_sample_by_sample(caplog):
+    """A reward declaring batch_errors: whole_batch (a scoring model) is called once for a failing batch: masked as a
+    unit under on_error none, named as a batch under raise; the default retries each sample alone."""
+    from rlkit import registry
+    from rlkit.rewards.combine import Term
+
+    calls = []
+
+    def scorer(prompts, completions, completion_ids, **kw):
+        calls.append(len(completions))
+        raise RuntimeError("scoring server down")
+
+    scorer.batch_errors = "whole_batch"
+    caps = registry.capabilities(scorer, kind="reward")
+    assert caps.batch_errors == "whole_batch" and caps.timeouts == "watchdog"
+    rs = RewardSet([Term("scorer", 1.0, scorer, on_error="none", batch_errors=caps.batch_errors)])
+    with caplog.at_level("WARNING", logger="rlkit"):
+        v = rs(["p"] * 4, ["a"] * 4, [[1]] * 4, {}, step=0)
+    assert calls == [4] and v.errors == {"scorer": 4} and torch.isnan(v.terms["scorer"]).all()
+    assert "4 of 4 samples failed" in caplog.text and "batch_errors: whole_batch" in caplog.text
+    calls.clear()
+    rs = RewardSet([Term("scorer", 1.0, scorer, batch_errors="whole_batch")])
+    with pytest.raises(RewardError, match=r"raised RuntimeError: scoring server down at step 1 on a batch of 4 "
+                                          r"samples \(it declares batch_errors: whole_batch"):
+        rs(["p"] * 4, ["a"] * 4, [[1]] * 4, {}, step=0)
+    assert calls == [4]
+    calls.clear()
+    rs = RewardSet([Term("scorer", 1.0, scorer, on_error="none")])  # per_sample: 1 + 4 calls
+    rs(["p"] * 4, ["a"] * 4, [[1]] * 4, {}, step=0)
+    assert calls == [4, 1, 1, 1, 1]
+
+
+def test_declared_timeouts_and_bad_declarations():
+    from rlkit import registry
+
+    def own(prompts, completions, completion_ids, **kw):
+        return [0.0] * len(completions)
+
+    own.timeouts = "own"
+    register_reward("test_own_timeouts")(own)
+    (term,) = RewardSet.from_config([RewardTerm("test_own_timeouts", timeout=5)]).terms
+    assert term.timeout == 0.0  # inline: it bounds its own time
+    assert registry.resolve("reward", "math_correct").caps.timeouts == "own"
+
+    class Legacy:
+        handles_timeouts = True  # the older spelling
+
+    assert registry.capabilities(Legacy, kind="reward").timeouts == "own"
+
+    class Wrong:
+        batch_errors = "sometimes"
+
+    with pytest.raises(ValueError, match="declares batch_errors='sometimes'; valid: per_sample, whole_batch"):
+        registry.capabilities(Wrong, kind="reward")
