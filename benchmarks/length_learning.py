@@ -7,8 +7,13 @@ AddSub file: 395 problems; add svamp for 1,000 more at 3.5x the time), avg@4 at 
 95% bootstrap intervals, mean tokens, truncation, and AES against the untrained model; `rlkit report` draws the
 accuracy-vs-tokens plot.
 Target (issue 14): DLER >= 50% fewer tokens than GRPO with accuracy not lower beyond the interval.
+Budget view (issue 26): every evaluation runs with ``--budgets`` (default 32,64,128: generation at 128, answers forced
+at 32 and 64), so each model gets an accuracy-vs-budget curve and its area (budget AUC), drawn in ``budgets.png``;
+the ``forcing`` run is DLER with budget-forced rollouts (rollout.budget_forcing), to compare with DLER at the same
+steps.
 
-    .venv/bin/python benchmarks/length_learning.py [--steps 24] [--out runs/bench-length] [--runs grpo,dler] [--limit N]
+    .venv/bin/python benchmarks/length_learning.py [--steps 24] [--out runs/bench-length] [--runs grpo,dler,forcing]
+        [--budgets 32,64,128] [--limit N]
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ RUNS = {
              "{name: truncation, kwargs: {max_tokens: 48}}, {name: boxed_format, weight: 0.1}]",
              "--algorithm.minibatches=1", "--filter={name: dynamic_sampling, kwargs: {metric: reward, max_rounds: 2}}",
              "--data.max_prompt_tokens=256"],
+    # DLER as above + budget forcing: thinking budgets 16 / 24 tokens, the phrase, an 8-token answer (under the cap)
+    "forcing": ["--recipe=dler", "--rollout.max_new_tokens=48", "--rewards=[{name: math_correct, weight: 0.0}, "
+                "{name: truncation, kwargs: {max_tokens: 48}}, {name: boxed_format, weight: 0.1}]",
+                "--algorithm.minibatches=1", "--filter={name: dynamic_sampling, kwargs: {metric: reward, max_rounds: 2}}",
+                "--data.max_prompt_tokens=256", "--rollout.budget_forcing={budgets: [16, 24], answer_tokens: 8}"],
     # curriculum recipe scaled: budget 96 -> x0.7 every 4 steps in the prompt, triangular length reward
     "curriculum": ["--recipe=curriculum", "--rollout.max_new_tokens=128",
                    "--prompt_transforms=[{name: budget_curriculum, kwargs: {initial: 96, gamma: 0.7, every: 4}}]"],
@@ -56,10 +66,11 @@ def main() -> None:
     ap.add_argument("--runs", default="grpo,dler,drpo,curriculum")
     ap.add_argument("--benchmarks", default="mawps_addsub")
     ap.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0 = all)")
+    ap.add_argument("--budgets", default="32,64,128", help="token budgets of every evaluation (the largest is the cap)")
     args = ap.parse_args()
     out = Path(args.out)
     evals = out / "evals"
-    evaluate = ["--benchmarks", args.benchmarks, "--k", "4", "--max-new-tokens", "128", "--limit", str(args.limit),
+    evaluate = ["--benchmarks", args.benchmarks, "--k", "4", "--budgets", args.budgets, "--limit", str(args.limit),
                 "--no-progress"]
     base = evals / "untrained.json"
     if not base.exists():
@@ -90,21 +101,32 @@ def main() -> None:
         shutil.copyfile(base, out / name / "evals" / "step_000000.json")
     _rlkit("report", *[str(out / n) for n in results], "--out", str(out / "report"), "--evals-only")
     untrained = json.loads(base.read_text())["benchmarks"]
-    print("\n| run | benchmark | avg@4 [95% CI] | mean tokens | truncation | tokens vs untrained | AES |")
-    print("|---|---|---|---|---|---|---|")
-    for bench, m in untrained.items():
-        print(f"| untrained | {bench} | {_ci(m)} | {m['mean_tokens']:.1f} | {100 * m['truncation_rate']:.1f}% | - | - |")
-    for name, r in results.items():
-        for bench, m in r["eval"]["benchmarks"].items():
-            vs = r["eval"]["vs_baseline"][bench]
-            print(f"| {name} | {bench} | {_ci(m)} | {m['mean_tokens']:.1f} | {100 * m['truncation_rate']:.1f}% | "
-                  f"{-vs['token_reduction_pct']:+.1f}% | {_num(vs['aes'], '+.3f')} |")
+    budgets = [b.strip() for b in args.budgets.split(",")]
+    print("\n| run | benchmark | avg@4 [95% CI] | mean tokens | truncation | tokens vs untrained | AES | "
+          + " | ".join(f"avg@4 at {b}" for b in budgets) + " | budget AUC |")
+    print("|---|---|---|---|---|---|---|" + "---|" * (len(budgets) + 1))
+    for name, bench, m, vs in [("untrained", b, m, None) for b, m in untrained.items()] + [
+            (name, b, m, r["eval"]["vs_baseline"][b]) for name, r in results.items()
+            for b, m in r["eval"]["benchmarks"].items()]:
+        at = " | ".join(_ci(m["budgets"][b]) for b in sorted(m.get("budgets", {}), key=int))
+        print(f"| {name} | {bench} | {_ci(m)} | {m['mean_tokens']:.1f} | {100 * m['truncation_rate']:.1f}% | "
+              f"{'-' if vs is None else format(-vs['token_reduction_pct'], '+.1f') + '%'} | "
+              f"{'-' if vs is None else _num(vs['aes'], '+.3f')} | {at} | {_num(m.get('budget_auc'), '.3f')} |")
     if "grpo" in results and "dler" in results:
         for bench in untrained:
             g, d = results["grpo"]["eval"]["benchmarks"][bench], results["dler"]["eval"]["benchmarks"][bench]
             print(f"\n{bench}: DLER vs GRPO mean tokens {100 * (d['mean_tokens'] / g['mean_tokens'] - 1):+.1f}% "
                   f"(target <= -50%), avg@4 {100 * (d['avg@k'] - g['avg@k']):+.1f} points (GRPO interval "
                   f"{100 * g['avg@k_ci_low']:.1f}-{100 * g['avg@k_ci_high']:.1f}%)")
+    if "dler" in results and "forcing" in results:
+        for bench in untrained:
+            d, f = results["dler"]["eval"], results["forcing"]["eval"]
+            dm, fm = d["benchmarks"][bench], f["benchmarks"][bench]
+            print(f"\n{bench}: budget forcing vs DLER mean tokens {100 * (fm['mean_tokens'] / dm['mean_tokens'] - 1):+.1f}%, "
+                  f"avg@4 {100 * (fm['avg@k'] - dm['avg@k']):+.1f} points (DLER interval {100 * dm['avg@k_ci_low']:.1f}-"
+                  f"{100 * dm['avg@k_ci_high']:.1f}%), AES vs untrained {_num(f['vs_baseline'][bench]['aes'], '+.3f')} vs "
+                  f"{_num(d['vs_baseline'][bench]['aes'], '+.3f')}, budget AUC {_num(fm.get('budget_auc'), '.3f')} vs "
+                  f"{_num(dm.get('budget_auc'), '.3f')}")
 
 
 def _num(v, fmt: str) -> str:

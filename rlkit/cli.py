@@ -100,6 +100,12 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=0,
                    help="completion cap (default: rollout.eval_max_new_tokens, else rollout.max_new_tokens)")
     g.add_argument("--limit", type=int, default=0, help="first N prompts of each benchmark (default: all)")
+    g.add_argument("--budgets", metavar="B1,B2,...", help="accuracy against token budgets: generate once at the "
+                   "largest, cut at each smaller one and force an answer where a sample had not finished "
+                   "(per budget: avg@k, pass@k, tokens, forced-answer rate; the area under the curve)")
+    g.add_argument("--force-suffix", default="\n\nFinal answer: \\boxed{", metavar="TEXT",
+                   help="what is appended to a sample cut at a budget (default: '\\n\\nFinal answer: \\boxed{')")
+    g.add_argument("--answer-tokens", type=int, default=16, help="length cap of the forced answer (default: 16)")
     g.add_argument("--baseline", metavar="RESULT.json", help="an earlier result to compare against (AES, tokens)")
     g.add_argument("--baseline-model", metavar="PATH", help="evaluate this model too and compare against it")
     g.add_argument("--output", metavar="FILE.json", help="where the JSON goes (default: RUN/evals/step_N.json "
@@ -284,8 +290,18 @@ def _run(args: argparse.Namespace, types: dict) -> int:
         raise UserError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     if not (math.isfinite(args.top_p) and 0 < args.top_p <= 1):
         raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    budgets = ()
+    if args.budgets is not None:
+        from rlkit.evals.budgets import parse_budgets
+
+        try:
+            budgets = parse_budgets(args.budgets)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     checked = preflight(cfg, train=False)
-    extra = {"max_new_tokens": args.max_new_tokens, "limit": args.limit, "seed": cfg.train.seed}
+    extra = {"max_new_tokens": args.max_new_tokens, "limit": args.limit, "seed": cfg.train.seed, "budgets": budgets,
+             "force_suffix": args.force_suffix.replace("\\n", "\n"),  # a typed \n is a newline
+             "answer_tokens": args.answer_tokens}
     settings = suite.EvalSettings.greedy(**extra) if args.greedy else suite.EvalSettings(
         k=args.k, temperature=args.temperature, top_p=args.top_p, **extra)
     suite.evaluate_suite(cfg, [b.strip() for b in args.benchmarks.split(",") if b.strip()], settings,

@@ -92,6 +92,17 @@ class DataConfig:
 
 
 @dataclass
+class BudgetForcingConfig:
+    budgets: list = opt(help="thinking budgets in tokens, one drawn per prompt (uniformly, seeded by the step and the "
+                        "prompt); a sample that reaches its budget gets `phrase` injected and continues for at most "
+                        "`answer_tokens` (budget forcing: s1, Muennighoff et al. arXiv 2501.19393; ScaleRL's forced "
+                        "interruptions, arXiv 2510.13786); empty = off", factory=list)
+    phrase: str = opt("\n\nTime is up. The final answer is \\boxed{", "injected where a sample reaches its budget: "
+                      "the reward reads it, the loss never trains on it")
+    answer_tokens: int = opt(32, "the answer allowance after the phrase, in tokens", check=">=1")
+
+
+@dataclass
 class RolloutConfig:
     engine: str = opt(
         "vllm", "rollout engine (a registered name, an import path or an rlkit.engines entry point; `rlkit "
@@ -128,6 +139,7 @@ class RolloutConfig:
         "against the current policy, recomputed for the whole sequence (UloRL's choice for segments; under "
         "async_steps with algorithm.tis_cap weighting tokens by min(pi_old / pi_behaviour, cap)); auto = sais with "
         "async_steps > 0, else pois. Replaces segment_importance / async_importance (translated with a warning)")
+    budget_forcing: BudgetForcingConfig = opt(help="budget-forced rollouts", factory=BudgetForcingConfig)
     server_urls: list = opt(help="vllm_server: base URLs of the servers (e.g. http://node1:8000); each process "
                             "spreads its prompts over all of them", factory=list)
     server_timeout: float = opt(600.0, "vllm_server: seconds one server call (a generation request, a phase of a "
@@ -251,6 +263,9 @@ class TrainConfig:
         check=">=0")
     eval_before: bool = opt(True, "evaluate before training (the 'before' column)")
     eval_after: bool = opt(True, "evaluate after training (the 'after' column)")
+    eval_budgets: list = opt(help="token budgets below the evaluation cap at which the held-out check also scores "
+                             "each problem, the answer forced where it had not finished (rlkit eval --budgets); "
+                             "accuracy per budget and the area under the curve in the table", factory=list)
 
 
 @dataclass
@@ -507,6 +522,26 @@ def translate_renamed(raw: dict, source: str, *, saved: bool = False) -> None:
     rollout["importance"] = next(iter(values))
 
 
+def _check_forcing(r: RolloutConfig, need) -> None:
+    """Budget forcing's settings: budgets are whole numbers >= 1 that leave room under max_new_tokens for the answer
+    allowance (the phrase's own tokens are checked against the tokenizer in preflight), a phrase with text, and no
+    segment rollouts (they carry samples across steps at a fixed segment length, forcing cuts them at a budget)."""
+    f = r.budget_forcing
+    if not f.budgets:
+        return
+    bad = [b for b in f.budgets if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+    need(not bad, f"'rollout.budget_forcing.budgets' must be whole numbers of tokens >= 1, got {bad}")
+    if bad:
+        return
+    need(max(f.budgets) + f.answer_tokens < r.max_new_tokens,
+         f"'rollout.budget_forcing.budgets' up to {max(f.budgets)} + answer_tokens {f.answer_tokens} leave no room "
+         f"under rollout.max_new_tokens ({r.max_new_tokens}) for the forcing phrase: lower the budgets or raise "
+         "max_new_tokens")
+    need(bool(f.phrase.strip()), "'rollout.budget_forcing.phrase' is empty: give the text injected at the budget")
+    need(r.segments == 1, "'rollout.budget_forcing' cannot be combined with rollout.segments > 1 (segments carry "
+         "unfinished samples to later steps; forcing ends them at their budget): use one of them")
+
+
 def importance(cfg: Config) -> str:
     """``rollout.importance`` with auto resolved: sais under asynchronous rollouts, else pois."""
     r = cfg.rollout
@@ -665,6 +700,11 @@ def validate(cfg: Config, source: str = "config") -> None:
     for problem in engine.caps.validate(cfg) if engine.caps.validate else ():
         need(False, problem)
     r.importance = importance(cfg)  # auto resolved: the saved config says which correction ran
+    _check_forcing(r, need)
+    cap = r.eval_max_new_tokens or r.max_new_tokens
+    bad = [b for b in cfg.train.eval_budgets if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b < cap]
+    need(not bad, f"'train.eval_budgets' must be whole numbers of tokens from 1 to below the evaluation cap ({cap}), "
+         f"got {bad}")
     need(r.async_steps == 0 or engine.caps.concurrent,
          f"'rollout.async_steps' ({r.async_steps}) needs an engine that generates while the trainer trains (e.g. "
          f"vllm_server); the {r.engine!r} engine shares the device with training and stays synchronous")

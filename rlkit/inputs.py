@@ -132,6 +132,26 @@ def check_shape(cfg, model_cfg: dict) -> None:
                             "(max_position_embeddings in its config.json); lower them")
 
 
+def check_forcing(cfg) -> None:
+    """Budget forcing's phrase against the model's tokenizer: it must tokenise to something, and the longest budget
+    + the phrase + the answer allowance must fit rollout.max_new_tokens (a completion never exceeds the cap)."""
+    f = cfg.rollout.budget_forcing
+    if not f.budgets:
+        return
+    from rlkit.models import load_tokenizer, resolve_model_path
+    from rlkit.rollout.factory import phrase_ids
+
+    n = len(phrase_ids(load_tokenizer(resolve_model_path(cfg.model.name_or_path)), f.phrase))
+    if n == 0:
+        raise UserError(f"'rollout.budget_forcing.phrase' {f.phrase!r} tokenises to nothing with the model's "
+                        "tokenizer; give text it can encode")
+    total = max(f.budgets) + n + f.answer_tokens
+    if total > cfg.rollout.max_new_tokens:
+        raise UserError(f"budget forcing: the longest budget {max(f.budgets)} + the phrase's {n} tokens + "
+                        f"answer_tokens {f.answer_tokens} = {total} exceed rollout.max_new_tokens "
+                        f"({cfg.rollout.max_new_tokens}); lower the budgets or raise max_new_tokens")
+
+
 def check_memory(cfg) -> None:
     """vLLM's CPU KV cache must fit in this machine's memory (with CUDA the cache lives on the GPU): the in-process
     vLLM engine's preflight (rlkit.rollout.engines)."""

@@ -9,6 +9,9 @@
   (``evals/*.json``, one point per benchmark; avg@k against mean tokens, with its 95% interval as an error bar and a
   line through a run's checkpoints in step order). ``--evals-only`` leaves out the in-training held-out points, so
   the plot shows only ``rlkit eval`` results, measured one way (the papers' view).
+- ``budgets.png``: accuracy against the token budget (``rlkit eval --budgets``), one line per run, checkpoint and
+  benchmark, with its 95% interval and the area under the curve in the legend;
+- ``length_by_correctness.png``: completion lengths of correct and wrong answers (every ``rlkit eval`` result).
 
 The plots go to ``--out``, by default ``RUN_DIR/report/`` for one run and ``report/`` in the runs' common parent
 for several.
@@ -132,13 +135,14 @@ def load_run(run: Path, evals_only: bool = False) -> dict:
                 lengths.append(r)
             else:
                 notes.append(f"{lengths_path}: step {r['step']}: 'lengths' is not a list of numbers; row skipped")
-    points = []
+    points, curves, splits = [], [], []
     summary = run / "eval_summary.json"
     if summary.is_file() and not evals_only:
         s = _read_json(summary, notes) or {}
         for when in ("before", "after"):
             if s.get(when):
                 points.append(_point(notes, str(summary), f"held-out {when}", s[when]))
+                curves += _held_out_curve(f"held-out {when}", s[when])
     for path in sorted((run / "evals").glob("*.json")) if (run / "evals").is_dir() else []:
         result = _read_json(path, notes)
         if result is None:
@@ -149,8 +153,33 @@ def load_run(run: Path, evals_only: bool = False) -> dict:
             continue
         for name, m in benchmarks.items():
             points.append(_point(notes, str(path), f"{path.stem} {name}", m, ("avg@k_ci_low", "avg@k_ci_high")))
+            if isinstance(m, dict):
+                curves += _budget_curve(f"{path.stem} {name}", m)
+                split = m.get("lengths") if isinstance(m.get("lengths"), dict) else {}
+                if any(isinstance(split.get(k), list) and split[k] for k in ("correct", "wrong")):
+                    splits.append((f"{path.stem} {name}", [n for n in split.get("correct") or [] if _number(n)],
+                                   [n for n in split.get("wrong") or [] if _number(n)]))
     return {"label": _label(run), "path": run, "rows": rows, "lengths": lengths,
-            "points": [p for p in points if p is not None], "notes": notes}
+            "points": [p for p in points if p is not None], "budgets": curves, "splits": splits, "notes": notes}
+
+
+def _held_out_curve(label: str, d) -> list:
+    """The budget curve of a held-out result (train.eval_budgets: ``accuracy@B`` keys), like ``_budget_curve``."""
+    if not isinstance(d, dict):
+        return []
+    keys = sorted(int(k[9:]) for k in d if k.startswith("accuracy@") and k[9:].isdigit() and _number(d[k]))
+    line = [(b, d[f"accuracy@{b}"], d.get(f"accuracy@{b}_ci_low"), d.get(f"accuracy@{b}_ci_high")) for b in keys]
+    return [(label, line, d.get("budget_auc"))] if line else []
+
+
+def _budget_curve(label: str, m: dict) -> list:
+    """[(label, [(budget, avg@k, ci low, ci high), ...], auc)] of a benchmark evaluated with --budgets, else []."""
+    per = m.get("budgets")
+    if not isinstance(per, dict) or not per:
+        return []
+    line = sorted((int(b), v["avg@k"], v.get("avg@k_ci_low"), v.get("avg@k_ci_high")) for b, v in per.items()
+                  if str(b).isdigit() and isinstance(v, dict) and _number(v.get("avg@k")))
+    return [(label, line, m.get("budget_auc"))] if line else []
 
 
 def _missing_or_empty(path: Path) -> str | None:
@@ -207,6 +236,19 @@ def pareto_skipped(runs: list[dict], evals_only: bool = False) -> tuple[str | No
     wanted = "`rlkit eval` results (evals/*.json)" if evals_only else \
         "held-out results (eval_summary.json) or `rlkit eval` results (evals/*.json)"
     return f"pareto.png: no usable {wanted} in {', '.join(str(r.get('path', r['label'])) for r in runs)}", []
+
+
+def _budgets_skipped(runs: list[dict]) -> tuple[str | None, list[str]]:
+    if any(r["budgets"] for r in runs):
+        return None, []
+    return ("budgets.png: no budget results (`rlkit eval --budgets` in evals/*.json, or train.eval_budgets in "
+            "eval_summary.json)"), []
+
+
+def _splits_skipped(runs: list[dict]) -> tuple[str | None, list[str]]:
+    if any(r["splits"] for r in runs):
+        return None, []
+    return "length_by_correctness.png: no `rlkit eval` result with completion lengths in evals/*.json", []
 
 
 def plot_curves(runs: list[dict], out: Path) -> Path:
@@ -280,6 +322,45 @@ def plot_pareto(runs: list[dict], out: Path) -> Path:
     return _save(plt, fig, out)
 
 
+def plot_budgets(runs: list[dict], out: Path) -> Path:
+    """Accuracy against the token budget, one line per run, checkpoint and benchmark (with its 95% interval)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, run in enumerate(runs):
+        for j, (label, line, auc) in enumerate(run["budgets"]):
+            b, acc = [p[0] for p in line], [100 * p[1] for p in line]
+            tag = f"{run['label']}: {label}" + (f" (AUC {100 * auc:.1f}%)" if _number(auc) else "")
+            ax.plot(b, acc, marker="o", color=f"C{i % 10}", alpha=1.0 - 0.5 * j / max(len(run["budgets"]), 1),
+                    label=tag)
+            if all(_number(p[2]) and _number(p[3]) for p in line):
+                ax.fill_between(b, [100 * p[2] for p in line], [100 * p[3] for p in line], color=f"C{i % 10}",
+                                alpha=0.1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("token budget (answers forced at the budget)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title("accuracy vs token budget")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(plt, fig, out)
+
+
+def plot_length_split(runs: list[dict], out: Path) -> Path:
+    """Completion lengths of correct and wrong answers, one panel per run, checkpoint and benchmark."""
+    plt = _pyplot()
+    panels = [(run["label"], *s) for run in runs for s in run["splits"]]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.6 * len(panels)), squeeze=False)
+    for ax, (run_label, label, right, wrong) in zip(axes[:, 0], panels):
+        top = max(right + wrong + [1])
+        bins = [top * k / 30 for k in range(31)]
+        ax.hist(wrong, bins=bins, alpha=0.5, color="C3", label=f"wrong (n={len(wrong)})")
+        ax.hist(right, bins=bins, alpha=0.5, color="C2", label=f"correct (n={len(right)})")
+        ax.set_title(f"{run_label}: {label}", fontsize=9)
+        ax.set_xlabel("completion tokens")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(plt, fig, out)
+
+
 def report(run_dirs: list[str], out: str | None = None, evals_only: bool = False) -> list[Path]:
     """Write the plots that have something to show; one warning line on stderr for each thing left out. A
     UserError (nothing written) when no plot can be made."""
@@ -289,7 +370,9 @@ def report(run_dirs: list[str], out: str | None = None, evals_only: bool = False
     plans, skipped = [], []
     for name, check, plot in (("curves.png", curves_skipped, plot_curves), ("lengths.png", lengths_skipped,
                                                                             plot_lengths),
-                              ("pareto.png", lambda rs: pareto_skipped(rs, evals_only), plot_pareto)):
+                              ("pareto.png", lambda rs: pareto_skipped(rs, evals_only), plot_pareto),
+                              ("budgets.png", _budgets_skipped, plot_budgets),
+                              ("length_by_correctness.png", _splits_skipped, plot_length_split)):
         why, left = check(runs)
         if why is not None:
             skipped.append(why)

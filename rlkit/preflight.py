@@ -87,6 +87,7 @@ def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *
     inputs.check_shape(cfg, model_cfg)
     if train:
         out.inputs = inputs.fingerprint(cfg.model.name_or_path)
+        inputs.check_forcing(cfg)
     engine = registry.resolve("engine", cfg.rollout.engine).caps
     if engine.preflight is not None:  # what the engine needs: memory for vLLM's CPU cache, reachable servers
         engine.preflight(cfg)

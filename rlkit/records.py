@@ -34,6 +34,8 @@ class Sample:
     (len == len(completion_ids)); empty when the engine was asked for none (greedy eval).
     versions: the policy version that produced each completion token.
     segments: the rollout call (0, 1, ...) that produced each token; empty for one-call rollouts.
+    injected: positions of completion tokens the rollout wrote itself (a budget-forcing phrase): the reward reads
+    them, the loss never trains on them.
     """
 
     prompt_ids: list[int]
@@ -44,10 +46,19 @@ class Sample:
     group_id: int  # index of the sample's prompt in its batch
     versions: list[int] = field(default_factory=list)
     segments: list[int] = field(default_factory=list)
+    injected: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
         return len(self.completion_ids)
+
+    def trainable(self) -> list[float]:
+        """1.0 per completion token the policy generated, 0.0 where the rollout injected one."""
+        out = [1.0] * self.num_tokens
+        for j in self.injected:
+            if 0 <= j < len(out):
+                out[j] = 0.0
+        return out
 
 
 def group_index(group_ids: torch.Tensor | Sequence[int]) -> list[torch.Tensor]:

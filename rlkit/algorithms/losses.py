@@ -237,7 +237,7 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
     kl = ((inp.old_logprobs - inp.logprobs) * mask).sum() / mask.sum().clamp(min=1)
     penalty = beta * (kl.detach() - delta).clamp(min=0) * kl
     loss = -total * inp.group_scale + penalty * len(groups) * inp.group_scale
-    stats = {"kl": ((inp.old_logprobs - inp.logprobs).detach() * mask).sum(),
+    stats = {"kl_k1": ((inp.old_logprobs - inp.logprobs).detach() * mask).sum(),
              "ratio": (importance_ratio(inp.logprobs, inp.old_logprobs).detach() * mask).sum(),
              "mixed_groups_count": torch.tensor(float(mixed))}
     return LossOutputs(loss=loss, stats=stats)

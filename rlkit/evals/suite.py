@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlkit.errors import UserError
+from rlkit.evals.budgets import DEFAULT_SUFFIX
 from rlkit.evals.metrics import against_baseline, benchmark_metrics, final_answer
 from rlkit.files import atomic_write_text
 from rlkit.logging import format_table
@@ -41,6 +42,9 @@ class EvalSettings:
     max_new_tokens: int = 0  # 0: rollout.eval_max_new_tokens, else rollout.max_new_tokens
     limit: int = 0  # first N prompts of each benchmark (0 = all)
     seed: int = 0
+    budgets: tuple = ()  # token budgets (rlkit.evals.budgets): generate at the largest, force answers at the others
+    force_suffix: str = DEFAULT_SUFFIX  # appended to a sample cut at a smaller budget
+    answer_tokens: int = 16  # the forced continuation's length cap
 
     @classmethod
     def greedy(cls, **kw) -> EvalSettings:
@@ -116,34 +120,62 @@ def resolve_model(path: str) -> str:
     return str(out)
 
 
+def _scored_groups(accuracy_fn, chunk, samples) -> tuple[list[dict], int]:
+    """One group per prompt of ``chunk`` (correct, tokens, truncated, answers of its samples) and how many samples
+    the verifier gave no verdict (counted as wrong, reported)."""
+    from rlkit.rewards.combine import reward_inputs
+
+    texts, completions, ids, columns, context = reward_inputs(chunk, samples)
+    scores = accuracy_fn(prompts=texts, completions=completions, completion_ids=ids, **columns, **context, step=0)
+    groups = []
+    for g in range(len(chunk)):
+        members = [(s, sc) for s, sc in zip(samples, scores) if s.group_id == g]
+        groups.append({"correct": [float(sc or 0.0) for _, sc in members],
+                       "tokens": [s.num_tokens for s, _ in members],
+                       "truncated": [s.finish_reason == "length" for s, _ in members],
+                       "answers": [final_answer(s.text) for s, _ in members]})
+    return groups, sum(sc is None for sc in scores)
+
+
 def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_tokens: int, *, label: str,
-                  progress: bool = True) -> dict:
-    """k samples per prompt through ``engine``, scored; the benchmark's metrics (rlkit.evals.metrics)."""
+                  progress: bool = True, forcing=None) -> dict:
+    """k samples per prompt through ``engine``, scored; the benchmark's metrics (rlkit.evals.metrics), with the
+    completion lengths of correct and wrong samples. ``forcing`` (rlkit.evals.budgets.BudgetForcing): generate at
+    its largest budget and add the metrics at every budget (``budgets``) and ``budget_auc``."""
     from tqdm.auto import tqdm
 
-    from rlkit.rewards.combine import reward_inputs
+    from rlkit.evals.budgets import at_budget, budget_auc, forced_rate
 
     if settings.limit:
         prompts = prompts[:settings.limit]
-    groups, unscored = [], 0
+    budgets = forcing.budgets if forcing is not None else (max_new_tokens,)
+    groups: dict[int, list[dict]] = {b: [] for b in budgets}
+    forced: dict[int, list[bool]] = {b: [] for b in budgets}
+    unscored = 0
     bar = tqdm(total=len(prompts), desc=label, unit="prompt", dynamic_ncols=True, disable=not progress)
     for lo in range(0, len(prompts), CHUNK):
         chunk = prompts[lo:lo + CHUNK]
         spec = SamplingSpec(n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
-                            max_new_tokens=max_new_tokens, logprobs=False, seed=settings.seed * 1_000_003 + lo)
+                            max_new_tokens=budgets[-1], logprobs=False, seed=settings.seed * 1_000_003 + lo)
         samples = engine.generate([p.ids for p in chunk], spec)
-        texts, completions, ids, columns, context = reward_inputs(chunk, samples)
-        scores = accuracy_fn(prompts=texts, completions=completions, completion_ids=ids, **columns, **context, step=0)
-        unscored += sum(sc is None for sc in scores)  # the verifier gave no verdict: counted as wrong, reported
-        for g in range(len(chunk)):
-            members = [(s, sc) for s, sc in zip(samples, scores) if s.group_id == g]
-            groups.append({"correct": [float(sc or 0.0) for _, sc in members],
-                           "tokens": [s.num_tokens for s, _ in members],
-                           "truncated": [s.finish_reason == "length" for s, _ in members],
-                           "answers": [final_answer(s.text) for s, _ in members]})
+        for b in budgets:
+            seen, was_forced = at_budget(engine, chunk, samples, b, forcing) if forcing is not None else \
+                (samples, [False] * len(samples))
+            scored, none = _scored_groups(accuracy_fn, chunk, seen)
+            groups[b] += scored
+            forced[b] += was_forced
+            unscored += none if b == budgets[-1] else 0
         bar.update(len(chunk))
     bar.close()
-    return {**benchmark_metrics(groups, settings.k, seed=settings.seed), "unscored": unscored}
+    top = groups[budgets[-1]]
+    out = {**benchmark_metrics(top, settings.k, seed=settings.seed), "unscored": unscored,
+           "lengths": {kind: [n for g in top for n, c in zip(g["tokens"], g["correct"]) if (c > 0.5) == right]
+                       for kind, right in (("correct", True), ("wrong", False))}}
+    if forcing is not None:
+        out["budgets"] = {str(b): {**benchmark_metrics(groups[b], settings.k, seed=settings.seed),
+                                   "forced_rate": forced_rate(forced[b])} for b in budgets}
+        out["budget_auc"] = budget_auc(list(budgets), [out["budgets"][str(b)]["avg@k"] for b in budgets])
+    return out
 
 
 COLUMNS = [("avg@k", "avg@k", True), ("pass@k", "pass@k", True), ("maj@k", "maj@k", True),
@@ -174,12 +206,29 @@ def results_table(result: dict) -> str:
     s = result["settings"]
     title = (f"\n{result['model']}: k={s['k']}, temperature {s['temperature']}, top_p {s['top_p']}, "
              f"max {s['max_new_tokens']} new tokens (avg@k with its 95% bootstrap interval)\n")
-    return title + format_table(head, rows)
+    return title + format_table(head, rows) + budgets_table(result)
+
+
+def budgets_table(result: dict) -> str:
+    """Accuracy against the token budget of each benchmark evaluated with --budgets ('' when none was)."""
+    rows = []
+    for name, m in result["benchmarks"].items():
+        for b, bm in (m.get("budgets") or {}).items():
+            avg = f"{_fmt(bm['avg@k'], True)} [{_fmt(bm['avg@k_ci_low'], True)}, {_fmt(bm['avg@k_ci_high'], True)}]"
+            rows.append([name, b, avg, _fmt(bm["pass@k"], True), _fmt(bm["mean_tokens"], False),
+                         _fmt(bm["forced_rate"], True)])
+        if m.get("budgets"):
+            rows.append([name, "AUC / largest", _fmt(m.get("budget_auc"), True), "", "", ""])
+    if not rows:
+        return ""
+    head = ["benchmark", "budget", "avg@k", "pass@k", "tokens used", "forced"]
+    return ("\n\nAccuracy vs token budget (answers forced with the suffix where a sample had not finished):\n"
+            + format_table(head, rows))
 
 
 def compare_table(results: dict[str, dict]) -> str:
     """Several results side by side: for each benchmark, one row per result."""
-    head = ["benchmark", "result", "avg@k", "pass@k", "maj@k", "tokens", "truncated", "AES"]
+    head = ["benchmark", "result", "avg@k", "pass@k", "maj@k", "tokens", "truncated", "AES", "budget AUC"]
     rows = []
     names = [n for r in results.values() for n in r["benchmarks"]]
     for name in dict.fromkeys(names):
@@ -190,7 +239,8 @@ def compare_table(results: dict[str, dict]) -> str:
             a = r.get("vs_baseline", {}).get(name, {}).get("aes")
             rows.append([name, label, _fmt(m["avg@k"], True), _fmt(m["pass@k"], True), _fmt(m["maj@k"], True),
                          _fmt(m["mean_tokens"], False), _fmt(m["truncation_rate"], True),
-                         f"{a:+.3f}" if isinstance(a, float) and not math.isnan(a) else "-"])
+                         f"{a:+.3f}" if isinstance(a, float) and not math.isnan(a) else "-",
+                         _fmt(m.get("budget_auc"), True)])
     return format_table(head, rows)
 
 
@@ -223,6 +273,23 @@ def default_output(model: str) -> Path:
     return Path("evals") / f"{p.name or 'model'}.json"
 
 
+def _forcing(settings: EvalSettings, tokenizer):
+    """The BudgetForcing of ``settings.budgets`` (None without budgets); a UserError for a suffix that tokenises to
+    nothing or a continuation longer than the engine's room (64 tokens beyond the longest completion)."""
+    if not settings.budgets:
+        return None
+    from rlkit.evals.budgets import BudgetForcing
+
+    ids = tokenizer(settings.force_suffix, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise UserError(f"--force-suffix {settings.force_suffix!r} tokenises to nothing; give some text")
+    if settings.answer_tokens < 1 or len(ids) + settings.answer_tokens > 64:
+        raise UserError(f"--answer-tokens {settings.answer_tokens}: the forced continuation needs 1 to "
+                        f"{64 - len(ids)} tokens (suffix {len(ids)} + continuation <= 64, the engine's room)")
+    return BudgetForcing(tuple(settings.budgets), settings.force_suffix, list(ids), settings.answer_tokens,
+                         lambda t: tokenizer.decode(t, skip_special_tokens=True))
+
+
 def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseline: str | None = None,
                    baseline_model: str | None = None, output: str | None = None, progress: bool = True,
                    held_out: list[dict] | None = None) -> dict:
@@ -253,6 +320,12 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
         built = build_prompts(rows, tokenizer, cfg.data, source=benchmark_source(name))
         prompt_sets[name], skipped[name] = built.prompts, built.skipped_long
     max_new = settings.max_new_tokens or cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
+    forcing = _forcing(settings, tokenizer)
+    if forcing is not None:
+        if settings.max_new_tokens and settings.max_new_tokens != forcing.largest:
+            raise UserError(f"--max-new-tokens {settings.max_new_tokens} and --budgets (largest {forcing.largest}) "
+                            "disagree: with --budgets, generation runs at the largest budget; give one of them")
+        max_new = forcing.largest
     # the engine's context must hold the longest prompt plus this cap (vLLM stops at max_model_len)
     cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, eval_max_new_tokens=max_new))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -277,8 +350,9 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
                         "prompt_suffix": cfg.data.prompt_suffix, "system_prompt": cfg.data.system_prompt}
 
         def run_all(label: str) -> dict:
+            torch.manual_seed(settings.seed)  # engines that sample from torch's RNG (hf) give the same draws
             return {name: {**run_benchmark(engine, prompts, accuracy, settings, max_new, label=f"{label}: {name}",
-                                           progress=progress), "skipped_long_prompts": skipped[name]}
+                                           progress=progress, forcing=forcing), "skipped_long_prompts": skipped[name]}
                     for name, prompts in prompt_sets.items()}
 
         result = {"model": cfg.model.name_or_path, "settings": settings_out, "benchmarks": run_all("eval"),

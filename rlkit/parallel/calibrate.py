@@ -96,7 +96,7 @@ def calibrate(policy, acc, layout: Layout, *, budget: int, ratio: float, layers:
         one = _exchange_seconds(group, degree, 1, heads, head_dim, acc.device, dtype)
         values[2 + 2 * j] = max(row - one, 0.0) * exchanges / (degree * budget)
         values[3 + 2 * j] = one * exchanges
-    values = dist.reduce(acc, values, "max")  # every rank plans with the same model
+    values = dist.all_reduce(acc, values, "max")  # every rank plans with the same model
     a = float(given.get("a", values[0]))
     comm = []
     for j, degree in enumerate(wanted):

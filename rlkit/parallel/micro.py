@@ -118,7 +118,7 @@ def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching,
     else:
         chunks = unit_chunks([len(u) for u in units], mbs.micro_batch_size)
         count = len(chunks)
-    count = int(dist.reduce(acc, torch.tensor(count), "max"))
+    count = int(dist.all_reduce(acc, torch.tensor(count), "max"))
     if mbs.packing:
         return [Micro([i for u in part for i in units[u]]) for part in plan(count)]
     rows = [i for u in units for i in u]

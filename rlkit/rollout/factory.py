@@ -116,11 +116,22 @@ class SegmentedRollout(Rollout):
         self.worker.load_state_dict(state)
 
 
+def phrase_ids(tokenizer, phrase: str) -> list[int]:
+    """A budget-forcing phrase as tokens (no special tokens)."""
+    return list(tokenizer(phrase, add_special_tokens=False)["input_ids"])
+
+
 def make_rollout(cfg, engine: RolloutEngine, tokenizer) -> Rollout:
     from rlkit.config import importance
 
     r = cfg.rollout
-    if r.segments <= 1:
+    if r.budget_forcing.budgets:
+        from rlkit.rollout.forcing import ForcedRollout
+
+        f = r.budget_forcing
+        rollout = ForcedRollout(engine, f.budgets, f.phrase, phrase_ids(tokenizer, f.phrase), f.answer_tokens,
+                                cfg.train.seed)
+    elif r.segments <= 1:
         rollout = Rollout(engine)
     else:
         from rlkit.rollout.segments import SegmentRolloutWorker

@@ -140,7 +140,7 @@ def collect(run, step: int) -> StepBatch:
         batch = produce(run, step, quota, 0)
     else:
         batch = run.stages.filter.collect(quota, functools.partial(produce, run, step),
-                                          lambda t, op: dist.reduce(run.acc, t, op))
+                                          lambda t, op: dist.all_reduce(run.acc, t, op))
     if batch.shaped is None:
         shape(run, batch, step)
     return batch

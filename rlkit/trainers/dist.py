@@ -13,7 +13,7 @@ import math
 import torch
 
 
-def reduce(acc, t: torch.Tensor, op: str, group=None) -> torch.Tensor:
+def all_reduce(acc, t: torch.Tensor, op: str, group=None) -> torch.Tensor:
     """All-reduce ``t`` with ``op`` ("sum", "max", "mean") over the ranks (or over ``group``)."""
     if acc.num_processes == 1:
         return t

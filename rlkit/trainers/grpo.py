@@ -30,10 +30,10 @@ from rlkit.preflight import Preflight, preflight
 from rlkit.records import StepBatch
 from rlkit.trainers import dist
 from rlkit.trainers.collect import advantages, collect, refresh_monitors, timed
-from rlkit.trainers.evaluate import accuracy_reward, eval_rows, eval_table, evaluate
+from rlkit.trainers.evaluate import accuracy_reward, eval_rows, eval_table, held_out_check, signal_fraction
 from rlkit.trainers.metrics import step_metrics
 from rlkit.trainers.run import Run, save, setup, sync_weights
-from rlkit.trainers.update import balance_ranks, prepare_tokens, score_all, update_policy
+from rlkit.trainers.update import balance_ranks, policy_logprobs, prepare_tokens, update_policy
 
 
 @dataclass
@@ -86,9 +86,10 @@ def _end_process_group() -> None:
 def _train(run: Run) -> RunResult:
     cfg = run.cfg
     acc, stages, a = run.acc, run.stages, cfg.algorithm
-    held_out = functools.partial(evaluate, run.engine, run.eval_set.prompts, accuracy_reward(cfg, run.rewards),
-                                 temperature=cfg.rollout.eval_temperature, seed=cfg.train.seed,
-                                 max_new_tokens=cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens)
+    cap = cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
+    held_out = functools.partial(held_out_check, run.engine, run.eval_set.prompts, accuracy_reward(cfg, run.rewards),
+                                 temperature=cfg.rollout.eval_temperature, seed=cfg.train.seed, max_new_tokens=cap,
+                                 forcing=_held_out_forcing(run, cap))
     if cfg.train.eval_before and not run.before and run.eval_set.prompts:
         progress.at("the held-out evaluation before training")
         run.before = held_out()
@@ -122,7 +123,7 @@ def _train(run: Run) -> RunResult:
         #    reference logprobs for a KL term
         progress.at("scoring")
         with timed(run.timers, "old_logprobs"):
-            score = functools.partial(score_all, samples=trained.samples, pad_id=run.tokenizer.pad_token_id,
+            score = functools.partial(policy_logprobs, samples=trained.samples, pad_id=run.tokenizer.pad_token_id,
                                       acc=acc, width=trained.mask.shape[1], temperature=cfg.rollout.temperature,
                                       mbs=run.mbs)
             if run.rollout.old_from_engine:
@@ -151,6 +152,8 @@ def _train(run: Run) -> RunResult:
         metrics = step_metrics(batch, stats, trained_mask=trained.mask, mu=a.mu, lr=run.scheduler.get_last_lr()[0],
                                timers=run.timers, version=run.engine.version, acc=acc)
         metrics.update(monitor_metrics)
+        metrics.update(dist.mean_metrics(acc, {"signal/group_fraction": signal_fraction(batch.advantages,
+                                                                                         batch.group_ids)}))
         last = step + 1 == cfg.train.steps
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and not last:
             with timed(metrics, "time/eval"):
@@ -183,8 +186,11 @@ def _train(run: Run) -> RunResult:
     if not after and cfg.train.eval_after and run.eval_set.prompts:
         after = run.after = held_out()
     if (run.before or after) and acc.is_main_process:
-        summary = {"before": run.before, "after": after, "steps": cfg.train.steps}
+        with_signal = _steps_with_signal(run.run_dir)
+        summary = {"before": run.before, "after": after, "steps": cfg.train.steps, "steps_with_signal": with_signal}
         atomic_write_text(run.run_dir / "eval_summary.json", json.dumps(summary, indent=2) + "\n")
+        run.logger.console(f"steps with a learning signal (some group's rewards differ): {with_signal} of "
+                           f"{cfg.train.steps}")
         run.logger.console(eval_table({"before": run.before, "after": after}, len(run.eval_set.prompts),
                                       cfg.data.eval))
         run.logger.log_table("eval/table", *eval_rows({"before": run.before, "after": after}), step=cfg.train.steps)
@@ -192,6 +198,30 @@ def _train(run: Run) -> RunResult:
     if acc.num_processes > 1:
         acc.wait_for_everyone()  # every process is done before any tears its groups down (train's finally)
     return RunResult(run.run_dir, cfg.train.steps, run.before, after, metrics)
+
+
+def _held_out_forcing(run: Run, cap: int):
+    """The held-out check's budget forcing (train.eval_budgets, the cap as the largest budget), or None."""
+    if not run.cfg.train.eval_budgets:
+        return None
+    from rlkit.evals.budgets import DEFAULT_SUFFIX, BudgetForcing
+    from rlkit.rollout.factory import phrase_ids
+
+    return BudgetForcing((*run.cfg.train.eval_budgets, cap), DEFAULT_SUFFIX, phrase_ids(run.tokenizer, DEFAULT_SUFFIX),
+                         16, lambda ids: run.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def _steps_with_signal(run_dir) -> int:
+    """Steps of the run (metrics.jsonl, resumed parts included) in which some group carried a learning signal."""
+    count = 0
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        count += isinstance(row, dict) and (row.get("signal/group_fraction") or 0) > 0
+    return count
 
 
 def _progress(run: Run):

@@ -42,7 +42,7 @@ def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
     engine's behaviour logprobs. Returns the batch."""
     samples = batch.samples
     cmax = max(1, max((s.num_tokens for s in samples), default=1))
-    mask = to_completion_space([[1.0] * s.num_tokens for s in samples], cmax)
+    mask = to_completion_space([s.trainable() for s in samples], cmax)  # injected tokens never trained
     total = max(float(mask.sum()), 1.0)
     for name, m in masks:
         kept = mask * m.keep(MaskInputs(mask=mask, truncated=batch.truncated, correct=batch.correct))
@@ -119,11 +119,11 @@ def _score_plan(policy, samples: list[Sample], plan: list[Micro], pad_id: int, a
         if owns_results(micro, lay):
             out[idx, :lp.shape[1]] = lp.float().cpu()
     if lay.sp > 1:  # each row was written by one rank of the group
-        out = dist.reduce(acc, out, "sum", lay.sp_group)
+        out = dist.all_reduce(acc, out, "sum", lay.sp_group)
     return out
 
 
-def score_all(policy, samples: list[Sample], pad_id: int, acc, *, temperature: float, mbs: MicroBatching,
+def policy_logprobs(policy, samples: list[Sample], pad_id: int, acc, *, temperature: float, mbs: MicroBatching,
               width: int, disable_adapter: bool = False) -> torch.Tensor:
     """Logprobs [N, width] of every sample's completion under `policy` (no grad). With
     ``disable_adapter`` the PEFT adapters are switched off: the base model is the reference."""
@@ -151,7 +151,7 @@ def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: li
     lay = layout_of(mbs, acc)
     return loss.prepare(MinibatchInputs(
         logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
-        all_reduce_sum=lambda t: dist.reduce(acc, t, "sum", lay.dp_group),
+        all_reduce_sum=lambda t: dist.all_reduce(acc, t, "sum", lay.dp_group),
         all_gather=lambda t: dist.gather_var(acc, t, group=lay.dp_group), rank=lay.dp_rank))
 
 
@@ -201,8 +201,8 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
             rows = [i for unit in mini_units for i in unit]
             # sums over ranks count each share once: the sp ranks of an SP group hold the same rows
             denom = aggregation_denominator(batch.mask[rows], a.aggregation, max_new_tokens)
-            denom = float(dist.reduce(acc, torch.tensor(denom), "sum")) / lay.sp
-            n_groups = float(dist.reduce(acc, torch.tensor(float(len(set(batch.group_ids[rows].tolist())))),
+            denom = float(dist.all_reduce(acc, torch.tensor(denom), "sum")) / lay.sp
+            n_groups = float(dist.all_reduce(acc, torch.tensor(float(len(set(batch.group_ids[rows].tolist())))),
                                          "sum")) / lay.sp
             extra = {}
             if loss.prepare is not None:  # before the first backward: the policy is the minibatch's start
@@ -292,7 +292,7 @@ def _micro_step(prepared, acc, batch: StepBatch, micro: Micro, mini: _Minibatch,
 
 def _any_rank(acc, flag: bool) -> bool:
     """Whether ``flag`` holds on any rank (every rank gets the same answer)."""
-    return bool(dist.reduce(acc, torch.tensor(float(flag)), "max") > 0)
+    return bool(dist.all_reduce(acc, torch.tensor(float(flag)), "max") > 0)
 
 
 def _diverged(step: int, what: str, minibatch: int, micro: int | None) -> None:

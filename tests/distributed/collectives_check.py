@@ -46,7 +46,7 @@ def main(out: str) -> None:
     mask = (torch.arange(10)[None, :] < torch.tensor([10, 3, 7, 9, 2, 10, 5])[:, None]).float()
     rows = {3: [[0, 1, 2], [3], [4, 5, 6]], 1: [list(range(7))]}[world][rank]
     chosen = kl_cov_select(MinibatchInputs(lp[rows], adv[rows], mask[rows],
-                                           all_reduce_sum=lambda t: dist.reduce(acc, t, "sum"),
+                                           all_reduce_sum=lambda t: dist.all_reduce(acc, t, "sum"),
                                            all_gather=lambda t: dist.gather_var(acc, t), rank=rank),
                            kl_cov_ratio=0.1)
     result["kl_cov_chosen"] = dist.gather_var(acc, chosen["kl_cov_chosen"].int()).tolist()

@@ -27,7 +27,14 @@ from rlkit.parallel.plan import CostModel
 from rlkit.records import Sample, StepBatch
 from rlkit.trainers import dist
 from rlkit.trainers.batch import LogprobPolicy
-from rlkit.trainers.update import LossSpec, _units, balance_ranks, prepare_tokens, score_all, update_policy
+from rlkit.trainers.update import (
+    LossSpec,
+    _units,
+    balance_ranks,
+    policy_logprobs,
+    prepare_tokens,
+    update_policy,
+)
 
 # prompt, completion lengths: a sample of 2 tokens (shorter than the SP degree's shard of anything), long
 # ones that cross the shard boundary of any packed row, and short ones for side-by-side steps in adaptive mode
@@ -76,9 +83,9 @@ def main(model_dir: str, out: str, sp: int, mode: str, budget: int) -> None:
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
         prepared, opt = acc.prepare(policy, opt)
         score = dict(samples=batch.samples, pad_id=0, acc=acc, temperature=1.0, mbs=mbs, width=batch.mask.shape[1])
-        batch.old_logprobs = score_all(prepared, **score)
+        batch.old_logprobs = policy_logprobs(prepared, **score)
         if algo.get("kl_coef"):
-            batch.ref_logprobs = score_all(LogprobPolicy(copy.deepcopy(base), sp_groups=layout.groups), **score)
+            batch.ref_logprobs = policy_logprobs(LogprobPolicy(copy.deepcopy(base), sp_groups=layout.groups), **score)
         units = _units(batch.samples, loss.whole_groups)
         random.Random(0).shuffle(units)  # the update's minibatches (seed 0, 2 minibatches): the plans it runs
         degrees = sorted({m.degree for half in (units[0::2], units[1::2])

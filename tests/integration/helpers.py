@@ -139,3 +139,12 @@ class ScoringModel:
 
     def close(self):
         ScoringModel.closed.append(self.batches)
+
+
+SEEN_TEXTS: list[str] = []
+
+
+def records_texts(prompts, completions, completion_ids, **kwargs):
+    """Remembers every completion text it scores (SEEN_TEXTS); varies with the completion."""
+    SEEN_TEXTS.extend(completions)
+    return [(len(set(ids)) % 3) / 2 for ids in completion_ids]

@@ -96,6 +96,17 @@ def test_cli_lists_rewards(capsys):
     assert "math_correct" in out and "boxed_format" in out
 
 
+def test_cli_components_show_declarations_and_serve_asks_the_engine(capsys):
+    assert main(["components", "engine"]) == 0
+    out = capsys.readouterr().out
+    assert "vllm_server" in out and "remote=True, concurrent=True" in out and "uses_policy=True" in out
+    assert "math_correct" not in out
+    assert main(["components", "loss"]) == 0
+    assert "declares: aggregation='seq-mean-token-mean'" in capsys.readouterr().out  # gspo
+    assert main(["serve", "--engine", "hf", "some-model"]) == 2
+    assert "rollout engine 'hf' declares no server to start" in capsys.readouterr().err
+
+
 def test_segment_and_dmmpt_options_are_checked_at_parse_time():
     import pytest as _pytest
 

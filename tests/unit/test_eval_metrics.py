@@ -72,3 +72,17 @@ def test_bootstrap_interval_shrinks_with_more_prompts():
     assert lo1 < 0.5 < hi1 and lo2 < 0.5 < hi2
     assert hi2 - lo2 < (hi1 - lo1) / 3  # ~1/sqrt(20) of the width
     assert bootstrap_interval([0.3] * 5) == (pytest.approx(0.3), pytest.approx(0.3))
+
+
+def test_signal_fraction_and_the_held_out_table_interval():
+    import torch
+
+    from rlkit.trainers.evaluate import eval_table, signal_fraction
+
+    adv = torch.tensor([0.0, 0.0, 0.5, -0.5, 0.0, 0.0, 0.0, 1e-12])
+    assert signal_fraction(adv, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])) == 0.25  # only group 1 has a signal
+    assert signal_fraction(torch.zeros(0), torch.zeros(0, dtype=torch.long)) == 0.0
+    d = {"accuracy": 0.1, "accuracy_ci_low": 0.075, "accuracy_ci_high": 0.13, "mean_tokens": 70.0,
+         "median_tokens": 60.0, "truncation_rate": 0.2}
+    text = eval_table({"before": d, "after": {**d, "accuracy": 0.12}}, 395, "mawps")
+    assert "10.0% [7.5, 13.0]" in text and "one problem is 0.25 points" in text

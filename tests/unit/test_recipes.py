@@ -4,7 +4,7 @@ from rlkit.cli import main
 from rlkit.config import ConfigError, list_recipes, load_config
 
 ALL_RECIPES = {"grpo", "dr_grpo", "dapo", "dler", "da_dler", "drpo", "grpo_lambda", "kimi", "curriculum", "dot",
-               "laser", "laser_d", "laser_de", "palu", "ulorl"}
+               "laser", "laser_d", "laser_de", "palu", "ulorl", "budget_forcing"}
 DEMO_STEPS = 10  # train.steps default: a recipe that leaves it there has no paper training length
 
 

@@ -1,0 +1,106 @@
+"""Accuracy against a token budget (``rlkit eval --budgets 128,256,512``), in the style of s1's budget forcing.
+
+Each prompt's k samples are generated once, at the largest budget B. For every smaller budget b a sample is seen
+as it would have been with b tokens: a sample that ended by itself within b tokens is unchanged; any other is cut
+after b tokens, the answer-forcing suffix (default ``"\\n\\nFinal answer: \\boxed{"``) is appended and a short greedy
+continuation (at most ``answer_tokens``) is generated from there (one engine call for all of them), and the text
+scored is the cut completion + suffix + continuation. Tokens used by a forced sample: b + suffix + continuation.
+At B itself nothing is cut or forced, so the largest budget reproduces plain ``rlkit eval`` at that cap.
+
+Per budget: avg@k with its bootstrap interval, pass@k, maj@k, token statistics (rlkit.evals.metrics) and the
+forced-answer rate (the share of samples that needed the suffix). Per benchmark: the accuracy-vs-budget curve and
+its area, ``budget_auc``: the trapezoid area under the piecewise-linear curve through (0, 0) and (b_i, avg@k_i),
+divided by B, so 1.0 would be perfect accuracy at every budget from 0 tokens on (one number to compare runs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from rlkit.records import Sample
+from rlkit.rollout.base import SamplingSpec
+
+DEFAULT_SUFFIX = "\n\nFinal answer: \\boxed{"
+
+
+@dataclass
+class BudgetForcing:
+    """How a smaller budget is read off the largest one. ``suffix_ids``: the suffix tokenised (no special tokens);
+    ``decode``: token ids -> text."""
+
+    budgets: tuple[int, ...]
+    suffix: str
+    suffix_ids: list[int]
+    answer_tokens: int
+    decode: Callable[[list[int]], str]
+
+    def __post_init__(self):
+        self.budgets = tuple(sorted(set(self.budgets)))
+
+    @property
+    def largest(self) -> int:
+        return self.budgets[-1]
+
+
+def parse_budgets(text: str) -> tuple[int, ...]:
+    """``"128,256,512"`` -> (128, 256, 512); ValueError naming the bad entry."""
+    out = []
+    for part in str(text).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or int(part) < 1:
+            raise ValueError(f"--budgets: {part!r} is not a positive whole number of tokens (e.g. 128,256,512)")
+        out.append(int(part))
+    if not out:
+        raise ValueError("--budgets names no budget (e.g. 128,256,512)")
+    return tuple(sorted(set(out)))
+
+
+def finished_within(s: Sample, budget: int) -> bool:
+    """The sample ended by itself (EOS or a stop string) using at most ``budget`` tokens."""
+    return s.finish_reason == "stop" and s.num_tokens <= budget
+
+
+def at_budget(engine, prompts: list, samples: list[Sample], budget: int, forcing: BudgetForcing
+              ) -> tuple[list[Sample], list[bool]]:
+    """``samples`` (generated at the largest budget) as seen with ``budget`` tokens, in the same order, and which of
+    them were forced. The forced continuations are generated in one greedy engine call, only for samples that had
+    not finished within the budget."""
+    if budget >= forcing.largest:
+        return list(samples), [False] * len(samples)
+    todo = [i for i, s in enumerate(samples) if not finished_within(s, budget)]
+    out, forced = list(samples), [False] * len(samples)
+    if not todo:
+        return out, forced
+    heads = [samples[i].completion_ids[:budget] for i in todo]
+    spec = SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_new_tokens=forcing.answer_tokens, logprobs=False)
+    tails = engine.generate([list(prompts[samples[i].group_id].ids) + h + forcing.suffix_ids
+                             for i, h in zip(todo, heads)], spec)
+    for i, head, tail in zip(todo, heads, tails):
+        ids = head + forcing.suffix_ids + list(tail.completion_ids)
+        out[i] = dataclasses.replace(samples[i], completion_ids=ids, logprobs=[], finish_reason=tail.finish_reason,
+                                     text=forcing.decode(head) + forcing.suffix + tail.text,
+                                     versions=[], segments=[])
+        forced[i] = True
+    return out, forced
+
+
+def budget_auc(budgets: list[int], accuracies: list[float]) -> float:
+    """Area under the piecewise-linear accuracy-vs-budget curve through (0, 0) and every (budget, accuracy),
+    divided by the largest budget (module doc)."""
+    if not budgets:
+        return float("nan")
+    points = sorted(zip(budgets, accuracies))
+    area, prev_b, prev_a = 0.0, 0, 0.0
+    for b, a in points:
+        area += (b - prev_b) * (prev_a + a) / 2
+        prev_b, prev_a = b, a
+    return area / points[-1][0]
+
+
+def forced_rate(forced: list[bool]) -> float:
+    """The share of samples that needed the answer-forcing suffix at a budget."""
+    return sum(forced) / len(forced) if forced else float("nan")
