@@ -18,8 +18,9 @@ for several.
 
 Nothing is left out silently: each malformed line of a run's files (``file:line``, not valid JSON, not an object,
 no step) and each plot, panel or run that has nothing to show gets one warning line on stderr saying what and why;
-a plot with nothing at all to show is not written. When no plot can be made the report is a UserError (exit
-status 2) and writes nothing.
+a plot with nothing at all to show is not written. The two views of evaluations made a particular way
+(``budgets.png``, ``length_by_correctness.png``) are written when some run has such results and left out without a
+warning otherwise. When no plot can be made the report is a UserError (exit status 2) and writes nothing.
 """
 
 from __future__ import annotations
@@ -238,6 +239,10 @@ def pareto_skipped(runs: list[dict], evals_only: bool = False) -> tuple[str | No
     return f"pareto.png: no usable {wanted} in {', '.join(str(r.get('path', r['label'])) for r in runs)}", []
 
 
+# plots of results only some runs produce (evaluations with budgets, `rlkit eval` results): left out silently
+OPTIONAL = ("budgets.png", "length_by_correctness.png")
+
+
 def _budgets_skipped(runs: list[dict]) -> tuple[str | None, list[str]]:
     if any(r["budgets"] for r in runs):
         return None, []
@@ -374,6 +379,8 @@ def report(run_dirs: list[str], out: str | None = None, evals_only: bool = False
                               ("budgets.png", _budgets_skipped, plot_budgets),
                               ("length_by_correctness.png", _splits_skipped, plot_length_split)):
         why, left = check(runs)
+        if why is not None and name in OPTIONAL:
+            continue  # a view of results the runs never asked for: nothing to warn about
         if why is not None:
             skipped.append(why)
         else:

@@ -54,8 +54,8 @@ def test_plugin_options_are_checked_at_parse_time(plugin, tiny_model_dir, tmp_pa
 def test_plugin_evaluates_and_trains_asynchronously_with_a_fixed_policy(plugin, server, engine, tiny_model_dir,
                                                                         tmp_path):
     """`rlkit eval` through the plugin scores what the server holds (pushed here: the tiny model) exactly as the
-    in-process engine does; 3 training steps with async_steps=1 generate ahead through it, and the server's weights
-    are never touched (its weight version stays where it was)."""
+    in-process engine does; 3 budget-forced training steps with async_steps=1 generate ahead through it, and the
+    server's weights are never touched (its weight version stays where it was)."""
     from rlkit.data import load_prompt_sets
     from rlkit.evals.suite import EvalSettings, evaluate_suite, run_benchmark
     from rlkit.models import load_tokenizer
@@ -79,8 +79,11 @@ def test_plugin_evaluates_and_trains_asynchronously_with_a_fixed_policy(plugin, 
 
     run = tmp_path / "run"
     train(_cfg(tiny_model_dir, run, server.url, **{**opts, "train.steps": 3, "rollout.async_steps": 1,
-                                                   "rollout.importance": "pois", "algorithm.tis_cap": 2.0}))
+                                                   "rollout.importance": "pois", "algorithm.tis_cap": 2.0,
+                                                   "rollout.budget_forcing": {"budgets": [8, 12], "phrase": " Answer:",
+                                                                              "answer_tokens": 4}}))
     rows = _rows(run)
+    assert all(r["forcing/forced_frac"] > 0 for r in rows)  # budget forcing over a server, generated ahead
     assert [r["async/staleness_max"] for r in rows] == [0.0, 1.0, 1.0]
     assert [r["policy_version"] for r in rows] == [1, 2, 3]  # versions count the steps; no weights were sent
     assert all(abs(r["loss/tis_weight"] - 1.0) > 1e-6 for r in rows[1:])  # the fixed policy is off-policy

@@ -38,7 +38,8 @@ def test_every_example_folder_has_a_script():
 def test_example_script_runs_one_step(name, tiny_model_dir, tmp_path):
     script = ROOT / "examples" / name / "train.py"
     args = _tiny(tiny_model_dir) + ([f"output_dir={tmp_path / 'run'}"] if name == "accelerate" else [])
-    args += [] if name == "demo" else ["rollout.engine=hf"]
+    # the demo keeps vLLM and its held-out budgets, scaled under the tiny cap of 8 tokens
+    args += ["train.eval_budgets=[4]"] if name == "demo" else ["rollout.engine=hf"]
     if name == "gsm8k":  # the same script under `accelerate launch` (one process on CPU)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args]
@@ -57,7 +58,8 @@ def test_example_script_runs_one_step(name, tiny_model_dir, tmp_path):
     if name in ("lora", "dler_curriculum"):  # against the untrained model in the same call
         assert "vs_baseline" in result and "aes" in next(iter(result["vs_baseline"].values()))
     if name == "demo":
-        assert sorted(p.name for p in (runs[0] / "report").iterdir()) == ["curves.png", "lengths.png", "pareto.png"]
+        assert sorted(p.name for p in (runs[0] / "report").iterdir()) == ["budgets.png", "curves.png", "lengths.png",
+                                                                            "pareto.png"]  # budgets: train.eval_budgets
         assert "AES vs before" in proc.stdout
 
 
