@@ -39,6 +39,14 @@ class BudgetForcing:
     def __post_init__(self):
         self.budgets = tuple(sorted(set(self.budgets)))
 
+    @classmethod
+    def for_tokenizer(cls, budgets, suffix: str, answer_tokens: int, tokenizer) -> BudgetForcing:
+        """The forcing with ``suffix`` tokenised by ``tokenizer`` (no special tokens) and its decode."""
+        from rlkit.rollout.factory import phrase_ids
+
+        return cls(tuple(budgets), suffix, phrase_ids(tokenizer, suffix), answer_tokens,
+                   lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
     @property
     def largest(self) -> int:
         return self.budgets[-1]

@@ -280,14 +280,14 @@ def _forcing(settings: EvalSettings, tokenizer):
         return None
     from rlkit.evals.budgets import BudgetForcing
 
-    ids = tokenizer(settings.force_suffix, add_special_tokens=False)["input_ids"]
+    forcing = BudgetForcing.for_tokenizer(settings.budgets, settings.force_suffix, settings.answer_tokens, tokenizer)
+    ids = forcing.suffix_ids
     if not ids:
         raise UserError(f"--force-suffix {settings.force_suffix!r} tokenises to nothing; give some text")
     if settings.answer_tokens < 1 or len(ids) + settings.answer_tokens > 64:
         raise UserError(f"--answer-tokens {settings.answer_tokens}: the forced continuation needs 1 to "
                         f"{64 - len(ids)} tokens (suffix {len(ids)} + continuation <= 64, the engine's room)")
-    return BudgetForcing(tuple(settings.budgets), settings.force_suffix, list(ids), settings.answer_tokens,
-                         lambda t: tokenizer.decode(t, skip_special_tokens=True))
+    return forcing
 
 
 def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseline: str | None = None,

@@ -205,10 +205,8 @@ def _held_out_forcing(run: Run, cap: int):
     if not run.cfg.train.eval_budgets:
         return None
     from rlkit.evals.budgets import DEFAULT_SUFFIX, BudgetForcing
-    from rlkit.rollout.factory import phrase_ids
 
-    return BudgetForcing((*run.cfg.train.eval_budgets, cap), DEFAULT_SUFFIX, phrase_ids(run.tokenizer, DEFAULT_SUFFIX),
-                         16, lambda ids: run.tokenizer.decode(ids, skip_special_tokens=True))
+    return BudgetForcing.for_tokenizer((*run.cfg.train.eval_budgets, cap), DEFAULT_SUFFIX, 16, run.tokenizer)
 
 
 def _steps_with_signal(run_dir) -> int:
