@@ -83,17 +83,18 @@ def _broadcast(group, buf: torch.Tensor) -> None:
 _VLLM_CLASSES = ('GlooInitInfo', 'GlooUpdateInfo', 'GlooWeightTransferEngine', 'GlooTrainerInitInfo', 'GlooTrainerWeightTransferEngine')
 
 
+def _vllm_bases():
+    from vllm.distributed.weight_transfer import base
+
+    return base
+
+
 @functools.cache
-def _vllm_classes() -> dict[str, type]:
-    """The vLLM-side classes, built on first use so that importing this module (``plan_chunks``, the plugin hook)
-    does not import vLLM. They are published as module attributes under their own names (pickling finds them)."""
-    from vllm.distributed.weight_transfer.base import (
-        TrainerInitInfo,
-        TrainerWeightTransferEngine,
-        WeightTransferEngine,
-        WeightTransferInitInfo,
-        WeightTransferUpdateInfo,
-    )
+def _worker_classes() -> dict[str, type]:
+    """Worker side (inside ``vllm serve``): the init/update infos and the engine that receives."""
+    b = _vllm_bases()
+    WeightTransferEngine, WeightTransferInitInfo, WeightTransferUpdateInfo = (
+        b.WeightTransferEngine, b.WeightTransferInitInfo, b.WeightTransferUpdateInfo)
 
     @dataclass
     class GlooInitInfo(WeightTransferInitInfo):
@@ -167,6 +168,17 @@ def _vllm_classes() -> dict[str, type]:
                 stateless_destroy_torch_distributed_process_group(self.group)
                 self.group = None
 
+
+    return {"GlooInitInfo": GlooInitInfo, "GlooUpdateInfo": GlooUpdateInfo,
+            "GlooWeightTransferEngine": GlooWeightTransferEngine}
+
+
+@functools.cache
+def _trainer_classes() -> dict[str, type]:
+    """Trainer side: its init info and the engine that sends (it hands the workers their init info)."""
+    b, worker = _vllm_bases(), _worker_classes()
+    TrainerInitInfo, TrainerWeightTransferEngine = b.TrainerInitInfo, b.TrainerWeightTransferEngine
+    GlooInitInfo, GlooUpdateInfo = worker["GlooInitInfo"], worker["GlooUpdateInfo"]
 
     @dataclass
     class GlooTrainerInitInfo(TrainerInitInfo):
@@ -255,8 +267,16 @@ def _vllm_classes() -> dict[str, type]:
                 stateless_destroy_torch_distributed_process_group(self.group)
                 self.group = None
 
-    scope = locals()
-    built = {name: scope[name] for name in _VLLM_CLASSES}
+
+    return {"GlooTrainerInitInfo": GlooTrainerInitInfo,
+            "GlooTrainerWeightTransferEngine": GlooTrainerWeightTransferEngine}
+
+
+@functools.cache
+def _vllm_classes() -> dict[str, type]:
+    """The vLLM-side classes, built on first use so that importing this module (``plan_chunks``, the plugin hook)
+    does not import vLLM. They are published as module attributes under their own names (pickling finds them)."""
+    built = {**_worker_classes(), **_trainer_classes()}
     for name, cls in built.items():
         cls.__qualname__ = name
     globals().update(built)
