@@ -57,7 +57,12 @@ def main() -> None:
           f"mean train {sum(m['throughput/train_tokens_per_s'] for m in train_steps) / len(train_steps):.0f} tok/s")
     b, a = summary["before"], summary["after"]
     print("\n| held-out | before | after |\n|---|---|---|")
-    for k in ("accuracy", "mean_tokens", "median_tokens", "truncation_rate"):
+    from rlkit.trainers.evaluate import held_out_budgets
+
+    budgets = held_out_budgets(b)[:-1]  # train.eval_budgets: the forced-answer scores below the cap
+    keys = ["accuracy", "mean_tokens", "median_tokens", "truncation_rate"]
+    keys += [f"{m}@{n}" for n in budgets for m in ("accuracy", "forced")] + (["budget_auc"] if budgets else [])
+    for k in keys:
         print(f"| {k} | {b.get(k, float('nan')):.3f} | {a.get(k, float('nan')):.3f} |")
     from rlkit.evals.metrics import aes
 

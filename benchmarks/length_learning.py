@@ -42,7 +42,8 @@ RUNS = {
     "forcing": ["--recipe=dler", "--rollout.max_new_tokens=48", "--rewards=[{name: math_correct, weight: 0.0}, "
                 "{name: truncation, kwargs: {max_tokens: 48}}, {name: boxed_format, weight: 0.1}]",
                 "--algorithm.minibatches=1", "--filter={name: dynamic_sampling, kwargs: {metric: reward, max_rounds: 2}}",
-                "--data.max_prompt_tokens=256", "--rollout.budget_forcing={budgets: [16, 24], answer_tokens: 8}"],
+                "--data.max_prompt_tokens=256", "--rollout.budget_forcing.budgets=[16, 24]",
+                "--rollout.budget_forcing.answer_tokens=8"],
     # curriculum recipe scaled: budget 96 -> x0.7 every 4 steps in the prompt, triangular length reward
     "curriculum": ["--recipe=curriculum", "--rollout.max_new_tokens=128",
                    "--prompt_transforms=[{name: budget_curriculum, kwargs: {initial: 96, gamma: 0.7, every: 4}}]"],

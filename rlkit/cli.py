@@ -70,6 +70,15 @@ def _overrides(ns: argparse.Namespace, types: dict) -> dict:
     return out
 
 
+def _unknown_option(arg: str, types: dict) -> str:
+    """The error for an option rlkit does not have; a section (``--rollout.budget_forcing=...``) names its keys."""
+    name = arg.split("=", 1)[0]
+    keys = [f"--{k}" for k in types if k.startswith(name[2:] + ".")]
+    if keys:
+        return f"{name} is a section, not an option: set its keys one by one ({', '.join(keys)})"
+    return f"unrecognized option {name}"
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error format of every other user error (and no abbreviated flags)."""
 
@@ -182,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if str(getattr(args, "config", None) or "").startswith("--"):  # argparse files an unknown "--k=a b" as positional
+        parser.error(_unknown_option(args.config, types))
     if args.command in ("components", "rewards"):
         from rlkit import registry
 

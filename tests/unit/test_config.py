@@ -77,6 +77,14 @@ def test_cli_reports_config_errors(capsys):
     assert "'rollout.temperature' must be a number" in capsys.readouterr().err
     assert main(["train", "--rewards", "[{name: nope}]"]) == 2
     assert "unknown reward 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # not "cannot read config file --rollout..." (argparse's positional)
+        main(["train", "--rollout.budget_forcing={budgets: [16, 24], answer_tokens: 8}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--rollout.budget_forcing is a section" in err
+    assert "--rollout.budget_forcing.budgets" in err and "config file" not in err
+    with pytest.raises(SystemExit):
+        main(["train", "--rollout.nope=a b"])
+    assert "unrecognized option --rollout.nope" in capsys.readouterr().err
 
 
 def test_cli_help_documents_every_option(capsys):
