@@ -87,6 +87,9 @@ class StepBatch:
     rewards / terms / correct come from the per-sample reward terms; shaped from the group/batch shapers
     (None until shaped); advantages from the estimator. ``mask`` marks the tokens that count in the loss
     (token masks of kind "batch" have been applied); ``behaviour`` are the engine's logprobs.
+    ``padding`` marks the copies a group filter adds to fill its quota (DOT's padded groups): they keep the
+    batch's shape but carry zero loss weight and are left out of the shapers, the advantage statistics and
+    every mean (None: no padding).
     """
 
     prompts: list[Prompt]  # [P]
@@ -101,6 +104,7 @@ class StepBatch:
     old_logprobs: torch.Tensor | None = None  # [N, C]; None: the ratio is taken against the current policy
     ref_logprobs: torch.Tensor | None = None  # [N, C]; None: no KL term
     metrics: dict[str, float] = field(default_factory=dict)
+    padding: torch.Tensor | None = None  # [N] bool: a filter's padded copy (zero weight); None: none padded
 
     @property
     def group_ids(self) -> torch.Tensor:  # [N] long
@@ -113,6 +117,12 @@ class StepBatch:
     @property
     def truncated(self) -> torch.Tensor:  # [N] bool: finish_reason == "length"
         return torch.tensor([s.finish_reason == "length" for s in self.samples], dtype=torch.bool)
+
+    @property
+    def real(self) -> torch.Tensor:  # [N] bool: not a padded copy
+        if self.padding is None:
+            return torch.ones(len(self.samples), dtype=torch.bool)
+        return ~self.padding
 
     def final_rewards(self) -> torch.Tensor:
         """The reward that feeds the advantage: shaped when shaping ran, else the combined reward."""
@@ -131,7 +141,7 @@ class StepBatch:
 
         return StepBatch([self.prompts[g] for g in groups], samples, take(self.rewards),
                          {k: v[idx] for k, v in self.terms.items()}, take(self.correct), take(self.shaped),
-                         take(self.advantages), metrics=dict(self.metrics))
+                         take(self.advantages), metrics=dict(self.metrics), padding=take(self.padding))
 
     @staticmethod
     def concat(batches: Sequence[StepBatch]) -> StepBatch:
@@ -147,8 +157,11 @@ class StepBatch:
             return None if any(p is None for p in parts) else torch.cat(parts)
 
         terms = {k: torch.cat([b.terms[k] for b in batches]) for k in (batches[0].terms if batches else {})}
+        padding = None
+        if any(b.padding is not None for b in batches):
+            padding = torch.cat([~b.real for b in batches])
         return StepBatch(prompts, samples, cat(lambda b: b.rewards), terms, cat(lambda b: b.correct),
-                         cat(lambda b: b.shaped), cat(lambda b: b.advantages))
+                         cat(lambda b: b.shaped), cat(lambda b: b.advantages), padding=padding)
 
 
 @dataclass

@@ -12,6 +12,7 @@ All ranks run the same rounds (the deficit is all-reduced), as collectives insid
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -37,8 +38,13 @@ def informative_groups(values: torch.Tensor, group_ids: torch.Tensor, tol: float
 
 def fill_quota(kept: list, quota: int, fallback: list) -> tuple[list, int]:
     """Trim `kept` to `quota`, or pad it by repeating kept groups in order (DOT's predictive dynamic
-    sampling rule); with nothing kept, pad from `fallback` (zero-variance groups: zero advantage).
-    Returns (groups, number of padded entries)."""
+    sampling rule); with nothing kept, pad from `fallback` (zero-variance groups). Returns (groups, number
+    of padded entries); the padded entries are the last ones. The caller marks them as padding
+    (``StepBatch.padding``): as in DOT's released trainer (U-rara/DOT dot_ray_trainer.py, response mask
+    zeroed, fresh uids), a padded copy carries zero loss weight and counts in no mean, so a batch of k < quota
+    surviving groups updates exactly as the k groups alone (DOT, arXiv 2601.03969, PDS). With nothing kept the
+    whole batch is padding: the step makes no update (no group carries a signal) and its batch statistics are
+    NaN; ``sampling/informative_fraction`` 0 reports it."""
     if len(kept) >= quota:
         return kept[:quota], 0
     source = kept or fallback
@@ -52,15 +58,20 @@ def fill_quota(kept: list, quota: int, fallback: list) -> tuple[list, int]:
     return out, quota - len(kept)
 
 
-def _select(batches: list[StepBatch], chosen: list[tuple[int, int]]) -> StepBatch:
-    """The chosen (round, group) entries as one batch, runs of one round selected together."""
+def _select(batches: list[StepBatch], chosen: list[tuple[int, int]], padded: int = 0) -> StepBatch:
+    """The chosen (round, group) entries as one batch, runs of one round selected together; the last `padded`
+    entries are marked as padding (zero loss weight, left out of every statistic)."""
     parts, run = [], []
     for bi, g in chosen + [(-1, -1)]:
         if run and bi != run[0][0]:
             parts.append(batches[run[0][0]].select_groups([x[1] for x in run]))
             run = []
         run.append((bi, g))
-    return StepBatch.concat(parts)
+    out = StepBatch.concat(parts)
+    if padded:
+        first = len(chosen) - padded
+        out.padding = torch.tensor([s.group_id >= first for s in out.samples], dtype=torch.bool)
+    return out
 
 
 class _Rounds:
@@ -104,7 +115,7 @@ class _Rounds:
         cap_hit = self.until_full and int(reduce(torch.tensor(quota - len(kept)), "max")) > 0
         informative = len(kept)
         chosen, padded = fill_quota(kept, quota, fallback)
-        out = _select(batches, chosen)
+        out = _select(batches, chosen, padded)
         merged: dict = {}
         for b in batches:  # metrics only the first round carries (asynchronous rollouts' staleness) stay
             merged.update(b.metrics)
@@ -114,7 +125,7 @@ class _Rounds:
                        "sampling/cap_hit": float(cap_hit), **self.record(informative, generated, reduce)}
         if padded:
             log.warning("dynamic sampling: %d of %d groups had signal after %d round(s); the batch is padded "
-                        "with %d repeated group(s)%s", informative, quota, len(batches), padded,
+                        "with %d zero-weight copies%s", informative, quota, len(batches), padded,
                         " (safety cap max_rounds reached)" if cap_hit else "")
         return out
 
@@ -124,8 +135,8 @@ class DynamicSampling(_Rounds):
     """Drop zero-variance groups and generate more (DAPO sec. 3.2): rounds of the missing number of prompts,
     at most ``max_rounds`` (DAPO's max_num_gen_batches); with ``until_full`` the rounds go on until the batch
     is full (DLER, methods.md sec. 2) and ``safety_cap`` rounds stop a run whose groups never carry signal,
-    reported as ``sampling/cap_hit``. A batch still short is padded by repeating informative groups
-    (``sampling/padded_groups``, with a warning)."""
+    reported as ``sampling/cap_hit``. A batch still short is padded with zero-weight copies of informative
+    groups (``sampling/padded_groups``, with a warning): the step trains on the informative groups only."""
 
     def __init__(self, metric: Literal["correct", "reward", "shaped"] = "correct", max_rounds: int = 3,
                  until_full: bool = False, safety_cap: int = 64):
@@ -141,7 +152,10 @@ class PredictiveOversampling(_Rounds):
     """DOT's Predictive Dynamic Sampling (Wu et al. arXiv 2601.03969; methods.md sec. 6): one generation round
     of floor(B * f) prompts with f = clip((1 / mean(h)) * (1 + std(h)), f_min, f_max), h the last `window`
     per-step pass rates (informative groups / prompts sampled, over all ranks); f = f_max when mean(h) = 0
-    and f_init before any history. Paper: window 20, f_init 1.5, f_min 1.2, f_max 5.0. The history is
+    and f_init before any history. std is the population standard deviation (ddof 0), as DOT's code
+    (``np.std`` in dot_ray_trainer.py ``predict_oversample_factor``): h = [0.2, 0.6] gives f = 2.5 * 1.2 = 3.0,
+    384 prompts at B = 128 (the sample std would give 3.207, 410). A short batch is padded with zero-weight
+    copies (``fill_quota``). Paper (run_dot.sh): window 20, f_init 1.5, f_min 1.2, f_max 5.0. The history is
     checkpointed."""
 
     def __init__(self, metric: Literal["correct", "reward", "shaped"] = "reward", window: int = 20,
@@ -152,11 +166,11 @@ class PredictiveOversampling(_Rounds):
     def factor(self) -> float:
         if not self.history:
             return self.f_init
-        h = torch.tensor(self.history, dtype=torch.float64)
-        mean = float(h.mean())
-        if mean == 0:
+        h = self.history
+        mean = sum(h) / len(h)
+        if mean <= 0:
             return self.f_max
-        std = float(h.std()) if h.numel() > 1 else 0.0
+        std = math.sqrt(sum((x - mean) ** 2 for x in h) / len(h))  # population std (np.std), not ddof 1
         return min(self.f_max, max(self.f_min, (1 / mean) * (1 + std)))
 
     def prompts_for(self, quota: int, need: int) -> int:

@@ -121,17 +121,23 @@ class Cosine(_Term):
     """Cosine-scaled correctness (Yeo et al. arXiv 2502.03373, eq. 1):
     CosFn(L, T, eta_min, eta_max) = eta_min + 0.5 (eta_max - eta_min)(1 + cos(L pi / T)),
     correct: eta_max = r0_correct (at L=0), eta_min = rT_correct (at L=T); wrong: r0_wrong -> rT_wrong;
-    truncated (or L >= T): r_exceed. Paper values: 2, 1, -10, 0, -10. Replaces the correctness term."""
+    truncated, or L + margin >= T: r_exceed. Paper values: 2, 1, -10, 0, -10. Replaces the correctness term.
+
+    ``margin`` = 16 follows the released code (eddycmu/demystify-long-cot, openrlhf/reward/cosine.py with
+    ``MAX_LEN_MARGIN = 16`` in reward/common.py, "to ensure there are no off-by-one mistakes"): with T = 100 a
+    response of 84 tokens already gets r_exceed. ``margin: 0`` gives the paper's L >= T."""
 
     name = "cosine"
 
     def __init__(self, max_tokens: int, r0_correct: float = 2.0, rT_correct: float = 1.0, r0_wrong: float = -10.0,
-                 rT_wrong: float = 0.0, r_exceed: float = -10.0):
-        self.T, self.r_exceed = max_tokens, r_exceed
+                 rT_wrong: float = 0.0, r_exceed: float = -10.0, margin: int = 16):
+        if margin < 0 or margin >= max_tokens:
+            raise ValueError(f"cosine: need 0 <= margin < max_tokens, got margin={margin}, max_tokens={max_tokens}")
+        self.T, self.r_exceed, self.margin = max_tokens, r_exceed, margin
         self.correct_range, self.wrong_range = (rT_correct, r0_correct), (rT_wrong, r0_wrong)
 
     def one(self, L, truncated, c, *_):
-        if truncated or L >= self.T:
+        if truncated or L + self.margin >= self.T:
             return self.r_exceed
         lo, hi = self.correct_range if c >= 1 else self.wrong_range
         return lo + 0.5 * (hi - lo) * (1 + math.cos(L * math.pi / self.T))
@@ -197,9 +203,16 @@ class FormatLength(_Term):
 
 
 def loop_start(tokens: Sequence[int], min_repeats: int = 2) -> int:
-    """Index where the terminal repetition loop starts (len(tokens) if there is none): the earliest start
-    of a suffix with some period p that repeats at least `min_repeats` times (CAMPO's
-    find_infinite_loop_start, MiroMind-M1 arXiv 2507.14683)."""
+    """Index where the terminal repetition loop starts (len(tokens) if there is none): the earliest start, over
+    every period p, of a suffix with period p that spans at least `min_repeats` periods.
+
+    Not CAMPO's ratio (MiroMind-M1 arXiv 2507.14683, core_algos.py ``find_infinite_loop_start``): that function
+    steps back in whole blocks of p and keeps the *largest* p with >= min_repeats equal blocks, so its start is
+    block-aligned and may be later: for [x, y, z, c x 7] it returns 6/10 (p = 3, start 4), rlkit 7/10 (start 3,
+    where the loop of c begins). Whether a loop exists is the same in both (some p whose last 2 blocks of p
+    tokens are equal), so the released penalty (a fixed kappa when the ratio is > 0: RepetitionPenalty with
+    scaled=False) is reproduced exactly. Kept because the earliest start is the loop's true extent, which the
+    scaled penalty and LASER-DE's loop flag (``ends_in_loop``) measure."""
     n, best = len(tokens), len(tokens)
     for p in range(1, n // min_repeats + 1):
         j = n - 1
@@ -218,9 +231,11 @@ def ends_in_loop(tokens: Sequence[int], min_repeats: int = 3, min_share: float =
 
 
 class RepetitionPenalty(_Term):
-    """CAMPO repetition penalty (MiroMind-M1, arXiv 2507.14683; methods.md 10.3), truncated completions only:
-    rep_ratio = (n - loop_start) / n; term = -kappa * rep_ratio (scaled, methods.md default) or
-    -kappa when rep_ratio > 0 (scaled=False, the released code with kappa = 0.1)."""
+    """CAMPO repetition penalty (MiroMind-M1, arXiv 2507.14683 sec. 3; methods.md 10.3), truncated completions
+    only: rep_ratio = (n - loop_start) / n; term = -kappa * rep_ratio (scaled, methods.md default) or -kappa when
+    rep_ratio > 0 (scaled=False: the released code with kappa = 0.1, reproduced exactly). The scaled ratio is
+    rlkit's (``loop_start``: the loop's earliest start), not the released ``find_infinite_loop_start``'s ratio,
+    which keeps the largest block-aligned period (see ``loop_start``); the released code never scales."""
 
     name = "repetition_penalty"
     uses_correct = False

@@ -104,24 +104,40 @@ class EfficientReasoning(Shaper):
 
 @register("shaper", "kimi")
 class KimiLength(Shaper):
-    """Kimi k1.5 length reward (arXiv 2501.12599 sec. 2.3.3; LASER's compute_kimi_penalty):
-    lambda_i = 0.5 - (L_i - L_min) / (L_max - L_min) over the group (0 if all lengths are equal);
-    r += coef * lambda_i if correct, r += coef * min(0, lambda_i) if incorrect. coef 0.4 (LASER repo)."""
+    """Kimi k1.5 length reward (arXiv 2501.12599 sec. 2.3.3 eq. "len_reward"; LASER's compute_kimi_penalty):
+    lambda_i = 0.5 - (L_i - L_min) / (L_max - L_min) over the group (min and max over all its responses, 0 if all
+    lengths are equal); r += coef * lambda_i if correct, r += coef * min(0, lambda_i) if incorrect.
+    coef 0.4 (LASER repo).
+
+    ``format_term``: the name of a format reward term (e.g. ``boxed_format``). When given, a badly formatted
+    sample (that term < 1) gets no length term, as LASER's released ``compute_kimi_penalty``, which adds the term
+    only to scores 1.0 (correct) and -0.5 (wrong, well formatted) and none to -1 (bad format): rewards
+    [1.0, -1.0] (correct short, badly formatted long) become [1.2, -1.0], not [1.2, -1.2]. Without it (default)
+    every sample is shaped, as the Kimi report's formula (which has no format notion); the kimi recipe sets it."""
 
     needs_correctness = True
 
-    def __init__(self, coef: float = 0.4):
-        self.coef = coef
+    def __init__(self, coef: float = 0.4, format_term: str | None = None):
+        self.coef, self.format_term = coef, format_term
 
     def __call__(self, b: ShapingBatch) -> ShapingResult:
         r = b.rewards.clone()
+        fmt = None
+        if self.format_term is not None:
+            fmt = b.terms.get(self.format_term)
+            if fmt is None:
+                raise ValueError(f"kimi: format_term {self.format_term!r} is not a reward term of the run; add it "
+                                 "to `rewards` (weight 0 if it should not add to the reward)")
         for idx in group_index(b.group_ids):
             L = b.lengths[idx]
             span = float(L.max() - L.min())
             lam = 0.5 - (L - L.min()) / span if span > 0 else torch.zeros_like(L)
             c = b.correct[idx]
             bonus = torch.where(c >= 1, lam, lam.clamp(max=0.0))
-            r[idx] += self.coef * torch.where(torch.isnan(c), torch.zeros_like(bonus), bonus)
+            skip = torch.isnan(c)
+            if fmt is not None:  # LASER: no length term for a badly formatted sample (NaN format: not applicable)
+                skip = skip | (torch.nan_to_num(fmt[idx], nan=1.0) < 1)
+            r[idx] += self.coef * torch.where(skip, torch.zeros_like(bonus), bonus)
         return ShapingResult(r, {"bonus_mean": float((r - b.rewards).mean())})
 
 

@@ -29,8 +29,15 @@ BUCKETS = ("hard", "medium", "easy")
 
 
 def candidates(lower: int, upper: int, interval: int) -> list[int]:
-    """LASER's get_length_threshold: [lower, lower + interval, ..., upper]; if lower < interval:
-    [lower, interval, 2 interval, ..., upper]."""
+    """LASER-D's candidate lengths (arXiv 2505.15612 sec. 5; hkust-nlp/Laser constants.py
+    ``get_length_threshold``): [lower, lower + interval, ..., upper]; if lower < interval:
+    [lower, interval, 2 interval, ..., upper].
+
+    A documented difference: the released code switches at a hard-coded 1024 (lower < 1024 gives
+    [lower, 1024, 1024 + interval, ...]) and may add one candidate past upper. Every released script and the
+    paper use interval 1024 (and upper - lower a multiple of it), where the two lists are equal. rlkit keeps the
+    grid on multiples of ``interval`` so that other intervals stay a grid: with lower 100, interval 100, upper
+    400 the released rule would leave only [100] (nothing between 100 and 1024)."""
     if lower < interval:
         return [lower] + list(range(interval, upper + 1, interval))
     return list(range(lower, upper + 1, interval))

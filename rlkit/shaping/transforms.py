@@ -6,11 +6,16 @@ on samples it changed (``ctx.rescore``).
 
 DOT: Dynamic Outlier Truncation (Wu et al. "Anti-Length Shift", arXiv 2601.03969; methods.md sec. 6).
 
-Inside groups whose success rate is >= success_threshold (1.0: all correct), the cutoff is
-T(q) = floor(mean(L) + alpha * std(L)) with the sample std (ddof=1); every response with L_i - T(q) >= m
-(m = margin tokens; 0 < margin < 1 means max(int(L_i * margin), 16)) is hard-truncated to T(q) tokens and
-the rewards are recomputed on the truncated text (the verifier re-run). Runs before dynamic sampling,
-so the groups it breaks survive the filter. Paper: alpha 3.0, margin 32, threshold 1.0.
+Inside groups whose success rate is >= success_threshold (1.0: all correct) and that hold at least one correct
+response, the cutoff is T(q) = floor(mean(L) + alpha * std(L)) with the sample std (ddof=1); every response
+with L_i - T(q) >= m is hard-truncated to T(q) tokens and the rewards are recomputed on the truncated text (the
+verifier re-run). m = int(margin) tokens for margin >= 1 (a non-integer margin is truncated: 32.7 -> 32), and
+max(int(L_i * margin), 16) for 0 < margin < 1. Runs before dynamic sampling, so the groups it breaks survive
+the filter. Paper: alpha 3.0, margin 32, threshold 1.0.
+
+Both edge rules follow DOT's released code (U-rara/DOT projects/dot/length_truncation.py,
+``apply_length_truncation``): the margin is ``int(min_truncation_margin)``, and a group without a correct
+response is skipped whatever the threshold (with success_threshold = 0 an all-wrong group is not truncated).
 """
 
 from __future__ import annotations
@@ -25,18 +30,20 @@ from rlkit.registry import register
 
 def outlier_cuts(lengths: list[int], correct: list[float | None], group_ids: list[int], *, alpha: float = 3.0,
                  margin: float = 32, success_threshold: float = 1.0) -> dict[int, int]:
-    """{sample index: new length} for the responses DOT truncates."""
+    """{sample index: new length} for the responses DOT truncates (DOT arXiv 2601.03969 sec. 3, T(q) =
+    floor(mean + alpha * std)). A group of one is never cut (DOT: std 0, so L - T = 0 < m); a group with no
+    correct response is skipped (DOT's code, whatever success_threshold); a margin >= 1 is truncated to int."""
     cuts = {}
     for idx in (g.tolist() for g in group_index(group_ids)):
         if len(idx) < 2:
             continue
-        rate = sum(1.0 for i in idx if correct[i] is not None and correct[i] >= 1) / len(idx)
-        if rate < success_threshold:
+        n_correct = sum(1 for i in idx if correct[i] is not None and correct[i] >= 1)
+        if n_correct == 0 or n_correct / len(idx) < success_threshold:
             continue
         L = [lengths[i] for i in idx]
         cutoff = math.floor(statistics.mean(L) + alpha * statistics.stdev(L))
         for i in idx:
-            m = margin if margin >= 1 else max(int(lengths[i] * margin), 16)
+            m = int(margin) if margin >= 1 else max(int(lengths[i] * margin), 16)
             if lengths[i] - cutoff >= m:
                 cuts[i] = cutoff
     return cuts
@@ -52,8 +59,9 @@ def truncate_sample(sample, length: int, decode):
 
 @register("sample_transform", "dot_truncation")
 class DotTruncation:
-    """DOT (arXiv 2601.03969): truncate length outliers of groups whose pass rate is >= success_threshold to
-    T(q) = floor(mean + alpha * std) and re-run every reward term on them. Needs a correctness term.
+    """DOT (arXiv 2601.03969): truncate length outliers of groups whose pass rate is >= success_threshold (and
+    that hold a correct response) to T(q) = floor(mean + alpha * std) and re-run every reward term on them.
+    A margin >= 1 counts int(margin) tokens, as DOT's code. Needs a correctness term.
     Paper: alpha 3.0, margin 32, success_threshold 1.0."""
 
     needs_correctness = True

@@ -146,28 +146,35 @@ def collect(run, step: int) -> StepBatch:
     return batch
 
 
-def _offsets(acc, batch: StepBatch) -> tuple[list[int], int, int]:
-    """(every rank's sample count, this rank's sample offset, this rank's group offset)."""
-    sizes, group_sizes = dist.rank_sizes(acc, len(batch.samples)), dist.rank_sizes(acc, len(batch.prompts))
+def _offsets(acc, batch: StepBatch, n: int | None = None) -> tuple[list[int], int, int]:
+    """(every rank's sample count, this rank's sample offset, this rank's group offset); ``n``: this rank's count
+    when not every sample takes part (the real ones, without a filter's padded copies)."""
+    n = len(batch.samples) if n is None else n
+    sizes, group_sizes = dist.rank_sizes(acc, n), dist.rank_sizes(acc, len(batch.prompts))
     return sizes, sum(sizes[:acc.process_index]), sum(group_sizes[:acc.process_index])
 
 
 def shape(run, batch: StepBatch, step: int) -> None:
     """The shapers in order over the whole step, gathered from all ranks (counts may differ); sets
-    ``batch.shaped`` to this rank's slice."""
+    ``batch.shaped`` to this rank's slice. A filter's padded copies (``batch.padding``) are not shown to the
+    shapers (a batch statistic, a top fraction of groups or a per-question budget must not count a group twice);
+    they keep their combined reward, which nothing trains on."""
     acc, shapers = run.acc, run.stages.shapers
     if not shapers:
         batch.shaped = batch.rewards.clone()
         return
-    sizes, offset, group_offset = _offsets(acc, batch)
+    real = batch.real
+    rows = torch.nonzero(real).flatten()
+    sizes, offset, group_offset = _offsets(acc, batch, len(rows))
 
     def gather(t):
-        return dist.gather_var(acc, t, sizes)
+        return dist.gather_var(acc, t[rows], sizes)
 
     looping = None
     if run.stages.needs_looping:
         looping = gather(torch.tensor([float(ends_in_loop(s.completion_ids)) for s in batch.samples])) > 0.5
-    keys = [str(batch.prompts[s.group_id].columns.get("source", s.group_id)) for s in batch.samples]
+    keys = [str(batch.prompts[batch.samples[i].group_id].columns.get("source", batch.samples[i].group_id))
+            for i in rows.tolist()]
     sb = ShapingBatch(rewards=gather(batch.rewards), correct=gather(batch.correct), lengths=gather(batch.lengths),
                       truncated=gather(batch.truncated.float()) > 0.5, group_ids=gather(batch.group_ids + group_offset),
                       step=step, terms={k: gather(v) for k, v in batch.terms.items()}, looping=looping,
@@ -177,17 +184,24 @@ def shape(run, batch: StepBatch, step: int) -> None:
         sb.rewards = result.rewards
         batch.metrics.update(prefixed(f"shaping/{name}", result.metrics))
     batch.metrics["reward/shaped_mean"] = float(sb.rewards.mean())
-    batch.shaped = sb.rewards[offset:offset + len(batch.samples)]
+    shaped = batch.rewards.clone()
+    shaped[rows] = sb.rewards[offset:offset + len(rows)].to(shaped.dtype)
+    batch.shaped = shaped
 
 
 def advantages(run, batch: StepBatch) -> torch.Tensor:
-    """The estimator over the whole step's final rewards (gathered from all ranks); this rank's slice [N]."""
+    """The estimator over the whole step's final rewards (gathered from all ranks); this rank's slice [N]. A
+    filter's padded copies are left out of the estimator's statistics (group and batch means and stds) and get
+    advantage 0: they carry no loss (DOT's padded groups, rlkit.algorithms.filters.fill_quota)."""
     acc = run.acc
-    sizes, offset, group_offset = _offsets(acc, batch)
-    adv = run.stages.advantage(dist.gather_var(acc, batch.final_rewards(), sizes),
-                               dist.gather_var(acc, batch.group_ids + group_offset, sizes),
-                               dist.gather_var(acc, batch.lengths, sizes))
-    return adv[offset:offset + len(batch.samples)]
+    rows = torch.nonzero(batch.real).flatten()
+    sizes, offset, group_offset = _offsets(acc, batch, len(rows))
+    adv = run.stages.advantage(dist.gather_var(acc, batch.final_rewards()[rows], sizes),
+                               dist.gather_var(acc, (batch.group_ids + group_offset)[rows], sizes),
+                               dist.gather_var(acc, batch.lengths[rows], sizes))
+    out = torch.zeros(len(batch.samples), dtype=adv.dtype)
+    out[rows] = adv[offset:offset + len(rows)]
+    return out
 
 
 def refresh_monitors(run, step: int) -> dict:

@@ -23,22 +23,26 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
                  timers: dict, version: int, acc) -> dict:
     """``batch``: this rank's collected step (before rank balancing); ``trained_mask``: the loss mask of the
     samples this rank trained on. Means over ranks skip ranks without a finite value (dist.mean_metrics);
-    ``reward/<term>/errors`` (from rlkit.trainers.collect.score, reported by every rank) are summed."""
-    samples = batch.samples
+    ``reward/<term>/errors`` (from rlkit.trainers.collect.score, reported by every rank) are summed.
+    A filter's padded copies (``batch.padding``) were neither generated nor trained: they count in no statistic."""
+    real = batch.real
+    samples = [s for s, k in zip(batch.samples, real.tolist()) if k]
     lengths = [s.num_tokens for s in samples]
     n_gen_tokens = sum(lengths)
     n_tok = max(float(trained_mask.sum()) * mu, 1.0)
-    rewards = batch.rewards
+    rewards = batch.rewards[real]
+    terms = {name: t[real] for name, t in batch.terms.items()}
     # samples no term applies to (every term None) have no reward to report: left out, null when none has one
-    scored = ~torch.stack([torch.isnan(t) for t in batch.terms.values()]).all(0) if batch.terms else \
+    scored = ~torch.stack([torch.isnan(t) for t in terms.values()]).all(0) if terms else \
         torch.ones(len(samples), dtype=torch.bool)
     kept = rewards[scored] if len(samples) else rewards
     m = {"reward/mean": float(kept.mean()) if kept.numel() else math.nan,
          "reward/std": float(kept.std()) if kept.numel() > 1 else 0.0}
-    for name, t in batch.terms.items():
+    for name, t in terms.items():
         valid = t[~torch.isnan(t)]
         m[f"reward/{name}"] = float(valid.mean()) if valid.numel() else math.nan
-    known = batch.correct[~torch.isnan(batch.correct)] if batch.correct is not None else torch.zeros(0)
+    correct = batch.correct[real] if batch.correct is not None else None
+    known = correct[~torch.isnan(correct)] if correct is not None else torch.zeros(0)
     if known.numel():
         m["accuracy"] = float(known.mean())
     none = math.nan if not samples else None  # a rank without samples has no statistics to average in

@@ -39,10 +39,12 @@ from rlkit.trainers import backends, dist
 def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
     """Fill the per-token tensors [N, C] of ``batch``: the loss mask (completion tokens, then every (name, mask)
     of kind "batch", e.g. mask_truncated, whose removed share goes to ``mask/<name>/masked_frac``) and the
-    engine's behaviour logprobs. Returns the batch."""
+    engine's behaviour logprobs. A filter's padded copies (``batch.padding``) get an all-zero mask row, as DOT's
+    zeroed response mask. Returns the batch."""
     samples = batch.samples
     cmax = max(1, max((s.num_tokens for s in samples), default=1))
     mask = to_completion_space([s.trainable() for s in samples], cmax)  # injected tokens never trained
+    mask = mask * batch.real.to(mask.dtype)[:, None]  # padded copies: no token counts
     total = max(float(mask.sum()), 1.0)
     for name, m in masks:
         kept = mask * m.keep(MaskInputs(mask=mask, truncated=batch.truncated, correct=batch.correct))
@@ -60,11 +62,15 @@ def truncated_importance(old: torch.Tensor, behaviour: torch.Tensor, cap: float)
     return importance_ratio(old.detach(), behaviour).clamp(max=cap)
 
 
-def _units(samples: list[Sample], whole_groups: bool) -> list[list[int]]:
-    """Sample indices that must share a micro-batch: single samples, or whole groups."""
+def _units(samples: list[Sample], whole_groups: bool, real: torch.Tensor | None = None) -> list[list[int]]:
+    """Sample indices that must share a micro-batch: single samples, or whole groups. With ``real`` ([N] bool),
+    the samples it marks False (a filter's padded copies) are left out: no micro-batch, minibatch or normaliser
+    sees them."""
+    keep = [True] * len(samples) if real is None else real.tolist()
     if not whole_groups:
-        return [[i] for i in range(len(samples))]
-    return [idx.tolist() for idx in group_index([smp.group_id for smp in samples])]
+        return [[i] for i in range(len(samples)) if keep[i]]
+    units = [idx.tolist() for idx in group_index([smp.group_id for smp in samples])]
+    return [[i for i in u if keep[i]] for u in units if any(keep[i] for i in u)]
 
 
 def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
@@ -80,7 +86,9 @@ def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
         return batch
     layout = layout or make_layout(acc, 1)
     shares = layout.dp
-    payload = (batch.samples, batch.advantages.tolist(), None if batch.correct is None else batch.correct.tolist())
+    real = batch.real.tolist()  # a filter's padded copies are not trained: they stay out of the shares
+    payload = ([s for s, k in zip(batch.samples, real) if k], [a for a, k in zip(batch.advantages.tolist(), real) if k],
+               None if batch.correct is None else [c for c, k in zip(batch.correct.tolist(), real) if k])
     gathered = dist.gather_objects(acc, payload)
     stride = 1 + max((s.group_id for smps, _, _ in gathered for s in smps), default=0)
     samples, adv, corr = [], [], []
@@ -182,8 +190,9 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
     counted (``stats.skipped``). The finiteness check is all-reduced, so every rank decides the same.
     """
     a, world, lay = algorithm, acc.num_processes, layout_of(mbs, acc)
-    # units that stay together: single samples, or whole groups for sequence-level losses (DRPO)
-    units = _units(batch.samples, loss.whole_groups)
+    # units that stay together: single samples, or whole groups for sequence-level losses (DRPO); a filter's
+    # padded copies are in none (zero weight, counted in no normaliser: the update of the real groups alone)
+    units = _units(batch.samples, loss.whole_groups, batch.real)
     random.Random(seed).shuffle(units)
     minibatch_units = [units[i::a.minibatches] for i in range(a.minibatches)]
     stats = UpdateStats(masked={name: 0.0 for name, _ in forward_masks})

@@ -119,6 +119,6 @@ def test_empty_completion_edge_case():
     assert call("laser_step", {"target_tokens": 10}, [0], correct=[1], **empty) == [0.5]
     assert call("budget_triangular", {"budget": 10}, [0], **empty) == [0.0]
     assert call("dapo_overlong", {"max_tokens": 10, "buffer": 2}, [0], **empty) == [0.0]
-    assert call("cosine", {"max_tokens": 10}, [0], correct=[0], **empty) == [-10.0]
+    assert call("cosine", {"max_tokens": 10, "margin": 0}, [0], correct=[0], **empty) == [-10.0]
     assert call("format_length", {"max_tokens": 10}, [0], **empty) == [0.0]  # no format: min(0, 0 + 0)
     assert call("repetition_penalty", {}, [0], finish=["length"], **empty) == [0.0]

@@ -37,7 +37,7 @@ def test_recipe_settings_and_precedence(tmp_path):
     assert cfg.rollout.prompts_per_step == 8 and cfg.rollout.max_new_tokens == 4000  # file over recipe, merged
     assert cfg.rollout.temperature == 0.7 and cfg.algorithm.advantage == "batch_norm"  # override over both
     later = load_config(recipes=["dler", "kimi"])  # lists are replaced by the later source, mappings merge
-    assert [t.name for t in later.rewards] == ["math_correct"] and later.algorithm.advantage == "grpo"
+    assert [t.name for t in later.rewards] == ["math_correct", "boxed_format"] and later.algorithm.advantage == "grpo"
     assert later.algorithm.dual_clip == 10.0 and later.filter.name == "dynamic_sampling"
     assert [s.name for s in later.shaping] == ["kimi"]
 

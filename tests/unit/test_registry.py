@@ -89,7 +89,7 @@ def test_resolved_options_with_defaults_are_saved(tmp_path):
     save_config(cfg, tmp_path / "config.json")
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["rewards"][0]["kwargs"] == {"max_tokens": 5, "rho": 0.0}
-    assert saved["shaping"][0]["kwargs"] == {"coef": 0.4}
+    assert saved["shaping"][0]["kwargs"] == {"coef": 0.4, "format_term": None}
     assert saved["filter"] == {"name": "dynamic_sampling", "kwargs": {"metric": "correct", "max_rounds": 3,
                                                                       "until_full": False, "safety_cap": 64}}
     assert saved["token_masks"][0]["kwargs"] == {"tau": 0.99, "sigma": 0.2}

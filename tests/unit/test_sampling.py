@@ -54,8 +54,8 @@ def test_predictive_oversampling_factor():
         p.record(informative, generated, reduce)
     assert p.factor() == pytest.approx(2.0)  # 1/0.5 * (1 + 0)
     p.record(1, 4, reduce)  # 0.25
-    p.record(3, 4, reduce)  # 0.75; window 3: [0.5, 0.25, 0.75], mean 0.5, std 0.25
-    assert p.history == [0.5, 0.25, 0.75] and p.factor() == pytest.approx(2 * 1.25)
+    p.record(3, 4, reduce)  # 0.75; window 3: [0.5, 0.25, 0.75], mean 0.5, population std sqrt(0.125 / 3) = 0.2041
+    assert p.history == [0.5, 0.25, 0.75] and p.factor() == pytest.approx(2 * (1 + (0.125 / 3) ** 0.5))
     q = PredictiveOversampling()
     q.load_state_dict({"history": [0.0, 0.0]})
     assert q.factor() == 5.0  # nothing informative: f_max
