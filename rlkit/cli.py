@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import math
+import os
 import signal
 import sys
+import time
 import typing
 from typing import Literal
 
@@ -207,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, desc, paper in list_recipes():
             print(f"{name:14s} {desc}\n{'':14s} {paper}")
         return 0
+    progress.state["pending"] = None  # a new command: no interruption under way
     previous = signal.signal(signal.SIGTERM, _terminated)
     previous_int = signal.signal(signal.SIGINT, _interrupted)
     try:
@@ -230,23 +234,40 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.debug:
             raise
-        print(f"rlkit: error: {_one_line(e)}", file=sys.stderr)
-        return 2
+        return _fail(f"rlkit: error: {_one_line(e)}", 2)
     except (KeyboardInterrupt, Terminated) as e:
-        progress.state["pending"] = None
         if getattr(args, "debug", False):
             raise
         name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
-        print(f"rlkit: interrupted by {name}{progress.where()}{progress.resume_hint()}", file=sys.stderr)
-        return code
+        return _fail(f"rlkit: interrupted by {name}{progress.where()}{progress.resume_hint()}", code)
     except OSError as e:
         if e.errno not in _ENVIRONMENT or getattr(args, "debug", False):
             raise
-        print(f"rlkit: error: {_environment_line(e)}", file=sys.stderr)
-        return 2
+        return _fail(f"rlkit: error: {_environment_line(e)}", 2)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+        if progress.state["pending"] is None:
+            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+        else:  # interrupted: further signals while the interpreter exits (engine teardown) print nothing more
+            signal.signal(signal.SIGTERM, _ignored)
+            signal.signal(signal.SIGINT, _ignored)
+
+
+def _fail(line: str, status: int) -> int:
+    """Print the one line and return the exit status. Under torchrun / ``accelerate launch`` the line also goes to
+    the elastic agent's error file (TORCHELASTIC_ERROR_FILE), so the launcher's failure report names it as the root
+    cause instead of "To enable traceback see ..."; with ``accelerate launch --quiet`` that report (about 15 lines,
+    no Python traceback) ends with this line."""
+    print(line, file=sys.stderr)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if error_file:
+        record = {"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}
+        try:
+            with open(error_file, "w") as f:
+                json.dump(record, f)
+        except OSError:
+            pass  # the launcher then reports the exit status alone
+    return status
 
 
 class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt
@@ -261,10 +282,15 @@ def _interrupted(signum, frame):
     progress.interrupt(KeyboardInterrupt)
 
 
+def _ignored(signum, frame):
+    """After the one line of an interruption: the process is already exiting."""
+
+
 # failures of the machine, not of rlkit or the user's input: one line naming the file, never a traceback
 _ENVIRONMENT = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                 errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
-                errno.EIO: "input/output error"}
+                errno.EIO: "input/output error", errno.ENOTDIR: "a path component is a file, not a directory",
+                errno.EEXIST: "a file of that name is in the way", errno.EISDIR: "a directory is in the way"}
 
 
 def _environment_line(e: OSError) -> str:
@@ -309,7 +335,8 @@ def _run(args: argparse.Namespace, types: dict) -> int:
             budgets = parse_budgets(args.budgets)
         except ValueError as e:
             raise UserError(str(e)) from None
-    checked = preflight(cfg, train=False)
+    cfg = _eval_config(cfg, args, budgets)
+    checked = preflight(cfg, train=False)  # eval's completion cap against the model's positions, before loading
     extra = {"max_new_tokens": args.max_new_tokens, "limit": args.limit, "seed": cfg.train.seed, "budgets": budgets,
              "force_suffix": args.force_suffix.replace("\\n", "\n"),  # a typed \n is a newline
              "answer_tokens": args.answer_tokens}
@@ -319,6 +346,32 @@ def _run(args: argparse.Namespace, types: dict) -> int:
                          baseline=args.baseline, baseline_model=args.baseline_model, output=args.output,
                          progress=not args.no_progress, held_out=checked.rows[1])
     return 0
+
+
+def _eval_config(cfg, args: argparse.Namespace, budgets: tuple[int, ...]):
+    """The config ``rlkit eval`` runs: its completion cap (``--max-new-tokens``, or the largest of ``--budgets``) in
+    ``rollout.eval_max_new_tokens``, so the context checks before any model loads cover it; the output path is
+    checked writable now, not after the evaluation ran."""
+    import dataclasses
+
+    from rlkit.config import validate
+    from rlkit.evals.suite import default_output
+    from rlkit.files import unwritable_reason
+
+    if budgets and args.max_new_tokens and args.max_new_tokens != max(budgets):
+        raise UserError(f"--max-new-tokens {args.max_new_tokens} and --budgets (largest {max(budgets)}) disagree: with "
+                        "--budgets, generation runs at the largest budget; give one of them")
+    if args.answer_tokens < 1:
+        raise UserError(f"--answer-tokens must be >= 1, got {args.answer_tokens}")
+    cap = max(budgets) if budgets else args.max_new_tokens
+    if cap:
+        cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, eval_max_new_tokens=cap))
+        validate(cfg, "rlkit eval")
+    out = args.output or default_output(cfg.model.name_or_path)
+    why = unwritable_reason(out)
+    if why:
+        raise UserError(f"--output {out}: {why}" if args.output else f"the result file {out}: {why} (give --output)")
+    return cfg
 
 
 if __name__ == "__main__":

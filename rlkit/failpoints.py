@@ -1,11 +1,12 @@
 """Named fault-injection points for the crash tests: ``RLKIT_FAILPOINTS="checkpoint@2,update@1"`` kills the
 process with SIGKILL the 2nd time it reaches ``checkpoint`` (or the 1st time it reaches ``update``). An action
 after a colon replaces the kill: ``rollout@2:SIGINT`` / ``:SIGTERM`` send that signal to the process (what a user's
-Ctrl-C or a scheduler's stop does), ``checkpoint@2:ENOSPC`` raises the OSError a full disk raises there.
+Ctrl-C or a scheduler's stop does; ``:SIGINTx3`` three SIGINTs 50 ms apart), ``checkpoint@2:ENOSPC`` raises the
+OSError a full disk raises there.
 
 Points: ``rollout`` (after a step's generation), ``update`` (after the policy update, before weight sync),
 ``checkpoint`` (checkpoint files written, not yet published), ``publish`` (checkpoint renamed into place, old
-ones not yet rotated), ``log`` (after a metrics row is written). Without the variable a hit is a dict lookup.
+ones not yet rotated), ``log`` (after a metrics row is written), ``eval`` (a held-out evaluation in the loop starts). Without the variable a hit is a dict lookup.
 """
 
 from __future__ import annotations
@@ -38,4 +39,15 @@ def hit(name: str, path: str | None = None) -> None:
         return
     if action == "ENOSPC":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    if action == "SIGINTx3":  # an impatient user: three Ctrl-C in quick succession, the later ones during shutdown
+        import threading
+        import time
+
+        def press(pid=os.getpid()):
+            for _ in range(3):
+                os.kill(pid, signal.SIGINT)
+                time.sleep(0.05)
+        threading.Thread(target=press, daemon=True).start()
+        time.sleep(1)  # the first press interrupts this sleep
+        return
     os.kill(os.getpid(), {"KILL": signal.SIGKILL, "SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}[action])

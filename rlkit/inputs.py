@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -170,9 +171,37 @@ def check_memory(cfg) -> None:
                         f"{total:.1f} GiB of memory (vLLM's CPU KV cache); lower it")
 
 
+# bytes each completion token costs at the least in one step's tensors (token id, behaviour and old logprobs, mask,
+# advantage), before any model activation: a lower bound, so only a step that cannot fit is refused
+STEP_BYTES_PER_TOKEN = 24
+
+
+def check_step_size(cfg) -> None:
+    """One step's completions (this process's prompts x group size x the completion cap) must fit in this machine's
+    memory by the lower bound above: ``rollout.group_size=100000000`` is refused here, not by a failed allocation
+    after the model loaded."""
+    import importlib
+
+    try:
+        total = importlib.import_module("psutil").virtual_memory().total
+    except ImportError:
+        return
+    r = cfg.rollout
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    completions = -(-r.prompts_per_step // world) * r.group_size
+    need = completions * r.max_new_tokens * STEP_BYTES_PER_TOKEN
+    if need > total:
+        raise UserError(f"one step's completions do not fit in memory: rollout.prompts_per_step "
+                        f"{r.prompts_per_step} / {world} process(es) x rollout.group_size {r.group_size} = "
+                        f"{completions:,} completions of up to rollout.max_new_tokens {r.max_new_tokens} tokens need "
+                        f"at least {need / 2**30:,.1f} GiB for their tokens alone, more than this machine's "
+                        f"{total / 2**30:.1f} GiB; lower them")
+
+
 def check_data_file(path: Path) -> None:
-    """A .parquet file starts and ends with the magic bytes PAR1 (anything else fails inside pyarrow)."""
-    if path.suffix != ".parquet":
+    """A .parquet file starts and ends with the magic bytes PAR1 and its footer (the metadata: schema, row groups)
+    reads (anything else fails inside pyarrow); a damaged body is caught when the rows are read (rlkit.data)."""
+    if path.suffix.lower() != ".parquet":
         return
     try:
         size = path.stat().st_size
@@ -185,6 +214,14 @@ def check_data_file(path: Path) -> None:
     if size < 12 or head != b"PAR1" or tail != b"PAR1":
         raise UserError(f"data file {path}: not a parquet file (no PAR1 magic at its start and end); give a "
                         ".parquet written by pyarrow/pandas, or a .jsonl file")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        _ = pq.ParquetFile(path).metadata.num_rows
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"data file {path}: its parquet metadata cannot be read ({' '.join(str(e).split())[:200]}); "
+                        "write it again with pyarrow/pandas, or give a .jsonl file") from None
 
 
 def _sampled_digest(path: Path) -> str:

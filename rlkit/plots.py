@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from rlkit.errors import UserError
+from rlkit.files import unwritable_reason
 
 CURVES = [("reward/mean", "reward"), ("accuracy", "accuracy (training samples)"),
           ("completion/mean_tokens", "mean completion tokens"), ("completion/truncation_rate", "truncation rate")]
@@ -129,6 +130,13 @@ def load_run(run: Path, evals_only: bool = False) -> dict:
     metrics, lengths_path = run / "metrics.jsonl", run / "lengths.jsonl"
     rows = [r for r in _read_jsonl(metrics, notes) if any(key in r for key, _ in CURVES)] \
         if metrics.is_file() else []
+    unusable = [(r["step"], key, r[key]) for r in rows for key, _ in CURVES
+                if key in r and r[key] is not None and not _number(r[key])]  # null is "no value" (rlkit writes it)
+    for step, key, value in unusable[:MAX_LINE_NOTES]:
+        notes.append(f"{metrics}: step {step}: {key!r} is {value!r}, not a finite number; point left out")
+    if len(unusable) > MAX_LINE_NOTES:
+        notes.append(f"{metrics}: {len(unusable) - MAX_LINE_NOTES} more values that are not finite numbers (strings, "
+                     "NaN, Infinity); points left out")
     lengths = []
     if lengths_path.is_file():
         for r in _read_jsonl(lengths_path, notes):
@@ -370,6 +378,14 @@ def report(run_dirs: list[str], out: str | None = None, evals_only: bool = False
     """Write the plots that have something to show; one warning line on stderr for each thing left out. A
     UserError (nothing written) when no plot can be made."""
     runs_paths = [Path(r) for r in run_dirs]
+    if out is None:
+        target = runs_paths[0] / "report" if len(runs_paths) == 1 else \
+            Path(os.path.commonpath([str(r.resolve()) for r in runs_paths])) / "report"
+    else:
+        target = Path(out)
+    why = unwritable_reason(target, directory=True)
+    if why:  # before any run is read or anything plotted
+        raise UserError(f"{'--out' if out is not None else 'the report folder'} {target}: {why}")
     runs = [load_run(r, evals_only) for r in runs_paths]
     warnings = [note for run in runs for note in run["notes"]]
     plans, skipped = [], []
@@ -392,11 +408,6 @@ def report(run_dirs: list[str], out: str | None = None, evals_only: bool = False
         raise UserError(f"nothing to plot: {'; '.join(skipped)}")
     for line in skipped:
         print(f"rlkit: warning: not plotted: {line}", file=sys.stderr)
-    if out is None:
-        target = runs_paths[0] / "report" if len(runs_paths) == 1 else \
-            Path(os.path.commonpath([str(r.resolve()) for r in runs_paths])) / "report"
-    else:
-        target = Path(out)
     target.mkdir(parents=True, exist_ok=True)
     written = [plot(runs, target / name) for name, plot in plans]
     for path in written:

@@ -66,6 +66,9 @@ def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *
     """Check the run directory, resume checkpoint, model and data of ``cfg``; raise UserError on a mistake. For
     training, the main process takes the run directory's lock first (rlkit.rundir); a rejected run releases it and
     leaves nothing behind."""
+    if train and not str(cfg.output_dir).strip():
+        raise UserError("output_dir is empty: give the run a directory of its own (e.g. --output_dir=runs/my-run); "
+                        "an empty one would write into the working directory")
     run_dir = Path(cfg.output_dir)
     out = Preflight(run_dir, run_id=uuid.uuid4().hex[:12])
     if train:
@@ -79,6 +82,12 @@ def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *
             inputs.check_data_file(Path(spec))
     out.rows = read_data(cfg.data)
     out.data_fingerprint = fingerprint(out.rows[0])
+    if cfg.data.eval_size > len(out.rows[1]):
+        out.notices.append(f"data.eval_size is {cfg.data.eval_size} but {cfg.data.eval} has {len(out.rows[1])} rows "
+                           f"from data.eval_offset={cfg.data.eval_offset}: the held-out check uses those "
+                           f"{len(out.rows[1])}")
+    if train:
+        inputs.check_step_size(cfg)
     check_model(cfg.model.name_or_path)
     folder = inputs.model_dir(cfg.model.name_or_path)
     if folder is not None:

@@ -14,7 +14,12 @@ state: dict = {"run_dir": None, "step": None, "phase": None, "pending": None}
 def interrupt(exc_type: type[BaseException]) -> None:
     """A signal handler's body: remember the interruption, then raise it in the main thread. Python raises it at the
     next bytecode wherever that is, and where that is a finaliser or a callback the exception is printed and
-    dropped; the next phase boundary (``at``) raises it again, so a signal always stops the run."""
+    dropped; the next phase boundary (``at``) raises it again, so a signal always stops the run. Once one
+    interruption is under way, repeated signals (a user pressing Ctrl-C three times while the run shuts down) do
+    nothing: raising again inside the shutdown's ``finally`` blocks and finalisers would skip the clean-up and print
+    "Exception ignored" tracebacks after the one line."""
+    if state["pending"] is not None:
+        return
     state["pending"] = exc_type
     raise exc_type()
 
@@ -47,5 +52,8 @@ def resume_hint() -> str:
 
     latest = find_latest(run_dir)
     if latest is None:
-        return f"; no checkpoint of {run_dir} was written yet"
+        if not (Path(run_dir) / "run.json").exists():  # stopped before the run directory was written: nothing to undo
+            return "; nothing was written: run the same command to start again"
+        return (f"; no checkpoint of {run_dir} was written yet: run the same command with --resume auto (it starts "
+                "fresh, replacing what this attempt logged) or --overwrite to start again")
     return f"; the last checkpoint is {latest}, intact: run the same command with --resume auto to continue"

@@ -422,6 +422,11 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
         if not math.isfinite(number):  # inf / nan (or 1e1000, which YAML reads as inf) would train a NaN model
             raise ConfigError(f"{source}: '{key}' must be a finite number, got {value!r}")
+        if abs(number) > FLOAT32_MAX or 0 < abs(number) < FLOAT32_TINY:
+            # every float option ends up in float32 (or bfloat16, with float32's range) tensors: the optimizer's lr,
+            # reward weights, clip ranges; 1e300 is finite here and inf (or 1e-50 is 0) at the first step
+            raise ConfigError(f"{source}: '{key}' is {number!r}, outside float32's range (magnitudes from "
+                              f"{FLOAT32_TINY:.3g} to {FLOAT32_MAX:.3g}, or 0), the precision it is used in")
         return number
     if tp is str:
         if isinstance(value, str):
@@ -432,6 +437,10 @@ def coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return value
         raise ConfigError(f"{source}: '{key}' must be a mapping, got {value!r}")
     return value
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max (this module does not import torch)
+FLOAT32_TINY = 1.1754943508222875e-38  # torch.finfo(torch.float32).tiny: the smallest normal magnitude
 
 
 def _hints(obj: Any) -> dict:

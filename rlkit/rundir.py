@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import time
 from pathlib import Path
@@ -73,9 +74,15 @@ class RunLock:
 
         for _ in range(20):
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
             except OSError as e:
+                if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                    raise _not_a_lock(self.path) from None
                 raise unwritable(self.run_dir, e) from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                os.close(fd)  # a device, fifo or a hard link to someone else's file: never truncated
+                raise _not_a_lock(self.path)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -86,7 +93,7 @@ class RunLock:
                 raise CheckpointError(f"output_dir {self.run_dir} is in use by another rlkit run ({_describe(holder)});"
                                       " wait for it to end or choose another output_dir") from None
             try:  # the file we locked is still the lock (a releasing holder may have removed it meanwhile)
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+                same = os.lstat(self.path).st_ino == st.st_ino
             except FileNotFoundError:
                 same = False
             if not same:
@@ -126,6 +133,14 @@ class RunLock:
                 pass
 
 
+def _not_a_lock(path: Path) -> CheckpointError:
+    """The lock path exists but is not a plain file of its own (a symlink, a hard link, a directory, a fifo):
+    rlkit never opens through it, so a link to a file elsewhere cannot be truncated."""
+    return CheckpointError(f"output_dir {path.parent}: its lock path {path} is not a regular file of its own "
+                           "(a symlink, hard link, directory or device); rlkit never writes through it: remove it "
+                           "or choose another output_dir")
+
+
 def _read(fd: int) -> dict:
     try:
         data = os.pread(fd, 4096, 0)
@@ -161,6 +176,11 @@ def check_output_dir(run_dir: Path, overwrite: bool, inputs: dict[str, Path] | N
         return False
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
     if not overwrite:
+        ckpts = run_dir / "checkpoints"
+        if "run.json" in entries and not (ckpts.is_dir() and any((p / "COMPLETE").exists() for p in ckpts.iterdir())):
+            raise CheckpointError(f"output_dir {run_dir} holds an rlkit run that stopped before its first checkpoint "
+                                  f"({shown}); pass --resume auto to start it again from step 0 (what it logged is "
+                                  "replaced), --overwrite to delete it, or choose another output_dir")
         raise CheckpointError(f"output_dir {run_dir} is not empty ({shown}); pass --resume auto to continue that run, "
                               "--overwrite to delete it and start again, or choose another output_dir")
     if not any(name in MARKERS for name in entries):

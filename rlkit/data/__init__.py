@@ -59,15 +59,27 @@ def resolve_source(spec: str) -> Path:
         raise DataError(f"data file not found: {spec}")
     if not path.is_file():
         raise DataError(f"data path {spec} is not a file (give a .jsonl or .parquet file)")
+    if path.suffix.lower() not in DATA_SUFFIXES:
+        raise DataError(f"data file {spec}: rlkit reads {', '.join(DATA_SUFFIXES)} files (one JSON object per line, "
+                        f"or parquet), not {path.suffix or 'a file without a suffix'}; convert it, e.g. "
+                        "pandas.read_csv(f).to_json('data.jsonl', orient='records', lines=True)")
     return path
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".ndjson", ".parquet")
 
 
 def load_rows(path: Path) -> list[dict]:
     """Read a .jsonl (one object per line; blank lines allowed) or .parquet file into dicts."""
-    if path.suffix == ".parquet":
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:  # a damaged body behind valid magic bytes and metadata
+            raise DataError(f"{path}: the parquet file cannot be read ({' '.join(str(e).split())[:200]}); write it "
+                            "again with pyarrow/pandas, or give a .jsonl file") from None
     rows = []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -100,7 +112,7 @@ def _where(path: Path, row: dict, i: int) -> str:
     count) for parquet."""
     if "_line" in row:
         return f"{path}:{row['_line']}"
-    return f"{path}: row {i}" if path.suffix == ".parquet" else f"{path}:{i + 1}"
+    return f"{path}: row {i}" if path.suffix.lower() == ".parquet" else f"{path}:{i + 1}"
 
 
 def _excerpt(value, n: int = 40) -> str:
@@ -218,7 +230,8 @@ def build_prompts(rows: list[dict], tokenizer, data_cfg, *, source: str = "") ->
         ids = prompt.ids
         if len(ids) > data_cfg.max_prompt_tokens:
             if data_cfg.on_long_prompt == "error":
-                raise DataError(f"{row['source']}: prompt has {len(ids)} tokens, over "
+                where = f"{source}:{row['source'].rsplit(':', 1)[-1]}" if source else row["source"]  # with its folder
+                raise DataError(f"{where}: prompt has {len(ids)} tokens, over "
                                 f"data.max_prompt_tokens={data_cfg.max_prompt_tokens}")
             skipped += 1
             continue

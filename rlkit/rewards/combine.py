@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections.abc
 import inspect
+import json
 import logging
 import math
 import numbers
@@ -282,29 +283,52 @@ class RewardSet:
 
     def setup(self, context: RewardContext) -> None:
         """Each term's ``setup(context)``, once, after the rollout engine is built (so ``memory_left`` is what the
-        engine left)."""
+        engine left). A hook that raises or calls ``sys.exit`` is one RewardError naming the reward and the hook."""
         for t in self.terms:
             if "setup" in registry.hooks(t.fn):
-                t.fn.setup(context)
+                _hook(t, "setup", context)
 
-    def close(self) -> None:
-        """Each term's ``close()``; one that raises is reported in one warning line and the others still close
-        (the run's outcome is decided by then)."""
+    def close(self, deadline: float | None = None) -> list[str]:
+        """Each term's ``close()`` under a deadline (the term's ``timeout``, else ``CLOSE_TIMEOUT`` seconds; or
+        ``deadline``); returns one warning line per term that raised, exited or did not return in time (the others
+        still close; the run's outcome is decided by then, and a close that hangs is left behind on a daemon thread
+        so the run can end and release its lock)."""
+        lines = []
         for t in self.terms:
-            if "close" in registry.hooks(t.fn):
-                try:
-                    t.fn.close()
-                except Exception as e:  # noqa: BLE001 - close the others
-                    log.warning("reward %r: close() raised %s: %s", t.label, type(e).__name__, e)
+            if "close" not in registry.hooks(t.fn):
+                continue
+            limit = deadline if deadline is not None else (t.timeout or CLOSE_TIMEOUT)
+            try:
+                call_with_timeout(t.fn.close, {}, limit, f"{t.label}-close")
+            except RewardTimeout:
+                lines.append(f"reward {t.label!r}: close() did not return within {limit:g} s; the run ends without "
+                             "waiting for it")
+            except (Exception, SystemExit) as e:  # noqa: BLE001 - close the others
+                lines.append(f"reward {t.label!r}: close() {_what(e)}")
+        for line in lines:
+            log.warning("%s", line)
+        return lines
 
     def state_dict(self) -> dict:
-        """{term label: its state} for the terms with ``state_dict`` (JSON values: saved in the checkpoint)."""
-        return {t.label: t.fn.state_dict() for t in self.terms if "state_dict" in registry.hooks(t.fn)}
+        """{term label: its state} for the terms with ``state_dict``: JSON values (saved in the checkpoint), checked
+        here, before anything is written, so a state that is not JSON is one line naming the reward."""
+        out = {}
+        for t in self.terms:
+            if "state_dict" in registry.hooks(t.fn):
+                state = _hook(t, "state_dict")
+                try:
+                    json.dumps(state, allow_nan=False)
+                except (TypeError, ValueError) as e:
+                    raise RewardError(f"reward {t.label!r}: state_dict() returned a state that is not JSON "
+                                      f"({type(e).__name__}: {e}); return dicts, lists, strings, finite numbers, "
+                                      "booleans and None") from None
+                out[t.label] = state
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         for t in self.terms:
             if t.label in state and "load_state_dict" in registry.hooks(t.fn):
-                t.fn.load_state_dict(state[t.label])
+                _hook(t, "load_state_dict", state[t.label])
 
     def verifier(self) -> Term | None:
         return next((t for t in self.terms if t.correctness), None)
@@ -382,6 +406,25 @@ class GuardedReward:
         values, _ = score_term(self.term, _Batch.of(self.term, prompts, completions, completion_ids, kwargs,
                                                     step, self.phase))
         return values
+
+
+CLOSE_TIMEOUT = 30.0  # seconds a reward's close() may take when its term has no timeout (timeout: 0)
+
+
+def _what(e: BaseException) -> str:
+    """'raised ValueError: msg' or 'called sys.exit(4)': what a hook did, in a few words."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    return f"raised {type(e).__name__}: {' '.join(str(e).split()) or '(no message)'}"
+
+
+def _hook(term: Term, name: str, *args):
+    """A lifecycle hook of ``term`` (setup, state_dict, load_state_dict): its exception or ``sys.exit`` becomes one
+    RewardError naming the reward and the hook (a bug in the reward, not in rlkit)."""
+    try:
+        return getattr(term.fn, name)(*args)
+    except (Exception, SystemExit) as e:
+        raise RewardError(f"reward {term.label!r}: {name}() {_what(e)}") from None
 
 
 def score_term(term: Term, batch: _Batch) -> tuple[list, int]:

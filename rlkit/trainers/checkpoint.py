@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rlkit import failpoints
 from rlkit.errors import CheckpointError
-from rlkit.files import fsync_dir, fsync_tree
+from rlkit.files import fsync_dir, fsync_tree, os_error_of
 
 STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -82,9 +82,12 @@ def save_checkpoint(run_dir: str | Path, step: int, accelerator, prepared, token
     try:
         _write(tmp, final, root, run_dir, step, accelerator, prepared, tokenizer, optimizer, scheduler, trainer_state,
                keep_last)
-    except OSError:  # disk full, quota, read-only: no half-written checkpoint is left behind (the last one stays)
-        if accelerator.is_main_process:
+    except BaseException as e:  # anything (disk full, a writer's own error, a signal): no half-written checkpoint
+        if accelerator.is_main_process:  # is left behind, and the last complete one stays
             shutil.rmtree(tmp, ignore_errors=True)
+        wrapped = os_error_of(e, tmp) if isinstance(e, Exception) else None
+        if wrapped is not None and wrapped is not e:  # disk full inside safetensors: the same line as from open()
+            raise wrapped from None
         raise
     accelerator.wait_for_everyone()
     return final

@@ -55,11 +55,15 @@ def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
     run = None
     try:
         run = setup(cfg, checked)
-        return _train(run)
+        result = _train(run)
+        progress.at("teardown")
+        return result
     finally:
-        if run is not None:
-            _close(run)
-        checked.release()  # the lock; a directory the run never wrote into is removed again
+        try:
+            if run is not None:
+                _close(run)
+        finally:
+            checked.release()  # the lock; a directory the run never wrote into is removed again
 
 
 def _close(run: Run) -> None:
@@ -156,12 +160,17 @@ def _train(run: Run) -> RunResult:
                                                                                          batch.group_ids)}))
         last = step + 1 == cfg.train.steps
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and not last:
+            progress.at("the periodic held-out evaluation")
+            failpoints.hit("eval")
             with timed(metrics, "time/eval"):
                 metrics.update({f"eval/{k}": v for k, v in held_out().items()})
         if last and cfg.train.eval_after and run.eval_set.prompts:  # in the last step's row and checkpoint
+            progress.at("the held-out evaluation after training")
+            failpoints.hit("eval")
             with timed(metrics, "time/eval"):
                 run.after = held_out()
             metrics.update({f"eval_after/{k}": v for k, v in run.after.items()})
+        progress.at("logging")
         if cfg.logging.completions_every and step % cfg.logging.completions_every == 0:
             run.logger.log_completions(step + 1, _completion_rows(batch, cfg.logging.completions_count))
         if (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0) or (last and cfg.checkpoint.save_final):
@@ -184,6 +193,8 @@ def _train(run: Run) -> RunResult:
     # 9. the before/after table (the final evaluation ran in the last step, or is restored from its checkpoint)
     after = run.after
     if not after and cfg.train.eval_after and run.eval_set.prompts:
+        progress.at("the held-out evaluation after training")
+        failpoints.hit("eval")
         after = run.after = held_out()
     if (run.before or after) and acc.is_main_process:
         with_signal = _steps_with_signal(run.run_dir)

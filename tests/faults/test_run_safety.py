@@ -192,3 +192,37 @@ def test_eval_sampling_values_are_checked_before_any_model_loads(flag, expect, t
                           timeout=300)
     assert expect in _one_line(proc)
     assert not (tmp_path / "out.json").exists()
+
+
+def test_three_sigints_during_the_final_evaluation_before_any_checkpoint(tiny_model_dir, tmp_path):
+    """Three Ctrl-C 50 ms apart in the held-out evaluation after training, with no checkpoint written yet: one line
+    naming that phase and saying how to start again, nothing more (no "Exception ignored"), the lock released; the
+    command it names then runs the job to its end."""
+    run = tmp_path / "run"
+    extra = ("--train.steps=1", "--train.eval_after=true", "--checkpoint.every=0", "--checkpoint.save_final=false")
+    proc = _rlkit(tiny_model_dir, run, *extra, cwd=tmp_path, RLKIT_FAILPOINTS="eval@1:SIGINTx3")
+    line = _one_line(proc, 130)
+    assert line == (f"rlkit: interrupted by SIGINT at step 1 (the held-out evaluation after training); no checkpoint "
+                    f"of {run} was written yet: run the same command with --resume auto (it starts fresh, replacing "
+                    "what this attempt logged) or --overwrite to start again"), line
+    assert "Exception ignored" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr, proc.stderr[-3000:]
+    assert not (run / ".rlkit.lock").exists()
+    again = _rlkit(tiny_model_dir, run, *extra, cwd=tmp_path)
+    assert again.returncode == 2 and "stopped before its first checkpoint" in again.stderr
+    proc = _rlkit(tiny_model_dir, run, *extra, "--resume=auto", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in _rows(run) if "reward/mean" in r] == [1]
+
+
+def test_under_a_launcher_the_one_line_is_the_root_cause_of_its_report(tmp_path):
+    """torchrun (what `accelerate launch` runs) prints its failure report after the workers exit; the report's root
+    cause is the one line (the elastic error file), not "To enable traceback see ..."."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "rlkit.cli",
+                           "train", "--optim.lr=1e300", f"--output_dir={tmp_path / 'run'}"], capture_output=True,
+                          text=True, env=_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 1
+    line = ("rlkit: error: overrides: 'optim.lr' is 1e+300, outside float32's range (magnitudes from 1.18e-38 to "
+            "3.4e+38, or 0), the precision it is used in")
+    tail = [x.strip() for x in proc.stderr.splitlines() if x.strip()][-2:]
+    assert tail == [f"traceback : {line}", "=" * 60], tail
+    assert "To enable traceback" not in proc.stderr
