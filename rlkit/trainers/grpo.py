@@ -156,8 +156,9 @@ def _train(run: Run) -> RunResult:
         metrics = step_metrics(batch, stats, trained_mask=trained.mask, mu=a.mu, lr=run.scheduler.get_last_lr()[0],
                                timers=run.timers, version=run.engine.version, acc=acc)
         metrics.update(monitor_metrics)
-        metrics.update(dist.mean_metrics(acc, {"signal/group_fraction": signal_fraction(batch.advantages,
-                                                                                         batch.group_ids)}))
+        real = batch.real  # a filter's padded copies are not groups of their own (zero weight, DOT)
+        metrics.update(dist.mean_metrics(acc, {"signal/group_fraction": signal_fraction(batch.advantages[real],
+                                                                                         batch.group_ids[real])}))
         last = step + 1 == cfg.train.steps
         if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and not last:
             progress.at("the periodic held-out evaluation")
@@ -178,7 +179,8 @@ def _train(run: Run) -> RunResult:
             with timed(metrics, "time/checkpoint"):
                 save(run, step + 1, dict(metrics))
         metrics["time/step"] = time.perf_counter() - t_step
-        lengths = [n for rank in dist.gather_objects(acc, [s.num_tokens for s in batch.samples]) for n in rank]
+        lengths = [n for rank in dist.gather_objects(acc, [s.num_tokens for s, k in zip(batch.samples, real) if k])
+                   for n in rank]
         progress.at("logging")
         run.logger.log_lengths(step + 1, lengths)
         run.logger.log(step + 1, metrics)
@@ -242,9 +244,11 @@ def _progress(run: Run):
 
 
 def _completion_rows(batch: StepBatch, count: int) -> list[dict]:
-    return [{"prompt": batch.prompts[s.group_id].columns.get("question", "")[:300], "completion": s.text,
+    real = batch.real.tolist()  # a filter's padded copies are not samples of their own
+    rows = [{"prompt": batch.prompts[s.group_id].columns.get("question", "")[:300], "completion": s.text,
              "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i]), "tokens": s.num_tokens,
-             "finish_reason": s.finish_reason} for i, s in enumerate(batch.samples[:count])]
+             "finish_reason": s.finish_reason} for i, s in enumerate(batch.samples) if real[i]]
+    return rows[:count]
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
