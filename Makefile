@@ -54,6 +54,7 @@ bench: setup
 
 lint: setup
 	$(BIN)/ruff check rlkit tests benchmarks examples
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

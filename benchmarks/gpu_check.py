@@ -216,7 +216,8 @@ def part_packing(args, device, shapes) -> dict:
     from rlkit.algorithms.losses import LossInputs, aggregation_weights, ppo_clip_loss
     from rlkit.kernels import attention
     from rlkit.kernels.packing import plan_micro_batches
-    from rlkit.trainers.batch import LogprobPolicy, collate
+    from rlkit.parallel.batch import collate
+    from rlkit.trainers.batch import LogprobPolicy
 
     name, dims = next(iter(shapes.items()))
     if args.cpu_smoke:

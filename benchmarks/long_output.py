@@ -100,7 +100,8 @@ def policy_grpo_step(model, length: int, vocab: int, sp_group=None) -> None:
     """One forward + backward of the GRPO loss (ppo_clip, token-mean) through rlkit's LogprobPolicy (packed row,
     chunked LM head) on one completion of ``length`` tokens after a PROMPT-token prompt, on the model's device."""
     from rlkit.algorithms.losses import LossInputs, aggregation_weights, ppo_clip_loss
-    from rlkit.trainers.batch import LogprobPolicy, collate, shard_micro_batch
+    from rlkit.parallel.batch import collate, shard_micro_batch
+    from rlkit.trainers.batch import LogprobPolicy
 
     device = next(model.parameters()).device
     groups = {torch.distributed.get_world_size(sp_group): sp_group} if sp_group is not None else None
@@ -283,8 +284,9 @@ def _overhead_main(length: int, repeats: int) -> None:
     """Under torchrun (1 or 2 processes): forward + backward of one ``length``-token sample, best of repeats."""
     from accelerate import Accelerator
 
+    from rlkit.parallel.batch import collate, shard_micro_batch
     from rlkit.parallel.layout import make_layout
-    from rlkit.trainers.batch import LogprobPolicy, collate, shard_micro_batch
+    from rlkit.trainers.batch import LogprobPolicy
 
     acc = Accelerator(cpu=True)
     layout = make_layout(acc, acc.num_processes)

@@ -12,7 +12,7 @@ The Python API (the CLI is a thin layer over it)::
     @rlkit.register_reward("brevity")                             # a reward usable by name in configs
     def brevity(prompts, completions, completion_ids, *, num_tokens, **kwargs): ...
 
-Import-light on purpose (DESIGN rule 11): importing `rlkit` or `rlkit.rewards` never imports vLLM,
+Import-light on purpose (architecture rule 11): importing `rlkit` or `rlkit.rewards` never imports vLLM,
 DeepSpeed or Triton; the names above load their modules on first use.
 """
 
@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 _API = {
     "load_config": ("rlkit.config", "load_config"),
     "Config": ("rlkit.config", "Config"),
-    "train": ("rlkit.trainers.grpo", "train"),
+    "train": ("rlkit.api", "train"),
     "RunResult": ("rlkit.trainers.grpo", "RunResult"),
     "evaluate": ("rlkit.evals.suite", "evaluate_suite"),
     "EvalSettings": ("rlkit.evals.suite", "EvalSettings"),

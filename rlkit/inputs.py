@@ -17,6 +17,7 @@ import os
 import struct
 from pathlib import Path
 
+from rlkit.config import CONTEXT_ROOM, context_tokens
 from rlkit.errors import UserError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -125,50 +126,40 @@ def check_shape(cfg, model_cfg: dict) -> None:
     if isinstance(positions, int) and positions > 0:
         r, d = cfg.rollout, cfg.data
         longest = max(r.max_new_tokens, r.eval_max_new_tokens)
-        need = r.max_model_len or d.max_prompt_tokens + 64 + longest
+        need = context_tokens(cfg)
         how = (f"rollout.max_model_len {r.max_model_len}" if r.max_model_len else
-               f"data.max_prompt_tokens {d.max_prompt_tokens} + 64 + the longest completion {longest} = {need}")
+               f"data.max_prompt_tokens {d.max_prompt_tokens} + {CONTEXT_ROOM} + the longest completion {longest} = "
+               f"{need}")
         if need > positions:
             raise UserError(f"the run needs a context of {how} tokens, more than the model's {positions} positions "
                             "(max_position_embeddings in its config.json); lower them")
 
 
 def check_forcing(cfg) -> None:
-    """Budget forcing's phrase against the model's tokenizer: it must tokenise to something, and the longest budget
-    + the phrase + the answer allowance must fit rollout.max_new_tokens (a completion never exceeds the cap)."""
+    """Budget forcing's phrase against the model's tokenizer: it must tokenise to something; for forced rollouts
+    the longest budget + the phrase + the answer allowance must fit rollout.max_new_tokens (a completion never
+    exceeds the cap), for the held-out check at train.eval_budgets the phrase + the allowance the engine's room."""
     f = cfg.rollout.budget_forcing
-    if not f.budgets:
+    if not (f.budgets or cfg.train.eval_budgets):
         return
     from rlkit.models import load_tokenizer, resolve_model_path
-    from rlkit.rollout.factory import phrase_ids
+    from rlkit.rollout.base import phrase_ids
 
     n = len(phrase_ids(load_tokenizer(resolve_model_path(cfg.model.name_or_path)), f.phrase))
     if n == 0:
         raise UserError(f"'rollout.budget_forcing.phrase' {f.phrase!r} tokenises to nothing with the model's "
                         "tokenizer; give text it can encode")
+    if cfg.train.eval_budgets and n + f.answer_tokens > CONTEXT_ROOM:  # the held-out check forces with them too
+        raise UserError(f"train.eval_budgets: the held-out check's forced answer (the phrase's {n} tokens + "
+                        f"rollout.budget_forcing.answer_tokens {f.answer_tokens}) must fit the engine's "
+                        f"{CONTEXT_ROOM}-token room beyond the completion cap; lower answer_tokens")
+    if not f.budgets:
+        return
     total = max(f.budgets) + n + f.answer_tokens
     if total > cfg.rollout.max_new_tokens:
         raise UserError(f"budget forcing: the longest budget {max(f.budgets)} + the phrase's {n} tokens + "
                         f"answer_tokens {f.answer_tokens} = {total} exceed rollout.max_new_tokens "
                         f"({cfg.rollout.max_new_tokens}); lower the budgets or raise max_new_tokens")
-
-
-def check_memory(cfg) -> None:
-    """vLLM's CPU KV cache must fit in this machine's memory (with CUDA the cache lives on the GPU): the in-process
-    vLLM engine's preflight (rlkit.rollout.engines)."""
-    import importlib
-
-    import torch
-
-    if torch.cuda.is_available():
-        return
-    try:
-        total = importlib.import_module("psutil").virtual_memory().total / 2**30
-    except ImportError:
-        return
-    if cfg.rollout.kv_cache_gib >= total:
-        raise UserError(f"'rollout.kv_cache_gib' ({cfg.rollout.kv_cache_gib:g}) is more than this machine's "
-                        f"{total:.1f} GiB of memory (vLLM's CPU KV cache); lower it")
 
 
 # bytes each completion token costs at the least in one step's tensors (token id, behaviour and old logprobs, mask,

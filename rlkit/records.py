@@ -1,4 +1,4 @@
-"""The typed records that flow between the stages of a step (DESIGN: "each arrow is a typed record").
+"""The typed records that flow between the stages of a step (docs/architecture.md: "each arrow is a typed record").
 
     Prompt -> (rollout) -> Sample -> StepBatch (rewards, shaped rewards, advantages, per-token tensors)
            -> update -> UpdateStats

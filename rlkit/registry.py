@@ -1,4 +1,4 @@
-"""One registry for every kind of component (DESIGN rule 4).
+"""One registry for every kind of component (architecture rule 4).
 
 Kinds: reward, shaper, filter, prompt_transform, sample_transform, advantage, loss, token_mask, engine.
 A component is found by
@@ -19,6 +19,7 @@ This module imports only rlkit.errors at import time: every layer may import it.
 from __future__ import annotations
 
 import collections.abc
+import copy
 import dataclasses
 import importlib
 import importlib.metadata
@@ -487,3 +488,20 @@ def build(entry: Entry, options: dict) -> Any:
     import functools
 
     return functools.update_wrapper(functools.partial(entry.obj, **options), entry.obj)
+
+
+def keep_built(comp, built: Any) -> None:
+    """Hand the component the config check built (``comp``: a RewardTerm or Component) to the run that uses it, so a
+    model-based reward loads once per process. Kept with the name and options it was built from."""
+    comp.__dict__["_built"] = (comp.name, copy.deepcopy(comp.kwargs), built)
+
+
+def built_component(comp, entry: Entry) -> Any:
+    """The component of a config entry, built once per process: the object the config check built (``keep_built``)
+    when the entry still names the same component with the same options, else a fresh build from what the entry
+    says now (an entry edited after loading builds what it says). Handed over once: a second run from the same
+    config object builds fresh state."""
+    kept = comp.__dict__.pop("_built", None)
+    if kept is not None and kept[0] == comp.name and kept[1] == comp.kwargs:
+        return kept[2]
+    return build(entry, comp.kwargs)

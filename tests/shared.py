@@ -106,8 +106,9 @@ def server_matches_policy(url: str, policy_dir: Path, model_dir: Path) -> float:
     import torch
 
     from rlkit.models import load_policy, load_tokenizer
-    from rlkit.records import Sample
-    from rlkit.trainers.batch import LogprobPolicy, collate, to_completion_space
+    from rlkit.parallel.batch import collate
+    from rlkit.records import Sample, to_completion_space
+    from rlkit.trainers.batch import LogprobPolicy
 
     tok = load_tokenizer(str(model_dir))
     ids = prompt_ids(tok)

@@ -5,7 +5,7 @@ the estimators that divide by a standard deviation (grpo, rloo); the config's ``
 keeps each estimator's default, and an explicit scale given to an estimator without that option is
 rejected when the config is parsed.
 
-Every sample of a group must be present (DESIGN "keep groups whole"). The trainer gathers the whole
+Every sample of a group must be present (keep groups whole). The trainer gathers the whole
 step's rewards across data-parallel ranks before calling, so "batch" statistics are global.
 """
 

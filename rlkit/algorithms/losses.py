@@ -1,4 +1,4 @@
-"""Policy losses and loss aggregation (DESIGN rule 6: injected, pure, algorithm-blind trainer).
+"""Policy losses and loss aggregation (architecture rule 6: injected, pure, algorithm-blind trainer).
 
 A loss takes a ``LossInputs`` of per-token tensors ``[B, T]`` and returns a ``LossOutputs``. The
 aggregation (token-mean, seq-mean-token-mean, Dr.GRPO's constant normaliser) is folded into

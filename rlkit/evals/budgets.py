@@ -2,9 +2,10 @@
 
 Each prompt's k samples are generated once, at the largest budget B. For every smaller budget b a sample is seen
 as it would have been with b tokens: a sample that ended by itself within b tokens is unchanged; any other is cut
-after b tokens, the answer-forcing suffix (default ``"\\n\\nFinal answer: \\boxed{"``) is appended and a short greedy
-continuation (at most ``answer_tokens``) is generated from there (one engine call for all of them), and the text
-scored is the cut completion + suffix + continuation. Tokens used by a forced sample: b + suffix + continuation.
+after b tokens, the answer-forcing phrase (rollout.budget_forcing.phrase, default ``"\\n\\nFinal answer: \\boxed{"``) is
+appended and a short greedy continuation (at most ``answer_tokens``) is generated from there (one engine call for all
+of them; rlkit.rollout.forcing.BudgetForcing, the same mechanics as budget-forced rollouts), and the text scored is
+the cut completion + phrase + continuation. Tokens used by a forced sample: b + suffix + continuation.
 At B itself nothing is cut or forced, so the largest budget reproduces plain ``rlkit eval`` at that cap.
 
 Per budget: avg@k with its bootstrap interval, pass@k, maj@k, token statistics (rlkit.evals.metrics) and the
@@ -15,41 +16,9 @@ divided by B, so 1.0 would be perfect accuracy at every budget from 0 tokens on 
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
-
 from rlkit.records import Sample
 from rlkit.rollout.base import SamplingSpec
-
-DEFAULT_SUFFIX = "\n\nFinal answer: \\boxed{"
-
-
-@dataclass
-class BudgetForcing:
-    """How a smaller budget is read off the largest one. ``suffix_ids``: the suffix tokenised (no special tokens);
-    ``decode``: token ids -> text."""
-
-    budgets: tuple[int, ...]
-    suffix: str
-    suffix_ids: list[int]
-    answer_tokens: int
-    decode: Callable[[list[int]], str]
-
-    def __post_init__(self):
-        self.budgets = tuple(sorted(set(self.budgets)))
-
-    @classmethod
-    def for_tokenizer(cls, budgets, suffix: str, answer_tokens: int, tokenizer) -> BudgetForcing:
-        """The forcing with ``suffix`` tokenised by ``tokenizer`` (no special tokens) and its decode."""
-        from rlkit.rollout.factory import phrase_ids
-
-        return cls(tuple(budgets), suffix, phrase_ids(tokenizer, suffix), answer_tokens,
-                   lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
-
-    @property
-    def largest(self) -> int:
-        return self.budgets[-1]
+from rlkit.rollout.forcing import BudgetForcing
 
 
 def parse_budgets(text: str) -> tuple[int, ...]:
@@ -83,15 +52,11 @@ def at_budget(engine, prompts: list, samples: list[Sample], budget: int, forcing
     out, forced = list(samples), [False] * len(samples)
     if not todo:
         return out, forced
-    heads = [samples[i].completion_ids[:budget] for i in todo]
     spec = SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_new_tokens=forcing.answer_tokens, logprobs=False)
-    tails = engine.generate([list(prompts[samples[i].group_id].ids) + h + forcing.suffix_ids
-                             for i, h in zip(todo, heads)], spec)
-    for i, head, tail in zip(todo, heads, tails):
-        ids = head + forcing.suffix_ids + list(tail.completion_ids)
-        out[i] = dataclasses.replace(samples[i], completion_ids=ids, logprobs=[], finish_reason=tail.finish_reason,
-                                     text=forcing.decode(head) + forcing.suffix + tail.text,
-                                     versions=[], segments=[])
+    tails = forcing.answers(engine, [list(prompts[samples[i].group_id].ids) + samples[i].completion_ids[:budget]
+                                     for i in todo], spec)
+    for i, tail in zip(todo, tails):
+        out[i] = forcing.joined(samples[i], budget, tail, trace=False)
         forced[i] = True
     return out, forced
 

@@ -21,8 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlkit.config import CONTEXT_ROOM, BudgetForcingConfig
 from rlkit.errors import UserError
-from rlkit.evals.budgets import DEFAULT_SUFFIX
 from rlkit.evals.metrics import against_baseline, benchmark_metrics, final_answer
 from rlkit.files import atomic_write_text
 from rlkit.logging import format_table
@@ -43,8 +43,8 @@ class EvalSettings:
     limit: int = 0  # first N prompts of each benchmark (0 = all)
     seed: int = 0
     budgets: tuple = ()  # token budgets (rlkit.evals.budgets): generate at the largest, force answers at the others
-    force_suffix: str = DEFAULT_SUFFIX  # appended to a sample cut at a smaller budget
-    answer_tokens: int = 16  # the forced continuation's length cap
+    force_suffix: str = BudgetForcingConfig.phrase  # appended to a sample cut at a smaller budget
+    answer_tokens: int = BudgetForcingConfig.answer_tokens  # the forced continuation's length cap
 
     @classmethod
     def greedy(cls, **kw) -> EvalSettings:
@@ -275,18 +275,18 @@ def default_output(model: str) -> Path:
 
 def _forcing(settings: EvalSettings, tokenizer):
     """The BudgetForcing of ``settings.budgets`` (None without budgets); a UserError for a suffix that tokenises to
-    nothing or a continuation longer than the engine's room (64 tokens beyond the longest completion)."""
+    nothing or a continuation longer than the engine's room (CONTEXT_ROOM tokens beyond the longest completion)."""
     if not settings.budgets:
         return None
-    from rlkit.evals.budgets import BudgetForcing
+    from rlkit.rollout.forcing import BudgetForcing
 
     forcing = BudgetForcing.for_tokenizer(settings.budgets, settings.force_suffix, settings.answer_tokens, tokenizer)
-    ids = forcing.suffix_ids
-    if not ids:
+    n = len(forcing.phrase_ids)
+    if not n:
         raise UserError(f"--force-suffix {settings.force_suffix!r} tokenises to nothing; give some text")
-    if settings.answer_tokens < 1 or len(ids) + settings.answer_tokens > 64:
+    if not forcing.fits(CONTEXT_ROOM):
         raise UserError(f"--answer-tokens {settings.answer_tokens}: the forced continuation needs 1 to "
-                        f"{64 - len(ids)} tokens (suffix {len(ids)} + continuation <= 64, the engine's room)")
+                        f"{CONTEXT_ROOM - n} tokens (suffix {n} + continuation <= {CONTEXT_ROOM}, the engine's room)")
     return forcing
 
 
@@ -299,10 +299,10 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     import torch
 
     from rlkit.data import build_prompts, read_data, read_source
+    from rlkit.evals.verifier import accuracy_reward
     from rlkit.models import load_policy, load_tokenizer, pick_dtype
     from rlkit.rewards.combine import RewardContext, RewardSet
     from rlkit.rollout.factory import engine_entry, first_push, make_engine, push_policy
-    from rlkit.trainers.evaluate import accuracy_reward
 
     if baseline and baseline_model:
         raise UserError("give --baseline RESULT.json or --baseline-model PATH, not both")

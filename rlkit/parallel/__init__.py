@@ -1,4 +1,4 @@
-"""Sequence parallelism, self-contained (DESIGN rule 8): everything that knows a row can be split over ranks.
+"""Sequence parallelism, self-contained (architecture rule 8): everything that knows a row can be split over ranks.
 
 - ``layout``: where a process sits (data-parallel x sequence-parallel), the SP group, the DP group and the aligned
   blocks of every degree, created once at start-up. The one assumption the trainer relies on lives there: every

@@ -24,11 +24,11 @@ import time
 import torch
 
 from rlkit.kernels.packing import sequence_cost
+from rlkit.parallel import dist
+from rlkit.parallel.batch import collate
 from rlkit.parallel.layout import Layout
 from rlkit.parallel.plan import CostModel
 from rlkit.records import Sample
-from rlkit.trainers import dist
-from rlkit.trainers.batch import collate
 
 REPEATS = 3
 

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from rlkit.kernels.packing import plan_micro_batches
+from rlkit.parallel import dist
 from rlkit.parallel import plan as P
+from rlkit.parallel.batch import MicroBatch, collate, shard_micro_batch
 from rlkit.parallel.layout import Layout, make_layout
 from rlkit.records import Sample, UpdateStats
-from rlkit.trainers import dist
-from rlkit.trainers.batch import MicroBatch, collate, shard_micro_batch
 
 
 def unit_chunks(unit_sizes: list[int], max_rows: int) -> list[list[int]]:

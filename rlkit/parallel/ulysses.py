@@ -27,9 +27,9 @@ installable on the GPU machines this project is lent), and it shards a batch of 
 trains packed rows whose sequence boundaries (``cu_seqlens``) must reach the attention kernel; here the
 exchange is ~60 lines around the existing varlen kernel.
 
-Switched on at set-up (DESIGN rule 8): the trainer's ``LogprobPolicy`` is given its process groups once (one per
+Switched on at set-up (architecture rule 8): the trainer's ``LogprobPolicy`` is given its process groups once (one per
 degree, rlkit.parallel.layout) and, for a micro-batch that is a shard of a row at degree d
-(rlkit.trainers.batch.shard_micro_batch), passes the block of d as ``sp_group`` with the
+(rlkit.parallel.batch.shard_micro_batch), passes the block of d as ``sp_group`` with the
 attention keyword arguments (``cu_seq_lens_q`` etc.) that transformers already hands to every attention
 layer, so activation checkpointing's recomputation sees it too. Without ``sp_group`` the attention is plain
 varlen attention: under adaptive or flex plans (rlkit.parallel.plan) unsharded micro-batches run on the same model.

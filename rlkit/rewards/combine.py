@@ -102,12 +102,10 @@ class RewardContext:
 
 def make_term(term, label: str) -> Term:
     """A configured reward term (rlkit.config.RewardTerm) as a Term: the component built once per process (the one
-    the config check built, handed over), with its declarations: verifier, timeouts ("own": no thread watchdog,
+    the config check built, handed over while the term still says what it was built from), with its declarations: verifier, timeouts ("own": no thread watchdog,
     whose whole-batch limit would grow with the batch), batch_errors."""
-    from rlkit.config import built_component
-
     entry = registry.resolve("reward", term.name, factory=term.factory)
-    fn = built_component(term, entry)
+    fn = registry.built_component(term, entry)
     caps = registry.capabilities(fn, entry.flags, kind="reward")
     timeout = 0.0 if caps.timeouts == "own" else float(term.timeout)
     return Term(label, float(term.weight), fn, term.format, bool(term.correctness or caps.verifier), timeout,

@@ -1,4 +1,4 @@
-"""Per-sample length-aware reward terms (DESIGN rule 3, first layer). Spec: shared/refs/methods.md.
+"""Per-sample length-aware reward terms (architecture rule 3, first layer). Spec: shared/refs/methods.md.
 
 Each term is a registered factory: ``{name: laser_step, kwargs: {target_tokens: 4096}}`` in the config.
 They read the context kwargs ``num_tokens`` (L, completion tokens) and ``finish_reason`` and, when they

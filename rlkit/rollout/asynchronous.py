@@ -31,7 +31,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from rlkit.records import Prompt, Sample, StepBatch
-from rlkit.rollout.factory import Rollout
+from rlkit.rollout.base import Rollout
 
 
 def _done(batch: StepBatch) -> Future:

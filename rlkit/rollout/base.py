@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from rlkit.records import Sample
+from rlkit.records import Prompt, Sample, StepBatch
 
 
 @dataclass
@@ -141,3 +141,42 @@ def per_prompt_specs(spec: SamplingSpec | list[SamplingSpec], n_prompts: int) ->
     if len(spec) != n_prompts:
         raise ValueError(f"generate: {len(spec)} sampling specs for {n_prompts} prompts")
     return list(spec)
+
+
+class Rollout:
+    """Prompts -> a StepBatch of the groups that come out (prompts, samples, metrics). One engine call:
+    every prompt's group comes out in the same step. ``old_from_engine``: the trainer takes the engine's
+    logprobs as the old policy (no recomputation)."""
+
+    old_from_engine = False
+
+    def __init__(self, engine: RolloutEngine):
+        self.engine = engine
+
+    def __call__(self, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
+        self.engine.wake()
+        samples = self.engine.generate([p.ids for p in prompts], spec)
+        self.engine.sleep()
+        return StepBatch(prompts, samples)
+
+    def produce(self, step: int, job, first_round: bool) -> StepBatch:
+        """A round of ``step``: ``job(step)`` draws (prompts, spec, metrics) on the calling thread, then the
+        rollout runs. Asynchronous rollouts override this to run the first rounds of later steps ahead."""
+        prompts, spec, metrics = job(step)
+        batch = self(prompts, spec, step)
+        batch.metrics = {**metrics, **batch.metrics}
+        return batch
+
+    def close(self) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def phrase_ids(tokenizer, phrase: str) -> list[int]:
+    """A budget-forcing phrase as tokens (no special tokens)."""
+    return list(tokenizer(phrase, add_special_tokens=False)["input_ids"])

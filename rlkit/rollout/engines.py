@@ -14,20 +14,27 @@ is built).
 
 from __future__ import annotations
 
+from rlkit.config import context_tokens
+from rlkit.errors import UserError
 from rlkit.registry import register
 
 
-def _vllm_max_len(cfg) -> int:
-    """``rollout.max_model_len``, or 0 -> the longest prompt + the longest completion (rollout or evaluation cap)
-    + 64 tokens of room for an injected budget phrase."""
-    r = cfg.rollout
-    return r.max_model_len or (cfg.data.max_prompt_tokens + 64 + max(r.max_new_tokens, r.eval_max_new_tokens))
-
-
 def _vllm_preflight(cfg) -> None:
-    from rlkit import inputs
+    """vLLM's CPU KV cache must fit in this machine's memory (with CUDA the cache lives on the GPU): the in-process
+    vLLM engine's preflight."""
+    import importlib
 
-    inputs.check_memory(cfg)
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    try:
+        total = importlib.import_module("psutil").virtual_memory().total / 2**30
+    except ImportError:
+        return
+    if cfg.rollout.kv_cache_gib >= total:
+        raise UserError(f"'rollout.kv_cache_gib' ({cfg.rollout.kv_cache_gib:g}) is more than this machine's "
+                        f"{total:.1f} GiB of memory (vLLM's CPU KV cache); lower it")
 
 
 @register("engine", "vllm", factory=False, preflight=_vllm_preflight)
@@ -36,7 +43,7 @@ def vllm(ctx):
     from rlkit.rollout.vllm_engine import VLLMEngine
 
     r = ctx.cfg.rollout
-    return VLLMEngine(ctx.model_path, seed=ctx.cfg.train.seed, max_model_len=_vllm_max_len(ctx.cfg),
+    return VLLMEngine(ctx.model_path, seed=ctx.cfg.train.seed, max_model_len=context_tokens(ctx.cfg),
                       device=ctx.device, gpu_memory_utilization=r.gpu_memory_utilization,
                       kv_cache_gib=r.kv_cache_gib, enable_sleep=r.sleep_between_steps, dtype=ctx.dtype)
 
@@ -62,14 +69,31 @@ def _server_validate(cfg) -> list[str]:
     return problems
 
 
-def _server_preflight(cfg) -> None:
-    from rlkit.preflight import check_servers
+def check_servers(urls: list[str], timeout: float = 10.0) -> None:
+    """Every rollout server answers ``/health`` (a typo in a URL or a server not yet up costs seconds)."""
+    import urllib.error
+    import urllib.request
 
+    from rlkit.errors import ServerError
+
+    for url in urls:
+        try:
+            with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout):
+                pass
+        except urllib.error.HTTPError as e:
+            raise ServerError(f"rollout.server_urls: {url} answers /health with HTTP {e.code}: not a ready vLLM "
+                              "server") from None
+        except OSError as e:
+            raise ServerError(f"rollout.server_urls: vLLM server {url} is unreachable during connecting ({e}); start "
+                              "it with `rlkit serve MODEL` and wait for its 'ready' line") from None
+
+
+def _server_preflight(cfg) -> None:
     check_servers(cfg.rollout.server_urls)
 
 
 def _serve(args, extra: list[str]) -> int:
-    from rlkit.serve import serve
+    from rlkit.rollout.serve import serve
 
     return serve(args.model, host=args.host, port=args.port, weight_transfer=args.weight_transfer, extra=extra,
                  dry_run=args.dry_run)

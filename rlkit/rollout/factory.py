@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from rlkit import registry
 from rlkit.records import Prompt, StepBatch
-from rlkit.rollout.base import EngineContext, RolloutEngine, SamplingSpec
+from rlkit.rollout.base import EngineContext, Rollout, RolloutEngine, SamplingSpec
 
 
 def engine_entry(cfg) -> registry.Entry:
@@ -58,40 +58,6 @@ def first_push(engine: RolloutEngine, caps: registry.EngineCaps, model: Callable
         push_policy(engine, caps, model())
 
 
-class Rollout:
-    """Prompts -> a StepBatch of the groups that come out (prompts, samples, metrics). One engine call:
-    every prompt's group comes out in the same step. ``old_from_engine``: the trainer takes the engine's
-    logprobs as the old policy (no recomputation)."""
-
-    old_from_engine = False
-
-    def __init__(self, engine: RolloutEngine):
-        self.engine = engine
-
-    def __call__(self, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
-        self.engine.wake()
-        samples = self.engine.generate([p.ids for p in prompts], spec)
-        self.engine.sleep()
-        return StepBatch(prompts, samples)
-
-    def produce(self, step: int, job, first_round: bool) -> StepBatch:
-        """A round of ``step``: ``job(step)`` draws (prompts, spec, metrics) on the calling thread, then the
-        rollout runs. Asynchronous rollouts override this to run the first rounds of later steps ahead."""
-        prompts, spec, metrics = job(step)
-        batch = self(prompts, spec, step)
-        batch.metrics = {**metrics, **batch.metrics}
-        return batch
-
-    def close(self) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
-
-
 class SegmentedRollout(Rollout):
     """UloRL segment rollouts (rlkit.rollout.segments): new groups join the pool, complete groups come out,
     possibly started in earlier steps. ``importance`` "sais" takes each token against the policy version that
@@ -116,20 +82,15 @@ class SegmentedRollout(Rollout):
         self.worker.load_state_dict(state)
 
 
-def phrase_ids(tokenizer, phrase: str) -> list[int]:
-    """A budget-forcing phrase as tokens (no special tokens)."""
-    return list(tokenizer(phrase, add_special_tokens=False)["input_ids"])
-
-
 def make_rollout(cfg, engine: RolloutEngine, tokenizer) -> Rollout:
     from rlkit.config import importance
 
     r = cfg.rollout
     if r.budget_forcing.budgets:
-        from rlkit.rollout.forcing import ForcedRollout
+        from rlkit.rollout.forcing import BudgetForcing, ForcedRollout
 
         f = r.budget_forcing
-        rollout = ForcedRollout(engine, f.budgets, f.phrase, phrase_ids(tokenizer, f.phrase), f.answer_tokens,
+        rollout = ForcedRollout(engine, BudgetForcing.for_tokenizer(f.budgets, f.phrase, f.answer_tokens, tokenizer),
                                 cfg.train.seed)
     elif r.segments <= 1:
         rollout = Rollout(engine)

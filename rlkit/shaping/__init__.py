@@ -1,2 +1,2 @@
-"""Group/batch reward shaping (DESIGN rule 3, second layer) and the sample transforms that rewrite rollouts
+"""Group/batch reward shaping (architecture rule 3, second layer) and the sample transforms that rewrite rollouts
 before shaping (DOT truncation, UloRL's zero reward for truncated samples)."""

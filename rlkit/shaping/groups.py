@@ -1,4 +1,4 @@
-"""Group- and batch-level reward shaping (DESIGN rule 3, second layer; methods.md sec. 0 contract 1).
+"""Group- and batch-level reward shaping (architecture rule 3, second layer; methods.md sec. 0 contract 1).
 
 A shaper sees the whole step at once, after the per-sample terms are combined:
 ``shaper(batch: ShapingBatch) -> ShapingResult`` (ShapingBatch: rlkit.records) with the new per-sample rewards and its metrics.
@@ -49,7 +49,7 @@ class Shaper:
 
 
 def pass_rate(correct: torch.Tensor) -> float:
-    """Share of correct samples among those whose correctness is known (DESIGN rule 2: None/NaN is masked,
+    """Share of correct samples among those whose correctness is known (architecture rule 2: None/NaN is masked,
     never counted as wrong); NaN when none is known."""
     known = correct[~torch.isnan(correct)]
     return float((known >= 1).float().mean()) if known.numel() else float("nan")

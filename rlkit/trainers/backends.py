@@ -327,8 +327,8 @@ def _root_forward(policy, device) -> None:
     generate() calls the inner model (FSDP2 requires the root's forward to run first)."""
     import torch
 
+    from rlkit.parallel.batch import collate
     from rlkit.records import Sample
-    from rlkit.trainers.batch import collate
 
     with torch.no_grad():
         policy(collate([Sample([0], [0], [], "stop", "", 0)], 0).to(device))

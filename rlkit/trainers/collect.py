@@ -15,11 +15,11 @@ import time
 import torch
 
 from rlkit.data import make_prompt
+from rlkit.parallel import dist
 from rlkit.records import ShapingBatch, StageContext, StepBatch
 from rlkit.rewards.combine import RewardError, reward_inputs
 from rlkit.rewards.length import ends_in_loop
 from rlkit.rollout.base import SamplingSpec
-from rlkit.trainers import dist
 
 
 @contextlib.contextmanager

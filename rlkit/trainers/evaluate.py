@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from rlkit import registry
 from rlkit.logging import format_table
 
 
@@ -35,30 +34,6 @@ def held_out_check(engine, prompts, accuracy_fn, *, temperature: float, max_new_
 def held_out_budgets(d: dict) -> list[int]:
     """The budgets a held-out result was scored at (its ``accuracy@B`` keys), ascending."""
     return sorted(int(k[9:]) for k in d if k.startswith("accuracy@") and k[9:].isdigit())
-
-
-def accuracy_reward(cfg, rewards=None):
-    """The held-out metric: the configured correctness term (a registered verifier, or a term marked
-    ``correctness: true``) with its options, ``timeout``, ``on_error`` and ``format``, else the default
-    verifier ``math_correct`` with the default term settings. ``rewards``: the run's RewardSet, whose verifier is
-    used as it is (one instance per process)."""
-    import dataclasses
-
-    from rlkit.config import RewardTerm
-    from rlkit.rewards.combine import GuardedReward, make_term
-
-    found = rewards.verifier() if rewards is not None else None
-    if found is None:
-        for term in cfg.rewards:
-            entry = registry.resolve("reward", term.name, factory=term.factory)
-            if term.correctness or entry.caps.verifier:
-                break
-        else:
-            term = RewardTerm("math_correct")
-            entry = registry.resolve("reward", term.name)
-            term.kwargs = registry.check_options(entry, term.kwargs, "rewards", "the default verifier")
-        found = make_term(term, registry.short_name(term.name))
-    return GuardedReward(dataclasses.replace(found, weight=1.0, correctness=True), phase="the held-out evaluation")
 
 
 def eval_rows(columns: dict[str, dict]) -> tuple[list[str], list[list[str]]]:

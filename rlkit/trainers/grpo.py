@@ -1,4 +1,4 @@
-"""The GRPO-family training loop: one readable step that names no method (DESIGN rules 1 and 6).
+"""The GRPO-family training loop: one readable step that names no method (architecture rules 1 and 6).
 
 How this loop departs from textbook GRPO (Shao et al. 2024), all by configuration:
 - every method-specific piece is a stage resolved once at start-up (rlkit.trainers.stages): prompt
@@ -25,12 +25,13 @@ from pathlib import Path
 
 from rlkit import failpoints, progress
 from rlkit.config import Config
+from rlkit.evals.verifier import accuracy_reward
 from rlkit.files import atomic_write_text
-from rlkit.preflight import Preflight, preflight
+from rlkit.parallel import dist
 from rlkit.records import StepBatch
-from rlkit.trainers import dist
+from rlkit.trainers.checked import Preflight
 from rlkit.trainers.collect import advantages, collect, refresh_monitors, timed
-from rlkit.trainers.evaluate import accuracy_reward, eval_rows, eval_table, held_out_check, signal_fraction
+from rlkit.trainers.evaluate import eval_rows, eval_table, held_out_check, signal_fraction
 from rlkit.trainers.metrics import step_metrics
 from rlkit.trainers.run import Run, save, setup, sync_weights
 from rlkit.trainers.update import balance_ranks, policy_logprobs, prepare_tokens, update_policy
@@ -45,13 +46,11 @@ class RunResult:
     last_metrics: dict
 
 
-def train(cfg: Config, resume: str | None = None, *, overwrite: bool = False,
-          checked: Preflight | None = None) -> RunResult:
-    """Run GRPO-family training as configured. ``resume``: None, "auto" or a checkpoint path; ``overwrite``:
-    replace an earlier run in ``output_dir`` (without it or ``resume`` a non-empty output_dir is an error)."""
-    # 0. set-up (preflight, then restore from a checkpoint), then the "before" column of the held-out table
+def train(cfg: Config, checked: Preflight) -> RunResult:
+    """Run GRPO-family training as configured, on the inputs ``checked`` (rlkit.preflight.preflight: the run
+    directory and its lock, resume, data; ``rlkit.train`` runs both). The lock is released at the end."""
+    # 0. set-up (then restore from a checkpoint), then the "before" column of the held-out table
     progress.at("set-up", run_dir=cfg.output_dir)
-    checked = checked or preflight(cfg, resume, overwrite)  # takes the run directory's lock (main process)
     run = None
     try:
         run = setup(cfg, checked)
@@ -214,12 +213,14 @@ def _train(run: Run) -> RunResult:
 
 
 def _held_out_forcing(run: Run, cap: int):
-    """The held-out check's budget forcing (train.eval_budgets, the cap as the largest budget), or None."""
+    """The held-out check's budget forcing (train.eval_budgets, the cap as the largest budget; the phrase and answer
+    allowance of rollout.budget_forcing), or None."""
     if not run.cfg.train.eval_budgets:
         return None
-    from rlkit.evals.budgets import DEFAULT_SUFFIX, BudgetForcing
+    from rlkit.rollout.forcing import BudgetForcing
 
-    return BudgetForcing.for_tokenizer((*run.cfg.train.eval_budgets, cap), DEFAULT_SUFFIX, 16, run.tokenizer)
+    f = run.cfg.rollout.budget_forcing
+    return BudgetForcing.for_tokenizer((*run.cfg.train.eval_budgets, cap), f.phrase, f.answer_tokens, run.tokenizer)
 
 
 def _steps_with_signal(run_dir) -> int:

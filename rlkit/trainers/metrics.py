@@ -7,8 +7,8 @@ import math
 import torch
 
 from rlkit.evals.metrics import length_stats
+from rlkit.parallel import dist
 from rlkit.records import StepBatch, UpdateStats
-from rlkit.trainers import dist
 
 
 def _peak_rss_gib() -> float:

@@ -20,18 +20,19 @@ from rlkit.kernels import memory
 from rlkit.logging import RunLogger, clean_row
 from rlkit.models import load_policy, load_tokenizer, pick_dtype, resolve_model_path
 from rlkit.parallel import calibrate as sp_calibrate
+from rlkit.parallel import dist
 from rlkit.parallel.layout import make_layout
 from rlkit.parallel.micro import MicroBatching
 from rlkit.parallel.plan import CostModel
-from rlkit.preflight import Preflight
 from rlkit.rewards import RewardSet
 from rlkit.rewards.combine import RewardContext
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
 from rlkit.rollout.factory import engine_entry, first_push, push_policy
 from rlkit.rundir import LOCK_NAME
-from rlkit.trainers import backends, dist
+from rlkit.trainers import backends
 from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.batch import LogprobPolicy
+from rlkit.trainers.checked import Preflight
 from rlkit.trainers.stages import Stages
 from rlkit.trainers.state_io import load_training_state
 
@@ -155,14 +156,10 @@ def _start_run_dir(cfg: Config, acc, checked: Preflight, run_id: str, record: di
     acc.wait_for_everyone()
 
 
-def setup(cfg: Config, checked: Preflight | None = None, *, resume: str | None = None, overwrite: bool = False) -> Run:
+def setup(cfg: Config, checked: Preflight) -> Run:
     """Accelerator, model, optimizer, engine, data, rewards, stages (everything that can fail), then the run
-    directory (written only now), logging, and a restored checkpoint. Without ``checked`` the preflight runs here
-    (its run-directory lock is then held until the process ends; ``rlkit.trainers.grpo.train`` releases it)."""
-    if checked is None:
-        from rlkit.preflight import preflight
-
-        checked = preflight(cfg, resume, overwrite)
+    directory (written only now), logging, and a restored checkpoint, on the inputs ``checked``
+    (rlkit.preflight.preflight, which holds the run directory's lock; ``rlkit.trainers.grpo.train`` releases it)."""
     backend = checked.backend
     acc, dtype, notes = _setup_accelerator(cfg, backend)
     if cfg.rollout.prompts_per_step % acc.num_processes:

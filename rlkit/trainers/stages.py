@@ -1,4 +1,4 @@
-"""The method stages of a run, resolved once at start-up from the config (DESIGN rules 4 and 6).
+"""The method stages of a run, resolved once at start-up from the config (architecture rules 4 and 6).
 
 The loop calls these lists the same way whatever method they implement:
 
@@ -26,7 +26,6 @@ from rlkit.config import (
     COMPONENT_FIELDS,
     Config,
     advantage_options,
-    built_component,
     components,
     loss_options,
 )
@@ -48,7 +47,7 @@ class Stages:
     def from_config(cls, cfg: Config) -> Stages:
         built: dict[str, list[tuple[str, Any]]] = {field_name: [] for field_name in COMPONENT_FIELDS}
         for field_name, kind, _, c in components(cfg):
-            built[field_name].append((registry.short_name(c.name), built_component(c, registry.resolve(kind, c.name))))
+            built[field_name].append((registry.short_name(c.name), registry.built_component(c, registry.resolve(kind, c.name))))
         masks = built["token_masks"]
         loss_entry = registry.resolve("loss", cfg.algorithm.loss)
         options = loss_options(cfg)

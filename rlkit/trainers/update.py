@@ -22,6 +22,7 @@ from rlkit.algorithms.losses import (
 )
 from rlkit.errors import TrainingDiverged, UserError
 from rlkit.kernels.packing import balance_across_ranks, sequence_cost
+from rlkit.parallel import dist
 from rlkit.parallel.layout import Layout, make_layout
 from rlkit.parallel.micro import (
     Micro,
@@ -33,7 +34,7 @@ from rlkit.parallel.micro import (
     sum_over_sp_group,
 )
 from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, group_index, to_completion_space
-from rlkit.trainers import backends, dist
+from rlkit.trainers import backends
 
 
 def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:

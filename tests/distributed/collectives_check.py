@@ -12,9 +12,9 @@ from accelerate import Accelerator
 
 from rlkit.algorithms.losses import MinibatchInputs, kl_cov_select
 from rlkit.config import load_config
+from rlkit.parallel import dist
 from rlkit.records import Prompt, Sample
 from rlkit.rewards import RewardSet
-from rlkit.trainers import dist
 from rlkit.trainers.collect import refresh_monitors
 from rlkit.trainers.stages import Stages
 

@@ -21,11 +21,11 @@ from rlkit import registry
 from rlkit.algorithms.losses import drpo_loss, kl_cov_loss, kl_cov_select, ppo_clip_loss
 from rlkit.config import AlgorithmConfig
 from rlkit.models import load_policy
+from rlkit.parallel import dist
 from rlkit.parallel.layout import make_layout
 from rlkit.parallel.micro import MicroBatching, plan_rank
 from rlkit.parallel.plan import CostModel
 from rlkit.records import Sample, StepBatch
-from rlkit.trainers import dist
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.update import (
     LossSpec,

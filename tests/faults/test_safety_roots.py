@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rlkit import progress
+from rlkit import cli, progress
 from rlkit.errors import CheckpointError
 from rlkit.rewards.combine import RewardError, RewardSet, Term
 from rlkit.rundir import LOCK_NAME, RunLock, check_output_dir
@@ -71,9 +71,9 @@ def test_a_run_that_stopped_before_its_first_checkpoint_says_how_to_start_again(
     old = dict(progress.state)
     try:
         progress.state.update(run_dir=run, phase="rollout", step=1)
-        assert "--resume auto (it starts fresh" in progress.resume_hint()
+        assert "--resume auto (it starts fresh" in cli.resume_hint()
         progress.state["run_dir"] = tmp_path / "never-written"
-        assert progress.resume_hint() == "; nothing was written: run the same command to start again"
+        assert cli.resume_hint() == "; nothing was written: run the same command to start again"
     finally:
         progress.state.update(old)
 

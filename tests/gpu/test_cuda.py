@@ -27,8 +27,9 @@ def gpu_model_dir(tmp_path_factory):
 
 def test_cuda_logprobs_and_grads_match_cpu(gpu_model_dir):
     from rlkit.models import load_policy
+    from rlkit.parallel.batch import collate
     from rlkit.rollout.base import Sample
-    from rlkit.trainers.batch import LogprobPolicy, collate
+    from rlkit.trainers.batch import LogprobPolicy
 
     gen = torch.Generator().manual_seed(0)
     samples = []
@@ -49,8 +50,8 @@ def test_cuda_logprobs_and_grads_match_cpu(gpu_model_dir):
 def test_two_steps_on_cuda_with_bf16_autocast(gpu_model_dir, tmp_path):
     from safetensors.torch import load_file
 
+    from rlkit.api import train
     from rlkit.config import load_config
-    from rlkit.trainers.grpo import train
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": 2 * i}) + "\n" for i in range(40)))
@@ -72,8 +73,9 @@ def test_cuda_packed_equals_padded_and_chunked_equals_reference(gpu_model_dir):
     and the chunked LM-head kernel against the plain-torch reference, values and gradients, on CUDA in fp32."""
     from rlkit.kernels.logprobs import chunked_logprobs, reference_logprobs
     from rlkit.models import load_policy
+    from rlkit.parallel.batch import collate
     from rlkit.rollout.base import Sample
-    from rlkit.trainers.batch import LogprobPolicy, collate
+    from rlkit.trainers.batch import LogprobPolicy
 
     gen = torch.Generator().manual_seed(1)
     samples = [Sample(torch.randint(5, 300, (6,), generator=gen).tolist(),

@@ -73,8 +73,9 @@ def test_bf16_packed_rows_take_torch_varlen_and_match_the_loop():
     flash-attn is not installed), and logprobs and gradients agree with the same model on the SDPA loop."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from rlkit.parallel.batch import collate
     from rlkit.records import Sample
-    from rlkit.trainers.batch import LogprobPolicy, collate
+    from rlkit.trainers.batch import LogprobPolicy
 
     expected = "flash_attn" if importlib.util.find_spec("flash_attn") else "torch_varlen"
     assert attention.packed_backend(torch.device("cuda"), torch.bfloat16, 8, 2, 64) == expected

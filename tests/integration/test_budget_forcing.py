@@ -26,8 +26,8 @@ def _rows(run):
 
 
 def test_budget_forcing_trains_without_the_phrase_and_resumes_exactly(tiny_model_dir, tmp_path):
+    from rlkit.api import train
     from rlkit.models import load_tokenizer
-    from rlkit.trainers.grpo import train
 
     helpers.SEEN_TEXTS.clear()
     full = tmp_path / "full"

@@ -56,11 +56,11 @@ def test_plugin_evaluates_and_trains_asynchronously_with_a_fixed_policy(plugin, 
     """`rlkit eval` through the plugin scores what the server holds (pushed here: the tiny model) exactly as the
     in-process engine does; 3 budget-forced training steps with async_steps=1 generate ahead through it, and the
     server's weights are never touched (its weight version stays where it was)."""
+    from rlkit.api import train
     from rlkit.data import load_prompt_sets
     from rlkit.evals.suite import EvalSettings, evaluate_suite, run_benchmark
+    from rlkit.evals.verifier import accuracy_reward
     from rlkit.models import load_tokenizer
-    from rlkit.trainers.evaluate import accuracy_reward
-    from rlkit.trainers.grpo import train
 
     opts = {"rollout.engine": plugin, "rollout.engine_options": {"base_url": server.url}, "data.eval_size": 6}
     pushed = _cfg(tiny_model_dir, tmp_path / "push", server.url, **{"data.eval_size": 1})

@@ -24,8 +24,10 @@ def _cfg(model_dir, out, **over):
 
 def test_hf_engine_generates_with_logprobs_matching_the_trainer(tiny_model_dir):
     from rlkit.models import load_policy, load_tokenizer
+    from rlkit.parallel.batch import collate
+    from rlkit.records import to_completion_space
     from rlkit.rollout.hf_engine import HFEngine
-    from rlkit.trainers.batch import LogprobPolicy, collate, to_completion_space
+    from rlkit.trainers.batch import LogprobPolicy
 
     tok = load_tokenizer(str(tiny_model_dir))
     model = load_policy(str(tiny_model_dir), torch.float32)
@@ -42,7 +44,7 @@ def test_hf_engine_generates_with_logprobs_matching_the_trainer(tiny_model_dir):
 
 
 def test_training_with_the_hf_engine(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     m = train(_cfg(tiny_model_dir, tmp_path / "run", **{"rollout.engine": "hf"})).last_metrics
     assert m["policy_version"] == 2 and m["optim/grad_norm"] > 0 and m["loss/logprob_mismatch"] < 1e-4
@@ -53,7 +55,7 @@ def test_lora_trains_adapters_and_syncs_merged_weights_to_vllm(tiny_model_dir, t
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
-    from rlkit.trainers.grpo import setup, train
+    from rlkit.api import setup, train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"model.lora.enabled": True, "model.lora.r": 4,
                                                    "algorithm.kl_coef": 0.05})

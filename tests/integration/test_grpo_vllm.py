@@ -36,7 +36,9 @@ def _prompt_ids(tok, q="Tom has 3 apples and buys 4 more. How many apples?"):
 
 def test_vllm_behaviour_logprobs_match_trainer(engine, tiny_model_dir):
     from rlkit.models import load_policy, load_tokenizer
-    from rlkit.trainers.batch import LogprobPolicy, collate, to_completion_space
+    from rlkit.parallel.batch import collate
+    from rlkit.records import to_completion_space
+    from rlkit.trainers.batch import LogprobPolicy
 
     tok = load_tokenizer(str(tiny_model_dir))
     samples = engine.generate([_prompt_ids(tok), _prompt_ids(tok, "What is 7 times 6?")],
@@ -81,7 +83,7 @@ def test_weight_sync_changes_the_next_generation(engine, tiny_model_dir):
 def test_two_grpo_steps_change_every_trainable_parameter(tiny_model_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     result = train(_cfg(tiny_model_dir, tmp_path / "run"))
     assert result.steps_done == 2
@@ -104,7 +106,7 @@ def test_two_grpo_steps_change_every_trainable_parameter(tiny_model_dir, tmp_pat
 
 
 def test_mu_minibatches_kl_and_dual_clip_run(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "algorithm.mu": 2, "algorithm.minibatches": 2, "algorithm.kl_coef": 0.1, "algorithm.dual_clip": 3.0,
@@ -118,7 +120,7 @@ def test_mu_minibatches_kl_and_dual_clip_run(tiny_model_dir, tmp_path):
 
 
 def test_mask_truncated_drops_truncated_completions(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     # a random model never emits EOS within 24 tokens: every completion is truncated, nothing is trained
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"token_masks": ["mask_truncated"], "train.steps": 1,
@@ -130,7 +132,7 @@ def test_mask_truncated_drops_truncated_completions(tiny_model_dir, tmp_path):
 
 
 def test_reward_error_stops_the_step_and_keeps_saved_checkpoints(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"rewards": [{"name": "helpers:fails_at_step_two"}],
                                                    "checkpoint.every": 1, "train.eval_before": False})
@@ -201,8 +203,8 @@ def test_cli_rejects_unknown_reward_before_loading_anything(tmp_path):
 
 
 def test_dynamic_sampling_keeps_only_groups_with_signal(tiny_model_dir, tmp_path):
+    from rlkit.api import setup
     from rlkit.trainers.collect import collect
-    from rlkit.trainers.run import setup
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:even_answers_only"}], "rollout.prompts_per_step": 3,
@@ -220,7 +222,7 @@ def test_dynamic_sampling_keeps_only_groups_with_signal(tiny_model_dir, tmp_path
 
 
 def test_drpo_trains_on_whole_groups(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:parity_verifier", "correctness": True}], "algorithm.loss": "drpo",
@@ -233,7 +235,7 @@ def test_drpo_trains_on_whole_groups(tiny_model_dir, tmp_path):
 
 
 def test_curriculum_budget_reaches_prompts_and_rewards(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:mentions_budget"}, {"name": "budget_triangular"}, {"name": "helpers:digit_fraction"}],
@@ -251,8 +253,8 @@ def test_curriculum_budget_reaches_prompts_and_rewards(tiny_model_dir, tmp_path)
 def test_dot_truncates_outliers_and_rescores_them(tiny_model_dir, tmp_path):
     import dataclasses
 
+    from rlkit.api import setup
     from rlkit.trainers.collect import produce
-    from rlkit.trainers.run import setup
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:always_correct", "correctness": True}, {"name": "helpers:length_over_100"}],
@@ -277,7 +279,7 @@ def test_dot_truncates_outliers_and_rescores_them(tiny_model_dir, tmp_path):
 
 
 def test_laser_d_monitor_sets_targets_during_training(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:parity_verifier", "correctness": True}, {"name": "helpers:digit_fraction"}],
@@ -294,8 +296,8 @@ def test_laser_d_monitor_sets_targets_during_training(tiny_model_dir, tmp_path):
 
 
 def test_predictive_oversampling_generates_one_larger_round(tiny_model_dir, tmp_path):
+    from rlkit.api import setup
     from rlkit.trainers.collect import collect
-    from rlkit.trainers.run import setup
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:even_answers_only"}], "rollout.prompts_per_step": 4,
@@ -311,7 +313,7 @@ def test_predictive_oversampling_generates_one_larger_round(tiny_model_dir, tmp_
 def test_palu_keeps_a_budget_per_question_across_steps(tiny_model_dir, tmp_path):
     import re
 
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:parity_verifier", "correctness": True}, {"name": "helpers:digit_fraction"}],

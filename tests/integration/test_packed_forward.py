@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from rlkit.algorithms.losses import LossInputs, aggregation_weights, ppo_clip_loss
+from rlkit.parallel.batch import collate
 from rlkit.rollout.base import Sample
-from rlkit.trainers.batch import LogprobPolicy, collate
+from rlkit.trainers.batch import LogprobPolicy
 
 
 def _samples(vocab: int, completion_lengths, seed=0):

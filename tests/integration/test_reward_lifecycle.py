@@ -9,7 +9,7 @@ from rlkit.trainers.checkpoint import list_checkpoints, load_trainer_state
 
 
 def test_reward_lifecycle_build_setup_state_close(tiny_model_dir, tmp_path):
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     for log in (ScoringModel.builds, ScoringModel.contexts, ScoringModel.closed):
         log.clear()

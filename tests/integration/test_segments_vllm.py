@@ -91,8 +91,8 @@ def test_seeded_k_sample_calls_over_the_token_budget_run_and_repeat(engine, tiny
 
 
 def test_trainer_with_segments_checkpoints_and_resumes_the_pool(tiny_model_dir, tmp_path):
+    from rlkit.api import train
     from rlkit.config import load_config
-    from rlkit.trainers.grpo import train
 
     def cfg(steps, **extra):
         return load_config(overrides={

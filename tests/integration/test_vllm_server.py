@@ -66,7 +66,7 @@ def test_server_and_colocated_engines_agree(server, engine, tiny_model_dir):
 def test_train_over_server_moves_its_weights(server, tiny_model_dir, tmp_path):
     """2 steps (1, then resumed to 2): after each update the server's greedy logprobs equal the trainer's policy
     to 1e-4, its weight version is the policy version, and the weights really moved."""
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     run = tmp_path / "run"
     cfg = _cfg(tiny_model_dir, run, server.url, **{"train.steps": 1, "checkpoint.every": 1})
@@ -91,8 +91,8 @@ def test_eval_over_server_pushes_the_evaluated_model(server, engine, tiny_model_
     test left trained weights there): the same table as the in-process engine on the tiny model."""
     from rlkit.data import load_prompt_sets
     from rlkit.evals.suite import EvalSettings, evaluate_suite, run_benchmark
+    from rlkit.evals.verifier import accuracy_reward
     from rlkit.models import load_tokenizer
-    from rlkit.trainers.evaluate import accuracy_reward
 
     cfg = _cfg(tiny_model_dir, tmp_path / "eval", server.url, **{"data.eval_size": 6})
     settings = EvalSettings(k=2, max_new_tokens=16)
@@ -110,7 +110,7 @@ def test_async_rollouts_bound_staleness_and_correct_for_it(server, tiny_model_di
     """async_steps=1: batches of step >= 2 come from the previous policy version (recorded per token, never older
     than 1); sais takes the PPO ratio against those logprobs (the ratio is exactly 1 if they are ignored);
     pois + tis_cap weights tokens by pi_old / pi_behaviour (exactly 1 when on-policy); segments compose."""
-    from rlkit.trainers.grpo import train
+    from rlkit.api import train
 
     sais = tmp_path / "sais"
     train(_cfg(tiny_model_dir, sais, server.url, **{"train.steps": 3, "rollout.async_steps": 1,
@@ -134,8 +134,8 @@ def test_async_rollouts_bound_staleness_and_correct_for_it(server, tiny_model_di
 def test_dynamic_sampling_over_server_with_async_rollouts(server, tiny_model_dir, tmp_path):
     """The filter's extra rounds go through the async rollout synchronously, after the first round generated ahead:
     only groups with signal are kept, and the next step's first round is already queued."""
+    from rlkit.api import setup
     from rlkit.trainers.collect import collect
-    from rlkit.trainers.run import setup
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", server.url, **{
         "rewards": [{"name": "helpers:even_answers_only"}], "rollout.prompts_per_step": 3, "rollout.async_steps": 1,

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from rlkit.evals.budgets import BudgetForcing, at_budget, budget_auc, forced_rate, parse_budgets
+from rlkit.evals.budgets import at_budget, budget_auc, forced_rate, parse_budgets
 from rlkit.records import Prompt, Sample
+from rlkit.rollout.forcing import BudgetForcing
 
 
 class _Engine:
@@ -73,10 +74,12 @@ def test_eval_budgets_end_to_end_and_report(tiny_model_dir, tmp_path, capsys):
     assert got == ref  # the largest budget is plain `rlkit eval` at that cap
     assert list(per) == ["4", "8", "16"] and per["16"]["forced_rate"] == 0.0
     assert per["16"]["avg@k"] == ref["avg@k"] and per["16"]["mean_tokens"] == ref["mean_tokens"]
-    from rlkit.evals.budgets import DEFAULT_SUFFIX
+    from rlkit.config import BudgetForcingConfig
     from rlkit.models import load_tokenizer
 
-    suffix = len(load_tokenizer(str(tiny_model_dir))(DEFAULT_SUFFIX, add_special_tokens=False)["input_ids"])
+    phrase = BudgetForcingConfig.phrase  # the one default phrase, "\n\nFinal answer: \boxed{"
+    assert phrase == "\n\nFinal answer: \\boxed{" and BudgetForcingConfig.answer_tokens == 16
+    suffix = len(load_tokenizer(str(tiny_model_dir))(phrase, add_special_tokens=False)["input_ids"])
     assert all(int(b) + suffix < per[b]["mean_tokens"] <= int(b) + suffix + 16 for b in ("4", "8"))  # all forced
     assert per["4"]["forced_rate"] >= per["8"]["forced_rate"] > 0  # the random tiny model rarely stops early
     assert auc == pytest.approx(budget_auc([4, 8, 16], [per[b]["avg@k"] for b in ("4", "8", "16")]))

@@ -6,7 +6,7 @@ import pytest
 from rlkit.config import ConfigError, load_config
 from rlkit.records import Prompt, Sample, StepBatch
 from rlkit.rollout.base import SamplingSpec
-from rlkit.rollout.forcing import ForcedRollout
+from rlkit.rollout.forcing import BudgetForcing, ForcedRollout
 from rlkit.trainers.update import prepare_tokens
 
 
@@ -36,7 +36,7 @@ class _Engine:
 
 def test_forced_samples_get_the_phrase_and_it_is_never_trained():
     engine = _Engine()
-    r = ForcedRollout(engine, [8, 4], " UP:", [7, 7, 7], 5, seed=1)
+    r = ForcedRollout(engine, BudgetForcing((8, 4), " UP:", [7, 7, 7], 5), seed=1)
     prompts = [Prompt(ids=[1, 2, 3], text="a", columns={}), Prompt(ids=[4, 5], text="b", columns={})]
     batch = r(prompts, SamplingSpec(n=2, temperature=0.7, max_new_tokens=40), step=3)
     budgets = [r.budget_of(p, 3) for p in prompts]
@@ -73,12 +73,29 @@ def test_a_phrase_that_tokenises_to_nothing_or_overflows_is_refused_before_the_m
                                                                                           tiny_model_dir):
     from rlkit import inputs
     from rlkit.errors import UserError
-    from rlkit.rollout import factory
+    from rlkit.rollout import base
 
     cfg = load_config(overrides={"model.name_or_path": str(tiny_model_dir), "rollout.max_new_tokens": 40,
                                  "rollout.budget_forcing.budgets": [8, 30], "rollout.budget_forcing.answer_tokens": 6})
     with pytest.raises(UserError, match="exceed rollout.max_new_tokens"):
         inputs.check_forcing(cfg)  # 30 + the phrase + 6 > 40
-    monkeypatch.setattr(factory, "phrase_ids", lambda tok, phrase: [])
+    monkeypatch.setattr(base, "phrase_ids", lambda tok, phrase: [])
     with pytest.raises(UserError, match="tokenises to nothing"):
         inputs.check_forcing(cfg)
+
+
+def test_one_phrase_and_allowance_for_rollouts_evaluations_and_the_held_out_check(tiny_model_dir):
+    """rlkit eval --budgets, the held-out check and forced rollouts share rollout.budget_forcing's phrase and answer
+    allowance; the held-out check's forced answer must fit the engine's room, checked before the model loads."""
+    from rlkit import inputs
+    from rlkit.config import CONTEXT_ROOM
+    from rlkit.errors import UserError
+    from rlkit.evals.suite import EvalSettings
+
+    assert (EvalSettings().force_suffix, EvalSettings().answer_tokens) == ("\n\nFinal answer: \\boxed{", 16)
+    cfg = load_config(overrides={"model.name_or_path": str(tiny_model_dir), "rollout.max_new_tokens": 40,
+                                 "train.eval_budgets": [8], "rollout.budget_forcing.answer_tokens": CONTEXT_ROOM})
+    with pytest.raises(UserError, match="held-out check's forced answer .* must fit the engine's 64-token room"):
+        inputs.check_forcing(cfg)
+    cfg.rollout.budget_forcing.answer_tokens = 16
+    inputs.check_forcing(cfg)

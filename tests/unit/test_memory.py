@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from rlkit.kernels import memory
+from rlkit.parallel.batch import collate
 from rlkit.records import Sample
-from rlkit.trainers.batch import LogprobPolicy, collate
+from rlkit.trainers.batch import LogprobPolicy
 
 
 def _model():

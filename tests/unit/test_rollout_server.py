@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlkit.records import Prompt, Sample, StepBatch
-from rlkit.rollout.factory import Rollout
+from rlkit.rollout.base import Rollout
 
 
 @settings(deadline=None)  # the first call imports vLLM
@@ -136,7 +136,7 @@ def test_async_rollout_refuses_a_batch_past_the_bound_and_restores_queued_batche
 
 
 def test_serve_command_has_what_the_engine_needs_and_user_flags_win():
-    from rlkit.serve import vllm_command
+    from rlkit.rollout.serve import vllm_command
 
     cmd = vllm_command("/m", host="127.0.0.1", port=8123, backend="rlkit_gloo", extra=["--dtype=bfloat16"],
                        cuda=False)

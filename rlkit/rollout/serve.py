@@ -55,8 +55,7 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = 8000, weight_transfe
           extra: list[str] = (), dry_run: bool = False, startup_timeout: float = 900.0) -> int:
     import torch
 
-    from rlkit.models import resolve_model_path
-    from rlkit.preflight import check_model
+    from rlkit.models import check_model, resolve_model_path
     from rlkit.rollout.server_engine import resolve_backend
 
     check_model(model)  # a missing local path is one line here, not vLLM's traceback a minute later
