@@ -75,9 +75,9 @@ class Capabilities:
     flags or as attributes of its function, class or built instance, and they are read here only: config
     validation and stage resolution ask ``Entry.caps`` / ``capabilities(obj, kind=...)``, never the component.
 
-    Attribute names: each field by its own name, plus the older spellings in ``_ALIASES`` (``needs_correctness``
-    / ``uses_correct`` -> needs_verifier, ``correctness`` -> verifier, ``needs_whole_groups`` -> whole_groups,
-    ``handles_timeouts = True`` -> timeouts "own")."""
+    One spelling each: a declaration is read by its field's name only. A declaration must be a value (a flag, a
+    class or instance attribute), never a property, so the class and a built instance answer alike; the spellings of
+    before issue 33 (``RENAMED``) are refused with the name to use."""
 
     needs_verifier: bool = False  # reads the batch's ``correct``, so `rewards` must hold a correctness term
 
@@ -135,8 +135,10 @@ class EngineCaps(Capabilities):
 DECLARATIONS: dict[str, type[Capabilities]] = {
     "reward": RewardCaps, "shaper": ShaperCaps, "filter": FilterCaps, "loss": LossCaps, "token_mask": MaskCaps,
     "engine": EngineCaps}
-_ALIASES = {"needs_verifier": ("needs_correctness", "uses_correct"), "verifier": ("correctness",),
-            "whole_groups": ("needs_whole_groups",), "timeouts": ("handles_timeouts",)}
+# older spellings of a declaration and the one name each now has (a component that still uses one is an error that
+# says so, not a declaration silently lost)
+RENAMED = {"needs_correctness": "needs_verifier", "uses_correct": "needs_verifier", "correctness": "verifier",
+           "needs_whole_groups": "whole_groups", "handles_timeouts": 'timeouts = "own"'}
 
 
 def capabilities(obj: Any, flags: dict | None = None, *, kind: str) -> Capabilities:
@@ -145,21 +147,31 @@ def capabilities(obj: Any, flags: dict | None = None, *, kind: str) -> Capabilit
     cls = DECLARATIONS.get(kind, Capabilities)
     types_of = typing.get_type_hints(cls)
     values = {}
+    name = getattr(obj, "__name__", None) or type(obj).__name__
+    for old, now in RENAMED.items():
+        if old in (flags or {}) or _declared(obj, old) is not None:
+            raise ValueError(f"{_label(kind)} {name!r:.60} declares {old}: the declaration is now {now}")
     for f in dataclasses.fields(cls):
-        for attr in (f.name, *_ALIASES.get(f.name, ())):
-            value = (flags or {}).get(attr, getattr(obj, attr, None))
-            if value is None:
-                continue
-            if attr == "handles_timeouts":
-                value = "own" if value else "watchdog"
-            tp = types_of[f.name]
-            choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else ()
-            if choices and value not in choices:
-                raise ValueError(f"{_label(kind)} {getattr(obj, '__name__', obj)!r:.60} declares {f.name}={value!r}; "
-                                 f"valid: {', '.join(map(str, choices))}")
-            values[f.name] = value
-            break
+        value = (flags or {}).get(f.name, _declared(obj, f.name))
+        if value is None:
+            continue
+        tp = types_of[f.name]
+        choices = typing.get_args(tp) if typing.get_origin(tp) is Literal else ()
+        if choices and value not in choices:
+            raise ValueError(f"{_label(kind)} {name!r:.60} declares {f.name}={value!r}; "
+                             f"valid: {', '.join(map(str, choices))}")
+        values[f.name] = value
     return cls(**values)
+
+
+def _declared(obj: Any, attr: str) -> Any:
+    """``obj``'s declaration ``attr`` (None: not declared). A property is refused: asked of the class it is a
+    property object, of an instance a value, and the two must agree."""
+    owner = obj if isinstance(obj, type) else type(obj)
+    if isinstance(getattr(owner, attr, None), property):
+        raise ValueError(f"{getattr(obj, '__name__', owner.__name__)!r:.60} declares {attr} as a property; declare a "
+                         "value (a class attribute, or one set in __init__ when it depends on the options)")
+    return getattr(obj, attr, None)
 
 
 def hooks(obj: Any) -> dict[str, Callable]:

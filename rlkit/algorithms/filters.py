@@ -81,13 +81,13 @@ class _Rounds:
     max_rounds: int = 1  # rounds before the batch is padded
     until_full: bool = False  # keep generating until full; max_rounds is then only a safety cap
 
-    @property
-    def needs_shaped(self) -> bool:
-        return self.metric == "shaped"
+    needs_verifier = True  # declarations of the default metric "correct"; _declare sets them from the metric
+    needs_shaped = False
 
-    @property
-    def needs_correctness(self) -> bool:
-        return self.metric == "correct"
+    def _declare(self) -> None:
+        """The declarations follow the metric: a correctness term for "correct", shaping before each round for
+        "shaped" (values, so the class and a built instance answer alike for the default options)."""
+        self.needs_verifier, self.needs_shaped = self.metric == "correct", self.metric == "shaped"
 
     def prompts_for(self, quota: int, need: int) -> int:
         return need
@@ -144,6 +144,7 @@ class DynamicSampling(_Rounds):
             raise ValueError(f"dynamic_sampling: max_rounds and safety_cap must be >= 1, got {max_rounds} / "
                              f"{safety_cap}")
         self.metric, self.until_full = metric, until_full
+        self._declare()
         self.max_rounds = safety_cap if until_full else max_rounds
 
 
@@ -158,9 +159,12 @@ class PredictiveOversampling(_Rounds):
     copies (``fill_quota``). Paper (run_dot.sh): window 20, f_init 1.5, f_min 1.2, f_max 5.0. The history is
     checkpointed."""
 
+    needs_verifier = False  # the default metric is "reward"
+
     def __init__(self, metric: Literal["correct", "reward", "shaped"] = "reward", window: int = 20,
                  f_init: float = 1.5, f_min: float = 1.2, f_max: float = 5.0):
         self.metric, self.window, self.f_init, self.f_min, self.f_max = metric, window, f_init, f_min, f_max
+        self._declare()
         self.history: list[float] = []
 
     def factor(self) -> float:

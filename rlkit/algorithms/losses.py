@@ -7,7 +7,7 @@ aggregation (token-mean, seq-mean-token-mean, Dr.GRPO's constant normaliser) is 
 ``loss = sum_t token_weights_t * loss_t``.
 
 Declarations a loss may carry (attributes of the function, read once at start-up):
-- ``needs_whole_groups``: the loss is not a sum over tokens (DRPO); micro-batches keep groups whole.
+- ``whole_groups``: the loss is not a sum over tokens (DRPO); micro-batches keep groups whole.
 - ``aggregation``: the aggregation the loss is defined with (GSPO: seq-mean-token-mean; CISPO: token-mean);
   ``algorithm.aggregation: auto`` takes it, another explicit value is a parse-time error.
 - ``prepare(MinibatchInputs, **options) -> {name: [M, C] tensor}``: per-token inputs computed over the whole
@@ -243,7 +243,7 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
     return LossOutputs(loss=loss, stats=stats)
 
 
-drpo_loss.needs_whole_groups = True
+drpo_loss.whole_groups = True
 drpo_loss.needs_verifier = True  # reads ``correct``: S+ and S- per group
 drpo_loss.binds = {"max_len": "rollout.max_new_tokens"}
 register("loss", "drpo")(drpo_loss)

@@ -45,7 +45,7 @@ class DMMPT:
     """
 
     kind = "forward"
-    needs_correctness = True
+    needs_verifier = True
 
     def __init__(self, tau: float = 0.99, sigma: float = 0.2):
         if not 0 < tau <= 1:

@@ -1,7 +1,7 @@
 """Packing and balancing of variable-length samples: pure functions, no torch.distributed, no model.
 
 Vocabulary. A *unit* is what must stay together: one sample, or a whole group when the loss is
-sequence-level over groups (DRPO, ``needs_whole_groups``). A *micro-batch* is a list of unit indices
+sequence-level over groups (DRPO, a loss declaring ``whole_groups``). A *micro-batch* is a list of unit indices
 that goes through one forward/backward. A *packed row* concatenates the micro-batch's sequences with
 no padding between them; ``position_ids`` restart at 0 for each sequence and ``cu_seqlens`` marks the
 boundaries, so the attention kernel (rlkit.kernels.attention) never lets one sample see another.

@@ -52,7 +52,7 @@ def _verify_sample(task: tuple[str, str]) -> float:
     return float(_verify(gold, completion))
 
 
-@register_reward("math_correct", factory=True, correctness=True)
+@register_reward("math_correct", factory=True, verifier=True)
 class MathCorrect:
     """1.0 if math-verify finds the gold answer (column `answer`) in the completion, else 0.0; None without gold.
 
@@ -65,7 +65,7 @@ class MathCorrect:
     ``workers``: pool size (0 = min(4, CPU count)).
     """
 
-    correctness = True  # also when named by import path (rlkit.rewards.builtin:math_correct)
+    verifier = True  # also when named by import path (rlkit.rewards.builtin:math_correct)
     timeouts = "own"  # per-sample deadlines in the pool: the term's whole-batch `timeout` is not applied
 
     def __init__(self, sample_timeout: float = 10.0, workers: int = 0):

@@ -31,15 +31,15 @@ class _Term:
     """Shared plumbing: subclasses implement ``one(L, truncated, correct, completion, ids, extra)``."""
 
     name = ""
-    uses_correct = True
+    needs_verifier = True
 
     def __call__(self, prompts, completions, completion_ids, *, num_tokens, finish_reason, correct=None, **kwargs):
-        if self.uses_correct:
+        if self.needs_verifier:
             correct = _need_correct(self.name, correct)
         out = []
         for i, (n, reason) in enumerate(zip(num_tokens, finish_reason)):
-            c = correct[i] if self.uses_correct else None
-            if self.uses_correct and c is None:
+            c = correct[i] if self.needs_verifier else None
+            if self.needs_verifier and c is None:
                 out.append(None)
                 continue
             extra = {k: v[i] for k, v in kwargs.items() if isinstance(v, list) and len(v) == len(num_tokens)}
@@ -79,7 +79,7 @@ class BudgetTriangular(_Term):
     B is ``budget`` or, when absent, the sample's ``budget`` column (set by a curriculum)."""
 
     name = "budget_triangular"
-    uses_correct = False
+    needs_verifier = False
 
     def __init__(self, budget: int | None = None, r_max: float = 1.0):
         self.budget, self.r_max = budget, r_max
@@ -101,7 +101,7 @@ class DapoOverlong(_Term):
     -1 beyond L_max. DAPO: L_max 20480, L_cache 4096."""
 
     name = "dapo_overlong"
-    uses_correct = False
+    needs_verifier = False
 
     def __init__(self, max_tokens: int, buffer: int):
         if not 0 < buffer <= max_tokens:
@@ -148,7 +148,7 @@ class L1Exact(_Term):
     The target can come per sample from a ``target_tokens`` column. alpha = 0.0003."""
 
     name = "l1_exact"
-    uses_correct = False
+    needs_verifier = False
 
     def __init__(self, target_tokens: int | None = None, alpha: float = 0.0003):
         self.target, self.alpha = target_tokens, alpha
@@ -183,7 +183,7 @@ class FormatLength(_Term):
     R = R_f + R_l if the format is right, else min(0, R_f + R_l). No ground truth; R_f from `pattern`."""
 
     name = "format_length"
-    uses_correct = False
+    needs_verifier = False
 
     def __init__(self, max_tokens: int, p: float = 0.5, shape: str = "smooth", pattern: str = BOXED_ANSWER):
         if shape not in ("smooth", "polyline"):
@@ -238,7 +238,7 @@ class RepetitionPenalty(_Term):
     which keeps the largest block-aligned period (see ``loop_start``); the released code never scales."""
 
     name = "repetition_penalty"
-    uses_correct = False
+    needs_verifier = False
 
     def __init__(self, kappa: float = 0.1, scaled: bool = True, min_repeats: int = 2):
         self.kappa, self.scaled, self.min_repeats = kappa, scaled, min_repeats

@@ -14,13 +14,14 @@ from rlkit import registry
 from rlkit.registry import Entry
 
 
-def register_reward(name: str, *, factory: bool | None = None, correctness: bool = False,
+def register_reward(name: str, *, factory: bool | None = None, verifier: bool = False,
                     options: tuple | None = None) -> Callable:
     """Decorator: ``@register_reward("my_reward")`` on a reward function, or on a class / function whose call
     with the config's ``kwargs`` returns the reward (``factory=True``; classes are factories by default).
-    ``correctness=True`` marks a verifier: its 0/1 values reach the other terms as ``correct``.
+    ``verifier=True`` marks a verifier: its 0/1 values reach the other terms as ``correct`` (a config term can also
+    be marked with ``correctness: true``).
     ``options``: the keyword parameters that are options (default: every keyword parameter with a default)."""
-    return registry.register("reward", name, factory=factory, options=options, correctness=correctness)
+    return registry.register("reward", name, factory=factory, options=options, verifier=verifier)
 
 
 def resolve_reward(name: str, factory: bool | None = None) -> Entry:

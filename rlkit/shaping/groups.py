@@ -90,7 +90,7 @@ class EfficientReasoning(Shaper):
     LASER Table 2): correct samples get r - alpha * sigmoid((L - mean_c) / std_c), statistics over the
     group's correct samples; incorrect samples are unchanged. alpha in [0, 1), typically 0.05-0.4."""
 
-    needs_correctness = True
+    needs_verifier = True
 
     def __init__(self, alpha: float = 0.2):
         self.alpha = alpha
@@ -115,7 +115,7 @@ class KimiLength(Shaper):
     [1.0, -1.0] (correct short, badly formatted long) become [1.2, -1.0], not [1.2, -1.2]. Without it (default)
     every sample is shaped, as the Kimi report's formula (which has no format notion); the kimi recipe sets it."""
 
-    needs_correctness = True
+    needs_verifier = True
 
     def __init__(self, coef: float = 0.4, format_term: str | None = None):
         self.coef, self.format_term = coef, format_term
@@ -150,7 +150,7 @@ class GrpoLambda(Shaper):
     paper; 0.2 is our default (Arora & Zanette use 0.05-0.4). Per-sample rewards are rebuilt from the
     verifier, so other per-sample terms are dropped, as in the paper."""
 
-    needs_correctness = True
+    needs_verifier = True
 
     def __init__(self, lam: float = 0.2, alpha: float = 0.2, mode: Literal["top_fraction", "threshold"] = "top_fraction",
                  threshold: float = 0.5,
@@ -198,7 +198,7 @@ class DifficultyAwareTruncation(Shaper):
     [d_i, d_{i+1}) (d_0 = 0, d_{n+1} = inf). Responses longer than l(q), or truncated by the engine, get
     reward `rho` (0). Paper: thresholds [0.5], lengths [4000, 2000] (hard questions keep 4000 tokens)."""
 
-    needs_correctness = True
+    needs_verifier = True
 
     def __init__(self, thresholds: Sequence[float] = (0.5,), lengths: Sequence[int] = (4000, 2000), rho: float = 0.0):
         self.thresholds, self.lengths, self.rho = list(thresholds), list(lengths), rho
@@ -231,7 +231,7 @@ class Palu(Shaper):
     otherwise L_q <- max_tokens. The update is used the next time q is sampled (the paper's off-policy
     estimate from the previous epoch). Paper: C = 0.8, tau = 0.5. Budgets are checkpointed."""
 
-    needs_correctness = True
+    needs_verifier = True
 
     def __init__(self, max_tokens: int, C: float = 0.8, tau: float = 0.5, min_tokens: int = 16, rho: float = 0.0):
         if not 0 < tau <= 1:

@@ -65,7 +65,9 @@ class LaserD(Shaper):
     """LASER-D (Liu et al. arXiv 2505.15612 sec. 5): + alpha for correct responses within the bucket's target."""
 
     variant = "d"
-    needs_correctness = True
+    needs_verifier = True
+    needs_looping = False  # LASER-DE's exploration bonus reads the loop detector's flags
+    monitor = (20, 500, 8)  # (every, size, samples) of the default options; __init__ sets the configured ones
 
     def __init__(self, alpha: float = 0.5, lower: int = 1024, upper: int = 16384, interval: int = 1024,
                  monitor_every: int = 20, monitor_size: int = 500, monitor_samples: int = 8,
@@ -77,7 +79,6 @@ class LaserD(Shaper):
         self.monitor_samples = monitor_samples
         self.format_term = format_term
         self.targets: dict[str, int | None] = {b: None for b in BUCKETS}
-        self.needs_looping = self.variant == "de"
 
     def update_from_monitor(self, lengths: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor) -> dict:
         """Recompute L_A(d) from monitor rollouts; a bucket without a qualifying candidate gets None
@@ -135,3 +136,4 @@ class LaserDE(LaserD):
     """LASER-DE (arXiv 2505.15612 sec. 5): LASER-D plus + alpha for long, formatted, non-looping wrong answers."""
 
     variant = "de"
+    needs_looping = True

@@ -64,7 +64,7 @@ class DotTruncation:
     A margin >= 1 counts int(margin) tokens, as DOT's code. Needs a correctness term.
     Paper: alpha 3.0, margin 32, success_threshold 1.0."""
 
-    needs_correctness = True
+    needs_verifier = True
 
     def __init__(self, alpha: float = 3.0, margin: float = 32, success_threshold: float = 1.0):
         if margin <= 0:

@@ -101,7 +101,7 @@ def test_build_loss_binds_config_and_checks_kwargs():
     fn, whole_groups = build_loss(load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lam": 0.5},
                                                           "rollout.max_new_tokens": 64}))
     assert whole_groups and fn.keywords == {"max_len": 64, "lam": 0.5, "tau": 10.0, "beta": 1e3, "delta": 1e-4}  # defaults resolved
-    assert drpo_loss.needs_whole_groups
+    assert drpo_loss.whole_groups
     assert not build_loss(load_config())[1]
     # prompts_per_step is global now: each of the (here 1) processes keeps 6 prompts
     with pytest.raises(ConfigError, match="'algorithm.minibatches' must divide the 6 prompts of each process"):

@@ -181,3 +181,46 @@ def test_imports_run_downward():
     base = Path(registry.__file__).parent / "rollout" / "base.py"
     imported = {n.module for n in ast.walk(ast.parse(base.read_text())) if isinstance(n, ast.ImportFrom)}
     assert not {"rlkit.rollout.vllm_engine", "rlkit.rollout.hf_engine", "rlkit.rollout.factory"} & imported
+
+
+def test_every_registered_component_declares_the_same_of_its_class_and_of_a_built_instance():
+    """One spelling per capability, as values: for every registered component of every kind, the declaration read
+    from the registered object equals the one read from an instance built with its default options (required
+    options get a plain value); a property or an older spelling is refused by name."""
+    import inspect
+
+    from rlkit import registry
+
+    plain = {int: 100, float: 0.5, str: "x", bool: False}
+    checked = 0
+    for kind in registry.KINDS:
+        for name, _ in registry.listing(kind):
+            entry = registry.resolve(kind, name)
+            if kind == "engine" or not entry.factory:
+                continue  # functions are the component itself; engines are built from a run's context
+            options = {}
+            for opt, param in entry.options.items():
+                if param.default is inspect.Parameter.empty:
+                    options[opt] = plain.get(param.annotation if isinstance(param.annotation, type) else None, 100)
+            try:
+                built = registry.build(entry, options)
+            except (TypeError, ValueError):
+                continue  # an option combination the factory refuses: nothing to compare
+            assert registry.capabilities(built, entry.flags, kind=kind) == entry.caps, (kind, name)
+            checked += 1
+    assert checked >= 20
+
+    class Prop:
+        @property
+        def needs_verifier(self):
+            return True
+
+    with pytest.raises(ValueError, match="declares needs_verifier as a property"):
+        registry.capabilities(Prop, kind="shaper")
+    for old, now in (("needs_correctness", "needs_verifier"), ("uses_correct", "needs_verifier"),
+                     ("needs_whole_groups", "whole_groups")):
+        with pytest.raises(ValueError, match=f"declares {old}: the declaration is now {now}"):
+            registry.capabilities(type("Old", (), {old: True}), kind="loss")
+    dynamic = registry.resolve("filter", "dynamic_sampling")
+    assert dynamic.caps.needs_verifier is True  # a value, not a property object
+    assert registry.capabilities(registry.build(dynamic, {"metric": "reward"}), kind="filter").needs_verifier is False

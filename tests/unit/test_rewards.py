@@ -346,9 +346,10 @@ def test_declared_timeouts_and_bad_declarations():
     assert registry.resolve("reward", "math_correct").caps.timeouts == "own"
 
     class Legacy:
-        handles_timeouts = True  # the older spelling
+        handles_timeouts = True  # the spelling of before issue 33: refused with the one name it now has
 
-    assert registry.capabilities(Legacy, kind="reward").timeouts == "own"
+    with pytest.raises(ValueError, match='declares handles_timeouts: the declaration is now timeouts = "own"'):
+        registry.capabilities(Legacy, kind="reward")
 
     class Wrong:
         batch_errors = "sometimes"
