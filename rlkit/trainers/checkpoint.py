@@ -20,7 +20,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rlkit import failpoints
 from rlkit.errors import CheckpointError
@@ -132,3 +135,65 @@ def load_trainer_state(path: Path) -> dict:
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise CheckpointError(f"{path / 'trainer_state.json'}: not an rlkit trainer state (no integer 'step')")
     return state
+
+
+@dataclass
+class Piece:
+    """One piece of run state in ``trainer_state.json``: ``save()`` returns its JSON value, ``load(value)`` puts it
+    back. ``per_process``: each process has its own (gathered on save; on restore each process takes the value of
+    its index, and the process count must match). ``load`` None: a record that preflight reads to check a resume
+    (the config, the inputs' fingerprints), not restored. ``when``: restore only if it returns True."""
+
+    key: str
+    save: Callable[[], Any]
+    load: Callable[[Any], None] | None = None
+    per_process: bool = False
+    what: str = ""  # how a process-count mismatch names it
+    when: Callable[[Any], bool] = lambda value: True
+
+
+@dataclass
+class Checkpointer:
+    """Owns save and restore of every piece of run state: the model, optimizer, scheduler and random states
+    (rlkit.trainers.state_io) and the JSON pieces the run registers (``pieces``: sampler, stages, rollout and reward
+    state, held-out results, the time model, the policy version, ...). Adding a piece of state is one ``Piece``."""
+
+    run_dir: Path
+    acc: Any
+    prepared: Any
+    tokenizer: Any
+    optimizer: Any
+    scheduler: Any
+    keep_last: int
+    pieces: list[Piece] = field(default_factory=list)
+
+    def save(self, step: int, **records) -> Path:
+        """A checkpoint after ``step`` steps (collective: every process calls it); ``records``: values of this save
+        only (the step's metrics row)."""
+        from rlkit.parallel import dist
+
+        state: dict = {"step": step, **records}
+        for piece in self.pieces:
+            value = piece.save()
+            state[piece.key] = dist.gather_objects(self.acc, value) if piece.per_process else value
+        return save_checkpoint(self.run_dir, step, self.acc, self.prepared, self.tokenizer, self.optimizer,
+                               self.scheduler, state, self.keep_last)
+
+    def restore(self, path: Path) -> tuple[dict, list[str]]:
+        """Load checkpoint ``path`` into the run (every process): the model, optimizer, scheduler and random states,
+        then each piece in registration order. Returns the saved state and the console lines of the load."""
+        from rlkit.trainers.state_io import load_training_state
+
+        state = load_trainer_state(path)
+        lines = load_training_state(path / "trainer", self.acc, self.prepared, self.optimizer, self.scheduler)
+        for piece in self.pieces:
+            if piece.load is None or piece.key not in state or not piece.when(state[piece.key]):
+                continue
+            value = state[piece.key]
+            if piece.per_process:
+                if len(value) != self.acc.num_processes:
+                    raise CheckpointError(f"{path}: {piece.what or piece.key} was saved by {len(value)} processes; "
+                                          f"resume with the same number (now {self.acc.num_processes})")
+                value = value[self.acc.process_index]
+            piece.load(value)
+        return state, lines

@@ -14,7 +14,7 @@ import torch
 from rlkit import registry, rundir
 from rlkit.config import Config, ConfigError, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
-from rlkit.errors import CheckpointError, UserError
+from rlkit.errors import UserError
 from rlkit.files import atomic_write_text
 from rlkit.kernels import memory
 from rlkit.logging import RunLogger, clean_row
@@ -34,7 +34,6 @@ from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.checked import Preflight
 from rlkit.trainers.stages import Stages
-from rlkit.trainers.state_io import load_training_state
 
 
 @dataclass
@@ -67,6 +66,7 @@ class Run:
     before: dict = field(default_factory=dict)  # held-out results before training (restored on resume)
     after: dict = field(default_factory=dict)  # held-out results after the last step (in the final checkpoint)
     timers: dict = field(default_factory=dict)  # seconds per phase of the current step
+    checkpointer: ckpt.Checkpointer | None = None  # save and restore of every piece of run state (state_pieces)
 
 
 def _version() -> str:
@@ -220,6 +220,8 @@ def setup(cfg: Config, checked: Preflight) -> Run:
         run.logger.console(line)
     if train_set.skipped_long:
         run.logger.console(f"skipped {train_set.skipped_long} training prompts over {cfg.data.max_prompt_tokens} tokens")
+    run.checkpointer = ckpt.Checkpointer(run_dir, acc, prepared, tokenizer, optimizer, scheduler,
+                                         cfg.checkpoint.keep_last, state_pieces(run))
     row = restore(run, checked.resume_path) if checked.resume_path is not None else None
     if layout.sp > 1 and layout.mode != "fixed":
         _fit_cost_model(run, hf_model, dtype)
@@ -249,19 +251,39 @@ def _fit_cost_model(run: Run, hf_model, dtype) -> None:
     run.logger.console(sp_calibrate.describe(mbs.cost))
 
 
+def state_pieces(run: Run) -> list[ckpt.Piece]:
+    """Every piece of run state a checkpoint holds besides the model, optimizer, scheduler and random states, in
+    restore order: the one place to add one (rlkit.trainers.checkpoint.Checkpointer)."""
+    cfg, mbs = run.cfg, run.mbs
+
+    def set_cost(value) -> None:
+        mbs.cost, mbs.calibrated = CostModel.from_dict(value), True  # the time model it planned with: same plans
+
+    return [
+        ckpt.Piece("run_id", lambda: run.run_id),
+        ckpt.Piece("policy_version", lambda: run.engine.version, lambda v: setattr(run.engine, "version", v - 1)),
+        ckpt.Piece("distributed", run.backend.record),
+        ckpt.Piece("inputs", lambda: run.inputs),
+        ckpt.Piece("sampler", run.sampler.state_dict, run.sampler.load_state_dict),
+        ckpt.Piece("stages", run.stages.state_dict, run.stages.load_state_dict),
+        ckpt.Piece("rollout", run.rollout.state_dict, run.rollout.load_state_dict, per_process=True,
+                   what="the rollout state (segment pools)", when=any),
+        ckpt.Piece("eval_before", lambda: run.before, lambda v: setattr(run, "before", v or {})),
+        ckpt.Piece("rewards", run.rewards.state_dict, run.rewards.load_state_dict, per_process=True,
+                   what="the reward terms' state", when=any),
+        ckpt.Piece("eval_after", lambda: run.after, lambda v: setattr(run, "after", v or {})),
+        ckpt.Piece("world_size", lambda: run.acc.num_processes),
+        ckpt.Piece("config", lambda: to_dict(cfg)),
+        ckpt.Piece("parallel_cost", lambda: mbs.cost.to_dict() if mbs.calibrated else None, set_cost,
+                   when=lambda v: bool(v) and mbs.sp_mode != "fixed"),
+        ckpt.Piece("data", lambda: {"train_rows": run.sampler.size, "fingerprint": run.data_fingerprint}),
+    ]
+
+
 def save(run: Run, step: int, row: dict) -> None:
     """A checkpoint after ``step`` steps (collective: every rank calls it); ``row`` is the step's metrics row,
     restored into metrics.jsonl if a kill lands between the checkpoint and the row."""
-    state = {"step": step, "run_id": run.run_id, "policy_version": run.engine.version,
-             "distributed": run.backend.record(), "inputs": run.inputs,
-             "sampler": run.sampler.state_dict(), "stages": run.stages.state_dict(),
-             "rollout": dist.gather_objects(run.acc, run.rollout.state_dict()), "eval_before": run.before,
-             "rewards": dist.gather_objects(run.acc, run.rewards.state_dict()),
-             "eval_after": run.after, "world_size": run.acc.num_processes, "metrics_row": clean_row(row),
-             "config": to_dict(run.cfg), "parallel_cost": run.mbs.cost.to_dict() if run.mbs.calibrated else None,
-             "data": {"train_rows": run.sampler.size, "fingerprint": run.data_fingerprint}}
-    ckpt.save_checkpoint(run.run_dir, step, run.acc, run.prepared, run.tokenizer, run.optimizer, run.scheduler,
-                         state, run.cfg.checkpoint.keep_last)
+    run.checkpointer.save(step, metrics_row=clean_row(row))
 
 
 def _apply_optim_config(cfg: Config, optimizer, scheduler) -> None:
@@ -277,30 +299,13 @@ def _apply_optim_config(cfg: Config, optimizer, scheduler) -> None:
 
 def restore(run: Run, path: Path) -> dict | None:
     """Load a checkpoint into the run (every rank); returns the metrics row saved with it."""
-    acc = run.acc
-    state = ckpt.load_trainer_state(path)
-    for line in load_training_state(path / "trainer", acc, run.prepared, run.optimizer, run.scheduler):
+    state, lines = run.checkpointer.restore(path)
+    for line in lines:
         run.logger.console(line)
     _apply_optim_config(run.cfg, run.optimizer, run.scheduler)
-    run.start_step, run.before = state["step"], state.get("eval_before") or {}
-    run.after = (state.get("eval_after") or {}) if state["step"] >= run.cfg.train.steps else {}
-    run.sampler.load_state_dict(state["sampler"])
-    run.stages.load_state_dict(state["stages"])
-    rollout_states = state.get("rollout") or []
-    if any(rollout_states):
-        if len(rollout_states) != acc.num_processes:
-            raise CheckpointError(f"{path}: the rollout state (segment pools) was saved by {len(rollout_states)} "
-                                  f"processes; resume with the same number (now {acc.num_processes})")
-        run.rollout.load_state_dict(rollout_states[acc.process_index])
-    reward_states = state.get("rewards") or []
-    if any(reward_states):  # each process's reward terms get their own state (a process of the same index)
-        if len(reward_states) != acc.num_processes:
-            raise CheckpointError(f"{path}: the reward terms' state was saved by {len(reward_states)} processes; "
-                                  f"resume with the same number (now {acc.num_processes})")
-        run.rewards.load_state_dict(reward_states[acc.process_index])
-    if state.get("parallel_cost") and run.mbs.sp_mode != "fixed":  # the time model it planned with: same plans
-        run.mbs.cost, run.mbs.calibrated = CostModel.from_dict(state["parallel_cost"]), True
-    run.engine.version = state["policy_version"] - 1
+    run.start_step = state["step"]
+    if run.start_step < run.cfg.train.steps:  # the final evaluation ran in the last step: not yet
+        run.after = {}
     sync_weights(run)  # the engine (a server too) gets the restored policy under its saved version
     run.logger.console(f"resumed from {path} at step {run.start_step}")
     return state.get("metrics_row")

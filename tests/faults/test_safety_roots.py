@@ -357,3 +357,43 @@ def test_report_counts_values_that_are_not_finite_numbers(tmp_path, capsys):
                      f"{metrics}: step 3: 'reward/mean' is nan, not a finite number; point left out",
                      f"{metrics}: step 4: 'reward/mean' is inf, not a finite number; point left out",
                      f"{metrics}: 2 more values that are not finite numbers (strings, NaN, Infinity); points left out"]
+
+
+def test_the_checkpointer_saves_and_restores_every_piece_it_is_given(tiny_model_dir, tmp_path):
+    """One checkpointer owns run state: a piece registered once is saved, restored in order, checked for the process
+    count when it is per process, and skipped when its condition says so; records are saved, never loaded."""
+    import torch
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlkit.trainers.batch import LogprobPolicy
+    from rlkit.trainers.checkpoint import Checkpointer, Piece
+
+    acc = Accelerator(cpu=True)
+    policy = LogprobPolicy(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    prepared, opt = acc.prepare(policy, opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    box = {"counter": 7, "mine": {"pool": [1, 2]}, "skipped": "kept"}
+    order = []
+
+    def loader(key):
+        return lambda v: (order.append(key), box.__setitem__(key, v))
+
+    pieces = [Piece("counter", lambda: box["counter"], loader("counter")),
+              Piece("mine", lambda: box["mine"], loader("mine"), per_process=True, what="my pools"),
+              Piece("skipped", lambda: box["skipped"], loader("skipped"), when=lambda v: False),
+              Piece("record", lambda: {"config": 1})]
+    keeper = Checkpointer(tmp_path, acc, prepared, AutoTokenizer.from_pretrained(tiny_model_dir), opt, sched, 2,
+                          pieces)
+    path = keeper.save(3, metrics_row={"step": 3})
+    saved = json.loads((path / "trainer_state.json").read_text())
+    assert saved["counter"] == 7 and saved["mine"] == [{"pool": [1, 2]}] and saved["record"] == {"config": 1}
+    assert saved["metrics_row"] == {"step": 3} and saved["step"] == 3
+    box.update(counter=0, mine={}, skipped="changed")
+    state, _ = keeper.restore(path)
+    assert (box["counter"], box["mine"], box["skipped"], order) == (7, {"pool": [1, 2]}, "changed", ["counter", "mine"])
+    saved["mine"] = [{}, {}]
+    (path / "trainer_state.json").write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="my pools was saved by 2 processes; resume with the same number"):
+        keeper.restore(path)
