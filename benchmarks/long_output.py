@@ -224,7 +224,7 @@ def _update_main(modes: list[str], lengths: list[int], budget: int, repeats: int
     from rlkit.parallel.micro import MicroBatching, plan_rank
     from rlkit.records import StepBatch
     from rlkit.trainers.batch import LogprobPolicy
-    from rlkit.trainers.update import LossSpec, prepare_tokens, update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=True)
     layout = make_layout(acc, acc.num_processes, "flex")  # blocks of every degree; a mode only restricts the plan
@@ -244,9 +244,10 @@ def _update_main(modes: list[str], lengths: list[int], budget: int, repeats: int
                                 cost=cost, calibrated=True)
             acc.wait_for_everyone()
             t = time.perf_counter()
-            stats = update_policy(prepared, opt, None, acc, batch, loss=LossSpec(ppo_clip_loss),
-                                  algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, mbs=mbs,
-                                  max_new_tokens=max(lengths), max_grad_norm=0.0, seed=0)
+            stats = update_policy(
+                prepared, opt, None, acc, batch,
+                UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, mbs=mbs, max_new_tokens=max(lengths), max_grad_norm=0.0),
+                seed=0)
             acc.wait_for_everyone()
             seconds = time.perf_counter() - t
             row = out.setdefault(m, {"seconds": float("inf")})

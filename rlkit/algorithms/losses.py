@@ -44,6 +44,8 @@ class LossInputs:
     correct: torch.Tensor | None = None  # [B] verifier 0/1 (NaN unknown)
     group_scale: float = 1.0  # world size / number of groups in the whole minibatch (all ranks)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, T] tensors from the loss's `prepare`
+    entropy: torch.Tensor | None = None  # [B, T] the current policy's token entropy (with grad), what the loop has
+    behaviour_logprobs: torch.Tensor | None = None  # [B, T] the rollout engine's logprobs (the behaviour policy)
 
 
 @dataclass

@@ -34,7 +34,13 @@ from rlkit.trainers.collect import advantages, collect, refresh_monitors, timed
 from rlkit.trainers.evaluate import eval_rows, eval_table, held_out_check, signal_fraction
 from rlkit.trainers.metrics import step_metrics
 from rlkit.trainers.run import Run, save, setup, sync_weights
-from rlkit.trainers.update import balance_ranks, policy_logprobs, prepare_tokens, update_policy
+from rlkit.trainers.update import (
+    UpdateSettings,
+    balance_ranks,
+    policy_logprobs,
+    prepare_tokens,
+    update_policy,
+)
 
 
 @dataclass
@@ -97,6 +103,10 @@ def _train(run: Run) -> RunResult:
         progress.at("the held-out evaluation before training")
         run.before = held_out()
         run.logger.log(run.start_step, {f"eval/{k}": v for k, v in run.before.items()})
+    update_settings = UpdateSettings(loss=stages.loss, algorithm=a, mbs=run.mbs, pad_id=run.tokenizer.pad_token_id,
+                                     temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
+                                     max_grad_norm=cfg.optim.max_grad_norm, forward_masks=stages.forward_masks,
+                                     skip_nonfinite=cfg.optim.skip_nonfinite)
     metrics: dict = {}
     bar = _progress(run)
     for step in range(run.start_step, cfg.train.steps):
@@ -133,18 +143,16 @@ def _train(run: Run) -> RunResult:
                 trained.old_logprobs = trained.behaviour
             elif a.mu * a.minibatches > 1:
                 trained.old_logprobs = score(run.prepared)
+            # else one optimizer step per batch: old_logprobs stays None and the update takes the current policy
+            # as the old one (its forward's logprobs, detached), which it is
             if a.kl_coef > 0:
                 trained.ref_logprobs = score(run.ref_model or run.prepared, disable_adapter=run.ref_model is None)
 
         # 6. policy updates: mu passes x minibatches, exact aggregation across micro-batches and ranks
         progress.at("policy update")
         with timed(run.timers, "train"):
-            stats = update_policy(run.prepared, run.optimizer, run.scheduler, acc, trained, loss=stages.loss,
-                                  algorithm=a, pad_id=run.tokenizer.pad_token_id, temperature=cfg.rollout.temperature,
-                                  mbs=run.mbs, max_new_tokens=cfg.rollout.max_new_tokens,
-                                  max_grad_norm=cfg.optim.max_grad_norm, seed=cfg.train.seed + step,
-                                  forward_masks=stages.forward_masks, step=step + 1,
-                                  skip_nonfinite=cfg.optim.skip_nonfinite)
+            stats = update_policy(run.prepared, run.optimizer, run.scheduler, acc, trained, update_settings,
+                                  seed=cfg.train.seed + step, step=step + 1)
         failpoints.hit("update")
 
         # 7. weight sync: the engine generates with the updated policy from the next step on

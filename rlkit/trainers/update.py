@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -150,11 +150,12 @@ class LossSpec:
     prepare: Any = None  # MinibatchInputs -> {name: [M, C]}, options bound (see rlkit.algorithms.losses)
 
 
-def _prepare_minibatch(loss: LossSpec, prepared, acc, batch: StepBatch, rows: list[int], plan: list[Micro],
-                       pad_id: int, temperature: float, mbs: MicroBatching) -> dict:
+def _prepare_minibatch(prepared, acc, batch: StepBatch, rows: list[int], plan: list[Micro],
+                       settings: UpdateSettings) -> dict:
     """The loss's minibatch-wide inputs, [len(rows), C] each, from the current policy's logprobs (one no-grad
     forward over the minibatch's micro-batches, empty ones included so every rank runs the same forwards).
     Its sums and gathers run over one copy of each data-parallel share (the DP group under SP)."""
+    loss, mbs, pad_id, temperature = settings.loss, settings.mbs, settings.pad_id, settings.temperature
     current = _score_plan(prepared, batch.samples, plan, pad_id, acc, temperature=temperature, mbs=mbs,
                           width=batch.mask.shape[1])
     lay = layout_of(mbs, acc)
@@ -176,9 +177,35 @@ class _Minibatch:
     group_scale: float
 
 
-def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss: LossSpec, algorithm,
-                  pad_id: int, temperature: float, mbs: MicroBatching, max_new_tokens: int, max_grad_norm: float,
-                  seed: int, forward_masks: list = (), step: int = 0, skip_nonfinite: bool = False) -> UpdateStats:
+@dataclass
+class UpdateSettings:
+    """How the policy update runs, fixed for a run (built once at set-up): the injected loss, the algorithm's
+    settings (mu, minibatches, aggregation, tis_cap), the micro-batching, the scoring temperature, the completion
+    cap (the aggregation's constant), clipping, the forward token masks and the non-finite policy."""
+
+    loss: LossSpec
+    algorithm: Any  # rlkit.config.AlgorithmConfig
+    mbs: MicroBatching
+    pad_id: int = 0
+    temperature: float = 1.0
+    max_new_tokens: int = 0
+    max_grad_norm: float = 0.0
+    forward_masks: list = field(default_factory=list)  # (name, mask) of kind "forward"
+    skip_nonfinite: bool = False
+
+
+@dataclass
+class _Pass:
+    """Where a micro-batch sits: the last of its minibatch (the accumulation boundary), in the first pass over the
+    batch (entropy is counted once), in the first minibatch (the mismatch is measured before any update)."""
+
+    last: bool
+    first_pass: bool
+    first_minibatch: bool
+
+
+def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, settings: UpdateSettings, *,
+                  seed: int = 0, step: int = 0) -> UpdateStats:
     """mu passes x minibatches; micro-batches accumulate into one optimizer step per minibatch.
 
     The aggregation normaliser is summed over all ranks and the weights are multiplied by the world
@@ -190,13 +217,14 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
     stops with TrainingDiverged naming ``step``, or with ``skip_nonfinite`` that optimizer step is skipped and
     counted (``stats.skipped``). The finiteness check is all-reduced, so every rank decides the same.
     """
-    a, world, lay = algorithm, acc.num_processes, layout_of(mbs, acc)
+    a, loss, mbs, world = settings.algorithm, settings.loss, settings.mbs, acc.num_processes
+    lay = layout_of(mbs, acc)
     # units that stay together: single samples, or whole groups for sequence-level losses (DRPO); a filter's
     # padded copies are in none (zero weight, counted in no normaliser: the update of the real groups alone)
     units = _units(batch.samples, loss.whole_groups, batch.real)
     random.Random(seed).shuffle(units)
     minibatch_units = [units[i::a.minibatches] for i in range(a.minibatches)]
-    stats = UpdateStats(masked={name: 0.0 for name, _ in forward_masks})
+    stats = UpdateStats(masked={name: 0.0 for name, _ in settings.forward_masks})
     if a.tis_cap > 0:
         stats.sums["tis_weight"] = 0.0
     # micro-batch plans depend only on the minibatch's units: plan once, reuse in every pass
@@ -210,30 +238,29 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
         for mini_index, mini_units in enumerate(minibatch_units):
             rows = [i for unit in mini_units for i in unit]
             # sums over ranks count each share once: the sp ranks of an SP group hold the same rows
-            denom = aggregation_denominator(batch.mask[rows], a.aggregation, max_new_tokens)
+            denom = aggregation_denominator(batch.mask[rows], a.aggregation, settings.max_new_tokens)
             denom = float(dist.all_reduce(acc, torch.tensor(denom), "sum")) / lay.sp
             n_groups = float(dist.all_reduce(acc, torch.tensor(float(len(set(batch.group_ids[rows].tolist())))),
                                          "sum")) / lay.sp
             extra = {}
             if loss.prepare is not None:  # before the first backward: the policy is the minibatch's start
-                extra = _prepare_minibatch(loss, prepared, acc, batch, rows, plans[mini_index], pad_id, temperature, mbs)
+                extra = _prepare_minibatch(prepared, acc, batch, rows, plans[mini_index], settings)
             mini = _Minibatch(rows, {i: j for j, i in enumerate(rows)},
                               aggregation_weights(batch.mask[rows], a.aggregation, denom) * world, extra,
                               world / max(n_groups, 1.0))
             nonfinite = None  # the first micro-batch whose loss was not finite on some rank
             for k, micro in enumerate(plans[mini_index]):
-                last = k == len(plans[mini_index]) - 1
-                bad = _micro_step(prepared, acc, batch, micro, mini, stats, loss=loss, algorithm=a, pad_id=pad_id,
-                                  temperature=temperature, mbs=mbs, forward_masks=forward_masks, last=last,
-                                  first_pass=epoch == 0, first_minibatch=mini_index == 0)
+                where = _Pass(last=k == len(plans[mini_index]) - 1, first_pass=epoch == 0,
+                              first_minibatch=mini_index == 0)
+                bad = _micro_step(prepared, acc, batch, micro, mini, stats, settings, where)
                 if nonfinite is None and bad is not None:
                     nonfinite = (k, bad)
-                    if not skip_nonfinite:
+                    if not settings.skip_nonfinite:
                         _diverged(step, f"the loss is {bad}", mini_index, k)
-            norm, applied = backends.optimizer_step(acc, prepared, optimizer, max_grad_norm,
+            norm, applied = backends.optimizer_step(acc, prepared, optimizer, settings.max_grad_norm,
                                                     skip=nonfinite is not None)
             if not applied:
-                if not skip_nonfinite:
+                if not settings.skip_nonfinite:
                     _diverged(step, f"the gradient norm is {norm}", mini_index, None)
                 stats.skipped += 1
             else:
@@ -243,14 +270,15 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, *, loss
     return sum_over_sp_group(stats, lay)
 
 
-def _micro_step(prepared, acc, batch: StepBatch, micro: Micro, mini: _Minibatch, stats: UpdateStats, *, loss: LossSpec,
-                algorithm, pad_id: int, temperature: float, mbs: MicroBatching, forward_masks, last: bool,
-                first_pass: bool, first_minibatch: bool) -> float | None:
+def _micro_step(prepared, acc, batch: StepBatch, micro: Micro, mini: _Minibatch, stats: UpdateStats,
+                settings: UpdateSettings, where: _Pass) -> float | None:
     """One forward/backward of a micro-batch, its statistics added to ``stats`` (by the rank that owns it). An empty
     micro-batch (this rank has fewer units than another, or none in this minibatch) runs one of the rank's samples
     with zero weights, so every rank runs the same forwards. Returns the loss when it is not finite on some rank
     (checked on every rank, so all agree), else None."""
-    a, lay = algorithm, layout_of(mbs, acc)
+    a, mbs, pad_id, temperature = settings.algorithm, settings.mbs, settings.pad_id, settings.temperature
+    loss, forward_masks, lay = settings.loss, settings.forward_masks, layout_of(mbs, acc)
+    last, first_pass, first_minibatch = where.last, where.first_pass, where.first_minibatch
     idx, inputs = micro_inputs(batch.samples, micro, pad_id, mbs, acc)
     counted = owns_results(micro, lay)
     mrows = [mini.position.get(i, 0) for i in idx]
@@ -259,7 +287,10 @@ def _micro_step(prepared, acc, batch: StepBatch, micro: Micro, mini: _Minibatch,
     sync = contextlib.nullcontext() if last else acc.no_sync(prepared)
     with sync, acc.autocast():
         lp, ent = prepared(inputs, temperature=temperature, with_entropy=True)
-        old = batch.old_logprobs[idx, :width].to(acc.device) if batch.old_logprobs is not None else lp.detach()
+        if batch.old_logprobs is not None:
+            old = batch.old_logprobs[idx, :width].to(acc.device)
+        else:  # one optimizer step per batch (mu x minibatches = 1, the loop scores nothing): the old policy is the
+            old = lp.detach()  # current one, so the ratio is 1 in value and its gradient the policy gradient
         ref = batch.ref_logprobs[idx, :width].to(acc.device) if batch.ref_logprobs is not None else None
         mask = batch.mask[idx, :width].to(acc.device) * live
         correct = batch.correct[idx].to(acc.device) if batch.correct is not None else None
@@ -278,7 +309,8 @@ def _micro_step(prepared, acc, batch: StepBatch, micro: Micro, mini: _Minibatch,
         out = loss.fn(LossInputs(
             logprobs=lp, old_logprobs=old, advantages=batch.advantages[idx].to(acc.device), mask=mask,
             token_weights=token_weights, ref_logprobs=ref, group_ids=batch.group_ids[idx].to(acc.device),
-            correct=correct, group_scale=mini.group_scale,
+            correct=correct, group_scale=mini.group_scale, entropy=ent,
+            behaviour_logprobs=batch.behaviour[idx, :width].to(acc.device) if batch.behaviour is not None else None,
             extra={key: v[mrows, :width].to(acc.device) if mini.rows else torch.zeros_like(mask, dtype=v.dtype)
                    for key, v in mini.extra.items()}))
         bad = _any_rank(acc, not bool(torch.isfinite(out.loss.detach()).all()))

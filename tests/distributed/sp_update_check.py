@@ -29,6 +29,7 @@ from rlkit.records import Sample, StepBatch
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.update import (
     LossSpec,
+    UpdateSettings,
     _units,
     balance_ranks,
     policy_logprobs,
@@ -91,9 +92,10 @@ def main(model_dir: str, out: str, sp: int, mode: str, budget: int) -> None:
         degrees = sorted({m.degree for half in (units[0::2], units[1::2])
                           for m in plan_rank(half, batch.samples, mbs, acc) if m.idx})
         degrees = sorted({d for ds in dist.gather_objects(acc, degrees) for d in ds})
-        stats = update_policy(prepared, opt, None, acc, batch, loss=loss, algorithm=AlgorithmConfig(minibatches=2, **algo),
-                              pad_id=0, temperature=1.0, mbs=mbs, max_new_tokens=48, max_grad_norm=0.0, seed=0,
-                              forward_masks=[("dmmpt", dmmpt)] if masks else [])
+        stats = update_policy(
+            prepared, opt, None, acc, batch,
+            UpdateSettings(loss=loss, algorithm=AlgorithmConfig(minibatches=2, **algo), pad_id=0, temperature=1.0, mbs=mbs, max_new_tokens=48, max_grad_norm=0.0, forward_masks=[("dmmpt", dmmpt)] if masks else []),
+            seed=0)
         state = {k: v.detach().clone() for k, v in acc.unwrap_model(prepared).state_dict().items()}
         results[name] = {"params": state, "old": batch.old_logprobs, "entropy": stats.entropy / stats.tokens,
                          "masked": stats.masked.get("dmmpt", 0.0), "tokens": stats.tokens, "degrees": degrees}

@@ -93,7 +93,7 @@ def test_update_policy_packed_and_padded_give_the_same_parameters(tiny_model_dir
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
-    from rlkit.trainers.update import LossSpec, prepare_tokens, update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=True)
     samples = _samples(500, [5, 90, 1, 33, 12, 60], seed=3)
@@ -102,9 +102,10 @@ def test_update_policy_packed_and_padded_give_the_same_parameters(tiny_model_dir
     for budget in (10_000, 40):  # one micro-batch vs many
         policy = _policy(tiny_model_dir)
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
-        update_policy(policy, opt, None, acc, batch, loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0,
-                      temperature=1.0, mbs=MicroBatching(packing=packed, micro_batch_tokens=budget, micro_batch_size=2),
-                      max_new_tokens=128, max_grad_norm=0.0, seed=0)
+        update_policy(
+            policy, opt, None, acc, batch,
+            UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, mbs=MicroBatching(packing=packed, micro_batch_tokens=budget, micro_batch_size=2), max_new_tokens=128, max_grad_norm=0.0),
+            seed=0)
         results[budget] = dict(policy.named_parameters())
     worst = max((results[10_000][k] - results[40][k]).abs().max().item() for k in results[40])
     assert worst < 1e-6
@@ -122,7 +123,7 @@ def test_kl_cov_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir):
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
-    from rlkit.trainers.update import LossSpec, prepare_tokens, update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
 
     acc = Accelerator(cpu=True)
     samples = _samples(500, [5, 90, 1, 33, 12, 60], seed=3)
@@ -135,10 +136,65 @@ def test_kl_cov_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir):
     for budget in (10_000, 40):  # one micro-batch vs many (the 90-token sample alone in one)
         policy = _policy(tiny_model_dir)
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
-        stats = update_policy(policy, opt, None, acc, batch, loss=loss, algorithm=AlgorithmConfig(mu=2), pad_id=0,
-                              temperature=1.0, mbs=MicroBatching(micro_batch_tokens=budget), max_new_tokens=128,
-                              max_grad_norm=0.0, seed=0)
+        stats = update_policy(
+            policy, opt, None, acc, batch,
+            UpdateSettings(loss=loss, algorithm=AlgorithmConfig(mu=2), pad_id=0, temperature=1.0, mbs=MicroBatching(micro_batch_tokens=budget), max_new_tokens=128, max_grad_norm=0.0),
+            seed=0)
         assert stats.sums["kl_cov_frac"] == 2 * 10  # floor(0.05 x 201 tokens) per pass, 2 passes
         results[budget] = dict(policy.named_parameters())
     worst = max((results[10_000][k] - results[40][k]).abs().max().item() for k in results[40])
     assert worst < 1e-5, worst
+
+
+def test_one_optimizer_step_per_batch_takes_the_current_policy_as_the_old_one(tiny_model_dir):
+    """The loop scores no old logprobs when mu x minibatches = 1 (old_logprobs None): the update then equals one
+    given the old logprobs scored explicitly from the same policy, and differs from one given other old logprobs
+    (the shortcut is the old policy, not something that happens to give the same numbers)."""
+    from accelerate import Accelerator
+
+    from rlkit.config import AlgorithmConfig
+    from rlkit.parallel.micro import MicroBatching
+    from rlkit.records import StepBatch
+    from rlkit.trainers.update import LossSpec, UpdateSettings, policy_logprobs, prepare_tokens, update_policy
+
+    acc = Accelerator(cpu=True)
+    samples = _samples(500, [5, 40, 12, 30], seed=5)
+    mbs = MicroBatching(micro_batch_tokens=10_000)
+    settings = UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), mbs=mbs, max_new_tokens=64)
+    results = {}
+    for old in ("none", "scored", "shifted"):
+        policy = _policy(tiny_model_dir)
+        batch = prepare_tokens(StepBatch([], samples, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5])))
+        if old != "none":
+            scored = policy_logprobs(policy, samples, 0, acc, temperature=1.0, mbs=mbs, width=batch.mask.shape[1])
+            batch.old_logprobs = scored if old == "scored" else scored - 0.5 * batch.mask
+        update_policy(policy, torch.optim.SGD(policy.parameters(), lr=1.0), None, acc, batch, settings, seed=0)
+        results[old] = {k: v.detach().clone() for k, v in policy.named_parameters()}
+    for k, v in results["none"].items():
+        assert torch.allclose(v, results["scored"][k], atol=1e-6), k
+    assert max((results["none"][k] - results["shifted"][k]).abs().max().item() for k in results["none"]) > 1e-5
+
+
+def test_a_loss_sees_the_entropy_and_the_behaviour_logprobs_the_loop_has(tiny_model_dir):
+    from accelerate import Accelerator
+
+    from rlkit.algorithms.losses import LossOutputs
+    from rlkit.config import AlgorithmConfig
+    from rlkit.parallel.micro import MicroBatching
+    from rlkit.records import StepBatch
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
+
+    seen = []
+
+    def probe(inp):
+        seen.append((inp.entropy, inp.behaviour_logprobs, inp.mask))
+        return LossOutputs(loss=(inp.logprobs * inp.token_weights).sum(), stats={})
+
+    samples = _samples(500, [6, 9], seed=2)
+    batch = prepare_tokens(StepBatch([], samples, advantages=torch.tensor([1.0, -1.0])))
+    settings = UpdateSettings(loss=LossSpec(probe), algorithm=AlgorithmConfig(), mbs=MicroBatching(), max_new_tokens=16)
+    policy = _policy(tiny_model_dir)
+    update_policy(policy, torch.optim.SGD(policy.parameters(), lr=0.0), None, Accelerator(cpu=True), batch, settings)
+    (entropy, behaviour, mask), = seen
+    assert entropy is not None and entropy.shape == mask.shape and bool((entropy[mask > 0] > 0).all())
+    assert torch.equal(behaviour, batch.behaviour[:, :mask.shape[1]])

@@ -109,7 +109,7 @@ def _update(batch: StepBatch, run, *, aggregation: str, minibatches: int, loss: 
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.trainers.collect import advantages, shape
-    from rlkit.trainers.update import LossSpec, prepare_tokens, update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
 
     shape(run, batch, 0)
     batch.advantages = advantages(run, batch)
@@ -122,10 +122,10 @@ def _update(batch: StepBatch, run, *, aggregation: str, minibatches: int, loss: 
         functools.partial(kl_cov_select, kl_cov_ratio=0.2))
     policy = _TinyPolicy()
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
-    update_policy(policy, opt, None, run.acc, batch, loss=spec,
-                  algorithm=AlgorithmConfig(aggregation=aggregation, minibatches=minibatches), pad_id=0,
-                  temperature=1.0, mbs=MicroBatching(micro_batch_tokens=20), max_new_tokens=8, max_grad_norm=0.0,
-                  seed=3)
+    update_policy(
+        policy, opt, None, run.acc, batch,
+        UpdateSettings(loss=spec, algorithm=AlgorithmConfig(aggregation=aggregation, minibatches=minibatches), pad_id=0, temperature=1.0, mbs=MicroBatching(micro_batch_tokens=20), max_new_tokens=8, max_grad_norm=0.0),
+        seed=3)
     return {k: v.detach().clone() for k, v in policy.named_parameters()}
 
 
