@@ -134,6 +134,29 @@ def _fits(parts: list[list[int]], lengths: Sequence[int], max_tokens: int) -> bo
     return all(len(p) <= 1 or sum(lengths[i] for i in p) <= max_tokens for p in parts)
 
 
+class PlanError(RuntimeError):
+    """A planner or balancer broke its post-condition (a bug in rlkit, never the user's input)."""
+
+
+def check_partition(parts: Sequence[Sequence[int]], n: int, what: str, *, sizes: Sequence[float] | None = None,
+                    cap: float | None = None, empty_ok: bool = False) -> None:
+    """The post-condition every planner and balancer checks, in O(n): each of the ``n`` indices in exactly one
+    part, no empty part (unless ``empty_ok``: more parts were asked for than there are items), and with ``cap``
+    every part of two or more items within it (a single item over the cap goes alone)."""
+    seen = bytearray(n)
+    for k, part in enumerate(parts):
+        if not part and not empty_ok:
+            raise PlanError(f"{what}: part {k} of {len(parts)} is empty")
+        for i in part:
+            if not 0 <= i < n or seen[i]:
+                raise PlanError(f"{what}: item {i} is {'out of range' if not 0 <= i < n else 'in two parts'}")
+            seen[i] = 1
+        if cap is not None and len(part) > 1 and sum(sizes[i] for i in part) > cap:
+            raise PlanError(f"{what}: part {k} holds {sum(sizes[i] for i in part)} > {cap}")
+    if sum(seen) != n:
+        raise PlanError(f"{what}: {n - sum(seen)} of {n} items are in no part")
+
+
 def plan_micro_batches(unit_lengths: Sequence[int], max_tokens: int, *, min_count: int = 1,
                        a: float = 1.0, b: float = 0.0) -> list[list[int]]:
     """Split units into micro-batches of at most ``max_tokens`` tokens each, balanced by cost.
@@ -142,7 +165,7 @@ def plan_micro_batches(unit_lengths: Sequence[int], max_tokens: int, *, min_coun
     cost over that many micro-batches (Karmarkar-Karp for small problems, the capped greedy for large ones; the
     bin packing itself when neither fits). A single unit longer than the budget goes alone.
     ``min_count`` lets all data-parallel ranks run the same number of forwards (ZeRO-3 / FSDP gather parameters
-    in every forward). Empty micro-batches are returned only when ``min_count`` exceeds the number of units.
+    in every forward). Empty micro-batches are returned only when ``min_count`` exceeds the count the plan needs.
     Each micro-batch lists unit indices in ascending order; the plan is a pure function of its arguments (the
     same on every rank) and cached, so the scoring passes and the update of a step plan once."""
     if max_tokens < 1:
@@ -171,15 +194,20 @@ def _plan(lengths: tuple[int, ...], max_tokens: int, min_count: int, a: float, b
     # order micro-batches by their first unit, so a plan of already-sorted units reads naturally
     parts.sort(key=lambda p: p[0])
     parts += [[] for _ in range(max(0, min_count - len(parts)))]
+    # empty micro-batches only where min_count asked for more than the plan needs (issue 35: the capped greedy may
+    # then leave some of the asked-for bins empty, which the callers drop or run as zero-weight forwards)
+    natural = min(max(math.ceil(sum(lengths) / max_tokens), len(packed), 1), n)
+    check_partition(parts, n, "plan_micro_batches", sizes=lengths, cap=max_tokens, empty_ok=min_count > natural)
     return tuple(tuple(p) for p in parts)
 
 
 def balance_across_ranks(unit_costs: Sequence[float], world: int) -> list[list[int]]:
     """Unit indices for each of ``world`` data-parallel ranks, cost sums balanced (Karmarkar-Karp for small
     problems, the greedy for large ones)."""
-    if len(unit_costs) * world <= KK_LIMIT:
-        return karmarkar_karp(unit_costs, world)
-    return greedy_partition(unit_costs, world)
+    parts = karmarkar_karp(unit_costs, world) if len(unit_costs) * world <= KK_LIMIT else \
+        greedy_partition(unit_costs, world)
+    check_partition(parts, len(unit_costs), "balance_across_ranks", empty_ok=len(unit_costs) < world)
+    return parts
 
 
 def pack_sequences(seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

@@ -87,18 +87,17 @@ class Micro:
 
 
 def _sp_plan(lengths: list[int], units: list[list[int]], mbs: MicroBatching, lay: Layout, acc) -> list[Micro]:
-    """This rank's rounds of its SP group's plan, the plans of all SP groups chosen together (lock-step)."""
-    cost = mbs.cost or P.CostModel(1.0, mbs.cost_b)
-    cands = P.candidates(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, cost)
-    mine = ([P.round_times(r) for _, r in cands], P.lower_bound(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, cost))
-    every = dist.gather_objects(acc, mine) if acc.num_processes > 1 else [mine]
+    """This rank's rounds of its SP group's plan: the groups' options (plan.group_options, each group on its own
+    share) chosen together (plan.choose), as plan.plan_groups does with every share in one place (lock-step)."""
+    mine = P.group_options(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, mbs.cost or P.CostModel(1.0, mbs.cost_b))
+    every = dist.gather_objects(acc, (mine.times, mine.bound)) if acc.num_processes > 1 else [(mine.times, mine.bound)]
     options = [every[g * lay.sp][0] for g in range(lay.dp)]  # every rank of a group planned the same share
     pick = P.choose(options)
     chosen = [options[g][pick[g]] for g in range(lay.dp)]
     # the groups run in lock-step: their time is the rounds' maxima, bounded below by the slowest group's bound
     mbs.log.append((P.lockstep_time(chosen), max(every[g * lay.sp][1] for g in range(lay.dp))))
     micros = []
-    for job_round in cands[pick[lay.dp_rank]][1]:
+    for job_round in mine.plan(pick[lay.dp_rank]).rounds:
         job = next((j for j in job_round if j.first <= lay.sp_rank < j.first + j.degree), None)
         micros.append(Micro([i for u in job.units for i in units[u]], job.degree) if job else Micro([]))
     return micros + [Micro([]) for _ in range(max(map(len, chosen)) - len(micros))]

@@ -37,7 +37,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rlkit.kernels.packing import plan_micro_batches, sequence_cost
+from rlkit.kernels.packing import PlanError, check_partition, plan_micro_batches, sequence_cost
 
 MODES = ("fixed", "adaptive", "flex")
 
@@ -213,9 +213,28 @@ def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
         for top_up, rounded in variants:
             rounds = _schedule(_jobs(lengths, degree_of, sp, budget, cost, top_up=top_up, rounded=rounded), sp)
             rounds.sort(key=lambda r: -max(j.seconds for j in r))
+            check_rounds(rounds, lengths, sp, budget)
             name = f"floor {floor}" + (" top-up" if top_up else "") + (" rounded" if rounded else "")
             out.append((name, tuple(tuple(r) for r in rounds)))
     return out
+
+
+def check_rounds(rounds: Sequence[Sequence[Job]], lengths: Sequence[int], sp: int, budget: int) -> None:
+    """A plan's post-condition, O(n): every unit in exactly one job, no job without units, every job of two or more
+    units within degree x budget tokens, and in each round the jobs on disjoint aligned blocks of the group."""
+    jobs = [j for r in rounds for j in r]
+    check_partition([j.units for j in jobs], len(lengths), "SP plan")
+    for j in jobs:
+        if len(j.units) > 1 and sum(lengths[u] for u in j.units) > j.degree * budget:
+            raise PlanError(f"SP plan: a job of degree {j.degree} holds {sum(lengths[u] for u in j.units)} tokens "
+                            f"> {j.degree} x {budget}")
+    for k, r in enumerate(rounds):
+        taken = bytearray(sp)
+        for j in r:
+            if j.first % j.degree or j.first + j.degree > sp or any(taken[j.first:j.first + j.degree]):
+                raise PlanError(f"SP plan: round {k} puts a job of degree {j.degree} at sub-rank {j.first}, not a "
+                                "free aligned block")
+            taken[j.first:j.first + j.degree] = b"\x01" * j.degree
 
 
 def round_times(rounds: Sequence[Sequence[Job]]) -> list[float]:
@@ -244,18 +263,35 @@ def choose(options: Sequence[Sequence[Sequence[float]]]) -> list[int]:
     return pick
 
 
+@dataclass(frozen=True)
+class GroupOptions:
+    """What one SP group plans on its own share: every candidate, their round times (what the groups exchange to
+    choose together) and the lower bound. ``plan(k)`` is candidate k as a GroupPlan."""
+
+    candidates: list
+    times: list[list[float]]
+    bound: float
+
+    def plan(self, k: int) -> GroupPlan:
+        name, rounds = self.candidates[k]
+        return GroupPlan(rounds, sum(self.times[k]), self.bound, name)
+
+
+def group_options(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
+                  cost: CostModel | None = None) -> GroupOptions:
+    """One group's candidates (each checked: check_rounds), their round times and the lower bound."""
+    cost = cost or CostModel()
+    cands = candidates(lengths, sp, budget, mode, cost)
+    return GroupOptions(cands, [round_times(r) for _, r in cands], lower_bound(lengths, sp, budget, mode, cost))
+
+
 def plan_groups(shares: Sequence[Sequence[int]], sp: int, budget: int, mode: str = "fixed",
                 cost: CostModel | None = None) -> list[GroupPlan]:
-    """Plans for SP groups that run in lock-step, one per share of lengths, chosen together (``choose``)."""
-    cost = cost or CostModel()
-    cands = [candidates(share, sp, budget, mode, cost) for share in shares]
-    pick = choose([[round_times(r) for _, r in group] for group in cands])
-    return [_plan_of(cands[g][pick[g]], share, sp, budget, mode, cost) for g, share in enumerate(shares)]
-
-
-def _plan_of(candidate, lengths, sp, budget, mode, cost) -> GroupPlan:
-    name, rounds = candidate
-    return GroupPlan(rounds, sum(round_times(rounds)), lower_bound(lengths, sp, budget, mode, cost), name)
+    """Plans for SP groups that run in lock-step, one per share of lengths, chosen together (``choose``): what the
+    trainer runs (rlkit.parallel.micro plans each group's options on its own ranks and exchanges the times)."""
+    options = [group_options(share, sp, budget, mode, cost) for share in shares]
+    pick = choose([o.times for o in options])
+    return [o.plan(k) for o, k in zip(options, pick)]
 
 
 def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
@@ -265,5 +301,5 @@ def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
     return plan_groups([lengths], sp, budget, mode, cost)[0]
 
 
-__all__ = ["MODES", "CostModel", "GroupPlan", "Job", "candidates", "choose", "degrees_for", "lockstep_time",
-           "lower_bound", "plan_group", "plan_groups", "round_times"]
+__all__ = ["MODES", "CostModel", "GroupOptions", "GroupPlan", "Job", "candidates", "check_rounds", "choose",
+           "degrees_for", "group_options", "lockstep_time", "lower_bound", "plan_group", "plan_groups", "round_times"]

@@ -114,3 +114,37 @@ def test_cost_model_round_trips_and_reads_the_configs_forms():
     assert CostModel.from_dict(cost.to_dict()) == cost
     got = CostModel.from_dict({"a": 1.0, "comm": {"2": 0.5, 4: [0.25], "8": [0.1, 3.0]}})
     assert got.comm == ((2, 0.5, 0.0), (4, 0.25, 0.0), (8, 0.1, 3.0)) and got.b == 0.0
+
+
+def test_every_planner_and_balancer_holds_its_post_condition_on_thousands_of_random_batches():
+    """The planners check themselves (kernels.packing.check_partition, plan.check_rounds: every sample exactly once,
+    no empty part, the budget held, jobs on free aligned blocks); here they run on random batches, heavy-tailed
+    lengths included, and none raises."""
+    rng = random.Random(7)
+    from rlkit.kernels.packing import balance_across_ranks, plan_micro_batches
+
+    for trial in range(2000):
+        n = rng.randint(1, 60)
+        lengths = [min(20000, int(rng.lognormvariate(6.0, 1.3))) + 1 for _ in range(n)]
+        budget = rng.choice([64, 512, 4096])
+        plan_micro_batches(lengths, budget, min_count=rng.randint(1, 4), b=rng.choice([0.0, 1e-4]))
+        balance_across_ranks([float(x) for x in lengths], rng.choice([1, 2, 3, 8, 100]))
+        if trial % 8 == 0:  # 250 SP groups: a plan tries every candidate
+            sp = rng.choice([2, 4, 8])
+            plan_group(lengths, sp, budget, rng.choice(["fixed", "adaptive", "flex"]), COSTLY)
+    assert packing._plan.cache_info().currsize > 0
+
+
+def test_the_post_conditions_catch_a_broken_plan():
+    from rlkit.kernels.packing import PlanError, check_partition
+    from rlkit.parallel.plan import Job, check_rounds
+
+    check_partition([[0, 2], [1]], 3, "ok", sizes=[5, 5, 5], cap=10)
+    for parts, why in (([[0], [0, 1]], "in two parts"), ([[0], []], "is empty"), ([[0]], "1 of 2 items"),
+                       ([[0, 1]], "holds 10 > 9")):
+        with pytest.raises(PlanError, match=why):
+            check_partition(parts, 2, "broken", sizes=[5, 5], cap=9)
+    with pytest.raises(PlanError, match="not a free aligned block"):
+        check_rounds([[Job(2, 1, (0,), 1.0)]], [10], sp=4, budget=100)
+    with pytest.raises(PlanError, match="holds 300 tokens > 2 x 100"):
+        check_rounds([[Job(2, 0, (0, 1), 1.0)]], [150, 150], sp=4, budget=100)
