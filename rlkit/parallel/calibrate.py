@@ -59,12 +59,12 @@ def _forward_seconds(policy, acc, length: int, vocab: int) -> float:
 
 
 def _exchange_seconds(group, degree: int, tokens: int, heads: int, head_dim: int, device, dtype) -> float:
-    from rlkit.parallel.ulysses import _seq_to_heads
+    from rlkit.parallel.ulysses import seq_to_heads
 
     x = torch.randn(tokens, -(-heads // degree) * degree, head_dim, device=device, dtype=dtype)
 
     def run():
-        _seq_to_heads(x, group)
+        seq_to_heads(x, group)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

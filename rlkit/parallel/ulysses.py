@@ -27,8 +27,8 @@ installable on the GPU machines this project is lent), and it shards a batch of 
 trains packed rows whose sequence boundaries (``cu_seqlens``) must reach the attention kernel; here the
 exchange is ~60 lines around the existing varlen kernel.
 
-Switched on at set-up (architecture rule 8): the trainer's ``LogprobPolicy`` is given its process groups once (one per
-degree, rlkit.parallel.layout) and, for a micro-batch that is a shard of a row at degree d
+Switched on at set-up (architecture rule 8): the trainer's ``LogprobPolicy`` is given a ``RowSharding`` with its
+process groups once (one per degree, rlkit.parallel.layout) and, for a micro-batch that is a shard of a row at degree d
 (rlkit.parallel.batch.shard_micro_batch), passes the block of d as ``sp_group`` with the
 attention keyword arguments (``cu_seq_lens_q`` etc.) that transformers already hands to every attention
 layer, so activation checkpointing's recomputation sees it too. Without ``sp_group`` the attention is plain
@@ -137,6 +137,69 @@ def ulysses_attention(module, query, key, value, attention_mask, dropout: float 
     out = F.pad(out[0], (0, 0, 0, 0, 0, sp * query.shape[2] - total))  # [P*S, H/P, D]: padding back
     out = _Exchange.apply(out.contiguous(), sp_group, False)  # [S, H + pad, D]
     return out[:, :h].unsqueeze(0), None
+
+
+def seq_to_heads(x: torch.Tensor, group) -> torch.Tensor:
+    """The forward all-to-all of one attention input (sequence shard -> head shard), for the time model's probe
+    (rlkit.parallel.calibrate)."""
+    return _seq_to_heads(x, group)
+
+
+class RowSharding:
+    """What sequence parallelism adds to a scoring forward (rlkit.trainers.batch.LogprobPolicy), in one place and
+    switched on at set-up: the policy is given one with its process groups (degree -> this rank's block) and calls
+    every step below unconditionally; with no groups (or an unsharded micro-batch) each step is the identity.
+
+    For a micro-batch that is a shard at degree d: the backbone gets the block as ``sp_group`` (Ulysses attention);
+    the LM head is tied in with weight 0 even when the shard scores nothing, so its backward runs every exchange the
+    other ranks' backwards wait for and every parameter gets a gradient; the [B, C] logprobs are summed over the
+    block (``sum_over_group``) and so are the entropies, so every rank of it returns the whole micro-batch's."""
+
+    def __init__(self, groups: dict | None = None):
+        self.groups = dict(groups or {})
+
+    def attention(self) -> str:
+        """The attention implementation the model must use: Ulysses with groups, plain varlen without."""
+        return register() if self.groups else varlen.register()
+
+    def group(self, batch):
+        """The block a micro-batch runs on (None: this rank alone)."""
+        if not batch.sharded:
+            return None
+        group = self.groups.get(batch.sp_degree)
+        if group is None:
+            raise ValueError(f"a micro-batch sharded {batch.sp_degree} ways needs a policy built with a "
+                             f"process group of that degree (it has {sorted(self.groups)})")
+        return group
+
+    @staticmethod
+    def backbone_kwargs(group) -> dict:
+        return {} if group is None else {"sp_group": group}
+
+    @staticmethod
+    def head_rows(h: torch.Tensor, hidden: torch.Tensor, group) -> torch.Tensor:
+        """The rows a module head is called on: with a block, one extra row of the shard to tie in (the head is
+        called once per forward at any degree: ZeRO-3 gathers its weights over every rank at each call)."""
+        return h if group is None else torch.cat([h, hidden[0, :1]])
+
+    @staticmethod
+    def split_tie(logits: torch.Tensor, group) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (logits, None) if group is None else (logits[:-1], logits[-1:].sum() * 0.0)
+
+    @staticmethod
+    def plain_tie(head, hidden: torch.Tensor, group) -> torch.Tensor | None:
+        """For a local Linear head read by the chunked kernel: call it on one row (no collective) to tie it in."""
+        return None if group is None else head(hidden[:, :1]).sum() * 0.0
+
+    @staticmethod
+    def sum_logprobs(out: torch.Tensor, tie: torch.Tensor | None, group) -> torch.Tensor:
+        return out if group is None else sum_over_group(out + tie, group)
+
+    @staticmethod
+    def sum_entropy(ent: torch.Tensor, group) -> torch.Tensor:
+        if group is not None:
+            dist.all_reduce(ent, group=group)
+        return ent
 
 
 def register() -> str:

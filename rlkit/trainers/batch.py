@@ -10,11 +10,9 @@ left-aligned, zero-padded to the longest completion of the micro-batch.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from rlkit.kernels import memory
-from rlkit.kernels.attention import register as register_packed_attention
 from rlkit.kernels.logprobs import chunked_logprobs, logprobs_from_logits
 from rlkit.parallel import ulysses
 from rlkit.parallel.batch import MicroBatch
@@ -40,65 +38,47 @@ class LogprobPolicy(nn.Module):
     logits for all positions are never materialised.
 
     With ``sp_groups`` (sequence parallelism, set once at start-up: degree -> this rank's block of that many ranks,
-    rlkit.parallel.layout) a micro-batch made by ``shard_micro_batch`` at degree d runs Ulysses attention over the
-    block of d: this rank scores the tokens whose predicting position lies in its shard, and the [B, C] results are
-    summed over the block (``ulysses.sum_over_group``), so every rank of it returns the whole micro-batch's logprobs
-    and computes the same loss from them.
+    rlkit.parallel.layout) the forward runs through ``rlkit.parallel.ulysses.RowSharding``: a micro-batch made by
+    ``shard_micro_batch`` at degree d runs Ulysses attention over the block of d, this rank scores the tokens whose
+    predicting position lies in its shard, and the [B, C] results are summed over the block, so every rank of it
+    returns the whole micro-batch's logprobs. The forward itself has no SP branch.
     """
 
     def __init__(self, model: nn.Module, logprob_chunk: int = 512, sp_groups: dict | None = None):
         super().__init__()
         self.model = model
         self.logprob_chunk = logprob_chunk
-        self.sp_groups = dict(sp_groups or {})
+        self.sp = ulysses.RowSharding(sp_groups)  # sequence parallelism, switched on here (identity without groups)
         base = _base_model(model)
-        attention = ulysses.register() if self.sp_groups else register_packed_attention()
+        attention = self.sp.attention()
         if base.config._attn_implementation != attention:
             base.set_attn_implementation(attention)
 
     def forward(self, batch: MicroBatch, temperature: float = 1.0, with_entropy: bool = False):
-        base = _base_model(self.model)
+        base, sp = _base_model(self.model), self.sp
         backbone = base.get_decoder() if hasattr(base, "get_decoder") else base.model
         extra = {}
         if batch.cu_seqlens is not None:  # packed row: the attention kernel reads the boundaries
             extra = dict(cu_seq_lens_q=batch.cu_seqlens, cu_seq_lens_k=batch.cu_seqlens,
                          max_length_q=batch.max_seqlen, max_length_k=batch.max_seqlen)
-        group = None
-        if batch.sharded:
-            group = self.sp_groups.get(batch.sp_degree)
-            if group is None:
-                raise ValueError(f"a micro-batch sharded {batch.sp_degree} ways needs a policy built with a "
-                                 f"process group of that degree (it has {sorted(self.sp_groups)})")
-            extra["sp_group"] = group
+        group = sp.group(batch)
         with memory.offload_context(base):
             hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              position_ids=batch.position_ids, use_cache=False, **extra).last_hidden_state
+                              position_ids=batch.position_ids, use_cache=False, **extra,
+                              **sp.backbone_kwargs(group)).last_hidden_state
         # position p predicts token p + 1
         h = hidden[batch.score_rows, batch.score_pos - 1]
         head = base.get_output_embeddings()
-        # a shard may hold no scored token (all prompt): tie the backbone and the head in with weight 0 anyway, so
-        # that its backward runs every layer's exchange that the other ranks' backwards wait for and gives every
-        # parameter a gradient (DDP waits for all of them)
-        tie = None
         if _plain_linear(head):
             lp, ent = chunked_logprobs(h, head.weight, head.bias, batch.score_targets, temperature,
                                        self.logprob_chunk)
-            if batch.sharded:  # a local Linear: calling it again runs no collective
-                tie = head(hidden[:, :1]).sum() * 0.0
+            tie = sp.plain_tie(head, hidden, group)
         else:  # an adapted, custom or sharded head: call the module (its hooks gather weights), then plain torch
-            # once per forward at any degree: ZeRO-3 gathers the head's weights over every rank at each call, and
-            # ranks of one round may run micro-batches of different degrees (rlkit.parallel)
-            logits = head(torch.cat([h, hidden[0, :1]]) if batch.sharded else h)
-            if batch.sharded:
-                logits, tie = logits[:-1], logits[-1:].sum() * 0.0
+            logits, tie = sp.split_tie(head(sp.head_rows(h, hidden, group)), group)
             lp, ent = logprobs_from_logits(logits, batch.score_targets, temperature)
         shape = batch.completion_mask.shape
-        out = lp.new_zeros(shape).index_put((batch.score_sample, batch.score_cols), lp)
-        if batch.sharded:
-            out = ulysses.sum_over_group(out + tie, group)
+        out = sp.sum_logprobs(lp.new_zeros(shape).index_put((batch.score_sample, batch.score_cols), lp), tie, group)
         if not with_entropy:
             return out, None
         ent = ent.detach().new_zeros(shape).index_put((batch.score_sample, batch.score_cols), ent.detach())
-        if batch.sharded:
-            torch.distributed.all_reduce(ent, group=group)
-        return out, ent
+        return out, sp.sum_entropy(ent, group)
