@@ -124,6 +124,13 @@ class StepBatch:
             return torch.ones(len(self.samples), dtype=torch.bool)
         return ~self.padding
 
+    @property
+    def counted(self) -> torch.Tensor:  # [N] bool: the rows the step's statistics describe
+        """The real rows; when a filter found no informative group at all, the whole batch is its fallback groups
+        (padding for the loss: no update) and those are what the policy generated, so the statistics count them."""
+        real = self.real
+        return real if bool(real.any()) else torch.ones(len(self.samples), dtype=torch.bool)
+
     def final_rewards(self) -> torch.Tensor:
         """The reward that feeds the advantage: shaped when shaping ran, else the combined reward."""
         return self.shaped if self.shaped is not None else self.rewards

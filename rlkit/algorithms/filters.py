@@ -43,8 +43,8 @@ def fill_quota(kept: list, quota: int, fallback: list) -> tuple[list, int]:
     (``StepBatch.padding``): as in DOT's released trainer (U-rara/DOT dot_ray_trainer.py, response mask
     zeroed, fresh uids), a padded copy carries zero loss weight and counts in no mean, so a batch of k < quota
     surviving groups updates exactly as the k groups alone (DOT, arXiv 2601.03969, PDS). With nothing kept the
-    whole batch is padding: the step makes no update (no group carries a signal) and its batch statistics are
-    NaN; ``sampling/informative_fraction`` 0 reports it."""
+    whole batch is padding: the step makes no update (no group carries a signal), its statistics describe the
+    groups generated (``StepBatch.counted``) and ``sampling/informative_fraction`` 0 reports it."""
     if len(kept) >= quota:
         return kept[:quota], 0
     source = kept or fallback

@@ -163,7 +163,7 @@ def _train(run: Run) -> RunResult:
         metrics = step_metrics(batch, stats, trained_mask=trained.mask, mu=a.mu, lr=run.scheduler.get_last_lr()[0],
                                timers=run.timers, version=run.engine.version, acc=acc)
         metrics.update(monitor_metrics)
-        real = batch.real  # a filter's padded copies are not groups of their own (zero weight, DOT)
+        real = batch.counted  # a filter's padded copies are not groups of their own (zero weight, DOT)
         metrics.update(dist.mean_metrics(acc, {"signal/group_fraction": signal_fraction(batch.advantages[real],
                                                                                          batch.group_ids[real])}))
         last = step + 1 == cfg.train.steps
@@ -253,7 +253,7 @@ def _progress(run: Run):
 
 
 def _completion_rows(batch: StepBatch, count: int) -> list[dict]:
-    real = batch.real.tolist()  # a filter's padded copies are not samples of their own
+    real = batch.counted.tolist()  # a filter's padded copies are not samples of their own
     rows = [{"prompt": batch.prompts[s.group_id].columns.get("question", "")[:300], "completion": s.text,
              "reward": float(batch.rewards[i]), "advantage": float(batch.advantages[i]), "tokens": s.num_tokens,
              "finish_reason": s.finish_reason} for i, s in enumerate(batch.samples) if real[i]]

@@ -24,8 +24,9 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     """``batch``: this rank's collected step (before rank balancing); ``trained_mask``: the loss mask of the
     samples this rank trained on. Means over ranks skip ranks without a finite value (dist.mean_metrics);
     ``reward/<term>/errors`` (from rlkit.trainers.collect.score, reported by every rank) are summed.
-    A filter's padded copies (``batch.padding``) were neither generated nor trained: they count in no statistic."""
-    real = batch.real
+    A filter's padded copies (``batch.padding``) were neither generated nor trained: they count in no statistic
+    (``batch.counted``: a batch that is all padding, no group with a signal, reports the groups it generated)."""
+    real = batch.counted
     samples = [s for s, k in zip(batch.samples, real.tolist()) if k]
     lengths = [s.num_tokens for s in samples]
     n_gen_tokens = sum(lengths)

@@ -325,6 +325,13 @@ def test_a_step_without_any_informative_group_makes_no_update():
 
     batch = DynamicSampling(metric="reward", max_rounds=1).collect(4, flat, _no_reduce)
     assert bool(batch.padding.all()) and batch.metrics["sampling/padded_groups"] == 4
+    # the statistics still describe what was generated (the fallback groups are those samples, not copies)
+    from rlkit.records import UpdateStats
+    from rlkit.trainers.metrics import step_metrics
+
+    m = step_metrics(batch, UpdateStats(), trained_mask=torch.ones(1, 1), mu=1, lr=1.0, timers={}, version=0,
+                     acc=_run(grpo_advantages).acc)
+    assert m["reward/mean"] == pytest.approx(0.5) and m["completion/samples"] == float(len(batch.samples))
     after = _update(batch, _run(grpo_advantages), aggregation="seq-mean-token-mean", minibatches=2, loss="kl_cov")
     start = {k: v.detach().clone() for k, v in _TinyPolicy().named_parameters()}
     assert _close(after, start)
