@@ -20,19 +20,32 @@ def _torchrun(nproc, *args, cwd, extra_path=""):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
-@pytest.mark.parametrize("aggregation", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
-def test_two_process_update_equals_single_process(tiny_model_dir, tmp_path, aggregation):
+AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+
+
+@pytest.fixture(scope="module")
+def updates(tiny_model_dir, tmp_path_factory):
+    """Parameters after one update on 1 and on 2 processes, for every aggregation: two launches in all."""
+    tmp = tmp_path_factory.mktemp("updates")
     outs = {}
     for nproc in (1, 2):
-        out = tmp_path / f"params_{nproc}.pt"
-        proc = _torchrun(nproc, str(HERE / "update_check.py"), str(tiny_model_dir), aggregation, str(out), cwd=tmp_path)
+        proc = _torchrun(nproc, str(HERE / "update_check.py"), str(tiny_model_dir), ",".join(AGGREGATIONS),
+                         str(tmp / f"params_{nproc}"), cwd=tmp)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        outs[nproc] = torch.load(out)
+        outs[nproc] = {a: torch.load(tmp / f"params_{nproc}_{a}.pt") for a in AGGREGATIONS}
+    return outs
+
+
+@pytest.mark.parametrize("aggregation", AGGREGATIONS)
+def test_two_process_update_equals_single_process(tiny_model_dir, updates, aggregation):
+    one, two = updates[1][aggregation], updates[2][aggregation]
     init = LogprobPolicyState.load(tiny_model_dir)
-    moved = max((outs[1][k] - init[k]).abs().max().item() for k in init)
+    moved = max((one[k] - init[k]).abs().max().item() for k in init)
     assert moved > 1e-3  # the update really moved the parameters
-    worst = max((outs[1][k] - outs[2][k]).abs().max().item() for k in outs[1])
+    worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst < 1e-5, f"2-process update differs from 1-process by {worst}"
+    others = [a for a in AGGREGATIONS if a != aggregation]
+    assert any(max((one[k] - updates[1][o][k]).abs().max().item() for k in one) > 1e-6 for o in others)
 
 
 class LogprobPolicyState:

@@ -1,5 +1,6 @@
-"""Run under torchrun (1 or 2 processes): one update_policy call on a fixed synthetic batch, each rank
-taking a strided share; rank 0 saves the updated parameters. SGD (not Adam) so scale errors show."""
+"""Run under torchrun (1 or 2 processes): for each aggregation given (comma-separated), one update_policy call on a
+fixed synthetic batch from the same initial model, each rank taking a strided share; rank 0 saves the updated
+parameters to OUT_<aggregation>.pt. SGD (not Adam) so scale errors show. One launch serves every aggregation."""
 
 import os
 import sys
@@ -16,8 +17,13 @@ from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.update import LossSpec, UpdateSettings, balance_ranks, prepare_tokens, update_policy
 
 
-def main(model_dir: str, aggregation: str, out: str) -> None:
+def main(model_dir: str, aggregations: str, out: str) -> None:
     acc = Accelerator(cpu=True)
+    for aggregation in aggregations.split(","):
+        update_once(acc, model_dir, aggregation, f"{out}_{aggregation}.pt")
+
+
+def update_once(acc, model_dir: str, aggregation: str, out: str) -> None:
     gen = torch.Generator().manual_seed(0)
     samples = []
     for i in range(8):
