@@ -226,3 +226,22 @@ def test_under_a_launcher_the_one_line_is_the_root_cause_of_its_report(tmp_path)
     tail = [x.strip() for x in proc.stderr.splitlines() if x.strip()][-2:]
     assert tail == [f"traceback : {line}", "=" * 60], tail
     assert "To enable traceback" not in proc.stderr
+
+
+def test_a_reward_that_never_closes_does_not_keep_the_finished_run_alive(tiny_model_dir, tmp_path):
+    """close() runs under the term's timeout: the run ends, says which reward did not close and releases its lock;
+    a setup() that raises is one line naming the reward and the hook, before the run directory is written."""
+    run = tmp_path / "run"
+    t0 = time.monotonic()
+    proc = _rlkit(tiny_model_dir, run, "--train.steps=1", "--checkpoint.every=0",
+                  "--rewards=[{name: 'helpers:HangsOnClose', timeout: 2}]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 300
+    assert "reward 'HangsOnClose': close() did not return within 2 s; the run ends without waiting for it" in \
+        proc.stderr, proc.stderr[-2000:]
+    assert not (run / ".rlkit.lock").exists()
+    line = _one_line(_rlkit(tiny_model_dir, tmp_path / "other", "--rewards=[{name: 'helpers:FailsInSetup'}]",
+                            cwd=tmp_path))
+    assert line == ("rlkit: error: reward 'FailsInSetup': setup() raised RuntimeError: the scoring model's weights "
+                    "are missing"), line
+    assert not (tmp_path / "other").exists()

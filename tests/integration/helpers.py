@@ -148,3 +148,25 @@ def records_texts(prompts, completions, completion_ids, **kwargs):
     """Remembers every completion text it scores (SEEN_TEXTS); varies with the completion."""
     SEEN_TEXTS.extend(completions)
     return [(len(set(ids)) % 3) / 2 for ids in completion_ids]
+
+
+class HangsOnClose:
+    """A reward whose ``close`` never returns (a scoring server that does not answer its shutdown)."""
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
+        return [float(len(ids) % 2) for ids in completion_ids]
+
+    def close(self):
+        import threading
+
+        threading.Event().wait()
+
+
+class FailsInSetup:
+    """A reward whose ``setup`` raises (a scoring model that cannot load)."""
+
+    def __call__(self, prompts, completions, completion_ids, **kwargs):
+        return [0.0 for _ in completions]
+
+    def setup(self, context):
+        raise RuntimeError("the scoring model's weights are missing")
