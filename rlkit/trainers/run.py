@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,8 +254,11 @@ def _fit_cost_model(run: Run, hf_model, dtype) -> None:
 
 def state_pieces(run: Run) -> list[ckpt.Piece]:
     """Every piece of run state a checkpoint holds besides the model, optimizer, scheduler and random states, in
-    restore order: the one place to add one (rlkit.trainers.checkpoint.Checkpointer)."""
+    restore order: the one place to add one (rlkit.trainers.checkpoint.Checkpointer). The pieces hold the run weakly:
+    the run holds them, and a cycle would keep the run (and its colocated vLLM engine) alive until a garbage
+    collection at any later time, whose teardown of vLLM's process-wide groups breaks an engine started since."""
     cfg, mbs = run.cfg, run.mbs
+    run = weakref.proxy(run)
 
     def set_cost(value) -> None:
         mbs.cost, mbs.calibrated = CostModel.from_dict(value), True  # the time model it planned with: same plans

@@ -28,3 +28,24 @@ def test_reward_lifecycle_build_setup_state_close(tiny_model_dir, tmp_path):
     assert ScoringModel.builds == [2.0, 2.0] and len(ScoringModel.contexts) == 2
     assert ScoringModel.closed == [1, 2]  # the resumed instance started from the saved state (1 batch)
     assert load_trainer_state(list_checkpoints(run)[-1])["rewards"] == [{"ScoringModel": {"batches": 2}}]
+
+
+def test_a_run_is_freed_as_soon_as_it_is_dropped(tiny_model_dir, tmp_path):
+    """No reference cycle holds a run (its checkpointer's pieces refer to it weakly): a colocated vLLM engine it
+    holds is torn down when the run is dropped, not at some later garbage collection, where the teardown of vLLM's
+    process-wide groups would break an engine started since (seen: "pipeline model parallel group is not
+    initialized" in the next engine of the same process)."""
+    import gc
+    import weakref
+
+    from rlkit.api import setup
+
+    run = setup(_cfg(tiny_model_dir, tmp_path / "run", **{"rollout.engine": "hf", "train.steps": 1}))
+    assert run.checkpointer.pieces
+    ref = weakref.ref(run)
+    gc.disable()
+    try:
+        del run
+        assert ref() is None
+    finally:
+        gc.enable()
