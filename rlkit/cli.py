@@ -305,7 +305,7 @@ def resume_hint() -> str:
     checkpoint of the run and the command to continue, or how to start again."""
     from pathlib import Path
 
-    from rlkit.trainers.checkpoint import find_latest
+    from rlkit.rundir import find_latest
 
     run_dir = progress.state["run_dir"]
     if run_dir is None:
@@ -371,17 +371,15 @@ def _run(args: argparse.Namespace, types: dict) -> int:
 
 def _eval_config(cfg, args: argparse.Namespace, budgets: tuple[int, ...]):
     """The config ``rlkit eval`` runs: its completion cap (``--max-new-tokens``, or the largest of ``--budgets``) in
-    ``rollout.eval_max_new_tokens``, so the context checks before any model loads cover it; the output path is
-    checked writable now, not after the evaluation ran."""
+    ``rollout.eval_max_new_tokens``, so the context checks before any model loads cover it (a --max-new-tokens that
+    disagrees with --budgets is refused by evaluate_suite, before the model loads); the output path is checked
+    writable now, not after the evaluation ran."""
     import dataclasses
 
     from rlkit.config import validate
     from rlkit.evals.suite import default_output
     from rlkit.files import unwritable_reason
 
-    if budgets and args.max_new_tokens and args.max_new_tokens != max(budgets):
-        raise UserError(f"--max-new-tokens {args.max_new_tokens} and --budgets (largest {max(budgets)}) disagree: with "
-                        "--budgets, generation runs at the largest budget; give one of them")
     forcing = cfg.rollout.budget_forcing  # one phrase and answer allowance for rollouts, evaluations and held-out
     args.force_suffix = forcing.phrase if args.force_suffix is None else args.force_suffix
     args.answer_tokens = forcing.answer_tokens if args.answer_tokens is None else args.answer_tokens

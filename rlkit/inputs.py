@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
 import struct
 from pathlib import Path
 
-from rlkit.config import CONTEXT_ROOM, context_tokens
+from rlkit.config import CONTEXT_ROOM, context_tokens, world_size
 from rlkit.errors import UserError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -178,7 +177,7 @@ def check_step_size(cfg) -> None:
     except ImportError:
         return
     r = cfg.rollout
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = world_size()
     completions = -(-r.prompts_per_step // world) * r.group_size
     need = completions * r.max_new_tokens * STEP_BYTES_PER_TOKEN
     if need > total:

@@ -34,6 +34,25 @@ OWN = frozenset({"run.json", "config.json", "metrics.jsonl", "lengths.jsonl", "c
 MARKERS = ("run.json", "metrics.jsonl", "checkpoints")  # any of these: an rlkit run directory
 _TMP = re.compile(r"^\..+\.tmp-\d+$")  # atomic_write_text's temporary files
 _CHECKPOINT_ENTRY = re.compile(r"^step_\d{6,}(\.tmp-.+|\.old)?$")
+# the complete checkpoints of a run directory (rlkit.trainers.checkpoint writes them): step_NNNNNN with COMPLETE
+STEP_DIR = re.compile(r"^step_(\d{6,})$")
+
+
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "COMPLETE").exists()]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
 
 
 def _own(name: str) -> bool:
@@ -176,8 +195,7 @@ def check_output_dir(run_dir: Path, overwrite: bool, inputs: dict[str, Path] | N
         return False
     shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
     if not overwrite:
-        ckpts = run_dir / "checkpoints"
-        if "run.json" in entries and not (ckpts.is_dir() and any((p / "COMPLETE").exists() for p in ckpts.iterdir())):
+        if "run.json" in entries and not list_checkpoints(run_dir):
             raise CheckpointError(f"output_dir {run_dir} holds an rlkit run that stopped before its first checkpoint "
                                   f"({shown}); pass --resume auto to start it again from step 0 (what it logged is "
                                   "replaced), --overwrite to delete it, or choose another output_dir")

@@ -441,7 +441,7 @@ def score_term(term: Term, batch: _Batch) -> tuple[list, int]:
     return _check(term, raw, batch, list(range(len(batch)))), 0
 
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_FLOAT32_MAX = registry.FLOAT32_MAX  # one bound for config values and reward values
 
 
 def _sample_of(e: BaseException, n: int) -> int | None:

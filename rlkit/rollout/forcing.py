@@ -61,7 +61,7 @@ class BudgetForcing:
     def fits(self, room: int) -> bool:
         """The phrase and the answer allowance fit in ``room`` tokens (an evaluation cuts a sample at a smaller
         budget inside the context of the largest: rlkit.config.CONTEXT_ROOM tokens beyond it)."""
-        return bool(self.phrase_ids) and len(self.phrase_ids) + self.answer_tokens <= room
+        return bool(self.phrase_ids) and self.answer_tokens >= 1 and len(self.phrase_ids) + self.answer_tokens <= room
 
     def answers(self, engine: RolloutEngine, contexts: list[list[int]], spec: SamplingSpec) -> list[Sample]:
         """One engine call: each context (prompt + the cut completion) + the phrase, continued for at most

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,25 +27,7 @@ from typing import Any
 from rlkit import failpoints
 from rlkit.errors import CheckpointError
 from rlkit.files import fsync_dir, fsync_tree, os_error_of
-
-STEP_DIR = re.compile(r"^step_(\d{6,})$")
-
-
-def checkpoint_root(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    root = checkpoint_root(run_dir)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / "COMPLETE").exists()]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
-
-
-def find_latest(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
+from rlkit.rundir import STEP_DIR, checkpoint_root, find_latest, list_checkpoints  # noqa: F401 (this module's API too)
 
 
 def resolve_resume(resume: str | None, run_dir: str | Path) -> Path | None:

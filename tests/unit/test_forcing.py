@@ -99,3 +99,10 @@ def test_one_phrase_and_allowance_for_rollouts_evaluations_and_the_held_out_chec
         inputs.check_forcing(cfg)
     cfg.rollout.budget_forcing.answer_tokens = 16
     inputs.check_forcing(cfg)
+
+
+def test_a_forced_answer_needs_a_phrase_and_at_least_one_token_within_the_room():
+    assert BudgetForcing((8,), " A:", [1, 2], 16).fits(64)
+    assert not BudgetForcing((8,), " A:", [1, 2], 0).fits(64)  # evaluate_suite refuses --answer-tokens 0 with it
+    assert not BudgetForcing((8,), " A:", [1, 2], 63).fits(64)
+    assert not BudgetForcing((8,), "", [], 16).fits(64)
