@@ -40,8 +40,8 @@ def _run(args, out: Path, url: str, async_steps: int) -> list[dict]:
            "--overwrite", "--rollout.engine=vllm_server", f"--rollout.server_urls=[{url}]",
            f"--rollout.async_steps={async_steps}", f"--train.steps={args.steps}",
            f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
-           f"--rollout.max_new_tokens={args.max_new_tokens}", "--train.eval_before=false",
-           "--train.eval_after=false", "--checkpoint.save_final=false", "--logging.progress=false"]
+           f"--rollout.max_new_tokens={args.max_new_tokens}", "--eval.before=false",
+           "--eval.after=false", "--checkpoint.save_final=false", "--logging.progress=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-4000:])

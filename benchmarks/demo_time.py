@@ -59,7 +59,7 @@ def main() -> None:
     print("\n| held-out | before | after |\n|---|---|---|")
     from rlkit.trainers.evaluate import held_out_budgets
 
-    budgets = held_out_budgets(b)[:-1]  # train.eval_budgets: the forced-answer scores below the cap
+    budgets = held_out_budgets(b)[:-1]  # eval.budgets: the forced-answer scores below the cap
     keys = ["accuracy", "mean_tokens", "median_tokens", "truncation_rate"]
     keys += [f"{m}@{n}" for n in budgets for m in ("accuracy", "forced")] + (["budget_auc"] if budgets else [])
     for k in keys:

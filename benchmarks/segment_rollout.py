@@ -34,7 +34,7 @@ def run_once(model: str, out: Path, segments: int, args) -> dict:
            f"--rollout.segments={segments}", f"--rollout.max_new_tokens={args.max_new}",
            f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
            "--rollout.temperature=1.0", "--rollout.kv_cache_gib=2", f"--train.steps={args.steps}",
-           "--train.eval_before=false", "--train.eval_after=false", "--checkpoint.save_final=false",
+           "--eval.before=false", "--eval.after=false", "--checkpoint.save_final=false",
            "--logging.progress=false", "--optim.lr=1e-5", "--rewards=[{name: boxed_format}]"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

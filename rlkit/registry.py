@@ -19,7 +19,6 @@ This module imports only rlkit.errors at import time: every layer may import it.
 from __future__ import annotations
 
 import collections.abc
-import copy
 import dataclasses
 import importlib
 import importlib.metadata
@@ -502,18 +501,11 @@ def build(entry: Entry, options: dict) -> Any:
     return functools.update_wrapper(functools.partial(entry.obj, **options), entry.obj)
 
 
-def keep_built(comp, built: Any) -> None:
-    """Hand the component the config check built (``comp``: a RewardTerm or Component) to the run that uses it, so a
-    model-based reward loads once per process. Kept with the name and options it was built from."""
-    comp.__dict__["_built"] = (comp.name, copy.deepcopy(comp.kwargs), built)
-
-
-def built_component(comp, entry: Entry) -> Any:
-    """The component of a config entry, built once per process: the object the config check built (``keep_built``)
-    when the entry still names the same component with the same options, else a fresh build from what the entry
-    says now (an entry edited after loading builds what it says). Handed over once: a second run from the same
-    config object builds fresh state."""
-    kept = comp.__dict__.pop("_built", None)
-    if kept is not None and kept[0] == comp.name and kept[1] == comp.kwargs:
-        return kept[2]
-    return build(entry, comp.kwargs)
+def build_entry(entry: Entry, kwargs: dict, where: str, source: str = "config") -> Any:
+    """The component a config entry at ``where`` describes, built now from its options (checked and completed with
+    their defaults); a value its factory refuses (ValueError, TypeError) is a ConfigError naming ``where``."""
+    options = check_options(entry, kwargs, f"{where.split(' ')[0]}.kwargs", source)
+    try:
+        return build(entry, options)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: {where}: {e}") from None

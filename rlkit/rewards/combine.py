@@ -44,6 +44,7 @@ import torch
 
 from rlkit import registry
 from rlkit.errors import UserError
+from rlkit.registry import ConfigError
 
 log = logging.getLogger("rlkit")
 
@@ -100,12 +101,24 @@ class RewardContext:
         return cls(device=device, rank=rank, world_size=world_size, dtype=dtype, memory_left=left)
 
 
-def make_term(term, label: str) -> Term:
-    """A configured reward term (rlkit.config.RewardTerm) as a Term: the component built once per process (the one
-    the config check built, handed over while the term still says what it was built from), with its declarations: verifier, timeouts ("own": no thread watchdog,
-    whose whole-batch limit would grow with the batch), batch_errors."""
+def built_reward(term, entry: registry.Entry, where: str, source: str = "config") -> Any:
+    """The reward function a configured term (at config key ``where``) describes, built now; a factory that returns
+    something other than a reward function is a ConfigError naming the term."""
+    fn = registry.build_entry(entry, term.kwargs, f"{where} ({term.name})", source)
+    if not callable(fn):
+        raise ConfigError(f"{source}: {where} ({term.name}): the factory returned {type(fn).__name__} {fn!r:.60}, "
+                          "not a reward function")
+    return fn
+
+
+def make_term(term, label: str, fn: Any = None) -> Term:
+    """A configured reward term (rlkit.config.RewardTerm) as a Term: ``fn``, the component the run's set-up built
+    from the term (rlkit.trainers.stages.build_components), or built now from what the term says; with its
+    declarations: verifier, timeouts ("own": no thread watchdog, whose whole-batch limit would grow with the
+    batch), batch_errors."""
     entry = registry.resolve("reward", term.name, factory=term.factory)
-    fn = registry.built_component(term, entry)
+    if fn is None:
+        fn = built_reward(term, entry, label)
     caps = registry.capabilities(fn, entry.flags, kind="reward")
     timeout = 0.0 if caps.timeouts == "own" else float(term.timeout)
     return Term(label, float(term.weight), fn, term.format, bool(term.correctness or caps.verifier), timeout,
@@ -263,19 +276,20 @@ class RewardSet:
         self.warned: set[str] = set()  # terms already warned about (all None), so each warns once per run
 
     @classmethod
-    def from_config(cls, reward_terms, shaping=None) -> RewardSet:
-        """The configured terms, built. Weights that are all 0 warn once (``shaping``: the configured shaping
+    def from_config(cls, reward_terms, shaping=None, built: list | None = None) -> RewardSet:
+        """The configured terms: ``built`` (their components, in order, as the run's set-up built them), else
+        built now from what each term says. Weights that are all 0 warn once (``shaping``: the configured shaping
         stages; given, with none of them configured, all-zero weights are an error, see ``check_weights``)."""
         notice = check_weights(reward_terms, shaping)
         if notice:
             log.warning("%s", notice)
         taken: set[str] = set()
-        built = []
-        for term in reward_terms:  # kwargs were checked (and completed) when the config was parsed
+        terms = []
+        for i, term in enumerate(reward_terms):
             label = _term_label(term.name, taken)
             taken.add(label)
-            built.append(make_term(term, label))
-        return cls(built)
+            terms.append(make_term(term, label, built[i] if built is not None else None))
+        return cls(terms)
 
     # lifecycle: every term's optional hooks (rlkit.registry.hooks), called by the trainer once each
 

@@ -13,7 +13,7 @@ sampling specs and token-id prompts (all of rlkit's), and under asynchronous rol
 the generation job).
 
 ``BudgetForcing`` is the one implementation of the mechanics, shared with ``rlkit eval --budgets`` and the training
-run's held-out check at ``train.eval_budgets`` (rlkit.evals.budgets): the phrase tokenised once, the answers
+run's held-out check at ``eval.budgets`` (rlkit.evals.budgets): the phrase tokenised once, the answers
 generated in one engine call from each cut sample + the phrase, and the joined completion. One default phrase and
 one answer allowance: ``rollout.budget_forcing.phrase`` and ``.answer_tokens`` (rlkit.config).
 

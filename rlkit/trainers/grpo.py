@@ -95,11 +95,11 @@ def _end_process_group() -> None:
 def _train(run: Run) -> RunResult:
     cfg = run.cfg
     acc, stages, a = run.acc, run.stages, cfg.algorithm
-    cap = cfg.rollout.eval_max_new_tokens or cfg.rollout.max_new_tokens
+    cap = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     held_out = functools.partial(held_out_check, run.engine, run.eval_set.prompts, accuracy_reward(cfg, run.rewards),
-                                 temperature=cfg.rollout.eval_temperature, seed=cfg.train.seed, max_new_tokens=cap,
+                                 temperature=cfg.eval.temperature, seed=cfg.train.seed, max_new_tokens=cap,
                                  forcing=_held_out_forcing(run, cap))
-    if cfg.train.eval_before and not run.before and run.eval_set.prompts:
+    if cfg.eval.before and not run.before and run.eval_set.prompts:
         progress.at("the held-out evaluation before training")
         run.before = held_out()
         run.logger.log(run.start_step, {f"eval/{k}": v for k, v in run.before.items()})
@@ -167,12 +167,12 @@ def _train(run: Run) -> RunResult:
         metrics.update(dist.mean_metrics(acc, {"signal/group_fraction": signal_fraction(batch.advantages[real],
                                                                                          batch.group_ids[real])}))
         last = step + 1 == cfg.train.steps
-        if cfg.train.eval_every and (step + 1) % cfg.train.eval_every == 0 and not last:
+        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and not last:
             progress.at("the periodic held-out evaluation")
             failpoints.hit("eval")
             with timed(metrics, "time/eval"):
                 metrics.update({f"eval/{k}": v for k, v in held_out().items()})
-        if last and cfg.train.eval_after and run.eval_set.prompts:  # in the last step's row and checkpoint
+        if last and cfg.eval.after and run.eval_set.prompts:  # in the last step's row and checkpoint
             progress.at("the held-out evaluation after training")
             failpoints.hit("eval")
             with timed(metrics, "time/eval"):
@@ -201,7 +201,7 @@ def _train(run: Run) -> RunResult:
 
     # 9. the before/after table (the final evaluation ran in the last step, or is restored from its checkpoint)
     after = run.after
-    if not after and cfg.train.eval_after and run.eval_set.prompts:
+    if not after and cfg.eval.after and run.eval_set.prompts:
         progress.at("the held-out evaluation after training")
         failpoints.hit("eval")
         after = run.after = held_out()
@@ -212,7 +212,7 @@ def _train(run: Run) -> RunResult:
         run.logger.console(f"steps with a learning signal (some group's rewards differ): {with_signal} of "
                            f"{cfg.train.steps}")
         run.logger.console(eval_table({"before": run.before, "after": after}, len(run.eval_set.prompts),
-                                      cfg.data.eval))
+                                      cfg.eval.data))
         run.logger.log_table("eval/table", *eval_rows({"before": run.before, "after": after}), step=cfg.train.steps)
     run.logger.finish()
     if acc.num_processes > 1:
@@ -221,14 +221,14 @@ def _train(run: Run) -> RunResult:
 
 
 def _held_out_forcing(run: Run, cap: int):
-    """The held-out check's budget forcing (train.eval_budgets, the cap as the largest budget; the phrase and answer
+    """The held-out check's budget forcing (eval.budgets, the cap as the largest budget; the phrase and answer
     allowance of rollout.budget_forcing), or None."""
-    if not run.cfg.train.eval_budgets:
+    if not run.cfg.eval.budgets:
         return None
     from rlkit.rollout.forcing import BudgetForcing
 
     f = run.cfg.rollout.budget_forcing
-    return BudgetForcing.for_tokenizer((*run.cfg.train.eval_budgets, cap), f.phrase, f.answer_tokens, run.tokenizer)
+    return BudgetForcing.for_tokenizer((*run.cfg.eval.budgets, cap), f.phrase, f.answer_tokens, run.tokenizer)
 
 
 def _steps_with_signal(run_dir) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from rlkit import registry, rundir
-from rlkit.config import Config, ConfigError, save_config, to_dict
+from rlkit.config import Config, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
 from rlkit.errors import UserError
 from rlkit.files import atomic_write_text
@@ -34,7 +34,7 @@ from rlkit.trainers import backends
 from rlkit.trainers import checkpoint as ckpt
 from rlkit.trainers.batch import LogprobPolicy
 from rlkit.trainers.checked import Preflight
-from rlkit.trainers.stages import Stages
+from rlkit.trainers.stages import Stages, built_rewards
 
 
 @dataclass
@@ -160,12 +160,10 @@ def _start_run_dir(cfg: Config, acc, checked: Preflight, run_id: str, record: di
 def setup(cfg: Config, checked: Preflight) -> Run:
     """Accelerator, model, optimizer, engine, data, rewards, stages (everything that can fail), then the run
     directory (written only now), logging, and a restored checkpoint, on the inputs ``checked``
-    (rlkit.preflight.preflight, which holds the run directory's lock; ``rlkit.trainers.grpo.train`` releases it)."""
-    backend = checked.backend
+    (rlkit.preflight.preflight, which holds the run directory's lock; ``rlkit.trainers.grpo.train`` releases it).
+    The run uses the checked config, resolved, and the reward terms and stages the checks built."""
+    cfg, backend = checked.adopt(cfg), checked.backend
     acc, dtype, notes = _setup_accelerator(cfg, backend)
-    if cfg.rollout.prompts_per_step % acc.num_processes:
-        raise ConfigError(f"rollout.prompts_per_step ({cfg.rollout.prompts_per_step}) is the global batch and "
-                          f"must divide by the {acc.num_processes} processes")
     _check_shared_lock(acc, checked)
     run_id = dist.broadcast_object(acc, checked.run_id)  # one id: one temporary directory per checkpoint
     run_dir = checked.run_dir
@@ -175,7 +173,7 @@ def setup(cfg: Config, checked: Preflight) -> Run:
     layout = make_layout(acc, cfg.parallel.sp_size, cfg.parallel.sp_mode)
     model_path = resolve_model_path(cfg.model.name_or_path)
     tokenizer = load_tokenizer(model_path)
-    train_set, eval_set = load_prompt_sets(cfg.data, tokenizer, rows=checked.rows)  # prompt lengths: before the model
+    train_set, eval_set = load_prompt_sets(cfg.data, cfg.eval, tokenizer, rows=checked.rows)  # prompt lengths: before the model
     hf_model = load_policy(model_path, torch.float32, gradient_checkpointing=cfg.model.gradient_checkpointing,
                            lora=cfg.model.lora)
     memory.apply(hf_model, cfg, sharded_params=backend.sharded)
@@ -201,8 +199,9 @@ def setup(cfg: Config, checked: Preflight) -> Run:
     engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype,
                          lockstep=backend.sharded and backend.world_size > 1,
                          context=functools.partial(backends.whole_parameters, prepared))
-    rollout, rewards, stages = make_rollout(cfg, engine, tokenizer), RewardSet.from_config(cfg.rewards, cfg.shaping), \
-        Stages.from_config(cfg)
+    rollout, rewards, stages = make_rollout(cfg, engine, tokenizer), RewardSet.from_config(cfg.rewards, cfg.shaping,
+                                                                                  built_rewards(cfg, checked.built)), \
+        Stages.from_config(cfg, checked.built)
     rewards.setup(RewardContext.here(acc.device, acc.process_index, acc.num_processes, dtype))
     # run.json records the engine that really runs, with how much it shards
     _start_run_dir(cfg, acc, checked, run_id, {**backend.record(), "param_share": round(share, 4)})
@@ -214,7 +213,7 @@ def setup(cfg: Config, checked: Preflight) -> Run:
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name,
                          run_id=run_id),
-        mbs=MicroBatching.from_config(cfg.optim, _hidden_size(hf_model), layout), backend=backend,
+        mbs=MicroBatching.from_config(cfg.optim, cfg.parallel.cost_model, _hidden_size(hf_model), layout), backend=backend,
         run_id=run_id,
         data_fingerprint=checked.data_fingerprint, inputs=checked.inputs)
     for line in notes + checked.notices:
@@ -237,7 +236,7 @@ def _fit_cost_model(run: Run, hf_model, dtype) -> None:
     the resumed run is exact) and measures only what it lacks (a degree the saved run did not use); a new run
     measures it all (rlkit.parallel.calibrate); parallel.cost_model values win."""
     cfg, mbs, text = run.cfg, run.mbs, _text_config(hf_model)
-    given = dict(cfg.parallel.cost_model)
+    given = cfg.parallel.cost_model.given()
     if mbs.calibrated:  # restored: the saved values count as given, the config's on top
         saved = mbs.cost.to_dict()
         given = {**{k: saved[k] for k in ("a", "b", "overhead")}, **given,

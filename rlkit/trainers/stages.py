@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlkit import registry
+from rlkit.registry import ConfigError
 from rlkit.config import (
     COMPONENT_FIELDS,
     Config,
@@ -29,7 +30,43 @@ from rlkit.config import (
     components,
     loss_options,
 )
+from rlkit.rewards.combine import built_reward
 from rlkit.trainers.update import LossSpec
+
+
+def build_components(cfg: Config, source: str = "config", *, rewards: bool = True) -> dict[str, Any]:
+    """Every reward term and stage component ``cfg`` names, built from what it says now: {config key: object}
+    (``rewards[0]``, ``shaping[1]``, ``filter``, ...). The checks before any model loads (rlkit.preflight) call it,
+    so a value a factory refuses fails in seconds, and hand the objects to the run's set-up, so a model-based
+    reward loads once per process (``rewards``: False builds the stages only). Raises ConfigError naming the key."""
+    built: dict[str, Any] = {}
+    for i, term in enumerate(cfg.rewards if rewards else ()):
+        where = f"rewards[{i}]"
+        built[where] = built_reward(term, registry.resolve("reward", term.name, factory=term.factory), where, source)
+    for _, kind, where, comp in components(cfg):
+        built[where] = registry.build_entry(registry.resolve(kind, comp.name), comp.kwargs, where, source)
+    _check_needs(cfg, built, source)
+    return built
+
+
+def _check_needs(cfg: Config, built: dict[str, Any], source: str) -> None:
+    """A built component that declares it needs a correctness term (the declaration may follow its options, as
+    dynamic_sampling's metric) finds one among the reward terms."""
+    entries = [(f"rewards[{i}]", registry.resolve("reward", t.name, factory=t.factory), t)
+               for i, t in enumerate(cfg.rewards)]
+    if any(t.correctness or entry.caps.verifier for _, entry, t in entries):
+        return
+    entries += [(where, registry.resolve(kind, c.name), c) for _, kind, where, c in components(cfg)]
+    for where, entry, c in entries:
+        if where in built and registry.capabilities(built[where], entry.flags, kind=entry.kind).needs_verifier:
+            prefix = f"{where}: " if entry.kind == "reward" else ""
+            raise ConfigError(f"{source}: {prefix}{registry.KINDS[entry.kind][1]} {c.name!r} needs a correctness term "
+                              "(e.g. math_correct, weight 0 if it should not add to the reward) in `rewards`")
+
+
+def built_rewards(cfg: Config, built: dict[str, Any] | None) -> list | None:
+    """The reward functions of ``build_components`` in the order of ``cfg.rewards`` (None: none built)."""
+    return None if built is None else [built[f"rewards[{i}]"] for i in range(len(cfg.rewards))]
 
 
 @dataclass
@@ -44,10 +81,13 @@ class Stages:
     forward_masks: list[tuple[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def from_config(cls, cfg: Config) -> Stages:
-        built: dict[str, list[tuple[str, Any]]] = {field_name: [] for field_name in COMPONENT_FIELDS}
-        for field_name, kind, _, c in components(cfg):
-            built[field_name].append((registry.short_name(c.name), registry.built_component(c, registry.resolve(kind, c.name))))
+    def from_config(cls, cfg: Config, built: dict[str, Any] | None = None) -> Stages:
+        """The stages of ``cfg``: the components of ``built`` (``build_components``), else built now."""
+        built = built if built is not None else build_components(cfg, rewards=False)
+        lists: dict[str, list[tuple[str, Any]]] = {field_name: [] for field_name in COMPONENT_FIELDS}
+        for field_name, _, where, c in components(cfg):
+            lists[field_name].append((registry.short_name(c.name), built[where]))
+        built = lists
         masks = built["token_masks"]
         loss_entry = registry.resolve("loss", cfg.algorithm.loss)
         options = loss_options(cfg)

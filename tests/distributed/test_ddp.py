@@ -60,7 +60,7 @@ def test_cli_train_on_two_processes_with_colocated_vllm(tiny_model_dir, tmp_path
     run = tmp_path / "ddp-run"
     proc = _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
                      "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1",
-                     "--data.eval_size=4", "--train.eval_before=false", "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=2",
+                     "--eval.size=4", "--eval.before=false", "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=2",
                      "--logging.progress=false", cwd=tmp_path, extra_path=str(HERE.parent / "integration"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     steps = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -79,8 +79,8 @@ def test_cli_segments_on_two_processes_gather_uneven_batches_and_save_both_pools
     proc = _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
                      "--rollout.prompts_per_step=4", "--rollout.max_new_tokens=48", "--rollout.segments=3",
                      "--rollout.engine=hf",
-                     "--rollout.segment_min_groups=1", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
-                     "--train.eval_before=false", "--train.eval_after=false",
+                     "--rollout.segment_min_groups=1", "--rollout.kv_cache_gib=1", "--eval.size=4",
+                     "--eval.before=false", "--eval.after=false",
                      "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=3", "--checkpoint.every=1",
                      "--logging.progress=false", cwd=tmp_path, extra_path=str(HERE.parent / "integration"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -116,7 +116,7 @@ def test_a_reward_error_on_one_process_stops_every_process(tiny_model_dir, tmp_p
     run = tmp_path / "err-run"
     proc = _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
                      "--rollout.engine=hf", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=8",
-                     "--data.eval_size=2", "--train.eval_before=false", "--train.steps=2", "--logging.progress=false",
+                     "--eval.size=2", "--eval.before=false", "--train.steps=2", "--logging.progress=false",
                      "--rewards=[{name: 'helpers:fails_on_process_one'}]", cwd=tmp_path,
                      extra_path=str(HERE.parent / "integration"))
     assert proc.returncode != 0
@@ -139,7 +139,7 @@ def test_two_process_run_killed_and_resumed_is_exact(tiny_model_dir, tmp_path, m
     def train(out, *extra):
         return _torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={out}",
                          "--rollout.engine=hf", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=12",
-                         "--data.eval_size=2", "--train.eval_before=false", "--train.steps=4", "--checkpoint.every=2",
+                         "--eval.size=2", "--eval.before=false", "--train.steps=4", "--checkpoint.every=2",
                          "--logging.progress=false", "--rewards=[{name: 'helpers:digit_fraction'}]", *extra,
                          cwd=tmp_path, extra_path=str(HERE.parent / "integration"))
 

@@ -44,12 +44,12 @@ def config(tiny_model_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("engines") / "config.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"name_or_path": str(tiny_model_dir)},
-        "data": {"eval_size": 2},
+        "eval": {"size": 2, "before": False, "after": False},
         "rollout": {"engine": "hf", "prompts_per_step": 4, "group_size": 4, "max_new_tokens": 8,
                     "kv_cache_gib": 1},
         "rewards": [{"name": "helpers:digit_fraction"}],
         "optim": {"lr": 1.0e-3, "micro_batch_tokens": 150},
-        "train": {"steps": 2, "eval_before": False, "eval_after": False},
+        "train": {"steps": 2},
         "checkpoint": {"every": 1},
         "logging": {"progress": False},
     }))

@@ -91,7 +91,7 @@ def test_cli_train_with_sequence_parallelism_equals_the_data_parallel_run(tiny_m
         run = tmp_path / name
         proc = torchrun(2, "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
                         "--rollout.engine=hf", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=24",
-                        "--data.eval_size=0", "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=2",
+                        "--eval.size=0", "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=2",
                         "--optim.lr=1e-3", "--optim.micro_batch_tokens=112", "--algorithm.mu=2",
                         "--logging.progress=false", *extra, cwd=tmp_path, extra_path=str(HERE.parent / "integration"))
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -132,7 +132,7 @@ def test_cli_train_sp4_with_six_heads_equals_the_data_parallel_run(tmp_path):
         run = tmp_path / name
         proc = torchrun(4, "-m", "rlkit.cli", "train", f"--model.name_or_path={model}", f"--output_dir={run}",
                         "--rollout.engine=hf", "--rollout.prompts_per_step=4", "--rollout.group_size=2",
-                        "--rollout.max_new_tokens=16", "--data.eval_size=0",
+                        "--rollout.max_new_tokens=16", "--eval.size=0",
                         "--rewards=[{name: 'helpers:digit_fraction'}]", "--train.steps=2", "--optim.lr=1e-3",
                         "--optim.micro_batch_tokens=96", "--logging.progress=false", *extra, cwd=tmp_path,
                         extra_path=str(HERE.parent / "integration"))

@@ -63,7 +63,7 @@ def test_bad_input_fails_in_one_line_before_any_model_loads(case, tmp_path, monk
 def test_bad_input_found_while_training_fails_in_one_line(case, tmp_path, tiny_model_dir):
     out = tmp_path / "run"
     model_args = [f"--model.name_or_path={tiny_model_dir}", "--rollout.engine=hf", "--rollout.prompts_per_step=2",
-                  "--rollout.max_new_tokens=8", "--data.eval_size=2", "--train.eval_before=false",
+                  "--rollout.max_new_tokens=8", "--eval.size=2", "--eval.before=false",
                   "--train.steps=2", "--logging.progress=false"]
     env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            **case.get("env", {})}

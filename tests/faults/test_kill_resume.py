@@ -25,7 +25,7 @@ def _train(model_dir, out, *extra, failpoint=None, cwd):
     if failpoint:
         env["RLKIT_FAILPOINTS"] = failpoint
     args = [f"--model.name_or_path={model_dir}", f"--output_dir={out}", "--rollout.prompts_per_step=2",
-            "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--data.eval_size=2", "--train.steps=4",
+            "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--eval.size=2", "--train.steps=4",
             "--checkpoint.every=1", "--checkpoint.keep_last=2", "--logging.progress=false",
             "--rewards=[{name: 'helpers:digit_fraction'}]", *extra]
     return subprocess.run([sys.executable, "-m", "rlkit.cli", "train", *args], capture_output=True, text=True,

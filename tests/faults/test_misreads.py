@@ -110,8 +110,8 @@ def test_all_none_term_and_zero_weights_warn_once_and_the_metric_is_null(tiny_mo
     run = tmp_path / "run"
     env = {"PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = _cli("train", f"--model.name_or_path={tiny_model_dir}", "--rollout.engine=hf",
-                "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=8", "--data.eval_size=2",
-                "--train.eval_before=false", "--train.eval_after=false", "--train.steps=3", "--logging.progress=false",
+                "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=8", "--eval.size=2",
+                "--eval.before=false", "--eval.after=false", "--train.steps=3", "--logging.progress=false",
                 "--rewards=[{name: math_correct, weight: 0}, {name: 'misread_rewards:always_none', weight: 0}]",
                 "--shaping=[{name: grpo_lambda}]", f"--output_dir={run}", cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,8 +18,8 @@ def _train(tiny_model_dir, run: Path, rewards: str, *extra: str) -> tuple[subpro
     env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     env.pop("WANDB_API_KEY", None)
     args = [f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}", "--rollout.prompts_per_step=2",
-            "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
-            "--logging.progress=false", "--train.steps=3", "--train.eval_before=false", "--train.eval_after=false",
+            "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--eval.size=4",
+            "--logging.progress=false", "--train.steps=3", "--eval.before=false", "--eval.after=false",
             f"--rewards={rewards}", *extra]
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "train", *args], capture_output=True, text=True,

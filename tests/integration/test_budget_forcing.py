@@ -17,7 +17,7 @@ PHRASE = " Time is up. Answer:"
 def _over(**more):
     return {"rollout.engine": "hf", "rollout.max_new_tokens": 40, "rollout.group_size": 4,
             "rollout.budget_forcing": {"budgets": [4, 8], "phrase": PHRASE, "answer_tokens": 6},
-            "rewards": [{"name": "helpers:records_texts"}], "checkpoint.every": 1, "train.eval_after": False,
+            "rewards": [{"name": "helpers:records_texts"}], "checkpoint.every": 1, "eval.after": False,
             **more}
 
 
@@ -31,7 +31,7 @@ def test_budget_forcing_trains_without_the_phrase_and_resumes_exactly(tiny_model
 
     helpers.SEEN_TEXTS.clear()
     full = tmp_path / "full"
-    train(_cfg(tiny_model_dir, full, **_over(**{"train.eval_after": True, "train.eval_budgets": [4, 8]})))
+    train(_cfg(tiny_model_dir, full, **_over(**{"eval.after": True, "eval.budgets": [4, 8]})))
     after = json.loads((full / "eval_summary.json").read_text())["after"]  # the held-out check at budgets 4, 8, 40
     assert {"accuracy@4", "accuracy@8", "accuracy@40", "forced@4", "budget_auc"} <= set(after)
     assert after["accuracy@40"] == after["accuracy"] and after["forced@40"] == 0.0 and after["forced@4"] > 0

@@ -62,8 +62,8 @@ def test_plugin_evaluates_and_trains_asynchronously_with_a_fixed_policy(plugin, 
     from rlkit.evals.verifier import accuracy_reward
     from rlkit.models import load_tokenizer
 
-    opts = {"rollout.engine": plugin, "rollout.engine_options": {"base_url": server.url}, "data.eval_size": 6}
-    pushed = _cfg(tiny_model_dir, tmp_path / "push", server.url, **{"data.eval_size": 1})
+    opts = {"rollout.engine": plugin, "rollout.engine_options": {"base_url": server.url}, "eval.size": 6}
+    pushed = _cfg(tiny_model_dir, tmp_path / "push", server.url, **{"eval.size": 1})
     evaluate_suite(pushed, ["held_out"], EvalSettings(k=1, max_new_tokens=4), output=str(tmp_path / "p.json"),
                    progress=False)  # the server engine pushes the tiny model: the plugin then serves it
     version = requests.get(f"{server.url}/weight_info").json()["weight_version"]
@@ -73,7 +73,7 @@ def test_plugin_evaluates_and_trains_asynchronously_with_a_fixed_policy(plugin, 
     result = evaluate_suite(cfg, ["held_out"], settings, output=str(tmp_path / "r.json"), progress=False)
     remote = result["benchmarks"]["held_out"]
     assert remote.pop("skipped_long_prompts") == 0 and result["settings"]["engine"] == plugin
-    _, eval_set = load_prompt_sets(cfg.data, load_tokenizer(str(tiny_model_dir)))
+    _, eval_set = load_prompt_sets(cfg.data, cfg.eval, load_tokenizer(str(tiny_model_dir)))
     local = run_benchmark(engine, eval_set.prompts, accuracy_reward(cfg), settings, 16, label="local", progress=False)
     assert remote == local and remote["prompts"] == 6
 

@@ -16,8 +16,8 @@ ROOT = Path(__file__).parents[2]
 def _cfg(model_dir, out, **over):
     base = {"model.name_or_path": str(model_dir), "output_dir": str(out), "train.steps": 2,
             "rollout.prompts_per_step": 2, "rollout.max_new_tokens": 16, "rollout.kv_cache_gib": 1,
-            "data.eval_size": 4, "optim.lr": 1e-2, "rewards": [{"name": "helpers:digit_fraction"}],
-            "logging.progress": False, "train.eval_before": False}
+            "eval.size": 4, "optim.lr": 1e-2, "rewards": [{"name": "helpers:digit_fraction"}],
+            "logging.progress": False, "eval.before": False}
     base.update(over)
     return load_config(overrides=base)
 
@@ -82,7 +82,7 @@ def test_lora_trains_adapters_and_syncs_merged_weights_to_vllm(tiny_model_dir, t
 
 def test_rlkit_eval_prints_the_table(tiny_model_dir, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "eval", f"--model.name_or_path={tiny_model_dir}",
-                           "--data.eval_size=3", "--rollout.max_new_tokens=8", "--rollout.kv_cache_gib=1"],
+                           "--eval.size=3", "--rollout.max_new_tokens=8", "--rollout.kv_cache_gib=1"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     # the default benchmark is the config's held-out slice; 8-token completions of a random model all truncate

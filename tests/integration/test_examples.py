@@ -19,7 +19,7 @@ SERVER_ONLY = {"multinode"}  # needs a vLLM server: run in tests/integration/tes
 
 def _tiny(model) -> list[str]:
     return [f"model.name_or_path={model}", "train.steps=1", "rollout.prompts_per_step=2", "rollout.group_size=2",
-            "rollout.max_new_tokens=8", "rollout.eval_max_new_tokens=8", "rollout.kv_cache_gib=1", "data.eval_size=2",
+            "rollout.max_new_tokens=8", "eval.max_new_tokens=8", "rollout.kv_cache_gib=1", "eval.size=2",
             "logging.progress=false", "optim.micro_batch_size=4"]
 
 
@@ -39,7 +39,7 @@ def test_example_script_runs_one_step(name, tiny_model_dir, tmp_path):
     script = ROOT / "examples" / name / "train.py"
     args = _tiny(tiny_model_dir) + ([f"output_dir={tmp_path / 'run'}"] if name == "accelerate" else [])
     # the demo keeps vLLM and its held-out budgets, scaled under the tiny cap of 8 tokens
-    args += ["train.eval_budgets=[4]"] if name == "demo" else ["rollout.engine=hf"]
+    args += ["eval.budgets=[4]"] if name == "demo" else ["rollout.engine=hf"]
     if name == "gsm8k":  # the same script under `accelerate launch` (one process on CPU)
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args]
@@ -59,7 +59,7 @@ def test_example_script_runs_one_step(name, tiny_model_dir, tmp_path):
         assert "vs_baseline" in result and "aes" in next(iter(result["vs_baseline"].values()))
     if name == "demo":
         assert sorted(p.name for p in (runs[0] / "report").iterdir()) == ["budgets.png", "curves.png", "lengths.png",
-                                                                            "pareto.png"]  # budgets: train.eval_budgets
+                                                                            "pareto.png"]  # budgets: eval.budgets
         assert "AES vs before" in proc.stdout
 
 

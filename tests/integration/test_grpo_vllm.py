@@ -22,7 +22,7 @@ def _cfg(model_dir, out, **over):
     base = {
         "model.name_or_path": str(model_dir), "output_dir": str(out), "train.steps": 2,
         "rollout.prompts_per_step": 2, "rollout.group_size": 4, "rollout.max_new_tokens": 24,
-        "rollout.kv_cache_gib": 1, "data.eval_size": 4, "optim.lr": 1e-3, "optim.micro_batch_size": 3,
+        "rollout.kv_cache_gib": 1, "eval.size": 4, "optim.lr": 1e-3, "optim.micro_batch_size": 3,
         "rewards": [{"name": "helpers:digit_fraction"}], "logging.progress": False,
     }
     base.update(over)
@@ -112,7 +112,7 @@ def test_mu_minibatches_kl_and_dual_clip_run(tiny_model_dir, tmp_path):
         "algorithm.mu": 2, "algorithm.minibatches": 2, "algorithm.kl_coef": 0.1, "algorithm.dual_clip": 3.0,
         "algorithm.epsilon_high": 0.28, "algorithm.aggregation": "seq-mean-token-sum-norm",
         "filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward"}},
-        "algorithm.advantage": "batch_norm", "train.steps": 1, "train.eval_before": False})
+        "algorithm.advantage": "batch_norm", "train.steps": 1, "eval.before": False})
     m = train(cfg).last_metrics
     assert m["sampling/rounds"] >= 1 and m["sampling/padded_groups"] >= 0
     assert m["loss/kl"] > 0  # the policy moved away from the reference within the step
@@ -124,7 +124,7 @@ def test_mask_truncated_drops_truncated_completions(tiny_model_dir, tmp_path):
 
     # a random model never emits EOS within 24 tokens: every completion is truncated, nothing is trained
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"token_masks": ["mask_truncated"], "train.steps": 1,
-                                                   "train.eval_before": False, "train.eval_after": False})
+                                                   "eval.before": False, "eval.after": False})
     m = train(cfg).last_metrics
     assert m["completion/truncation_rate"] == 1.0
     assert m["optim/grad_norm"] == 0.0
@@ -135,7 +135,7 @@ def test_reward_error_stops_the_step_and_keeps_saved_checkpoints(tiny_model_dir,
     from rlkit.api import train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"rewards": [{"name": "helpers:fails_at_step_two"}],
-                                                   "checkpoint.every": 1, "train.eval_before": False})
+                                                   "checkpoint.every": 1, "eval.before": False})
     with pytest.raises(RewardError, match=r"reward 'fails_at_step_two' raised ValueError: reward backend unavailable at step 2, sample 0 \(prompt:"):
         train(cfg)
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -156,7 +156,7 @@ def test_cli_train_end_to_end_and_resume(tiny_model_dir, tmp_path):
 
     run = tmp_path / "cli-run"
     common = [f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}", "--rollout.prompts_per_step=2",
-              "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--data.eval_size=4",
+              "--rollout.max_new_tokens=16", "--rollout.kv_cache_gib=1", "--eval.size=4",
               "--rewards=[{name: 'helpers:digit_fraction'}, {name: math_correct, weight: 0.5}]",
               "--shaping=[{name: grpo_lambda, kwargs: {lam: 0.5}}, kimi]",
               "--checkpoint.every=1", "--checkpoint.keep_last=2", "--logging.progress=false"]
@@ -227,8 +227,8 @@ def test_drpo_trains_on_whole_groups(tiny_model_dir, tmp_path):
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:parity_verifier", "correctness": True}], "algorithm.loss": "drpo",
         "algorithm.loss_kwargs": {"beta": 10.0, "delta": 0.0}, "algorithm.minibatches": 2,
-        "optim.micro_batch_size": 3, "rollout.prompts_per_step": 4, "train.steps": 1, "train.eval_before": False,
-        "train.eval_after": False})
+        "optim.micro_batch_size": 3, "rollout.prompts_per_step": 4, "train.steps": 1, "eval.before": False,
+        "eval.after": False})
     m = train(cfg).last_metrics
     assert m["optim/grad_norm"] > 0
     assert m["loss/kl_k1"] != 0  # the second minibatch is scored against the recomputed old policy
@@ -241,7 +241,7 @@ def test_curriculum_budget_reaches_prompts_and_rewards(tiny_model_dir, tmp_path)
         "rewards": [{"name": "helpers:mentions_budget"}, {"name": "budget_triangular"}, {"name": "helpers:digit_fraction"}],
         "prompt_transforms": [{"name": "budget_curriculum",
                                "kwargs": {"schedule": "exponential", "initial": 16, "gamma": 0.5, "every": 1}}],
-        "data.max_prompt_tokens": 400, "train.eval_before": False, "train.eval_after": False})
+        "data.max_prompt_tokens": 400, "eval.before": False, "eval.after": False})
     train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["transforms/budget_curriculum/current"] for m in lines] == [16, 8]
@@ -285,7 +285,7 @@ def test_laser_d_monitor_sets_targets_during_training(tiny_model_dir, tmp_path):
         "rewards": [{"name": "helpers:parity_verifier", "correctness": True}, {"name": "helpers:digit_fraction"}],
         "shaping": [{"name": "laser_d", "kwargs": {"monitor_every": 1, "monitor_size": 4, "monitor_samples": 4,
                                                    "lower": 8, "upper": 24, "interval": 8}}],
-        "train.eval_before": False, "train.eval_after": False})
+        "eval.before": False, "eval.after": False})
     train(cfg)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     for m in lines:
@@ -318,7 +318,7 @@ def test_palu_keeps_a_budget_per_question_across_steps(tiny_model_dir, tmp_path)
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:parity_verifier", "correctness": True}, {"name": "helpers:digit_fraction"}],
         "shaping": [{"name": "palu", "kwargs": {"max_tokens": 24, "C": 0.25}}],
-        "train.eval_before": False, "train.eval_after": False})
+        "eval.before": False, "eval.after": False})
     train(cfg)
     state = json.loads((tmp_path / "run" / "checkpoints" / "step_000002" / "trainer_state.json").read_text())
     budgets = state["stages"]["shaping[0].palu"]["budgets"]

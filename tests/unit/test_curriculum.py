@@ -23,11 +23,13 @@ def test_steps_and_linear_schedules():
 
 
 def test_budget_config_errors():
+    from rlkit.trainers.stages import build_components
+
     with pytest.raises(ValueError, match="template must contain {budget}"):
         BudgetCurriculum(schedule="linear", template="be brief")
     with pytest.raises(ConfigError, match=r"prompt_transforms\[0\]: budget_curriculum: template must contain {budget}"):
-        load_config(overrides={"prompt_transforms": [{"name": "budget_curriculum",
-                                                      "kwargs": {"schedule": "linear", "template": "be brief"}}]})
+        build_components(load_config(overrides={"prompt_transforms": [
+            {"name": "budget_curriculum", "kwargs": {"schedule": "linear", "template": "be brief"}}]}))
     with pytest.raises(ConfigError, match=r"prompt_transforms\[0\]\.kwargs\.schedule'; "
                                           "valid choices: exponential, steps, linear"):
         load_config(overrides={"prompt_transforms": [{"name": "budget_curriculum", "kwargs": {"schedule": "cosine"}}]})

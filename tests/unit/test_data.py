@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rlkit.config import DataConfig
+from rlkit.config import DataConfig, EvalConfig
 from rlkit.data import (
     DataError,
     PromptSampler,
@@ -65,8 +65,8 @@ def test_long_prompts_skipped_and_counted_or_rejected(tmp_path):
 
 def test_held_out_rows_are_removed_from_training(tmp_path):
     p = _write(tmp_path / "d.jsonl", [json.dumps({"question": f"q{i}", "answer": i}) for i in range(10)])
-    cfg = DataConfig(train=str(p), eval=str(p), eval_size=3, eval_offset=2, prompt_suffix="")
-    train, held = load_prompt_sets(cfg, FakeTok())
+    cfg = DataConfig(train=str(p), prompt_suffix="")
+    train, held = load_prompt_sets(cfg, EvalConfig(data=str(p), size=3, offset=2), FakeTok())
     assert [x.columns["answer"] for x in held.prompts] == [2, 3, 4]
     assert [x.columns["answer"] for x in train.prompts] == [0, 1, 5, 6, 7, 8, 9]
 

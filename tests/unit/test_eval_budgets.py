@@ -59,7 +59,7 @@ def test_budget_metrics_against_hand_computed_values():
 def test_eval_budgets_end_to_end_and_report(tiny_model_dir, tmp_path, capsys):
     from rlkit.cli import main
 
-    common = ["eval", f"--model.name_or_path={tiny_model_dir}", "--rollout.engine=hf", "--data.eval_size=8",
+    common = ["eval", f"--model.name_or_path={tiny_model_dir}", "--rollout.engine=hf", "--eval.size=8",
               "--k", "2", "--no-progress", "--rewards=[{name: math_correct}]"]
     run = tmp_path / "run"
     out = run / "evals" / "step_000001.json"

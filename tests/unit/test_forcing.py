@@ -94,7 +94,7 @@ def test_one_phrase_and_allowance_for_rollouts_evaluations_and_the_held_out_chec
 
     assert (EvalSettings().force_suffix, EvalSettings().answer_tokens) == ("\n\nFinal answer: \\boxed{", 16)
     cfg = load_config(overrides={"model.name_or_path": str(tiny_model_dir), "rollout.max_new_tokens": 40,
-                                 "train.eval_budgets": [8], "rollout.budget_forcing.answer_tokens": CONTEXT_ROOM})
+                                 "eval.budgets": [8], "rollout.budget_forcing.answer_tokens": CONTEXT_ROOM})
     with pytest.raises(UserError, match="held-out check's forced answer .* must fit the engine's 64-token room"):
         inputs.check_forcing(cfg)
     cfg.rollout.budget_forcing.answer_tokens = 16

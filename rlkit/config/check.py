@@ -1,0 +1,303 @@
+"""Checking a config, and resolving it: both read the tree (rlkit.config.schema) and change nothing in it.
+
+``problems`` lists what is wrong (every key, range, choice, component name and option, and the checks across
+sections), ``validate`` raises the first as a ConfigError naming the key and the source; ``resolve`` returns a copy
+with every ``auto`` made explicit and every component's options coerced and completed with its defaults: what the
+run uses and what its ``config.json`` records. Nothing is built here: the run's set-up builds the components from
+the resolved tree (rlkit.trainers.stages.build_components), so a tree edited after loading builds what it says.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any
+
+from rlkit import registry
+from rlkit.config.schema import (
+    AlgorithmConfig,
+    Config,
+    CostModelConfig,
+    RolloutConfig,
+    components,
+    in_range,
+    range_words,
+    world_size,
+)
+from rlkit.registry import ConfigError
+from rlkit.rewards.combine import RewardError, check_weights
+
+
+class _Problems(list):
+    """The problems found so far, each prefixed with the source."""
+
+    def __init__(self, source: str):
+        super().__init__()
+        self.source = source
+
+    def need(self, cond: bool, msg: str) -> bool:
+        if not cond:
+            self.append(f"{self.source}: {msg}")
+        return bool(cond)
+
+    def run(self, fn, *args, **kwargs) -> Any:
+        """``fn(*args, **kwargs)``; a ConfigError it raises becomes a problem (and the result None)."""
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as e:
+            self.append(str(e))
+            return None
+
+
+def validate(cfg: Config, source: str = "config") -> None:
+    """Raise the first problem of ``cfg`` (``problems``) as a ConfigError; change nothing."""
+    found = problems(cfg, source)
+    if found:
+        raise ConfigError(found[0])
+
+
+def problems(cfg: Config, source: str = "config") -> list[str]:
+    """Every problem of ``cfg`` found before any model loads, in the order of the sections; reads only. A check
+    whose inputs already failed (an unknown component, a range) is left out rather than reported twice."""
+    out = _Problems(source)
+    _check_ranges(cfg, "", out)
+    for i, term in enumerate(cfg.rewards):
+        _check_ranges(term, f"rewards[{i}].", out)
+    if out:
+        return out
+    r, world = cfg.rollout, world_size()
+    out.need(r.prompts_per_step % world == 0, f"'rollout.prompts_per_step' ({r.prompts_per_step}) is the global "
+             f"batch and must divide by the {world} processes")
+    out.need(r.segments == 1 or cfg.filter is None,
+             "'rollout.segments' > 1 cannot be combined with a `filter` (released groups vary per step)")
+    out.need(len(cfg.optim.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.optim.betas),
+             f"'optim.betas' must be two numbers in [0, 1), got {cfg.optim.betas}")
+    longest_new = max(r.max_new_tokens, cfg.eval.max_new_tokens)
+    longest = cfg.data.max_prompt_tokens + longest_new
+    out.need(r.max_model_len == 0 or r.max_model_len >= longest,
+             f"'rollout.max_model_len' ({r.max_model_len}) is smaller than data.max_prompt_tokens + the longest "
+             f"completion ({cfg.data.max_prompt_tokens} + {longest_new} = {longest}); raise it or leave it at 0 (= "
+             "their sum)")
+    _check_parallel(cfg, world, out)
+    engine = out.run(_resolve, "engine", r.engine, "rollout.engine", source)
+    if engine is not None:
+        out.run(registry.check_options, engine, r.engine_options, "rollout.engine_options", source)
+        for problem in engine.caps.validate(cfg) if engine.caps.validate else ():
+            out.need(False, problem)
+        out.need(r.async_steps == 0 or engine.caps.concurrent,
+                 f"'rollout.async_steps' ({r.async_steps}) needs an engine that generates while the trainer trains "
+                 f"(e.g. vllm_server); the {r.engine!r} engine shares the device with training and stays synchronous")
+    _check_forcing(r, out)
+    cap = cfg.eval.max_new_tokens or r.max_new_tokens
+    bad = [b for b in cfg.eval.budgets if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b < cap]
+    out.need(not bad, f"'eval.budgets' must be whole numbers of tokens from 1 to below the evaluation cap ({cap}), "
+             f"got {bad}")
+    n_seq = r.group_size * r.prompts_per_step // world
+    out.need(n_seq % cfg.algorithm.minibatches == 0, f"'algorithm.minibatches' ({cfg.algorithm.minibatches}) must "
+             f"divide the {n_seq} sequences each of the {world} process(es) trains on per step")
+    bad_sinks = [s for s in cfg.logging.report_to if s not in ("wandb",)]
+    out.need(not bad_sinks, f"'logging.report_to' has unknown sink {bad_sinks}; valid: wandb")
+    has_verifier = _check_components(cfg, out)
+    if has_verifier is not None:
+        _check_algorithm(cfg, has_verifier, world, out)
+    return out
+
+
+def _check_ranges(node: Any, prefix: str, out: _Problems) -> None:
+    """Every numeric option against its ``opt(check=...)`` range, naming the key, the value and the range."""
+    for f in dataclasses.fields(node):
+        value = getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, f"{prefix}{f.name}.", out)
+        elif f.metadata.get("check") and not in_range(value, f.metadata["check"]):
+            out.need(False, f"'{prefix}{f.name}' must be {range_words(f.metadata['check'])}, got {value!r}")
+
+
+def _check_parallel(cfg: Config, world: int, out: _Problems) -> None:
+    sp = cfg.parallel.sp_size
+    _check_cost_model(cfg.parallel.cost_model, out)
+    out.need(world % sp == 0, f"'parallel.sp_size' ({sp}) must divide the {world} processes (world = data-parallel "
+             "x sequence-parallel)")
+    out.need(sp == 1 or cfg.optim.packing, "'parallel.sp_size' > 1 shards packed rows: set optim.packing to true")
+    out.need(not cfg.parallel.offload_checkpoints or cfg.model.gradient_checkpointing,
+             "'parallel.offload_checkpoints' moves the checkpointed layer inputs: set model.gradient_checkpointing "
+             "too")
+
+
+def _check_cost_model(cm: CostModelConfig, out: _Problems) -> None:
+    """``parallel.cost_model.comm``: degrees > 1 mapped to finite non-negative seconds (the numbers are checked by
+    their ranges)."""
+    def ok(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+    for key in ("a", "b", "overhead", "attention"):
+        out.need(math.isfinite(getattr(cm, key)), f"'parallel.cost_model.{key}' must be finite, got "
+                 f"{getattr(cm, key)!r}")
+    for degree, v in cm.comm.items():
+        out.need(str(degree).isdigit() and int(degree) > 1, f"'parallel.cost_model.comm' key {degree!r} is not a "
+                 "degree > 1")
+        values = v if isinstance(v, list) else [v]
+        out.need(1 <= len(values) <= 2 and all(ok(x) for x in values), f"'parallel.cost_model.comm.{degree}' must "
+                 f"be seconds per token or [seconds per token, seconds per forward], finite and >= 0, got {v!r}")
+
+
+def _check_forcing(r: RolloutConfig, out: _Problems) -> None:
+    """Budget forcing's settings: budgets are whole numbers >= 1 that leave room under max_new_tokens for the answer
+    allowance (the phrase's own tokens are checked against the tokenizer in preflight), a phrase with text, and no
+    segment rollouts (they carry samples across steps at a fixed segment length, forcing cuts them at a budget)."""
+    f = r.budget_forcing
+    if not f.budgets:
+        return
+    bad = [b for b in f.budgets if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+    if not out.need(not bad, f"'rollout.budget_forcing.budgets' must be whole numbers of tokens >= 1, got {bad}"):
+        return
+    out.need(max(f.budgets) + f.answer_tokens < r.max_new_tokens,
+             f"'rollout.budget_forcing.budgets' up to {max(f.budgets)} + answer_tokens {f.answer_tokens} leave no "
+             f"room under rollout.max_new_tokens ({r.max_new_tokens}) for the forcing phrase: lower the budgets or "
+             "raise max_new_tokens")
+    out.need(bool(f.phrase.strip()), "'rollout.budget_forcing.phrase' is empty: give the text injected at the budget")
+    out.need(r.segments == 1, "'rollout.budget_forcing' cannot be combined with rollout.segments > 1 (segments "
+             "carry unfinished samples to later steps; forcing ends them at their budget): use one of them")
+
+
+def _resolve(kind: str, name: str, where: str, source: str, **kw) -> registry.Entry:
+    try:
+        return registry.resolve(kind, name, **kw)
+    except KeyError as e:
+        raise ConfigError(f"{source}: {where}: {e.args[0]}") from None
+
+
+def _check_components(cfg: Config, out: _Problems) -> bool | None:
+    """Every reward term and component: its name resolves, its options check against its declaration; at most one
+    correctness term. Returns whether a correctness term is configured (None when a
+    component could not be resolved)."""
+    source, start = out.source, len(out)
+    entries = []
+    for i, term in enumerate(cfg.rewards):
+        entry = out.run(_resolve, "reward", term.name, f"rewards[{i}].name", source, factory=term.factory)
+        if entry is not None:
+            out.run(registry.check_options, entry, term.kwargs, f"rewards[{i}].kwargs", source)
+        entries.append(entry)
+    for _, kind, where, comp in components(cfg):
+        entry = out.run(_resolve, kind, comp.name, f"{where}.name", source)
+        if entry is not None:
+            out.run(registry.check_options, entry, comp.kwargs, f"{where}.kwargs", source)
+        entries.append((where, entry))
+    if len(out) > start:
+        return None
+    verifiers = sum(bool(t.correctness or e.caps.verifier) for t, e in zip(cfg.rewards, entries))
+    try:
+        check_weights(cfg.rewards, cfg.shaping)
+    except RewardError as e:
+        out.need(False, f"rewards: {e}")
+    out.need(verifiers <= 1, "at most one reward term can be the correctness term")
+    # a component's need for a correctness term may follow its options (dynamic_sampling's metric): it is checked
+    # on the built components (rlkit.trainers.stages.build_components)
+    return verifiers > 0
+
+
+def _check_algorithm(cfg: Config, has_verifier: bool, world: int, out: _Problems) -> None:
+    """The advantage estimator and the loss: names, options, the options of the algorithm section a loss must bind,
+    the aggregation it declares, whole groups per minibatch and a declared need for a correctness term."""
+    a, source = cfg.algorithm, out.source
+    adv = out.run(_resolve, "advantage", a.advantage, "algorithm.advantage", source)
+    if adv is not None:
+        out.need(a.scale == "auto" or "scale" in adv.options or a.scale == "none",
+                 f"'algorithm.scale' is {a.scale!r} but advantage {a.advantage!r} divides by no std: leave "
+                 "algorithm.scale at auto")
+        out.run(registry.check_options, adv, advantage_options(cfg), "algorithm", source)
+    loss = out.run(_resolve, "loss", a.loss, "algorithm.loss", source)
+    if loss is None:
+        return
+    binds = loss_binds(loss)
+    out.run(registry.check_options, loss, a.loss_kwargs, "algorithm.loss_kwargs", source, bound=tuple(binds))
+    defaults = AlgorithmConfig()
+    for key in LOSS_FIELDS:
+        dotted = f"algorithm.{key}"
+        why = " (it would load and score a reference model that is never used)" if key == "kl_coef" else ""
+        out.need(dotted in binds.values() or _get(cfg, dotted) == getattr(defaults, key),
+                 f"'{dotted}' is {_get(cfg, dotted)} but loss {a.loss!r} does not use it{why}; remove it or pick a "
+                 "loss that uses it")
+    declared = loss.caps.aggregation
+    out.need(a.aggregation in ("auto", declared) or declared is None,
+             f"'algorithm.aggregation' is {a.aggregation!r} but loss {a.loss!r} is defined with {declared!r}: "
+             "remove the setting (auto takes the loss's) or pick another loss")
+    if loss.caps.whole_groups:
+        per_rank = cfg.rollout.prompts_per_step // world
+        out.need(per_rank % a.minibatches == 0, f"loss {a.loss!r} keeps groups whole: 'algorithm.minibatches' must "
+                 f"divide the {per_rank} prompts of each process")
+    out.need(has_verifier or not loss.caps.needs_verifier,
+             f"loss {a.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
+
+
+# ---------------------------------------------------------------------------------------------------
+# resolving: what the run uses
+
+
+def importance(cfg: Config) -> str:
+    """``rollout.importance`` with auto resolved: sais under asynchronous rollouts, else pois."""
+    r = cfg.rollout
+    return r.importance if r.importance != "auto" else ("sais" if r.async_steps > 0 else "pois")
+
+
+def aggregation(cfg: Config) -> str:
+    """``algorithm.aggregation`` with auto resolved: the one the loss declares, else token-mean."""
+    a = cfg.algorithm
+    if a.aggregation != "auto":
+        return a.aggregation
+    return registry.resolve("loss", a.loss).caps.aggregation or "token-mean"
+
+
+def resolve(cfg: Config, source: str = "config") -> Config:
+    """A copy of ``cfg`` (checked first: a ConfigError names the first problem) with every choice explicit:
+    ``auto`` resolved (rollout.importance, algorithm.aggregation) and every component's options coerced to their
+    declared types and completed with their defaults. ``cfg`` itself is left as it is."""
+    validate(cfg, source)
+    out = copy.deepcopy(cfg)
+    r, a = out.rollout, out.algorithm
+    for i, term in enumerate(out.rewards):
+        entry = registry.resolve("reward", term.name, factory=term.factory)
+        term.kwargs = registry.check_options(entry, term.kwargs, f"rewards[{i}].kwargs", source)
+    for _, kind, where, comp in components(out):
+        comp.kwargs = registry.check_options(registry.resolve(kind, comp.name), comp.kwargs, f"{where}.kwargs", source)
+    r.engine_options = registry.check_options(registry.resolve("engine", r.engine), r.engine_options,
+                                              "rollout.engine_options", source)
+    r.importance = importance(out)
+    loss = registry.resolve("loss", a.loss)
+    a.loss_kwargs = registry.check_options(loss, a.loss_kwargs, "algorithm.loss_kwargs", source,
+                                           bound=tuple(loss_binds(loss)))
+    a.aggregation = aggregation(out)
+    return out
+
+
+# the algorithm section's options that belong to a loss: set to a non-default value, some loss must bind them
+LOSS_FIELDS = ("epsilon_low", "epsilon_high", "dual_clip", "kl_coef")
+
+
+def loss_binds(entry) -> dict:
+    """The loss's declared bindings {option: dotted config key} (``binds``): only these are filled from the config,
+    never an option that merely shares a name with a config field."""
+    binds = entry.caps.binds or {}
+    return {k: v for k, v in binds.items() if k in entry.options}
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(cfg, section), key)
+
+
+def loss_options(cfg: Config) -> dict:
+    """Every option of the configured loss: the ones it declares bound to the config (``binds``) and
+    ``algorithm.loss_kwargs``."""
+    entry = registry.resolve("loss", cfg.algorithm.loss)
+    binds = loss_binds(entry)
+    bound = {k: _get(cfg, v) for k, v in binds.items()}
+    return {**bound, **registry.check_options(entry, cfg.algorithm.loss_kwargs, "algorithm.loss_kwargs", "config",
+                                              bound=tuple(binds))}
+
+
+def advantage_options(cfg: Config) -> dict:
+    """``scale`` for the estimators that have it (auto: the estimator's own default)."""
+    has_scale = "scale" in registry.resolve("advantage", cfg.algorithm.advantage).options
+    return {"scale": cfg.algorithm.scale} if has_scale and cfg.algorithm.scale != "auto" else {}
