@@ -224,7 +224,8 @@ def _update_main(modes: list[str], lengths: list[int], budget: int, repeats: int
     from rlkit.parallel.micro import MicroBatching, plan_rank
     from rlkit.records import StepBatch
     from rlkit.trainers.batch import LogprobPolicy
-    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
+    from rlkit.trainers.grpo import update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens
 
     acc = Accelerator(cpu=True)
     layout = make_layout(acc, acc.num_processes, "flex")  # blocks of every degree; a mode only restricts the plan
@@ -246,7 +247,7 @@ def _update_main(modes: list[str], lengths: list[int], budget: int, repeats: int
             t = time.perf_counter()
             stats = update_policy(
                 prepared, opt, None, acc, batch,
-                UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, mbs=mbs, max_new_tokens=max(lengths), max_grad_norm=0.0),
+                UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, batching=mbs, max_new_tokens=max(lengths), max_grad_norm=0.0),
                 seed=0)
             acc.wait_for_everyone()
             seconds = time.perf_counter() - t

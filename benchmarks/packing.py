@@ -55,7 +55,8 @@ def main() -> None:
     from rlkit.records import StepBatch
     from rlkit.rollout.base import Sample
     from rlkit.trainers.batch import LogprobPolicy
-    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
+    from rlkit.trainers.grpo import update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens
 
     acc = Accelerator(cpu=args.device == "cpu")
     tmp = tempfile.mkdtemp(prefix="rlkit-bench-")
@@ -83,7 +84,7 @@ def main() -> None:
             t0 = time.perf_counter()
             update_policy(
                 policy, opt, None, acc, batch,
-                UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, mbs=mbs, max_new_tokens=args.cap, max_grad_norm=0.0),
+                UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, batching=mbs, max_new_tokens=args.cap, max_grad_norm=0.0),
                 seed=0)
             if acc.device.type == "cuda":
                 torch.cuda.synchronize()

@@ -9,6 +9,7 @@
 - ``micro``: a rank's micro-batches from the plan, its shard of a row, who counts a result, the SP group's sums.
 - ``ulysses``: the attention exchange (all-to-all heads <-> sequence) for any degree, whatever the head count.
 
-``rlkit.trainers.update`` keeps loss assembly and the optimizer loop; it asks this package for micro-batches and
-model inputs and never looks inside a plan.
+The update loop (``rlkit.trainers.grpo.update_policy``, with its pieces in ``rlkit.trainers.update``) keeps loss
+assembly and the optimizer steps; it asks this package for micro-batches and model inputs and never looks inside a
+plan.
 """

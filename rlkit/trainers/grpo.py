@@ -10,12 +10,16 @@ How this loop departs from textbook GRPO (Shao et al. 2024), all by configuratio
   global, so the update equals one process training on the whole batch;
 - the old policy's logprobs are recomputed only when the policy moves within the step (mu x minibatches > 1),
   or taken from the engine when the rollout says so; the ratio is otherwise against the current policy.
+The policy update (``update_policy``, below the step) is written out here too: passes x minibatches x micro-batches,
+the forward, the token weights, the loss call, backward and the optimizer step; rlkit.trainers.update holds the
+pieces it calls (plans, the minibatch normaliser, a micro-batch's rows and token weights, statistics, checks).
 Runs on one process or many (``accelerate launch``: DDP, DeepSpeed ZeRO, FSDP2 through accelerate config
 files); each process owns a colocated rollout engine (vllm, hf) or a client of a remote one (vllm_server: shared servers).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -24,22 +28,34 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlkit import failpoints, progress
+from rlkit.algorithms.losses import LossInputs
 from rlkit.config import Config
 from rlkit.evals.verifier import accuracy_reward
 from rlkit.files import atomic_write_text
 from rlkit.parallel import dist
-from rlkit.records import StepBatch
+from rlkit.parallel.micro import layout_of, micro_inputs, sum_over_sp_group
+from rlkit.records import StepBatch, UpdateStats
+from rlkit.trainers import backends
 from rlkit.trainers.checked import Preflight
 from rlkit.trainers.collect import advantages, collect, refresh_monitors, timed
 from rlkit.trainers.evaluate import eval_rows, eval_table, held_out_check, signal_fraction
 from rlkit.trainers.metrics import step_metrics
 from rlkit.trainers.run import Run, save, setup, sync_weights
 from rlkit.trainers.update import (
+    Minibatch,
     UpdateSettings,
     balance_ranks,
+    cut_micro_batch,
+    diverged,
+    empty_update_stats,
+    minibatch_loss_inputs,
+    minibatch_normaliser,
+    not_finite,
+    plan_minibatches,
     policy_logprobs,
     prepare_tokens,
-    update_policy,
+    record_micro_batch,
+    token_weights,
 )
 
 
@@ -94,7 +110,7 @@ def _end_process_group() -> None:
 
 def _train(run: Run) -> RunResult:
     cfg = run.cfg
-    acc, stages, a = run.acc, run.stages, cfg.algorithm
+    acc, stages, algo = run.acc, run.stages, cfg.algorithm
     cap = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     held_out = functools.partial(held_out_check, run.engine, run.eval_set.prompts, accuracy_reward(cfg, run.rewards),
                                  temperature=cfg.eval.temperature, seed=cfg.train.seed, max_new_tokens=cap,
@@ -103,7 +119,8 @@ def _train(run: Run) -> RunResult:
         progress.at("the held-out evaluation before training")
         run.before = held_out()
         run.logger.log(run.start_step, {f"eval/{k}": v for k, v in run.before.items()})
-    update_settings = UpdateSettings(loss=stages.loss, algorithm=a, mbs=run.mbs, pad_id=run.tokenizer.pad_token_id,
+    update_settings = UpdateSettings(loss=stages.loss, algorithm=algo, batching=run.mbs,
+                                     pad_id=run.tokenizer.pad_token_id,
                                      temperature=cfg.rollout.temperature, max_new_tokens=cfg.rollout.max_new_tokens,
                                      max_grad_norm=cfg.optim.max_grad_norm, forward_masks=stages.forward_masks,
                                      skip_nonfinite=cfg.optim.skip_nonfinite)
@@ -138,17 +155,18 @@ def _train(run: Run) -> RunResult:
         with timed(run.timers, "old_logprobs"):
             score = functools.partial(policy_logprobs, samples=trained.samples, pad_id=run.tokenizer.pad_token_id,
                                       acc=acc, width=trained.mask.shape[1], temperature=cfg.rollout.temperature,
-                                      mbs=run.mbs)
+                                      batching=run.mbs)
             if run.rollout.old_from_engine:
                 trained.old_logprobs = trained.behaviour
-            elif a.mu * a.minibatches > 1:
+            elif algo.mu * algo.minibatches > 1:
                 trained.old_logprobs = score(run.prepared)
             # else one optimizer step per batch: old_logprobs stays None and the update takes the current policy
             # as the old one (its forward's logprobs, detached), which it is
-            if a.kl_coef > 0:
+            if algo.kl_coef > 0:
                 trained.ref_logprobs = score(run.ref_model or run.prepared, disable_adapter=run.ref_model is None)
 
-        # 6. policy updates: mu passes x minibatches, exact aggregation across micro-batches and ranks
+        # 6. policy updates (update_policy, below): mu passes x minibatches, exact aggregation across
+        #    micro-batches and ranks
         progress.at("policy update")
         with timed(run.timers, "train"):
             stats = update_policy(run.prepared, run.optimizer, run.scheduler, acc, trained, update_settings,
@@ -160,7 +178,7 @@ def _train(run: Run) -> RunResult:
         run.timers["weight_sync"] = sync_weights(run)
 
         # 8. metrics, sample completions, periodic eval and checkpoint
-        metrics = step_metrics(batch, stats, trained_mask=trained.mask, mu=a.mu, lr=run.scheduler.get_last_lr()[0],
+        metrics = step_metrics(batch, stats, trained_mask=trained.mask, mu=algo.mu, lr=run.scheduler.get_last_lr()[0],
                                timers=run.timers, version=run.engine.version, acc=acc)
         metrics.update(monitor_metrics)
         real = batch.counted  # a filter's padded copies are not groups of their own (zero weight, DOT)
@@ -218,6 +236,72 @@ def _train(run: Run) -> RunResult:
     if acc.num_processes > 1:
         acc.wait_for_everyone()  # every process is done before any tears its groups down (train's finally)
     return RunResult(run.run_dir, cfg.train.steps, run.before, after, metrics)
+
+
+def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, settings: UpdateSettings, *,
+                  seed: int = 0, step: int = 0) -> UpdateStats:
+    """mu passes x minibatches; micro-batches accumulate into one optimizer step per minibatch.
+
+    The aggregation normaliser is summed over all ranks and the weights are multiplied by the world
+    size because DDP averages gradients: the result equals one process training on the whole batch.
+    ``forward_masks`` ((name, mask) of kind "forward") scale the token weights after each forward pass.
+    Returns token sums of the loss statistics, entropy, the vLLM-vs-trainer mismatch and grad norms.
+
+    A loss (any micro-batch, any rank) or gradient norm that is not finite never reaches the weights: the run
+    stops with TrainingDiverged naming ``step``, or with ``skip_nonfinite`` that optimizer step is skipped and
+    counted (``stats.skipped``). The finiteness check is all-reduced, so every rank decides the same.
+    Every rank runs the same forwards and collectives in the same order: an idle rank runs zero-weight ones.
+    """
+    algo, layout = settings.algorithm, layout_of(settings.batching, acc)
+    stats = empty_update_stats(settings)
+    minibatches = plan_minibatches(batch, settings, acc, stats, seed)  # the micro-batch plans serve every pass
+    prepared.train()
+    for epoch in range(algo.mu):
+        for minibatch_index, planned in enumerate(minibatches):
+            # the aggregation weights from the normaliser summed over ranks, then the loss's minibatch-wide inputs
+            # (before the first backward: the policy is the minibatch's start)
+            aggregation, group_scale = minibatch_normaliser(acc, batch, planned.rows, settings)
+            minibatch = Minibatch(planned.rows, aggregation, group_scale,
+                                  minibatch_loss_inputs(prepared, acc, batch, planned, settings))
+            nonfinite = None  # the first loss of the minibatch that was not finite on some rank
+            for micro_index, micro in enumerate(planned.micro_batches):
+                # one optimizer step per minibatch: its last micro-batch is the accumulation boundary
+                last = micro_index == len(planned.micro_batches) - 1
+                index, inputs = micro_inputs(batch.samples, micro, settings.pad_id, settings.batching, acc)
+                sync = contextlib.nullcontext() if last else acc.no_sync(prepared)
+                with sync, acc.autocast():
+                    logprobs, entropy = prepared(inputs, temperature=settings.temperature, with_entropy=True)
+                    rows = cut_micro_batch(batch, micro, index, inputs, minibatch, layout, acc)
+                    # nothing scored (one optimizer step per batch: mu x minibatches = 1): the old policy is the
+                    # current one, so the ratio is 1 in value and its gradient the policy gradient
+                    old = rows.old_logprobs if rows.old_logprobs is not None else logprobs.detach()
+                    weights = token_weights(batch, rows, old, entropy, settings, stats)  # TIS, forward masks
+                    out = settings.loss.fn(LossInputs(
+                        logprobs=logprobs, old_logprobs=old, advantages=rows.advantages, mask=rows.mask,
+                        token_weights=weights, ref_logprobs=rows.ref_logprobs, group_ids=rows.group_ids,
+                        correct=rows.correct, group_scale=minibatch.group_scale, entropy=entropy,
+                        behaviour_logprobs=rows.behaviour, extra=rows.extra))
+                    bad = not_finite(acc, out.loss)
+                    # a non-finite loss goes backward too, so every engine reaches the boundary; the optimizer
+                    # step is then skipped or the run stops
+                    backends.backward(acc, prepared, out.loss, last=last)
+                record_micro_batch(stats, rows, logprobs, entropy, out.stats, first_pass=epoch == 0,
+                                   first_minibatch=minibatch_index == 0)
+                if nonfinite is None and bad is not None:
+                    nonfinite = bad
+                    if not settings.skip_nonfinite:
+                        raise diverged(step, f"the loss is {bad}", minibatch_index, micro_index)
+            norm, applied = backends.optimizer_step(acc, prepared, optimizer, settings.max_grad_norm,
+                                                    skip=nonfinite is not None)
+            if not applied:
+                if not settings.skip_nonfinite:
+                    raise diverged(step, f"the gradient norm is {norm}", minibatch_index, None)
+                stats.skipped += 1
+            else:
+                stats.grad_norms.append(norm)
+            if scheduler is not None:
+                scheduler.step()
+    return sum_over_sp_group(stats, layout)
 
 
 def _held_out_forcing(run: Run, cap: int):

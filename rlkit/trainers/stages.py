@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rlkit import registry
-from rlkit.registry import ConfigError
 from rlkit.config import (
     COMPONENT_FIELDS,
     Config,
@@ -30,6 +29,7 @@ from rlkit.config import (
     components,
     loss_options,
 )
+from rlkit.registry import ConfigError
 from rlkit.rewards.combine import built_reward
 from rlkit.trainers.update import LossSpec
 

@@ -1,7 +1,11 @@
-"""The policy-update phase of a step: scoring, loss, backward and optimizer steps over one rollout batch.
+"""What the policy update of a step is built from; the update loop itself (passes x minibatches x micro-batches,
+the loss call, backward and optimizer steps) is ``update_policy`` in rlkit.trainers.grpo, which reads top to bottom.
 
-Kept apart from the loop so that it can be tested on its own (the distributed test compares the
-parameters after ``update_policy`` on 2 processes with those after 1 process on the whole batch).
+Here: the per-token tensors of a batch (``prepare_tokens``), the balance of work across ranks (``balance_ranks``),
+scoring without gradient (``policy_logprobs``), the minibatches and their micro-batch plans (``plan_minibatches``),
+the minibatch normaliser and the loss's minibatch-wide inputs, one micro-batch's rows of the batch
+(``cut_micro_batch``), its token weights (truncated importance sampling, forward token masks), the bookkeeping
+of its statistics and the divergence checks. The loop's settings, fixed for a run, are ``UpdateSettings``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from typing import Any
 import torch
 
 from rlkit.algorithms.losses import (
-    LossInputs,
     MinibatchInputs,
     aggregation_denominator,
     aggregation_weights,
@@ -31,10 +34,8 @@ from rlkit.parallel.micro import (
     micro_inputs,
     owns_results,
     plan_rank,
-    sum_over_sp_group,
 )
 from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, group_index, to_completion_space
-from rlkit.trainers import backends
 
 
 def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
@@ -74,6 +75,15 @@ def _units(samples: list[Sample], whole_groups: bool, real: torch.Tensor | None 
     return [[i for i in u if keep[i]] for u in units if any(keep[i] for i in u)]
 
 
+def split_minibatches(batch: StepBatch, whole_groups: bool, count: int, seed: int) -> list[list[list[int]]]:
+    """The units of each of ``count`` minibatches: the batch's units (single samples, or whole groups for a
+    sequence-level loss, DRPO; a filter's padded copies are in none: zero weight, counted in no normaliser, so the
+    update is that of the real groups alone) shuffled with ``seed`` and dealt out in turn."""
+    units = _units(batch.samples, whole_groups, batch.real)
+    random.Random(seed).shuffle(units)
+    return [units[i::count] for i in range(count)]
+
+
 def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
                   layout: Layout | None = None) -> StepBatch:
     """Redistribute the step's samples across data-parallel ranks so that each rank's summed cost
@@ -111,34 +121,44 @@ def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
                      correct=correct, metrics=batch.metrics)
 
 
+@dataclass
+class Scoring:
+    """How no-grad scoring forwards run: the pad id, the temperature, the micro-batching, the width of the logprobs
+    (the batch's completion width) and whether the PEFT adapters are switched off (the base model as reference)."""
+
+    pad_id: int
+    temperature: float
+    batching: MicroBatching
+    width: int
+    disable_adapter: bool = False
+
+
 @torch.no_grad()
-def _score_plan(policy, samples: list[Sample], plan: list[Micro], pad_id: int, acc, *, temperature: float,
-                mbs: MicroBatching, width: int, disable_adapter: bool = False) -> torch.Tensor:
+def _score_plan(policy, samples: list[Sample], plan: list[Micro], acc, scoring: Scoring) -> torch.Tensor:
     """Logprobs [len(samples), width] (no grad) of the samples in ``plan``'s micro-batches; an empty micro-batch
     runs and is discarded, so every rank runs the same forwards. Rows outside the plan stay 0. Under
     sequence parallelism every rank of the SP group ends with the logprobs of all the group's micro-batches."""
-    out = torch.zeros((len(samples), width), dtype=torch.float32)
-    lay = layout_of(mbs, acc)
+    out = torch.zeros((len(samples), scoring.width), dtype=torch.float32)
+    layout = layout_of(scoring.batching, acc)
     peft_model = acc.unwrap_model(policy).model
     for micro in plan:
-        idx, inputs = micro_inputs(samples, micro, pad_id, mbs, acc)
-        adapter_off = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
+        idx, inputs = micro_inputs(samples, micro, scoring.pad_id, scoring.batching, acc)
+        adapter_off = peft_model.disable_adapter() if scoring.disable_adapter else contextlib.nullcontext()
         with adapter_off, acc.autocast():
-            lp, _ = policy(inputs, temperature=temperature)
-        if owns_results(micro, lay):
+            lp, _ = policy(inputs, temperature=scoring.temperature)
+        if owns_results(micro, layout):
             out[idx, :lp.shape[1]] = lp.float().cpu()
-    if lay.sp > 1:  # each row was written by one rank of the group
-        out = dist.all_reduce(acc, out, "sum", lay.sp_group)
+    if layout.sp > 1:  # each row was written by one rank of the group
+        out = dist.all_reduce(acc, out, "sum", layout.sp_group)
     return out
 
 
-def policy_logprobs(policy, samples: list[Sample], pad_id: int, acc, *, temperature: float, mbs: MicroBatching,
-              width: int, disable_adapter: bool = False) -> torch.Tensor:
+def policy_logprobs(policy, samples: list[Sample], pad_id: int, acc, *, temperature: float,
+                    batching: MicroBatching, width: int, disable_adapter: bool = False) -> torch.Tensor:
     """Logprobs [N, width] of every sample's completion under `policy` (no grad). With
     ``disable_adapter`` the PEFT adapters are switched off: the base model is the reference."""
-    plan = plan_rank([[i] for i in range(len(samples))], samples, mbs, acc)
-    return _score_plan(policy, samples, plan, pad_id, acc, temperature=temperature, mbs=mbs, width=width,
-                       disable_adapter=disable_adapter)
+    plan = plan_rank([[i] for i in range(len(samples))], samples, batching, acc)
+    return _score_plan(policy, samples, plan, acc, Scoring(pad_id, temperature, batching, width, disable_adapter))
 
 
 @dataclass
@@ -150,33 +170,6 @@ class LossSpec:
     prepare: Any = None  # MinibatchInputs -> {name: [M, C]}, options bound (see rlkit.algorithms.losses)
 
 
-def _prepare_minibatch(prepared, acc, batch: StepBatch, rows: list[int], plan: list[Micro],
-                       settings: UpdateSettings) -> dict:
-    """The loss's minibatch-wide inputs, [len(rows), C] each, from the current policy's logprobs (one no-grad
-    forward over the minibatch's micro-batches, empty ones included so every rank runs the same forwards).
-    Its sums and gathers run over one copy of each data-parallel share (the DP group under SP)."""
-    loss, mbs, pad_id, temperature = settings.loss, settings.mbs, settings.pad_id, settings.temperature
-    current = _score_plan(prepared, batch.samples, plan, pad_id, acc, temperature=temperature, mbs=mbs,
-                          width=batch.mask.shape[1])
-    lay = layout_of(mbs, acc)
-    return loss.prepare(MinibatchInputs(
-        logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
-        all_reduce_sum=lambda t: dist.all_reduce(acc, t, "sum", lay.dp_group),
-        all_gather=lambda t: dist.gather_var(acc, t, group=lay.dp_group), rank=lay.dp_rank))
-
-
-@dataclass
-class _Minibatch:
-    """What every micro-batch of one minibatch shares: its rows, the aggregation weights of those rows, the loss's
-    minibatch-wide inputs and the group count for group-level losses."""
-
-    rows: list[int]
-    position: dict[int, int]
-    weights: torch.Tensor
-    extra: dict
-    group_scale: float
-
-
 @dataclass
 class UpdateSettings:
     """How the policy update runs, fixed for a run (built once at set-up): the injected loss, the algorithm's
@@ -185,7 +178,7 @@ class UpdateSettings:
 
     loss: LossSpec
     algorithm: Any  # rlkit.config.AlgorithmConfig
-    mbs: MicroBatching
+    batching: MicroBatching
     pad_id: int = 0
     temperature: float = 1.0
     max_new_tokens: int = 0
@@ -194,151 +187,190 @@ class UpdateSettings:
     skip_nonfinite: bool = False
 
 
-@dataclass
-class _Pass:
-    """Where a micro-batch sits: the last of its minibatch (the accumulation boundary), in the first pass over the
-    batch (entropy is counted once), in the first minibatch (the mismatch is measured before any update)."""
-
-    last: bool
-    first_pass: bool
-    first_minibatch: bool
-
-
-def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, settings: UpdateSettings, *,
-                  seed: int = 0, step: int = 0) -> UpdateStats:
-    """mu passes x minibatches; micro-batches accumulate into one optimizer step per minibatch.
-
-    The aggregation normaliser is summed over all ranks and the weights are multiplied by the world
-    size because DDP averages gradients: the result equals one process training on the whole batch.
-    ``forward_masks`` ((name, mask) of kind "forward") scale the token weights after each forward pass.
-    Returns token sums of the loss statistics, entropy, the vLLM-vs-trainer mismatch and grad norms.
-
-    A loss (any micro-batch, any rank) or gradient norm that is not finite never reaches the weights: the run
-    stops with TrainingDiverged naming ``step``, or with ``skip_nonfinite`` that optimizer step is skipped and
-    counted (``stats.skipped``). The finiteness check is all-reduced, so every rank decides the same.
-    """
-    a, loss, mbs, world = settings.algorithm, settings.loss, settings.mbs, acc.num_processes
-    lay = layout_of(mbs, acc)
-    # units that stay together: single samples, or whole groups for sequence-level losses (DRPO); a filter's
-    # padded copies are in none (zero weight, counted in no normaliser: the update of the real groups alone)
-    units = _units(batch.samples, loss.whole_groups, batch.real)
-    random.Random(seed).shuffle(units)
-    minibatch_units = [units[i::a.minibatches] for i in range(a.minibatches)]
+def empty_update_stats(settings: UpdateSettings) -> UpdateStats:
+    """The update's statistics before any micro-batch: a count per forward token mask, and the truncated importance
+    weights' sum when they are on."""
     stats = UpdateStats(masked={name: 0.0 for name, _ in settings.forward_masks})
-    if a.tis_cap > 0:
+    if settings.algorithm.tis_cap > 0:
         stats.sums["tis_weight"] = 0.0
-    # micro-batch plans depend only on the minibatch's units: plan once, reuse in every pass
-    mbs.take_log()
-    plans = [plan_rank(mini_units, batch.samples, mbs, acc) for mini_units in minibatch_units]
-    predicted, bound = mbs.take_log()
-    if mbs.calibrated:  # the plans' time model is in seconds: the metrics compare it with the measured time
-        stats.predicted_s, stats.bound_s = predicted * a.mu, bound * a.mu
-    prepared.train()
-    for epoch in range(a.mu):
-        for mini_index, mini_units in enumerate(minibatch_units):
-            rows = [i for unit in mini_units for i in unit]
-            # sums over ranks count each share once: the sp ranks of an SP group hold the same rows
-            denom = aggregation_denominator(batch.mask[rows], a.aggregation, settings.max_new_tokens)
-            denom = float(dist.all_reduce(acc, torch.tensor(denom), "sum")) / lay.sp
-            n_groups = float(dist.all_reduce(acc, torch.tensor(float(len(set(batch.group_ids[rows].tolist())))),
-                                         "sum")) / lay.sp
-            extra = {}
-            if loss.prepare is not None:  # before the first backward: the policy is the minibatch's start
-                extra = _prepare_minibatch(prepared, acc, batch, rows, plans[mini_index], settings)
-            mini = _Minibatch(rows, {i: j for j, i in enumerate(rows)},
-                              aggregation_weights(batch.mask[rows], a.aggregation, denom) * world, extra,
-                              world / max(n_groups, 1.0))
-            nonfinite = None  # the first micro-batch whose loss was not finite on some rank
-            for k, micro in enumerate(plans[mini_index]):
-                where = _Pass(last=k == len(plans[mini_index]) - 1, first_pass=epoch == 0,
-                              first_minibatch=mini_index == 0)
-                bad = _micro_step(prepared, acc, batch, micro, mini, stats, settings, where)
-                if nonfinite is None and bad is not None:
-                    nonfinite = (k, bad)
-                    if not settings.skip_nonfinite:
-                        _diverged(step, f"the loss is {bad}", mini_index, k)
-            norm, applied = backends.optimizer_step(acc, prepared, optimizer, settings.max_grad_norm,
-                                                    skip=nonfinite is not None)
-            if not applied:
-                if not settings.skip_nonfinite:
-                    _diverged(step, f"the gradient norm is {norm}", mini_index, None)
-                stats.skipped += 1
-            else:
-                stats.grad_norms.append(norm)
-            if scheduler is not None:
-                scheduler.step()
-    return sum_over_sp_group(stats, lay)
+    return stats
 
 
-def _micro_step(prepared, acc, batch: StepBatch, micro: Micro, mini: _Minibatch, stats: UpdateStats,
-                settings: UpdateSettings, where: _Pass) -> float | None:
-    """One forward/backward of a micro-batch, its statistics added to ``stats`` (by the rank that owns it). An empty
-    micro-batch (this rank has fewer units than another, or none in this minibatch) runs one of the rank's samples
-    with zero weights, so every rank runs the same forwards. Returns the loss when it is not finite on some rank
-    (checked on every rank, so all agree), else None."""
-    a, mbs, pad_id, temperature = settings.algorithm, settings.mbs, settings.pad_id, settings.temperature
-    loss, forward_masks, lay = settings.loss, settings.forward_masks, layout_of(mbs, acc)
-    last, first_pass, first_minibatch = where.last, where.first_pass, where.first_minibatch
-    idx, inputs = micro_inputs(batch.samples, micro, pad_id, mbs, acc)
-    counted = owns_results(micro, lay)
-    mrows = [mini.position.get(i, 0) for i in idx]
-    width = inputs.completion_mask.shape[1]
+@dataclass
+class MinibatchPlan:
+    """One minibatch of the update: its rows of the batch (whole units) and this rank's micro-batches over them."""
+
+    rows: list[int]
+    micro_batches: list[Micro]
+
+
+def plan_minibatches(batch: StepBatch, settings: UpdateSettings, acc, stats: UpdateStats,
+                     seed: int) -> list[MinibatchPlan]:
+    """The update's minibatches (``split_minibatches``) and their micro-batch plans. A plan depends only on the
+    minibatch's units: planned once, it is reused in every pass. With a calibrated time model (seconds) the plans'
+    predicted time and its bound over every pass go to ``stats``, for the metrics to compare with the measured."""
+    algo, batching = settings.algorithm, settings.batching
+    minibatch_units = split_minibatches(batch, settings.loss.whole_groups, algo.minibatches, seed)
+    batching.take_log()
+    micro_plans = [plan_rank(units, batch.samples, batching, acc) for units in minibatch_units]
+    predicted, bound = batching.take_log()
+    if batching.calibrated:
+        stats.predicted_s, stats.bound_s = predicted * algo.mu, bound * algo.mu
+    return [MinibatchPlan([i for unit in units for i in unit], plan)
+            for units, plan in zip(minibatch_units, micro_plans)]
+
+
+@dataclass
+class Minibatch:
+    """What every micro-batch of one minibatch shares: its rows, the aggregation weights of those rows, the group
+    scale of group-level losses and the loss's minibatch-wide inputs."""
+
+    rows: list[int]
+    weights: torch.Tensor  # [len(rows), C]
+    group_scale: float
+    extra: dict
+    position: dict[int, int] = field(init=False)  # a batch row -> its row in ``weights`` and ``extra``
+
+    def __post_init__(self) -> None:
+        self.position = {i: j for j, i in enumerate(self.rows)}
+
+
+def minibatch_normaliser(acc, batch: StepBatch, rows: list[int], settings: UpdateSettings) -> tuple[torch.Tensor, float]:
+    """The aggregation weights [len(rows), C] of a minibatch's rows and the group scale of group-level losses.
+
+    The aggregation normaliser and the group count are summed over every rank (two all-reduces, in that order;
+    each data-parallel share counted once: the SP ranks of a group hold the same rows), and the weights and the
+    scale are multiplied by the world size because DDP averages gradients: the result equals one process training
+    on the whole batch."""
+    algo, layout, world = settings.algorithm, layout_of(settings.batching, acc), acc.num_processes
+    denominator = aggregation_denominator(batch.mask[rows], algo.aggregation, settings.max_new_tokens)
+    denominator = float(dist.all_reduce(acc, torch.tensor(denominator), "sum")) / layout.sp
+    groups = float(dist.all_reduce(acc, torch.tensor(float(len(set(batch.group_ids[rows].tolist())))),
+                                   "sum")) / layout.sp
+    weights = aggregation_weights(batch.mask[rows], algo.aggregation, denominator) * world
+    return weights, world / max(groups, 1.0)
+
+
+def minibatch_loss_inputs(prepared, acc, batch: StepBatch, minibatch: MinibatchPlan,
+                          settings: UpdateSettings) -> dict:
+    """The loss's minibatch-wide inputs (its ``prepare``; {} for a loss that declares none), [len(rows), C] each,
+    from the current policy's logprobs: one no-grad forward over the minibatch's micro-batches, empty ones
+    included so every rank runs the same forwards. Its sums and gathers run over one copy of each data-parallel
+    share (the DP group under SP). Call before the minibatch's first backward: the policy is its start."""
+    loss = settings.loss
+    if loss.prepare is None:
+        return {}
+    rows = minibatch.rows
+    scoring = Scoring(settings.pad_id, settings.temperature, settings.batching, width=batch.mask.shape[1])
+    current = _score_plan(prepared, batch.samples, minibatch.micro_batches, acc, scoring)
+    layout = layout_of(settings.batching, acc)
+    return loss.prepare(MinibatchInputs(
+        logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
+        all_reduce_sum=lambda t: dist.all_reduce(acc, t, "sum", layout.dp_group),
+        all_gather=lambda t: dist.gather_var(acc, t, group=layout.dp_group), rank=layout.dp_rank))
+
+
+@dataclass
+class MicroRows:
+    """One micro-batch's rows of the step batch, cut to its completion width and on the device (``cut_micro_batch``).
+    An empty micro-batch (this rank has fewer units than another, or none in this minibatch) runs one of the rank's
+    samples: its mask, weights and loss inputs are zero, so every rank runs the same forwards."""
+
+    index: list[int]  # the rows of the batch it runs
+    live: bool  # False: the zero-weight forward of an empty micro-batch
+    sharded: bool  # run by a block of ranks of the SP group
+    counted: bool  # this rank adds its statistics (rlkit.parallel.micro.owns_results)
+    tokens: torch.Tensor  # [B, W] its inputs' completion tokens (the entropy's and the mismatch's tokens)
+    mask: torch.Tensor  # [B, W] the loss mask
+    weights: torch.Tensor  # [B, W] the minibatch's aggregation weights of these rows
+    advantages: torch.Tensor  # [B]
+    group_ids: torch.Tensor  # [B]
+    correct: torch.Tensor | None  # [B]
+    old_logprobs: torch.Tensor | None  # [B, W]; None: the batch holds none (the old policy is the current one)
+    ref_logprobs: torch.Tensor | None  # [B, W]
+    behaviour: torch.Tensor | None  # [B, W] the engine's logprobs
+    extra: dict  # the loss's minibatch-wide inputs of these rows, [B, W] each
+
+
+def cut_micro_batch(batch: StepBatch, micro: Micro, index: list[int], inputs, minibatch: Minibatch, layout: Layout,
+                    acc) -> MicroRows:
+    """The rows ``index`` of ``micro`` (as ``micro_inputs`` gave them, with its model ``inputs``): the batch's
+    tensors cut to the inputs' completion width and moved to the device, the minibatch's weights and
+    loss inputs at those rows."""
+    device, width = acc.device, inputs.completion_mask.shape[1]
     live = 1.0 if micro.idx else 0.0  # 0: a zero-weight forward of an idle rank
-    sync = contextlib.nullcontext() if last else acc.no_sync(prepared)
-    with sync, acc.autocast():
-        lp, ent = prepared(inputs, temperature=temperature, with_entropy=True)
-        if batch.old_logprobs is not None:
-            old = batch.old_logprobs[idx, :width].to(acc.device)
-        else:  # one optimizer step per batch (mu x minibatches = 1, the loop scores nothing): the old policy is the
-            old = lp.detach()  # current one, so the ratio is 1 in value and its gradient the policy gradient
-        ref = batch.ref_logprobs[idx, :width].to(acc.device) if batch.ref_logprobs is not None else None
-        mask = batch.mask[idx, :width].to(acc.device) * live
-        correct = batch.correct[idx].to(acc.device) if batch.correct is not None else None
-        token_weights = mini.weights[mrows, :width].to(acc.device) * live if mini.rows else torch.zeros_like(mask)
-        if a.tis_cap > 0:  # off-policy rollouts: weight each token by min(pi_old / pi_behaviour, C)
-            tis = truncated_importance(old, batch.behaviour[idx, :width].to(acc.device), a.tis_cap)
-            token_weights = token_weights * tis
-            if counted:
-                stats.sums["tis_weight"] += float((tis * mask).sum())
-        for name, fm in forward_masks:  # normaliser unchanged: only the weights move
-            keep = fm.keep(MaskInputs(mask=mask, truncated=batch.truncated[idx].to(acc.device), correct=correct,
-                                      old_logprobs=old.detach(), entropy=ent))
-            if counted:
-                stats.masked[name] += float((mask * (1 - keep)).sum())
-            token_weights = token_weights * keep
-        out = loss.fn(LossInputs(
-            logprobs=lp, old_logprobs=old, advantages=batch.advantages[idx].to(acc.device), mask=mask,
-            token_weights=token_weights, ref_logprobs=ref, group_ids=batch.group_ids[idx].to(acc.device),
-            correct=correct, group_scale=mini.group_scale, entropy=ent,
-            behaviour_logprobs=batch.behaviour[idx, :width].to(acc.device) if batch.behaviour is not None else None,
-            extra={key: v[mrows, :width].to(acc.device) if mini.rows else torch.zeros_like(mask, dtype=v.dtype)
-                   for key, v in mini.extra.items()}))
-        bad = _any_rank(acc, not bool(torch.isfinite(out.loss.detach()).all()))
-        # one optimizer step per minibatch: the last micro-batch is the accumulation boundary (a non-finite loss
-        # goes backward too, so every engine reaches it; the optimizer step is then skipped or the run stops)
-        backends.backward(acc, prepared, out.loss, last=last)
-    stats.micro_batches += int(bool(micro.idx))  # real forwards only, not zero-weight padding
-    stats.sharded += int(micro.sharded and bool(micro.idx))
-    if first_pass and counted:  # first pass: entropy of every sample; mismatch before any update
-        real = inputs.completion_mask
-        stats.entropy += float((ent * real).sum())
+    in_minibatch = [minibatch.position.get(i, 0) for i in index]
+    mask = batch.mask[index, :width].to(device) * live
+    weights = minibatch.weights[in_minibatch, :width].to(device) * live if minibatch.rows else torch.zeros_like(mask)
+    return MicroRows(
+        index=index, live=bool(micro.idx), sharded=micro.sharded, counted=owns_results(micro, layout),
+        tokens=inputs.completion_mask, mask=mask, weights=weights, advantages=batch.advantages[index].to(device),
+        group_ids=batch.group_ids[index].to(device),
+        correct=batch.correct[index].to(device) if batch.correct is not None else None,
+        old_logprobs=batch.old_logprobs[index, :width].to(device) if batch.old_logprobs is not None else None,
+        ref_logprobs=batch.ref_logprobs[index, :width].to(device) if batch.ref_logprobs is not None else None,
+        behaviour=batch.behaviour[index, :width].to(device) if batch.behaviour is not None else None,
+        extra={key: v[in_minibatch, :width].to(device) if minibatch.rows else torch.zeros_like(mask, dtype=v.dtype)
+               for key, v in minibatch.extra.items()})
+
+
+def token_weights(batch: StepBatch, rows: MicroRows, old_logprobs: torch.Tensor, entropy: torch.Tensor,
+                  settings: UpdateSettings, stats: UpdateStats) -> torch.Tensor:
+    """The loss's token weights [B, W] for one micro-batch: the minibatch's aggregation weights, times the truncated
+    importance weights (algorithm.tis_cap > 0: off-policy rollouts, each token weighted by min(pi_old /
+    pi_behaviour, C)), times each forward token mask, which sees this forward's entropy (the normaliser is
+    unchanged: only the weights move). The rank that counts the micro-batch adds the importance weights' sum and
+    the tokens each mask removes to ``stats``."""
+    weights, mask, tis_cap = rows.weights, rows.mask, settings.algorithm.tis_cap
+    if tis_cap > 0:
+        tis = truncated_importance(old_logprobs, rows.behaviour, tis_cap)
+        weights = weights * tis
+        if rows.counted:
+            stats.sums["tis_weight"] += float((tis * mask).sum())
+    for name, forward_mask in settings.forward_masks:
+        keep = forward_mask.keep(MaskInputs(mask=mask, truncated=batch.truncated[rows.index].to(mask.device),
+                                            correct=rows.correct, old_logprobs=old_logprobs.detach(), entropy=entropy))
+        if rows.counted:
+            stats.masked[name] += float((mask * (1 - keep)).sum())
+        weights = weights * keep
+    return weights
+
+
+def record_micro_batch(stats: UpdateStats, rows: MicroRows, logprobs: torch.Tensor, entropy: torch.Tensor,
+                       loss_stats: dict, *, first_pass: bool, first_minibatch: bool) -> None:
+    """Add one micro-batch's statistics to ``stats``: the forwards run (real ones only, not zero-weight padding) and
+    those sharded; for the rank that counts it, the loss's statistics, and in the first pass over the batch the
+    entropy of every sample, and in the first minibatch the trainer-vs-engine logprob mismatch (before any
+    update)."""
+    stats.micro_batches += int(rows.live)
+    stats.sharded += int(rows.sharded and rows.live)
+    if first_pass and rows.counted:
+        real = rows.tokens
+        stats.entropy += float((entropy * real).sum())
         stats.tokens += float(real.sum())
         if first_minibatch:
-            diff = (lp.detach().float() - batch.behaviour[idx, :width].to(acc.device)).abs()
+            diff = (logprobs.detach().float() - rows.behaviour).abs()
             stats.mismatch += float((diff * real).sum())
             stats.mismatch_tokens += float(real.sum())
-    for key, v in out.stats.items() if counted else ():
+    for key, v in loss_stats.items() if rows.counted else ():
         stats.sums[key] = stats.sums.get(key, 0.0) + float(v)
-    return float(out.loss.detach().float().sum()) if bad else None
 
 
-def _any_rank(acc, flag: bool) -> bool:
-    """Whether ``flag`` holds on any rank (every rank gets the same answer)."""
+def any_rank(acc, flag: bool) -> bool:
+    """Whether ``flag`` holds on any rank (one all-reduce: every rank gets the same answer)."""
     return bool(dist.all_reduce(acc, torch.tensor(float(flag)), "max") > 0)
 
 
-def _diverged(step: int, what: str, minibatch: int, micro: int | None) -> None:
+def not_finite(acc, loss: torch.Tensor) -> float | None:
+    """The loss's value when it is not finite on some rank (checked on every rank, so all agree), else None."""
+    bad = any_rank(acc, not bool(torch.isfinite(loss.detach()).all()))
+    return float(loss.detach().float().sum()) if bad else None
+
+
+def diverged(step: int, what: str, minibatch: int, micro: int | None) -> TrainingDiverged:
+    """The error that stops a run whose loss or gradient norm is not finite (``step`` 1-based, ``minibatch`` and
+    ``micro`` 0-based); nothing has been applied to the weights."""
     where = f"minibatch {minibatch + 1}" + (f", micro-batch {micro + 1}" if micro is not None else "")
-    raise TrainingDiverged(f"step {step}: {what} ({where}); the run stopped before applying it, so the weights and "
-                           "the last checkpoint are from before this step. Lower optim.lr or check the rewards and "
-                           "advantages, or set optim.skip_nonfinite: true to skip such steps")
+    return TrainingDiverged(f"step {step}: {what} ({where}); the run stopped before applying it, so the weights and "
+                            "the last checkpoint are from before this step. Lower optim.lr or check the rewards and "
+                            "advantages, or set optim.skip_nonfinite: true to skip such steps")

@@ -11,7 +11,6 @@ The degrees of the plan of each family's update are saved with its results.
 
 import copy
 import os
-import random
 import sys
 
 import torch
@@ -27,14 +26,14 @@ from rlkit.parallel.micro import MicroBatching, plan_rank
 from rlkit.parallel.plan import CostModel
 from rlkit.records import Sample, StepBatch
 from rlkit.trainers.batch import LogprobPolicy
+from rlkit.trainers.grpo import update_policy
 from rlkit.trainers.update import (
     LossSpec,
     UpdateSettings,
-    _units,
     balance_ranks,
     policy_logprobs,
     prepare_tokens,
-    update_policy,
+    split_minibatches,
 )
 
 # prompt, completion lengths: a sample of 2 tokens (shorter than the SP degree's shard of anything), long
@@ -73,7 +72,7 @@ def main(model_dir: str, out: str, sp: int, mode: str, budget: int) -> None:
     acc = Accelerator(cpu=True)
     layout = make_layout(acc, sp, mode)
     cost = CostModel(1.0, 0.01, comm=((2, 0.5, 0.0), (4, 1.0, 0.0)))
-    mbs = MicroBatching(micro_batch_tokens=budget, cost_b=0.01, layout=layout, cost=cost)
+    batching = MicroBatching(micro_batch_tokens=budget, cost_b=0.01, layout=layout, cost=cost)
     dmmpt = registry.build(registry.resolve("token_mask", "dmmpt"), dict(tau=0.002, sigma=100.0))
     base = load_policy(model_dir, torch.float32)
     results = {}
@@ -83,18 +82,17 @@ def main(model_dir: str, out: str, sp: int, mode: str, budget: int) -> None:
         policy = LogprobPolicy(copy.deepcopy(base), sp_groups=layout.groups)
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
         prepared, opt = acc.prepare(policy, opt)
-        score = dict(samples=batch.samples, pad_id=0, acc=acc, temperature=1.0, mbs=mbs, width=batch.mask.shape[1])
+        score = dict(samples=batch.samples, pad_id=0, acc=acc, temperature=1.0, batching=batching, width=batch.mask.shape[1])
         batch.old_logprobs = policy_logprobs(prepared, **score)
         if algo.get("kl_coef"):
             batch.ref_logprobs = policy_logprobs(LogprobPolicy(copy.deepcopy(base), sp_groups=layout.groups), **score)
-        units = _units(batch.samples, loss.whole_groups)
-        random.Random(0).shuffle(units)  # the update's minibatches (seed 0, 2 minibatches): the plans it runs
-        degrees = sorted({m.degree for half in (units[0::2], units[1::2])
-                          for m in plan_rank(half, batch.samples, mbs, acc) if m.idx})
+        # the update's minibatches (seed 0, 2 minibatches): the plans it runs
+        degrees = sorted({m.degree for half in split_minibatches(batch, loss.whole_groups, 2, 0)
+                          for m in plan_rank(half, batch.samples, batching, acc) if m.idx})
         degrees = sorted({d for ds in dist.gather_objects(acc, degrees) for d in ds})
         stats = update_policy(
             prepared, opt, None, acc, batch,
-            UpdateSettings(loss=loss, algorithm=AlgorithmConfig(minibatches=2, **algo), pad_id=0, temperature=1.0, mbs=mbs, max_new_tokens=48, max_grad_norm=0.0, forward_masks=[("dmmpt", dmmpt)] if masks else []),
+            UpdateSettings(loss=loss, algorithm=AlgorithmConfig(minibatches=2, **algo), pad_id=0, temperature=1.0, batching=batching, max_new_tokens=48, max_grad_norm=0.0, forward_masks=[("dmmpt", dmmpt)] if masks else []),
             seed=0)
         state = {k: v.detach().clone() for k, v in acc.unwrap_model(prepared).state_dict().items()}
         results[name] = {"params": state, "old": batch.old_logprobs, "entropy": stats.entropy / stats.tokens,

@@ -14,7 +14,8 @@ from rlkit.models import load_policy
 from rlkit.parallel.micro import MicroBatching
 from rlkit.records import Sample, StepBatch
 from rlkit.trainers.batch import LogprobPolicy
-from rlkit.trainers.update import LossSpec, UpdateSettings, balance_ranks, prepare_tokens, update_policy
+from rlkit.trainers.grpo import update_policy
+from rlkit.trainers.update import LossSpec, UpdateSettings, balance_ranks, prepare_tokens
 
 
 def main(model_dir: str, aggregations: str, out: str) -> None:
@@ -40,7 +41,7 @@ def update_once(acc, model_dir: str, aggregation: str, out: str) -> None:
     prepared, opt = acc.prepare(model, opt)
     update_policy(
         prepared, opt, None, acc, batch,
-        UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(aggregation=aggregation), pad_id=0, temperature=1.0, mbs=MicroBatching(micro_batch_tokens=24), max_new_tokens=16, max_grad_norm=0.0),
+        UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(aggregation=aggregation), pad_id=0, temperature=1.0, batching=MicroBatching(micro_batch_tokens=24), max_new_tokens=16, max_grad_norm=0.0),
         seed=0)
     if acc.is_main_process:
         torch.save({k: v.detach().clone() for k, v in acc.unwrap_model(prepared).state_dict().items()}, out)

@@ -93,7 +93,8 @@ def test_update_policy_packed_and_padded_give_the_same_parameters(tiny_model_dir
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
-    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
+    from rlkit.trainers.grpo import update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens
 
     acc = Accelerator(cpu=True)
     samples = _samples(500, [5, 90, 1, 33, 12, 60], seed=3)
@@ -104,7 +105,7 @@ def test_update_policy_packed_and_padded_give_the_same_parameters(tiny_model_dir
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
         update_policy(
             policy, opt, None, acc, batch,
-            UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, mbs=MicroBatching(packing=packed, micro_batch_tokens=budget, micro_batch_size=2), max_new_tokens=128, max_grad_norm=0.0),
+            UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), pad_id=0, temperature=1.0, batching=MicroBatching(packing=packed, micro_batch_tokens=budget, micro_batch_size=2), max_new_tokens=128, max_grad_norm=0.0),
             seed=0)
         results[budget] = dict(policy.named_parameters())
     worst = max((results[10_000][k] - results[40][k]).abs().max().item() for k in results[40])
@@ -123,7 +124,8 @@ def test_kl_cov_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir):
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
-    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
+    from rlkit.trainers.grpo import update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens
 
     acc = Accelerator(cpu=True)
     samples = _samples(500, [5, 90, 1, 33, 12, 60], seed=3)
@@ -138,7 +140,7 @@ def test_kl_cov_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir):
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
         stats = update_policy(
             policy, opt, None, acc, batch,
-            UpdateSettings(loss=loss, algorithm=AlgorithmConfig(mu=2), pad_id=0, temperature=1.0, mbs=MicroBatching(micro_batch_tokens=budget), max_new_tokens=128, max_grad_norm=0.0),
+            UpdateSettings(loss=loss, algorithm=AlgorithmConfig(mu=2), pad_id=0, temperature=1.0, batching=MicroBatching(micro_batch_tokens=budget), max_new_tokens=128, max_grad_norm=0.0),
             seed=0)
         assert stats.sums["kl_cov_frac"] == 2 * 10  # floor(0.05 x 201 tokens) per pass, 2 passes
         results[budget] = dict(policy.named_parameters())
@@ -155,18 +157,19 @@ def test_one_optimizer_step_per_batch_takes_the_current_policy_as_the_old_one(ti
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
-    from rlkit.trainers.update import LossSpec, UpdateSettings, policy_logprobs, prepare_tokens, update_policy
+    from rlkit.trainers.grpo import update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, policy_logprobs, prepare_tokens
 
     acc = Accelerator(cpu=True)
     samples = _samples(500, [5, 40, 12, 30], seed=5)
-    mbs = MicroBatching(micro_batch_tokens=10_000)
-    settings = UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), mbs=mbs, max_new_tokens=64)
+    batching = MicroBatching(micro_batch_tokens=10_000)
+    settings = UpdateSettings(loss=LossSpec(ppo_clip_loss), algorithm=AlgorithmConfig(), batching=batching, max_new_tokens=64)
     results = {}
     for old in ("none", "scored", "shifted"):
         policy = _policy(tiny_model_dir)
         batch = prepare_tokens(StepBatch([], samples, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5])))
         if old != "none":
-            scored = policy_logprobs(policy, samples, 0, acc, temperature=1.0, mbs=mbs, width=batch.mask.shape[1])
+            scored = policy_logprobs(policy, samples, 0, acc, temperature=1.0, batching=batching, width=batch.mask.shape[1])
             batch.old_logprobs = scored if old == "scored" else scored - 0.5 * batch.mask
         update_policy(policy, torch.optim.SGD(policy.parameters(), lr=1.0), None, acc, batch, settings, seed=0)
         results[old] = {k: v.detach().clone() for k, v in policy.named_parameters()}
@@ -182,7 +185,8 @@ def test_a_loss_sees_the_entropy_and_the_behaviour_logprobs_the_loop_has(tiny_mo
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
-    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
+    from rlkit.trainers.grpo import update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens
 
     seen = []
 
@@ -192,7 +196,7 @@ def test_a_loss_sees_the_entropy_and_the_behaviour_logprobs_the_loop_has(tiny_mo
 
     samples = _samples(500, [6, 9], seed=2)
     batch = prepare_tokens(StepBatch([], samples, advantages=torch.tensor([1.0, -1.0])))
-    settings = UpdateSettings(loss=LossSpec(probe), algorithm=AlgorithmConfig(), mbs=MicroBatching(), max_new_tokens=16)
+    settings = UpdateSettings(loss=LossSpec(probe), algorithm=AlgorithmConfig(), batching=MicroBatching(), max_new_tokens=16)
     policy = _policy(tiny_model_dir)
     update_policy(policy, torch.optim.SGD(policy.parameters(), lr=0.0), None, Accelerator(cpu=True), batch, settings)
     (entropy, behaviour, mask), = seen

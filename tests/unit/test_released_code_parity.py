@@ -109,7 +109,8 @@ def _update(batch: StepBatch, run, *, aggregation: str, minibatches: int, loss: 
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.trainers.collect import advantages, shape
-    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens, update_policy
+    from rlkit.trainers.grpo import update_policy
+    from rlkit.trainers.update import LossSpec, UpdateSettings, prepare_tokens
 
     shape(run, batch, 0)
     batch.advantages = advantages(run, batch)
@@ -124,7 +125,7 @@ def _update(batch: StepBatch, run, *, aggregation: str, minibatches: int, loss: 
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
     update_policy(
         policy, opt, None, run.acc, batch,
-        UpdateSettings(loss=spec, algorithm=AlgorithmConfig(aggregation=aggregation, minibatches=minibatches), pad_id=0, temperature=1.0, mbs=MicroBatching(micro_batch_tokens=20), max_new_tokens=8, max_grad_norm=0.0),
+        UpdateSettings(loss=spec, algorithm=AlgorithmConfig(aggregation=aggregation, minibatches=minibatches), pad_id=0, temperature=1.0, batching=MicroBatching(micro_batch_tokens=20), max_new_tokens=8, max_grad_norm=0.0),
         seed=3)
     return {k: v.detach().clone() for k, v in policy.named_parameters()}
 
