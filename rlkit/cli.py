@@ -26,7 +26,7 @@ from typing import Literal
 import yaml
 
 from rlkit import progress
-from rlkit.config import ConfigError, iter_leaves, load_config
+from rlkit.config import RENAMED, ConfigError, iter_leaves, load_config
 from rlkit.errors import UserError
 
 _TRAIN_EPILOG = """examples:
@@ -35,6 +35,7 @@ _TRAIN_EPILOG = """examples:
   rlkit train my.yaml --resume auto             # continue from the run dir's latest checkpoint
   rlkit train my.yaml --overwrite               # replace what an earlier run left in output_dir
   rlkit train --recipe dler my.yaml             # a paper's settings (rlkit recipes), under my.yaml
+  rlkit train --algorithm.loss_options.epsilon_high=0.28   # one key of a mapping option
   accelerate launch --num_processes 8 -m rlkit.cli train my.yaml
 """
 
@@ -57,6 +58,25 @@ def _add_config_options(parser: argparse.ArgumentParser) -> dict[str, typing.Any
     return types
 
 
+def _nested_overrides(extra: list[str], types: dict) -> tuple[dict, list[str]]:
+    """Of the arguments argparse did not know: one key inside a mapping option (``--algorithm.loss_options.kl_coef=
+    0.05``, ``--rollout.engine_options.base_url=...``) and an option under its old name (rlkit.config.RENAMED,
+    translated with a warning when the config loads), as {dotted key: raw value}; the rest is returned."""
+    mappings = [k for k, tp in types.items() if tp is dict]
+    out, rest, i = {}, [], 0
+    while i < len(extra):
+        arg = extra[i]
+        key, eq, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if key and (key in RENAMED or any(key.startswith(m + ".") for m in mappings)):
+            if not eq:  # the value would be taken for the positional config file
+                raise ConfigError(f"--{key} takes its value after '=': --{key}=VALUE")
+            out[key] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return out, rest
+
+
 def _overrides(ns: argparse.Namespace, types: dict) -> dict:
     out = {}
     for key, tp in types.items():
@@ -68,6 +88,11 @@ def _overrides(ns: argparse.Namespace, types: dict) -> dict:
             continue
         try:
             out[key] = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--{key}: value {raw!r} is not valid YAML ({e})") from None
+    for key, raw in getattr(ns, "nested", {}).items():
+        try:
+            out[key] = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"--{key}: value {raw!r} is not valid YAML ({e})") from None
     return out
@@ -194,6 +219,8 @@ It prints the URL once the server is healthy and stays in the foreground."""
 def main(argv: list[str] | None = None) -> int:
     parser, types = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command != "serve":
+        args.nested, extra = _nested_overrides(extra, types)
     if extra and args.command != "serve":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if str(getattr(args, "config", None) or "").startswith("--"):  # argparse files an unknown "--k=a b" as positional

@@ -24,6 +24,7 @@ import importlib
 import importlib.metadata
 import inspect
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -108,7 +109,7 @@ class LossCaps(Capabilities):
     whole_groups: bool = False  # not a sum over tokens: micro-batches keep groups whole (DRPO)
     prepare: Any = None  # minibatch-wide inputs computed before any backward (KL-Cov's token choice)
     aggregation: str | None = None  # the aggregation it is defined with (GSPO, CISPO)
-    binds: Any = None  # {option: dotted config key} filled in from the config
+    reference: str | None = None  # the option weighting a KL penalty to the reference policy (> 0: scored)
 
 
 @dataclass(frozen=True)
@@ -227,9 +228,31 @@ def _first_line(obj: Any) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+def options_class(obj: Any) -> type | None:
+    """The typed options of a callable component: the dataclass its ``options`` parameter is annotated with (a
+    loss's ``ClipOptions``), else None (options are keyword parameters)."""
+    if isinstance(obj, type) or not callable(obj):
+        return None
+    try:
+        if "options" not in inspect.signature(obj).parameters:
+            return None
+    except (TypeError, ValueError):
+        return None
+    hint = _hints(obj).get("options")
+    return hint if isinstance(hint, type) and dataclasses.is_dataclass(hint) else None
+
+
 def declared_options(kind: str, obj: Any, factory: bool) -> dict[str, inspect.Parameter]:
-    """The options a component accepts: the named parameters of its factory, or of the callable itself
-    minus the call's data parameters. ``**kwargs`` is not an option."""
+    """The options a component accepts: the fields of its typed options (``options_class``), or the named
+    parameters of its factory, or of the callable itself minus the call's data parameters. ``**kwargs`` is not an
+    option."""
+    typed = None if factory else options_class(obj)
+    if typed is not None:
+        hints = typing.get_type_hints(typed)
+        return {f.name: inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
+                                          default=f.default if f.default is not dataclasses.MISSING else
+                                          inspect.Parameter.empty)
+                for f in dataclasses.fields(typed)}
     target = obj.__init__ if factory and isinstance(obj, type) else obj
     try:
         params = inspect.signature(target).parameters
@@ -463,26 +486,29 @@ def _hints(obj: Any) -> dict:
         return {}
 
 
-def check_options(entry: Entry, kwargs: dict, where: str, source: str, *, bound: tuple = ()) -> dict:
+def check_options(entry: Entry, kwargs: dict, where: str, source: str) -> dict:
     """Validate ``kwargs`` (found at the config key ``where``) for ``entry``; return the resolved options,
     defaults included.
 
-    ``bound`` names options the trainer fills in itself (e.g. a loss's ``epsilon_low`` from the algorithm
-    section): they are not listed as missing and not returned. Raises ConfigError naming the option, the
-    component and the valid options."""
+    Typed options (``options_class``) are also checked against their fields' ranges (``metadata["check"]``).
+    Raises ConfigError naming the option, the component and the valid options."""
     opts = entry.options
     label = f"{_label(entry.kind)} {entry.name!r}"
-    valid = ", ".join(k for k in opts if k not in bound) or "(none)"
+    valid = ", ".join(opts) or "(none)"
     if not isinstance(kwargs, dict):
         raise ConfigError(f"{source}: {where} must be a mapping of options of {label}, got {kwargs!r}")
-    hints = _hints(entry.obj)
+    typed = None if entry.factory else options_class(entry.obj)
+    hints = _hints(typed or entry.obj)
+    checks = {f.name: f.metadata.get("check", "") for f in dataclasses.fields(typed)} if typed else {}
     out = {}
     for key, value in kwargs.items():
-        if key not in opts or key in bound:
+        if key not in opts:
             raise ConfigError(f"{source}: {where}: {label} has no option {key!r}; valid options: {valid}")
         out[key] = coerce(value, hints.get(key, opts[key].annotation), f"{where}.{key}", source)
+        if checks.get(key) and not in_range(out[key], checks[key]):
+            raise ConfigError(f"{source}: '{where}.{key}' must be {range_words(checks[key])}, got {value!r}")
     for key, p in opts.items():
-        if key in out or key in bound:
+        if key in out:
             continue
         if p.default is p.empty:
             raise ConfigError(f"{source}: {where}: {label} needs option {key!r}; valid options: {valid}")
@@ -490,15 +516,56 @@ def check_options(entry: Entry, kwargs: dict, where: str, source: str, *, bound:
     return out
 
 
+def typed_options(entry: Entry, options: dict) -> Any:
+    """``options`` as the component's typed options object (``options_class``), or None for keyword options."""
+    typed = None if entry.factory else options_class(entry.obj)
+    return None if typed is None else typed(**options)
+
+
 def build(entry: Entry, options: dict) -> Any:
-    """The component: ``factory(**options)``, or the callable with its options bound."""
+    """The component: ``factory(**options)``, or the callable with its options bound (as its typed options object
+    where it has one)."""
     if entry.factory:
         return entry.obj(**options)
-    if not options:
-        return entry.obj
     import functools
 
+    typed = typed_options(entry, options)
+    if typed is not None:
+        return functools.update_wrapper(functools.partial(entry.obj, options=typed), entry.obj)
+    if not options:
+        return entry.obj
     return functools.update_wrapper(functools.partial(entry.obj, **options), entry.obj)
+
+
+def in_range(value: float, check: str) -> bool:
+    """Whether ``value`` satisfies a range spec: ``>0``, ``>=0``, ``[0,1)``, ``(0,1]``, with sentinel values before
+    a ``|`` (``-1|>=1``, ``0|>1``)."""
+    for part in check.split("|"):
+        if m := re.fullmatch(r"(>=|>|<=|<)(-?[\d.]+)", part):
+            op, limit = m.group(1), float(m.group(2))
+            if {">=": value >= limit, ">": value > limit, "<=": value <= limit, "<": value < limit}[op]:
+                return True
+        elif m := re.fullmatch(r"([\[(])(-?[\d.]+),(-?[\d.]+)([\])])", part):
+            lo, hi = float(m.group(2)), float(m.group(3))
+            above = value >= lo if m.group(1) == "[" else value > lo
+            below = value <= hi if m.group(4) == "]" else value < hi
+            if above and below:
+                return True
+        elif float(part) == value:
+            return True
+    return False
+
+
+def range_words(check: str) -> str:
+    """``-1|>=1`` -> ``-1 or >= 1``; ``[0,1)`` -> ``in [0, 1)``."""
+    def word(part: str) -> str:
+        if part[0] in "[(":
+            lo, hi = part[1:-1].split(",")
+            return f"in {part[0]}{lo}, {hi}{part[-1]}"
+        m = re.fullmatch(r"(>=|>|<=|<)(.*)", part)
+        return f"{m.group(1)} {m.group(2)}" if m else part
+
+    return " or ".join(word(p) for p in check.split("|"))
 
 
 def build_entry(entry: Entry, kwargs: dict, where: str, source: str = "config") -> Any:

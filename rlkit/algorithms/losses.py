@@ -10,13 +10,16 @@ Declarations a loss may carry (attributes of the function, read once at start-up
 - ``whole_groups``: the loss is not a sum over tokens (DRPO); micro-batches keep groups whole.
 - ``aggregation``: the aggregation the loss is defined with (GSPO: seq-mean-token-mean; CISPO: token-mean);
   ``algorithm.aggregation: auto`` takes it, another explicit value is a parse-time error.
-- ``prepare(MinibatchInputs, **options) -> {name: [M, C] tensor}``: per-token inputs computed over the whole
+- ``prepare(MinibatchInputs, options) -> {name: [M, C] tensor}``: per-token inputs computed over the whole
   minibatch (all micro-batches, all ranks) before any backward pass; they reach the loss as ``inp.extra``.
+- ``reference``: the name of the option that weights a KL penalty to the reference policy (ppo_clip: kl_coef);
+  when it is > 0 the trainer loads and scores the reference model, and ``inp.ref_logprobs`` is set.
 Statistics are token sums over the mask (``loss/<name>`` = sum / tokens); a name ending in ``_count`` is a plain
-count (``loss/<name>`` = the step's sum on a process). - ``binds``: {option: dotted config key} the trainer fills in from the config (ppo_clip: epsilon_low,
-  epsilon_high, dual_clip, kl_coef from the algorithm section; drpo: max_len from rollout.max_new_tokens); every
-  other option comes from ``loss_kwargs`` (an option named like a config field is not filled by the name alone).
-  A loss that binds no ``algorithm.kl_coef`` has no KL term, so ``algorithm.kl_coef > 0`` is rejected for it.
+count (``loss/<name>`` = the step's sum on a process).
+
+Options are typed: each loss takes ``options``, a frozen dataclass of its own (``ClipOptions``, ``DRPOOptions``,
+...), filled from the config's ``algorithm.loss_options`` (checked against the dataclass's fields when the config
+is parsed; defaults from the dataclass). Everything else a loss needs is what the loop has, in ``LossInputs``.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class LossInputs:
     extra: dict[str, torch.Tensor] = field(default_factory=dict)  # [B, T] tensors from the loss's `prepare`
     entropy: torch.Tensor | None = None  # [B, T] the current policy's token entropy (with grad), what the loop has
     behaviour_logprobs: torch.Tensor | None = None  # [B, T] the rollout engine's logprobs (the behaviour policy)
+    max_new_tokens: int = 0  # the completion cap of the run (rollout.max_new_tokens), e.g. DRPO's C
 
 
 @dataclass
@@ -109,9 +113,20 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-@register("loss", "ppo_clip")
-def ppo_clip_loss(inp: LossInputs, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2,
-                  dual_clip: float = 0.0, kl_coef: float = 0.0) -> LossOutputs:
+@dataclass(frozen=True)
+class ClipOptions:
+    """ppo_clip's options: the clip range below and above 1 (DAPO's clip-higher: epsilon_high 0.28), the dual-clip
+    constant c > 1 for negative advantages (0: off) and beta of the k3 KL penalty to the reference policy (0: no
+    reference model). ``check``: the valid range, checked when the config is parsed."""
+
+    epsilon_low: float = field(default=0.2, metadata={"check": "[0,1)"})
+    epsilon_high: float = field(default=0.2, metadata={"check": ">=0"})
+    dual_clip: float = field(default=0.0, metadata={"check": "0|>1"})
+    kl_coef: float = field(default=0.0, metadata={"check": ">=0"})
+
+
+@register("loss", "ppo_clip", reference="kl_coef")
+def ppo_clip_loss(inp: LossInputs, options: ClipOptions = ClipOptions()) -> LossOutputs:
     """Clipped surrogate (PPO, Schulman et al. 2017 eq. 7; GRPO eq. 3) with DAPO clip-higher
     (Yu et al. 2025 eq. 10: separate eps_low / eps_high) and dual clip (Ye et al. 2020 eq. 5):
 
@@ -121,10 +136,11 @@ def ppo_clip_loss(inp: LossInputs, *, epsilon_low: float = 0.2, epsilon_high: fl
         l_t  += beta * k3(pi || pi_ref)           if beta > 0
         loss  = sum_t w_t l_t                     (w from aggregation_weights)
     """
+    dual_clip, kl_coef = options.dual_clip, options.kl_coef
     adv = inp.advantages.unsqueeze(1).to(inp.logprobs.dtype)
     ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
     unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
+    clipped = -adv * torch.clamp(ratio, 1 - options.epsilon_low, 1 + options.epsilon_high)
     per_token = torch.maximum(unclipped, clipped)
     mask = inp.mask
     stats = {"clip_frac": ((clipped > unclipped).float() * mask).sum().detach()}
@@ -142,9 +158,16 @@ def ppo_clip_loss(inp: LossInputs, *, epsilon_low: float = 0.2, epsilon_high: fl
     return LossOutputs(loss=loss, stats=stats)
 
 
-ppo_clip_loss.binds = {k: f"algorithm.{k}" for k in ("epsilon_low", "epsilon_high", "dual_clip", "kl_coef")}
+@dataclass(frozen=True)
+class KLCovOptions:
+    """kl_cov's options: the share of a minibatch's tokens that get the penalty and its coefficient (DOT: 0.002,
+    1.0)."""
 
-def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, **_) -> dict:
+    kl_cov_ratio: float = field(default=0.002, metadata={"check": "(0,1]"})
+    ppo_kl_coef: float = field(default=1.0, metadata={"check": ">=0"})
+
+
+def kl_cov_select(mb: MinibatchInputs, options: KLCovOptions = KLCovOptions()) -> dict:
     """KL-Cov's token choice over the whole minibatch (every micro-batch, every rank):
     cov_t = (A_t - mean A)(logp_t - mean logp) over the minibatch's valid tokens (means over all ranks),
     chosen = the top k = max(1, floor(ratio * N)) tokens by cov_t, N the minibatch's valid tokens.
@@ -159,7 +182,7 @@ def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, **_) -> d
     if n == 0:
         return {"kl_cov_chosen": chosen}
     cov = (adv - totals[1] / n) * (lp - totals[2] / n)
-    k = max(1, math.floor(kl_cov_ratio * n))
+    k = max(1, math.floor(options.kl_cov_ratio * n))
     local = cov[valid]
     candidates = mb.all_gather(torch.topk(local, min(k, local.numel())).values)
     threshold = torch.topk(candidates, min(k, candidates.numel())).values[-1]
@@ -176,7 +199,7 @@ def kl_cov_select(mb: MinibatchInputs, *, kl_cov_ratio: float = 0.002, **_) -> d
 
 
 @register("loss", "kl_cov")
-def kl_cov_loss(inp: LossInputs, *, kl_cov_ratio: float = 0.002, ppo_kl_coef: float = 1.0) -> LossOutputs:
+def kl_cov_loss(inp: LossInputs, options: KLCovOptions = KLCovOptions()) -> LossOutputs:
     """KL-Cov (Cui et al. arXiv 2505.22617; verl compute_policy_loss_kl_cov; DOT's loss, methods.md sec. 6):
     the tokens chosen by ``kl_cov_select`` over the whole minibatch (top ratio by covariance of advantage and
     logprob) get l_t = -A rho + coef |logp - logp_old|, all others l_t = -A rho. No ratio clipping.
@@ -185,7 +208,7 @@ def kl_cov_loss(inp: LossInputs, *, kl_cov_ratio: float = 0.002, ppo_kl_coef: fl
     adv = inp.advantages.unsqueeze(1).expand_as(inp.logprobs).to(inp.logprobs.dtype)
     ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
     chosen = inp.extra["kl_cov_chosen"] & (inp.mask > 0)
-    per_token = -adv * ratio + torch.where(chosen, ppo_kl_coef * (inp.logprobs - inp.old_logprobs).abs(),
+    per_token = -adv * ratio + torch.where(chosen, options.ppo_kl_coef * (inp.logprobs - inp.old_logprobs).abs(),
                                            torch.zeros_like(ratio))
     stats = {"kl_cov_frac": (chosen.float() * inp.mask).sum().detach(), "ratio": (ratio.detach() * inp.mask).sum()}
     return LossOutputs(loss=(per_token * inp.token_weights).sum(), stats=stats)
@@ -204,10 +227,21 @@ def drpo_weights(len_reward: torch.Tensor, correct: torch.Tensor, lam: float) ->
     return w
 
 
-def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 10.0, beta: float = 1e3,
-              delta: float = 1e-4) -> LossOutputs:
+@dataclass(frozen=True)
+class DRPOOptions:
+    """drpo's options (Li et al. arXiv 2510.04474; the paper's values): the softmax temperature lambda of the
+    positive weights, tau of the negative log-mean-exp, and the KL penalty's beta and free margin delta."""
+
+    lam: float = field(default=0.1, metadata={"check": ">0"})
+    tau: float = field(default=10.0, metadata={"check": ">0"})
+    beta: float = field(default=1e3, metadata={"check": ">=0"})
+    delta: float = field(default=1e-4, metadata={"check": ">=0"})
+
+
+def drpo_loss(inp: LossInputs, options: DRPOOptions = DRPOOptions()) -> LossOutputs:
     """DRPO decoupled objective (Li et al. arXiv 2510.04474 eqs. 4-7; methods.md sec. 3), per group q with
-    correct set S+ and incorrect set S-, s(o) = mean token logprob of o, r_l(o) = 1 - |o| / C (C = max_len):
+    correct set S+ and incorrect set S-, s(o) = mean token logprob of o, r_l(o) = 1 - |o| / C (C =
+    ``inp.max_new_tokens``, the run's completion cap):
 
         J_q = sum_{o in S+} w(o) s(o) - tau * log( (1/|S-|) sum_{o in S-} exp(s(o)/tau) )
         loss = -sum_{mixed q} J_q * group_scale + beta * max(KL - delta, 0).detach() * KL
@@ -219,6 +253,9 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
     constant, same gradient). Paper: lambda 0.1, tau 10, beta 1e3, delta 1e-4, no PPO clip."""
     if inp.group_ids is None or inp.correct is None:
         raise ValueError("drpo needs group_ids and correct in LossInputs (whole groups per micro-batch)")
+    if inp.max_new_tokens < 1:
+        raise ValueError("drpo needs the completion cap in LossInputs.max_new_tokens")
+    lam, tau, beta, delta, max_len = options.lam, options.tau, options.beta, options.delta, inp.max_new_tokens
     mask = inp.mask
     lengths = mask.sum(1)
     s = (inp.logprobs * mask).sum(1) / lengths.clamp(min=1)
@@ -247,12 +284,19 @@ def drpo_loss(inp: LossInputs, *, max_len: int, lam: float = 0.1, tau: float = 1
 
 drpo_loss.whole_groups = True
 drpo_loss.needs_verifier = True  # reads ``correct``: S+ and S- per group
-drpo_loss.binds = {"max_len": "rollout.max_new_tokens"}
 register("loss", "drpo")(drpo_loss)
 
 
+@dataclass(frozen=True)
+class CISPOOptions:
+    """cispo's bounds of the detached importance weight: [1 - is_low, 1 + is_high]."""
+
+    is_low: float = field(default=1.0, metadata={"check": "[0,1]"})
+    is_high: float = field(default=0.28, metadata={"check": ">=0"})
+
+
 @register("loss", "cispo")
-def cispo_loss(inp: LossInputs, *, is_low: float = 1.0, is_high: float = 0.28) -> LossOutputs:
+def cispo_loss(inp: LossInputs, options: CISPOOptions = CISPOOptions()) -> LossOutputs:
     """CISPO (MiniMax-M1, Chen et al. arXiv 2506.13585, eqs. 4-5): REINFORCE on every token, each weighted by its
     importance ratio clipped and detached, so no token's gradient is dropped by clipping (PPO's clip zeroes the
     gradient of tokens outside the trust region; CISPO only bounds their weight):
@@ -266,7 +310,7 @@ def cispo_loss(inp: LossInputs, *, is_low: float = 1.0, is_high: float = 0.28) -
     r_hat A grad logp, equal to PPO's where the ratio is inside the bounds."""
     adv = inp.advantages.unsqueeze(1).to(inp.logprobs.dtype)
     ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
-    weight = torch.clamp(ratio, 1 - is_low, 1 + is_high).detach()
+    weight = torch.clamp(ratio, 1 - options.is_low, 1 + options.is_high).detach()
     per_token = -weight * adv * inp.logprobs
     mask = inp.mask
     stats = {"clip_frac": ((weight != ratio.detach()).float() * mask).sum(), "ratio": (ratio.detach() * mask).sum()}
@@ -276,8 +320,16 @@ def cispo_loss(inp: LossInputs, *, is_low: float = 1.0, is_high: float = 0.28) -
 cispo_loss.aggregation = "token-mean"
 
 
+@dataclass(frozen=True)
+class GSPOOptions:
+    """gspo's sequence-level clip range below and above 1 (the paper's 3e-4 and 4e-4)."""
+
+    seq_clip_low: float = field(default=3e-4, metadata={"check": "[0,1)"})
+    seq_clip_high: float = field(default=4e-4, metadata={"check": ">=0"})
+
+
 @register("loss", "gspo")
-def gspo_loss(inp: LossInputs, *, seq_clip_low: float = 3e-4, seq_clip_high: float = 4e-4) -> LossOutputs:
+def gspo_loss(inp: LossInputs, options: GSPOOptions = GSPOOptions()) -> LossOutputs:
     """GSPO (Qwen, Zheng et al. arXiv 2507.18071, eqs. 5-7): the importance ratio and its clipping at the sequence
     level, the ratio length-normalised (a geometric mean of the token ratios):
 
@@ -293,7 +345,7 @@ def gspo_loss(inp: LossInputs, *, seq_clip_low: float = 3e-4, seq_clip_high: flo
     # the ratio of the sequences' geometric-mean token probabilities
     s = importance_ratio((inp.logprobs * mask).sum(1) / lengths, (inp.old_logprobs * mask).sum(1) / lengths)
     adv = inp.advantages.to(s.dtype)
-    unclipped, clipped = -s * adv, -torch.clamp(s, 1 - seq_clip_low, 1 + seq_clip_high) * adv
+    unclipped, clipped = -s * adv, -torch.clamp(s, 1 - options.seq_clip_low, 1 + options.seq_clip_high) * adv
     per_seq = torch.maximum(unclipped, clipped)
     loss = (per_seq.unsqueeze(1) * inp.token_weights).sum()
     tokens = mask.sum(1)

@@ -9,13 +9,12 @@ The names below are the config's public API; ``from rlkit.config import load_con
 """
 
 from rlkit.config.check import (
-    LOSS_FIELDS,
     advantage_options,
     aggregation,
     importance,
-    loss_binds,
     loss_options,
     problems,
+    reference_coef,
     resolve,
     validate,
 )
@@ -73,7 +72,6 @@ __all__ = [
     "DataConfig",
     "EMBEDDED_MODEL",
     "EvalConfig",
-    "LOSS_FIELDS",
     "LoggingConfig",
     "LoraConfig",
     "ModelConfig",
@@ -95,11 +93,11 @@ __all__ = [
     "list_recipes",
     "load_config",
     "load_yaml",
-    "loss_binds",
     "loss_options",
     "opt",
     "parse_override",
     "problems",
+    "reference_coef",
     "resolve",
     "save_config",
     "set_dotted",

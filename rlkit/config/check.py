@@ -16,7 +16,6 @@ from typing import Any
 
 from rlkit import registry
 from rlkit.config.schema import (
-    AlgorithmConfig,
     Config,
     CostModelConfig,
     RolloutConfig,
@@ -198,8 +197,8 @@ def _check_components(cfg: Config, out: _Problems) -> bool | None:
 
 
 def _check_algorithm(cfg: Config, has_verifier: bool, world: int, out: _Problems) -> None:
-    """The advantage estimator and the loss: names, options, the options of the algorithm section a loss must bind,
-    the aggregation it declares, whole groups per minibatch and a declared need for a correctness term."""
+    """The advantage estimator and the loss: names, options (a loss's typed options: names, types, ranges), the
+    aggregation it declares, whole groups per minibatch and a declared need for a correctness term."""
     a, source = cfg.algorithm, out.source
     adv = out.run(_resolve, "advantage", a.advantage, "algorithm.advantage", source)
     if adv is not None:
@@ -210,15 +209,7 @@ def _check_algorithm(cfg: Config, has_verifier: bool, world: int, out: _Problems
     loss = out.run(_resolve, "loss", a.loss, "algorithm.loss", source)
     if loss is None:
         return
-    binds = loss_binds(loss)
-    out.run(registry.check_options, loss, a.loss_kwargs, "algorithm.loss_kwargs", source, bound=tuple(binds))
-    defaults = AlgorithmConfig()
-    for key in LOSS_FIELDS:
-        dotted = f"algorithm.{key}"
-        why = " (it would load and score a reference model that is never used)" if key == "kl_coef" else ""
-        out.need(dotted in binds.values() or _get(cfg, dotted) == getattr(defaults, key),
-                 f"'{dotted}' is {_get(cfg, dotted)} but loss {a.loss!r} does not use it{why}; remove it or pick a "
-                 "loss that uses it")
+    out.run(registry.check_options, loss, a.loss_options, "algorithm.loss_options", source)
     declared = loss.caps.aggregation
     out.need(a.aggregation in ("auto", declared) or declared is None,
              f"'algorithm.aggregation' is {a.aggregation!r} but loss {a.loss!r} is defined with {declared!r}: "
@@ -264,37 +255,23 @@ def resolve(cfg: Config, source: str = "config") -> Config:
     r.engine_options = registry.check_options(registry.resolve("engine", r.engine), r.engine_options,
                                               "rollout.engine_options", source)
     r.importance = importance(out)
-    loss = registry.resolve("loss", a.loss)
-    a.loss_kwargs = registry.check_options(loss, a.loss_kwargs, "algorithm.loss_kwargs", source,
-                                           bound=tuple(loss_binds(loss)))
+    a.loss_options = loss_options(out)
     a.aggregation = aggregation(out)
     return out
 
 
-# the algorithm section's options that belong to a loss: set to a non-default value, some loss must bind them
-LOSS_FIELDS = ("epsilon_low", "epsilon_high", "dual_clip", "kl_coef")
-
-
-def loss_binds(entry) -> dict:
-    """The loss's declared bindings {option: dotted config key} (``binds``): only these are filled from the config,
-    never an option that merely shares a name with a config field."""
-    binds = entry.caps.binds or {}
-    return {k: v for k, v in binds.items() if k in entry.options}
-
-
-def _get(cfg: Config, dotted: str) -> Any:
-    section, _, key = dotted.partition(".")
-    return getattr(getattr(cfg, section), key)
-
-
 def loss_options(cfg: Config) -> dict:
-    """Every option of the configured loss: the ones it declares bound to the config (``binds``) and
-    ``algorithm.loss_kwargs``."""
+    """The configured loss's options (``algorithm.loss_options``), coerced to their types and completed with their
+    defaults."""
     entry = registry.resolve("loss", cfg.algorithm.loss)
-    binds = loss_binds(entry)
-    bound = {k: _get(cfg, v) for k, v in binds.items()}
-    return {**bound, **registry.check_options(entry, cfg.algorithm.loss_kwargs, "algorithm.loss_kwargs", "config",
-                                              bound=tuple(binds))}
+    return registry.check_options(entry, cfg.algorithm.loss_options, "algorithm.loss_options", "config")
+
+
+def reference_coef(cfg: Config) -> float:
+    """The weight of the configured loss's KL penalty to the reference policy (the option it declares as
+    ``reference``, e.g. ppo_clip's kl_coef); 0 when it has none: no reference model is loaded or scored."""
+    option = registry.resolve("loss", cfg.algorithm.loss).caps.reference
+    return float(loss_options(cfg).get(option, 0.0)) if option else 0.0
 
 
 def advantage_options(cfg: Config) -> dict:

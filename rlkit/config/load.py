@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from rlkit import registry
 from rlkit.config.check import validate
 from rlkit.config.schema import COMPONENT_FIELDS, Component, Config, RewardTerm, hints, to_dict
 from rlkit.files import atomic_write_text
@@ -188,7 +189,14 @@ RENAMED = {
     "rollout.eval_temperature": "eval.temperature", "rollout.eval_max_new_tokens": "eval.max_new_tokens",
     "train.eval_every": "eval.every", "train.eval_before": "eval.before", "train.eval_after": "eval.after",
     "train.eval_budgets": "eval.budgets", "optim.attention_cost": "parallel.cost_model.attention",
+    "algorithm.loss_kwargs": "algorithm.loss_options",
+    "algorithm.epsilon_low": "algorithm.loss_options.epsilon_low",
+    "algorithm.epsilon_high": "algorithm.loss_options.epsilon_high",
+    "algorithm.dual_clip": "algorithm.loss_options.dual_clip", "algorithm.kl_coef": "algorithm.loss_options.kl_coef",
 }
+# of a checkpoint's saved config: the algorithm-section options that only some losses had (a saved config holds
+# them with their defaults whatever the loss): moved only where the saved loss has the option
+LOSS_MOVED = ("algorithm.epsilon_low", "algorithm.epsilon_high", "algorithm.dual_clip", "algorithm.kl_coef")
 
 
 def _renamed_key(key: str, source: str) -> str:
@@ -207,6 +215,17 @@ def _pop(tree: dict, dotted: str, missing: Any) -> Any:
     return tree.pop(leaf, missing) if isinstance(tree, dict) else missing
 
 
+def _merged(given: dict, current: Any, missing: Any) -> Any:
+    """The value of a renamed option: the new key's where given, else the old key's; a mapping moved into a
+    mapping the new key already has (loss_kwargs into loss_options with epsilon_high moved there) merges."""
+    value = next(iter(given.values()))
+    if current is missing:
+        return value
+    if isinstance(value, dict) and isinstance(current, dict):
+        return {**value, **current}
+    return current
+
+
 def translate_renamed(raw: dict, source: str, *, saved: bool = False) -> dict:
     """Move the options of a raw config tree that were renamed (``RENAMED``) to their new key, in place; returns
     ``raw``. A user's file gets one warning line per old key, and an old key that disagrees with the new one (or with
@@ -215,6 +234,13 @@ def translate_renamed(raw: dict, source: str, *, saved: bool = False) -> dict:
     asynchronous rollouts used it, or segments did)."""
     missing = object()
     old = {k: v for k in RENAMED if (v := _pop(raw, k, missing)) is not missing}
+    if saved and set(LOSS_MOVED) & set(old):
+        loss = (raw.get("algorithm") or {}).get("loss", "ppo_clip")
+        try:
+            has = registry.resolve("loss", loss).options
+        except KeyError:
+            has = {}
+        old = {k: v for k, v in old.items() if k not in LOSS_MOVED or k.rsplit(".", 1)[1] in has}
     if saved and {"rollout.segment_importance", "rollout.async_importance"} & set(old):
         rollout = raw.setdefault("rollout", {})
         seg, asy = old.pop("rollout.segment_importance", None), old.pop("rollout.async_importance", None)
@@ -232,7 +258,7 @@ def translate_renamed(raw: dict, source: str, *, saved: bool = False) -> dict:
             listed = ", ".join(f"{k}: {v}" for k, v in given.items())
             raise ConfigError(f"{source}: {listed} disagree{'s' if len(given) == 1 else ''} with each other or with "
                               f"{new}: they are one option now, {new}")
-        value = next(iter(given.values())) if current is missing else current
+        value = _merged(given, current, missing)
         for key in given if not saved else ():
             log.warning("%s: '%s' is now '%s'; read as %s: %s", source, key, new, new, value)
         set_dotted(raw, new, value)

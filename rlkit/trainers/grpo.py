@@ -162,7 +162,7 @@ def _train(run: Run) -> RunResult:
                 trained.old_logprobs = score(run.prepared)
             # else one optimizer step per batch: old_logprobs stays None and the update takes the current policy
             # as the old one (its forward's logprobs, detached), which it is
-            if algo.kl_coef > 0:
+            if stages.loss.reference > 0:  # the loss's KL penalty to the reference policy (ppo_clip's kl_coef)
                 trained.ref_logprobs = score(run.ref_model or run.prepared, disable_adapter=run.ref_model is None)
 
         # 6. policy updates (update_policy, below): mu passes x minibatches, exact aggregation across
@@ -280,7 +280,7 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, setting
                         logprobs=logprobs, old_logprobs=old, advantages=rows.advantages, mask=rows.mask,
                         token_weights=weights, ref_logprobs=rows.ref_logprobs, group_ids=rows.group_ids,
                         correct=rows.correct, group_scale=minibatch.group_scale, entropy=entropy,
-                        behaviour_logprobs=rows.behaviour, extra=rows.extra))
+                        behaviour_logprobs=rows.behaviour, extra=rows.extra, max_new_tokens=settings.max_new_tokens))
                     bad = not_finite(acc, out.loss)
                     # a non-finite loss goes backward too, so every engine reaches the boundary; the optimizer
                     # step is then skipped or the run stops

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from rlkit import registry, rundir
-from rlkit.config import Config, save_config, to_dict
+from rlkit.config import Config, reference_coef, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
 from rlkit.errors import UserError
 from rlkit.files import atomic_write_text
@@ -178,7 +178,7 @@ def setup(cfg: Config, checked: Preflight) -> Run:
                            lora=cfg.model.lora)
     memory.apply(hf_model, cfg, sharded_params=backend.sharded)
     ref_model = None
-    if cfg.algorithm.kl_coef > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
+    if reference_coef(cfg) > 0 and not cfg.model.lora.enabled:  # with LoRA the reference is adapters-off
         ref_model = LogprobPolicy(load_policy(model_path, dtype), cfg.optim.logprob_chunk,
                                   sp_groups=layout.groups).to(acc.device).eval()
         ref_model.requires_grad_(False)

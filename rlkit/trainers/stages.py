@@ -64,6 +64,20 @@ def _check_needs(cfg: Config, built: dict[str, Any], source: str) -> None:
                               "(e.g. math_correct, weight 0 if it should not add to the reward) in `rewards`")
 
 
+def build_loss(cfg: Config) -> LossSpec:
+    """The configured loss with its options bound (its typed options object, rlkit.algorithms.losses), its minibatch
+    ``prepare`` with the same options, and what it declares."""
+    entry = registry.resolve("loss", cfg.algorithm.loss)
+    options = loss_options(cfg)
+    caps, typed = entry.caps, registry.typed_options(entry, options)
+    prepare = caps.prepare
+    if prepare is not None:
+        prepare = functools.partial(prepare, options=typed) if typed is not None else functools.partial(prepare,
+                                                                                                       **options)
+    reference = float(options.get(caps.reference, 0.0)) if caps.reference else 0.0
+    return LossSpec(registry.build(entry, options), bool(caps.whole_groups), prepare, reference)
+
+
 def built_rewards(cfg: Config, built: dict[str, Any] | None) -> list | None:
     """The reward functions of ``build_components`` in the order of ``cfg.rewards`` (None: none built)."""
     return None if built is None else [built[f"rewards[{i}]"] for i in range(len(cfg.rewards))]
@@ -89,16 +103,11 @@ class Stages:
             lists[field_name].append((registry.short_name(c.name), built[where]))
         built = lists
         masks = built["token_masks"]
-        loss_entry = registry.resolve("loss", cfg.algorithm.loss)
-        options = loss_options(cfg)
-        prepare = loss_entry.caps.prepare
-        if prepare is not None:
-            prepare = functools.partial(prepare, **options)
         return cls(
             prompt_transforms=built["prompt_transforms"], sample_transforms=built["sample_transforms"],
             filter=built["filter"][0][1] if built["filter"] else None, shapers=built["shaping"],
             advantage=registry.build(registry.resolve("advantage", cfg.algorithm.advantage), advantage_options(cfg)),
-            loss=LossSpec(registry.build(loss_entry, options), bool(loss_entry.caps.whole_groups), prepare),
+            loss=build_loss(cfg),
             batch_masks=[(n, m) for n, m in masks if registry.capabilities(m, kind="token_mask").kind == "batch"],
             forward_masks=[(n, m) for n, m in masks if registry.capabilities(m, kind="token_mask").kind == "forward"])
 

@@ -168,6 +168,7 @@ class LossSpec:
     fn: Any  # LossInputs -> LossOutputs, options bound
     whole_groups: bool = False  # keep groups inside one micro-batch (sequence-level losses)
     prepare: Any = None  # MinibatchInputs -> {name: [M, C]}, options bound (see rlkit.algorithms.losses)
+    reference: float = 0.0  # weight of its KL penalty to the reference policy: > 0 scores the reference model
 
 
 @dataclass

@@ -17,7 +17,15 @@ import torch
 from accelerate import Accelerator
 
 from rlkit import registry
-from rlkit.algorithms.losses import drpo_loss, kl_cov_loss, kl_cov_select, ppo_clip_loss
+from rlkit.algorithms.losses import (
+    ClipOptions,
+    DRPOOptions,
+    KLCovOptions,
+    drpo_loss,
+    kl_cov_loss,
+    kl_cov_select,
+    ppo_clip_loss,
+)
 from rlkit.config import AlgorithmConfig
 from rlkit.models import load_policy
 from rlkit.parallel import dist
@@ -44,13 +52,13 @@ FAMILIES = {
     "ppo_token_mean": (LossSpec(ppo_clip_loss), dict(aggregation="token-mean"), ()),
     "ppo_seq_mean": (LossSpec(ppo_clip_loss), dict(aggregation="seq-mean-token-mean"), ()),
     "ppo_dr_grpo": (LossSpec(ppo_clip_loss), dict(aggregation="seq-mean-token-sum-norm"), ()),
-    "ppo_kl": (LossSpec(lambda inp: ppo_clip_loss(inp, kl_coef=0.5)), dict(kl_coef=0.5), ()),
+    "ppo_kl": (LossSpec(lambda inp: ppo_clip_loss(inp, ClipOptions(kl_coef=0.5)), reference=0.5), {}, ()),
     "ppo_dmmpt": (LossSpec(ppo_clip_loss), {}, ("dmmpt",)),
-    "kl_cov": (LossSpec(lambda inp: kl_cov_loss(inp, kl_cov_ratio=0.1),
-                        prepare=lambda mb: kl_cov_select(mb, kl_cov_ratio=0.1)), {}, ()),
+    "kl_cov": (LossSpec(lambda inp: kl_cov_loss(inp, KLCovOptions(kl_cov_ratio=0.1)),
+                        prepare=lambda mb: kl_cov_select(mb, KLCovOptions(kl_cov_ratio=0.1))), {}, ()),
     # beta 0: DRPO's KL penalty is a token mean per micro-batch (as in the released code), so it depends on how
     # the samples are packed, which differs between 1 process and an SP group; the decoupled objective does not
-    "drpo": (LossSpec(lambda inp: drpo_loss(inp, max_len=48, beta=0.0), whole_groups=True), {}, ()),
+    "drpo": (LossSpec(lambda inp: drpo_loss(inp, DRPOOptions(beta=0.0)), whole_groups=True), {}, ()),  # C = 48
 }
 
 
@@ -84,7 +92,7 @@ def main(model_dir: str, out: str, sp: int, mode: str, budget: int) -> None:
         prepared, opt = acc.prepare(policy, opt)
         score = dict(samples=batch.samples, pad_id=0, acc=acc, temperature=1.0, batching=batching, width=batch.mask.shape[1])
         batch.old_logprobs = policy_logprobs(prepared, **score)
-        if algo.get("kl_coef"):
+        if loss.reference > 0:
             batch.ref_logprobs = policy_logprobs(LogprobPolicy(copy.deepcopy(base), sp_groups=layout.groups), **score)
         # the update's minibatches (seed 0, 2 minibatches): the plans it runs
         degrees = sorted({m.degree for half in split_minibatches(batch, loss.whole_groups, 2, 0)

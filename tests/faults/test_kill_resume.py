@@ -93,7 +93,7 @@ def test_vllm_run_killed_while_publishing_a_checkpoint_resumes_exactly(tiny_mode
 
 
 @pytest.mark.parametrize("name, extra", [
-    ("lora", ["--model.lora.enabled=true", "--model.lora.r=4", "--algorithm.kl_coef=0.05"]),
+    ("lora", ["--model.lora.enabled=true", "--model.lora.r=4", "--algorithm.loss_options.kl_coef=0.05"]),
     ("segments", ["--rollout.segments=2", "--rollout.max_new_tokens=24"]),
     ("predictive", ["--filter={name: predictive_sampling, kwargs: {metric: reward}}", "--shaping=[]"]),
 ])

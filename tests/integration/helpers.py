@@ -2,6 +2,8 @@
 
 import time
 
+from rlkit.algorithms.losses import ClipOptions
+
 
 def digit_fraction(prompts, completions, completion_ids, **kwargs):
     """Fraction of completion characters that are digits: varies across random completions."""
@@ -81,14 +83,13 @@ def signals_server_at_step(prompts, completions, completion_ids, step, **kwargs)
     return [(len(set(ids)) % 3) / 2 for ids in completion_ids]
 
 
-def nan_loss(inp, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2, dual_clip: float = 0.0,
-             kl_coef: float = 0.0):
+def nan_loss(inp, options: ClipOptions = ClipOptions()):
     """ppo_clip with a NaN loss: a run that diverges at its first micro-batch."""
     import dataclasses
 
     from rlkit.algorithms.losses import ppo_clip_loss
 
-    out = ppo_clip_loss(inp, epsilon_low=epsilon_low, epsilon_high=epsilon_high, dual_clip=dual_clip, kl_coef=kl_coef)
+    out = ppo_clip_loss(inp, options)
     return dataclasses.replace(out, loss=out.loss * float("nan"))
 
 

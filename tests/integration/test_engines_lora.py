@@ -58,7 +58,7 @@ def test_lora_trains_adapters_and_syncs_merged_weights_to_vllm(tiny_model_dir, t
     from rlkit.api import setup, train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{"model.lora.enabled": True, "model.lora.r": 4,
-                                                   "algorithm.kl_coef": 0.05})
+                                                   "algorithm.loss_options": {"kl_coef": 0.05}})
     result = train(cfg)
     assert result.last_metrics["loss/kl"] > 0  # reference = adapters off
     policy_dir = tmp_path / "run" / "checkpoints" / "step_000002" / "policy"

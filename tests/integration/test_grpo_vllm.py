@@ -109,8 +109,8 @@ def test_mu_minibatches_kl_and_dual_clip_run(tiny_model_dir, tmp_path):
     from rlkit.api import train
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
-        "algorithm.mu": 2, "algorithm.minibatches": 2, "algorithm.kl_coef": 0.1, "algorithm.dual_clip": 3.0,
-        "algorithm.epsilon_high": 0.28, "algorithm.aggregation": "seq-mean-token-sum-norm",
+        "algorithm.mu": 2, "algorithm.minibatches": 2, "algorithm.loss_options": {"kl_coef": 0.1, "dual_clip": 3.0,
+                                                                            "epsilon_high": 0.28}, "algorithm.aggregation": "seq-mean-token-sum-norm",
         "filter": {"name": "dynamic_sampling", "kwargs": {"metric": "reward"}},
         "algorithm.advantage": "batch_norm", "train.steps": 1, "eval.before": False})
     m = train(cfg).last_metrics
@@ -226,7 +226,7 @@ def test_drpo_trains_on_whole_groups(tiny_model_dir, tmp_path):
 
     cfg = _cfg(tiny_model_dir, tmp_path / "run", **{
         "rewards": [{"name": "helpers:parity_verifier", "correctness": True}], "algorithm.loss": "drpo",
-        "algorithm.loss_kwargs": {"beta": 10.0, "delta": 0.0}, "algorithm.minibatches": 2,
+        "algorithm.loss_options": {"beta": 10.0, "delta": 0.0}, "algorithm.minibatches": 2,
         "optim.micro_batch_size": 3, "rollout.prompts_per_step": 4, "train.steps": 1, "eval.before": False,
         "eval.after": False})
     m = train(cfg).last_metrics

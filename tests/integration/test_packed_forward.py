@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from rlkit.algorithms.losses import LossInputs, aggregation_weights, ppo_clip_loss
+from rlkit.algorithms.losses import ClipOptions, LossInputs, aggregation_weights, ppo_clip_loss
 from rlkit.parallel.batch import collate
 from rlkit.rollout.base import Sample
 from rlkit.trainers.batch import LogprobPolicy
@@ -75,7 +75,7 @@ def test_grpo_loss_gradients_packed_equal_padded(tiny_model_dir):
         # old logprobs slightly off the current ones so that the ratio and the clipping are exercised
         old = (lp.detach() + 0.1 * torch.sin(torch.arange(lp.numel()).reshape(lp.shape).float())) * mask
         out = ppo_clip_loss(LossInputs(logprobs=lp, old_logprobs=old, advantages=advantages, mask=mask,
-                                       token_weights=weights), epsilon_low=0.05, epsilon_high=0.05)
+                                       token_weights=weights), ClipOptions(epsilon_low=0.05, epsilon_high=0.05))
         out.loss.backward()
         grads[packed] = {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None}
         assert out.stats["clip_frac"] > 0
@@ -120,7 +120,7 @@ def test_kl_cov_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir):
 
     from accelerate import Accelerator
 
-    from rlkit.algorithms.losses import kl_cov_loss, kl_cov_select
+    from rlkit.algorithms.losses import KLCovOptions, kl_cov_loss, kl_cov_select
     from rlkit.config import AlgorithmConfig
     from rlkit.parallel.micro import MicroBatching
     from rlkit.records import StepBatch
@@ -132,8 +132,9 @@ def test_kl_cov_update_does_not_depend_on_the_micro_batch_split(tiny_model_dir):
     batch = prepare_tokens(StepBatch([], samples, advantages=torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0])))
     # an old policy away from the current one, so |logp - logp_old| on the chosen tokens has a gradient
     batch.old_logprobs = -3.0 + 0.5 * torch.randn(batch.mask.shape, generator=torch.Generator().manual_seed(1))
-    loss = LossSpec(functools.partial(kl_cov_loss, kl_cov_ratio=0.05, ppo_kl_coef=1.0), False,
-                    functools.partial(kl_cov_select, kl_cov_ratio=0.05, ppo_kl_coef=1.0))
+    options = KLCovOptions(kl_cov_ratio=0.05, ppo_kl_coef=1.0)
+    loss = LossSpec(functools.partial(kl_cov_loss, options=options), False,
+                    functools.partial(kl_cov_select, options=options))
     results = {}
     for budget in (10_000, 40):  # one micro-batch vs many (the 90-token sample alone in one)
         policy = _policy(tiny_model_dir)

@@ -16,9 +16,9 @@ def test_defaults_are_valid_and_are_the_embedded_demo():
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("rollout:\n  temperature: 0.7\n  group_size: 8\nrewards:\n  - name: math_correct\n    weight: 2\n")
-    cfg = load_config(path, ["rollout.temperature=0.9", "algorithm.epsilon_high=0.28", "output_dir=/x"])
+    cfg = load_config(path, ["rollout.temperature=0.9", "algorithm.loss_options.epsilon_high=0.28", "output_dir=/x"])
     assert cfg.rollout.temperature == 0.9 and cfg.rollout.group_size == 8
-    assert cfg.algorithm.epsilon_high == 0.28 and cfg.output_dir == "/x"
+    assert cfg.algorithm.loss_options == {"epsilon_high": 0.28} and cfg.output_dir == "/x"
     assert cfg.rewards[0].weight == 2.0
 
 
@@ -168,3 +168,37 @@ def test_sequence_parallel_settings_are_checked_against_the_world(monkeypatch):
         load_config(overrides=["parallel.sp_size=2", "optim.packing=false"])
     with pytest.raises(ConfigError, match=r"invalid value 'on' for 'parallel\.tiled_mlp'"):
         load_config(overrides=["parallel.tiled_mlp='on'"])
+
+
+def test_moved_options_read_under_their_old_names_on_the_cli_and_in_saved_configs(caplog):
+    """The held-out settings (one eval section), the cost model's attention ratio and a loss's options (typed,
+    algorithm.loss_options) moved: the old names still load (one warning each), from the command line too, and a
+    checkpoint's saved config reads as what the run had, with no option of another loss."""
+    from rlkit.cli import _nested_overrides, _overrides, build_parser
+    from rlkit.config import load_config, translate_renamed
+
+    parser, types = build_parser()
+    args, extra = parser.parse_known_args(["train", "--algorithm.loss_options.epsilon_high=0.28", "--data.eval_size=7",
+                                           "--optim.attention_cost=0.5", "--bogus=1"])
+    args.nested, rest = _nested_overrides(extra, types)
+    assert rest == ["--bogus=1"]  # still an error for the CLI
+    with pytest.raises(ConfigError, match="--data.eval_size takes its value after '='"):
+        _nested_overrides(["--algorithm.loss_options.kl_coef=1", "--data.eval_size"][1:], types)
+    with caplog.at_level("WARNING", logger="rlkit"):
+        cfg = load_config(None, _overrides(args, types))
+    assert cfg.algorithm.loss_options == {"epsilon_high": 0.28} and cfg.eval.size == 7
+    assert cfg.parallel.cost_model.attention == 0.5
+    assert "'data.eval_size' is now 'eval.size'" in caplog.text and "'optim.attention_cost'" in caplog.text
+    old_ppo = {"algorithm": {"loss": "ppo_clip", "loss_kwargs": {}, "epsilon_low": 0.2, "epsilon_high": 0.28,
+                             "dual_clip": 0.0, "kl_coef": 0.0}, "data": {"eval": "x", "eval_size": 3},
+               "train": {"eval_every": 2, "steps": 4}}
+    translate_renamed(old_ppo, "ckpt", saved=True)
+    assert old_ppo["algorithm"] == {"loss": "ppo_clip", "loss_options": {"epsilon_low": 0.2, "epsilon_high": 0.28,
+                                                                         "dual_clip": 0.0, "kl_coef": 0.0}}
+    assert old_ppo["eval"] == {"data": "x", "size": 3, "every": 2} and old_ppo["train"] == {"steps": 4}
+    old_drpo = {"algorithm": {"loss": "drpo", "loss_kwargs": {"lam": 0.5}, "epsilon_low": 0.2, "kl_coef": 0.0}}
+    translate_renamed(old_drpo, "ckpt", saved=True)
+    assert old_drpo["algorithm"] == {"loss": "drpo", "loss_options": {"lam": 0.5}}
+    with pytest.raises(ConfigError, match="algorithm.kl_coef: 0.1 disagrees with each other or with "
+                                          "algorithm.loss_options.kl_coef"):
+        load_config(overrides={"algorithm.loss_options": {"kl_coef": 0.2}, "algorithm.kl_coef": 0.1})

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rlkit.algorithms.losses import (
+    ClipOptions,
     LossInputs,
     aggregation_denominator,
     aggregation_weights,
@@ -24,7 +25,7 @@ def _inp(logp, old, adv, mask=None, weights=None, ref=None):
 def test_ppo_clip_hand_computed_asymmetric():
     # ratios e^0.5=1.6487 (A>0 -> clipped at 1.28), e^-0.5=0.6065 (A<0 -> clipped at 0.8)
     inp = _inp([[0.5, -0.5]], [[0.0, 0.0]], [1.0])
-    out = ppo_clip_loss(inp, epsilon_low=0.2, epsilon_high=0.28)
+    out = ppo_clip_loss(inp, ClipOptions(epsilon_low=0.2, epsilon_high=0.28))
     # token 1 (A=1, rho=1.6487): max(-1.6487, -1.28) = -1.28 ; token 2 (A=1, rho=0.6065): max(-0.6065, -0.8) = -0.6065
     assert out.loss.item() == pytest.approx((-1.28 - math.exp(-0.5)) / 2, abs=1e-9)
     assert out.stats["clip_frac"].item() == 1.0  # only the first token is clipped
@@ -38,7 +39,7 @@ def test_negative_advantage_and_dual_clip():
     # A=-1, rho = e^2 = 7.389: PPO term max(7.389, 1.2) = 7.389; dual clip c=3 caps it at 3
     inp = _inp([[2.0]], [[0.0]], [-1.0])
     assert ppo_clip_loss(inp).loss.item() == pytest.approx(math.exp(2.0), rel=1e-9)
-    out = ppo_clip_loss(_inp([[2.0]], [[0.0]], [-1.0]), dual_clip=3.0)
+    out = ppo_clip_loss(_inp([[2.0]], [[0.0]], [-1.0]), ClipOptions(dual_clip=3.0))
     assert out.loss.item() == pytest.approx(3.0)
     assert out.stats["dual_clip_frac"].item() == 1.0
 
@@ -48,7 +49,7 @@ def test_k3_kl_term():
     d = -0.4  # ref - logp
     assert k3_kl(torch.tensor(0.4), torch.tensor(0.0)).item() == pytest.approx(math.exp(d) - d - 1, rel=1e-6)
     inp = _inp([[0.4]], [[0.4]], [0.0], ref=[[0.0]])
-    out = ppo_clip_loss(inp, kl_coef=0.5)
+    out = ppo_clip_loss(inp, ClipOptions(kl_coef=0.5))
     assert out.loss.item() == pytest.approx(0.5 * (math.exp(d) - d - 1), rel=1e-9)
 
 

@@ -7,8 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlkit import registry
 from rlkit.algorithms.losses import (
+    DRPOOptions,
+    KLCovOptions,
     LossInputs,
     MinibatchInputs,
     drpo_loss,
@@ -16,29 +17,30 @@ from rlkit.algorithms.losses import (
     kl_cov_loss,
     kl_cov_select,
 )
-from rlkit.config import ConfigError, load_config, loss_options
+from rlkit.config import ConfigError, load_config
 from rlkit.parallel.micro import unit_chunks
+from rlkit.trainers import stages
 
 
 def build_loss(cfg):
     """The configured loss with its options bound, and whether it keeps groups whole (as the trainer builds it)."""
-    entry = registry.resolve("loss", cfg.algorithm.loss)
-    return registry.build(entry, loss_options(cfg)), entry.caps.whole_groups
+    spec = stages.build_loss(cfg)
+    return spec.fn, spec.whole_groups
 
 
-def drpo_inputs(logp, mask, correct, groups, old=None, scale=1.0):
+def drpo_inputs(logp, mask, correct, groups, old=None, scale=1.0, max_new_tokens=4):
     logp = torch.tensor(logp, dtype=torch.float64, requires_grad=True)
     mask = torch.tensor(mask, dtype=torch.float64)
     return LossInputs(logprobs=logp, old_logprobs=logp.detach().clone() if old is None else torch.tensor(old, dtype=torch.float64),
                       advantages=torch.zeros(len(correct), dtype=torch.float64), mask=mask, token_weights=mask,
                       group_ids=torch.tensor(groups), correct=torch.tensor(correct, dtype=torch.float64),
-                      group_scale=scale)
+                      group_scale=scale, max_new_tokens=max_new_tokens)
 
 
 def test_drpo_hand_computed_value_and_gradient():
     # s = [-1, -3, -0.5]; equal positive lengths -> w = 0.5 each; one negative -> neg term = s_neg
     inp = drpo_inputs([[-1.0, -1.0], [-2.0, -4.0], [-0.5, -9.0]], [[1, 1], [1, 1], [1, 0]], [1, 1, 0], [0, 0, 0])
-    out = drpo_loss(inp, max_len=4, tau=10.0)
+    out = drpo_loss(inp, DRPOOptions(tau=10.0))
     assert out.loss.item() == pytest.approx(-((0.5 * -1 + 0.5 * -3) - (-0.5)))
     out.loss.backward()
     g = inp.logprobs.grad
@@ -53,18 +55,20 @@ def test_drpo_length_weights_and_unmixed_groups():
     assert w.tolist() == pytest.approx([1 / (1 + math.exp(-5)), 1 / (1 + math.exp(5)), 0.0])
     # an all-correct group and a mixed one: the all-correct group adds nothing but counts in group_scale
     inp = drpo_inputs([[-1.0], [-2.0], [-1.0], [-3.0]], [[1], [1], [1], [1]], [1, 1, 1, 0], [0, 0, 1, 1], scale=0.5)
-    out = drpo_loss(inp, max_len=4)
+    out = drpo_loss(inp)
     assert out.loss.item() == pytest.approx(-0.5 * (-1.0 - (-3.0)))
     with pytest.raises(ValueError, match="needs group_ids and correct"):
-        drpo_loss(LossInputs(inp.logprobs, inp.old_logprobs, inp.advantages, inp.mask, inp.mask), max_len=4)
+        drpo_loss(LossInputs(inp.logprobs, inp.old_logprobs, inp.advantages, inp.mask, inp.mask, max_new_tokens=4))
+    with pytest.raises(ValueError, match="needs the completion cap"):
+        drpo_loss(drpo_inputs([[-1.0], [-2.0]], [[1], [1]], [1, 0], [0, 0], max_new_tokens=0))
 
 
 def test_drpo_kl_penalty_only_beyond_delta():
     old = [[-1.0], [-1.0]]
     near = drpo_inputs([[-1.0], [-1.0 + 1e-6]], [[1], [1]], [1, 1], [0, 0], old=old)  # KL ~ 5e-7 < delta
-    assert drpo_loss(near, max_len=4, delta=1e-4).loss.item() == 0.0
+    assert drpo_loss(near, DRPOOptions(delta=1e-4)).loss.item() == 0.0
     far = drpo_inputs([[-1.5], [-1.5]], [[1], [1]], [1, 1], [0, 0], old=old)  # KL = 0.5
-    assert drpo_loss(far, max_len=4, beta=2.0, delta=0.1).loss.item() == pytest.approx(2.0 * 0.4 * 0.5 * 1)
+    assert drpo_loss(far, DRPOOptions(beta=2.0, delta=0.1)).loss.item() == pytest.approx(2.0 * 0.4 * 0.5 * 1)
 
 
 @settings(max_examples=80, deadline=None)
@@ -86,9 +90,9 @@ def test_kl_cov_penalises_only_the_top_covariance_tokens():
     mask = torch.ones(2, 2, dtype=torch.float64)
     adv = torch.tensor([1.0, -1.0], dtype=torch.float64)
     chosen = kl_cov_select(MinibatchInputs(logp.detach(), adv, mask, all_reduce_sum=lambda t: t,
-                                           all_gather=lambda t: t), kl_cov_ratio=0.25, ppo_kl_coef=1.0)
+                                           all_gather=lambda t: t), KLCovOptions(kl_cov_ratio=0.25))
     inp = LossInputs(logp, old, adv, mask, mask / 4, extra=chosen)
-    out = kl_cov_loss(inp, kl_cov_ratio=0.25, ppo_kl_coef=1.0)  # k = 1 of 4 tokens
+    out = kl_cov_loss(inp, KLCovOptions(kl_cov_ratio=0.25, ppo_kl_coef=1.0))  # k = 1 of 4 tokens
     # cov = (A - 0)(logp - (-1.525)) = [1.425, -0.475, -0.525, 1.475]: token (1,1) is the top one,
     # so it alone gets + |logp - old| = 0.5
     ratio = torch.exp(logp.detach() - old)
@@ -97,10 +101,11 @@ def test_kl_cov_penalises_only_the_top_covariance_tokens():
     assert out.stats["kl_cov_frac"].item() == 1
 
 
-def test_build_loss_binds_config_and_checks_kwargs():
-    fn, whole_groups = build_loss(load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lam": 0.5},
+def test_build_loss_binds_typed_options_and_checks_them():
+    fn, whole_groups = build_loss(load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_options": {"lam": 0.5},
                                                           "rollout.max_new_tokens": 64}))
-    assert whole_groups and fn.keywords == {"max_len": 64, "lam": 0.5, "tau": 10.0, "beta": 1e3, "delta": 1e-4}  # defaults resolved
+    assert whole_groups and fn.keywords == {"options": DRPOOptions(lam=0.5)}  # defaults from the dataclass
+    assert fn.keywords["options"] == DRPOOptions(lam=0.5, tau=10.0, beta=1e3, delta=1e-4)
     assert drpo_loss.whole_groups
     assert not build_loss(load_config())[1]
     # prompts_per_step is global now: each of the (here 1) processes keeps 6 prompts
@@ -109,10 +114,14 @@ def test_build_loss_binds_config_and_checks_kwargs():
                                "rollout.group_size": 2})
     with pytest.raises(ConfigError, match="loss 'drpo' needs a correctness term"):
         load_config(overrides={"algorithm.loss": "drpo", "rewards": [{"name": "boxed_format"}]})
-    # max_len is bound from rollout.max_new_tokens, so it is no longer a loss_kwargs option
-    with pytest.raises(ConfigError, match=r"algorithm\.loss_kwargs: policy loss 'drpo' has no option 'lambda'; "
-                                          r"valid options: lam, tau"):
-        load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lambda": 0.1}})
+    # the completion cap reaches the loss in LossInputs (what the loop has), so it is no option
+    with pytest.raises(ConfigError, match=r"algorithm\.loss_options: policy loss 'drpo' has no option 'lambda'; "
+                                          r"valid options: lam, tau, beta, delta"):
+        load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_options": {"lambda": 0.1}})
+    with pytest.raises(ConfigError, match=r"'algorithm\.loss_options\.lam' must be > 0, got -1"):  # typed ranges
+        load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_options": {"lam": -1}})
+    with pytest.raises(ConfigError, match=r"'algorithm\.loss_options\.tau' must be a number, got 'x'"):
+        load_config(overrides={"algorithm.loss": "drpo", "algorithm.loss_options": {"tau": "x"}})
 
 
 def test_unit_chunks_keep_units_whole():

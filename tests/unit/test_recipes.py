@@ -1,7 +1,7 @@
 import pytest
 
 from rlkit.cli import main
-from rlkit.config import ConfigError, list_recipes, load_config
+from rlkit.config import ConfigError, list_recipes, load_config, reference_coef
 
 ALL_RECIPES = {"grpo", "dr_grpo", "dapo", "dler", "da_dler", "drpo", "grpo_lambda", "kimi", "curriculum", "dot",
                "laser", "laser_d", "laser_de", "palu", "ulorl", "budget_forcing"}
@@ -25,7 +25,7 @@ def test_recipe_sets_the_paper_batch_and_length(name):
 
 def test_recipe_settings_and_precedence(tmp_path):
     cfg = load_config(recipes=["dler"])
-    assert cfg.algorithm.advantage == "batch_norm" and cfg.algorithm.epsilon_high == 0.28
+    assert cfg.algorithm.advantage == "batch_norm" and cfg.algorithm.loss_options["epsilon_high"] == 0.28
     assert [(t.name, t.weight) for t in cfg.rewards] == [("math_correct", 0.0), ("truncation", 1.0)]
     assert cfg.rewards[1].kwargs["max_tokens"] == 4000 and cfg.rollout.max_new_tokens == 4000  # defaults filled in
     assert (cfg.rollout.prompts_per_step, cfg.rollout.group_size, cfg.algorithm.minibatches) == (512, 16, 8)
@@ -38,7 +38,7 @@ def test_recipe_settings_and_precedence(tmp_path):
     assert cfg.rollout.temperature == 0.7 and cfg.algorithm.advantage == "batch_norm"  # override over both
     later = load_config(recipes=["dler", "kimi"])  # lists are replaced by the later source, mappings merge
     assert [t.name for t in later.rewards] == ["math_correct", "boxed_format"] and later.algorithm.advantage == "grpo"
-    assert later.algorithm.dual_clip == 10.0 and later.filter.name == "dynamic_sampling"
+    assert later.algorithm.loss_options["dual_clip"] == 10.0 and later.filter.name == "dynamic_sampling"
     assert [s.name for s in later.shaping] == ["kimi"]
 
 
@@ -57,7 +57,7 @@ def test_recipe_components():
     [budget] = cur.prompt_transforms
     assert budget.name == "budget_curriculum" and budget.kwargs["initial"] == 256 and budget.kwargs["every"] == 150
     drpo = load_config(recipes=["drpo"])
-    assert drpo.algorithm.loss == "drpo" and drpo.algorithm.kl_coef == 0.0 and drpo.algorithm.minibatches == 4
+    assert drpo.algorithm.loss == "drpo" and reference_coef(drpo) == 0.0 and drpo.algorithm.minibatches == 4
 
 
 def test_unknown_recipe_and_cli(capsys):

@@ -29,9 +29,11 @@ from rlkit.config import ConfigError, load_config, resolve, save_config
      r"'filter\.kwargs\.metric'; valid choices: correct, reward, shaped"),
     ({"sample_transforms": [{"name": "dot_truncation", "kwargs": {"alfa": 3}}]},
      r"sample transform 'dot_truncation' has no option 'alfa'"),
-    ({"algorithm.loss": "drpo", "algorithm.loss_kwargs": {"lamda": 0.1}},
+    ({"algorithm.loss": "drpo", "algorithm.loss_options": {"lamda": 0.1}},
      r"policy loss 'drpo' has no option 'lamda'; valid options: lam, tau, beta, delta"),
-    ({"algorithm.loss_kwargs": {"epsilon_low": 0.1}}, r"policy loss 'ppo_clip' has no option 'epsilon_low'"),
+    ({"algorithm.loss_options": {"epsilon_lo": 0.1}}, r"policy loss 'ppo_clip' has no option 'epsilon_lo'; valid "
+     r"options: epsilon_low, epsilon_high, dual_clip, kl_coef"),
+    ({"algorithm.loss_options": {"dual_clip": 0.5}}, r"'algorithm\.loss_options\.dual_clip' must be 0 or > 1, got 0\.5"),
     ({"shaping": ["nope"]}, r"shaping\[0\]\.name: unknown reward shaper 'nope'; registered shapers: da_dler"),
     ({"token_masks": ["nope"]}, r"unknown token mask 'nope'; registered token masks: dmmpt, mask_truncated"),
 ])
@@ -64,9 +66,10 @@ def test_component_values_are_refused_when_built_before_any_model_loads(override
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"algorithm.loss": "kl_cov", "algorithm.kl_coef": 0.1},
-     r"'algorithm\.kl_coef' is 0\.1 but loss 'kl_cov' does not use it \(it would load and score a reference"),
-    ({"algorithm.loss": "drpo", "algorithm.epsilon_high": 0.28}, r"'algorithm\.epsilon_high' is 0\.28 but loss 'drpo' does not use it"),
+    ({"algorithm.loss": "kl_cov", "algorithm.kl_coef": 0.1},  # the old name, translated: kl_cov has no KL term
+     r"algorithm\.loss_options: policy loss 'kl_cov' has no option 'kl_coef'; valid options: kl_cov_ratio"),
+    ({"algorithm.loss": "drpo", "algorithm.loss_options": {"epsilon_high": 0.28}},
+     r"policy loss 'drpo' has no option 'epsilon_high'"),
     ({"algorithm.advantage": "dr_grpo", "algorithm.scale": "group"},
      r"'algorithm\.scale' is 'group' but advantage 'dr_grpo' divides by no std"),
     ({"algorithm.advantage": "batch_norm", "algorithm.scale": "batch"}, r"advantage 'batch_norm' divides by no std"),
@@ -86,9 +89,9 @@ def test_contradictory_settings_are_errors(override, message):
 
 
 def test_loss_options_are_coerced_at_parse_time():
-    cfg = load_config(overrides={"algorithm.loss": "kl_cov", "algorithm.loss_kwargs": {"kl_cov_ratio": "2e-3"}})
-    assert cfg.algorithm.loss_kwargs == {"kl_cov_ratio": "2e-3"}  # the config describes what was written
-    assert resolve(cfg).algorithm.loss_kwargs == {"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0}  # YAML 1.1 read 2e-3 as text
+    cfg = load_config(overrides={"algorithm.loss": "kl_cov", "algorithm.loss_options": {"kl_cov_ratio": "2e-3"}})
+    assert cfg.algorithm.loss_options == {"kl_cov_ratio": "2e-3"}  # the config describes what was written
+    assert resolve(cfg).algorithm.loss_options == {"kl_cov_ratio": 0.002, "ppo_kl_coef": 1.0}  # YAML 1.1 read 2e-3 as text
 
 
 def test_consistent_settings_pass_and_scale_applies_where_it_exists():

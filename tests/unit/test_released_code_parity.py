@@ -20,7 +20,7 @@ from torch import nn
 from rlkit import registry
 from rlkit.algorithms.advantages import batch_norm_advantages, grpo_advantages
 from rlkit.algorithms.filters import DynamicSampling, PredictiveOversampling
-from rlkit.algorithms.losses import kl_cov_loss, kl_cov_select, ppo_clip_loss
+from rlkit.algorithms.losses import KLCovOptions, kl_cov_loss, kl_cov_select, ppo_clip_loss
 from rlkit.records import Prompt, Sample, ShapingBatch, StepBatch
 from rlkit.rewards.length import loop_start
 from rlkit.rewards.registry import build_reward
@@ -119,8 +119,8 @@ def _update(batch: StepBatch, run, *, aggregation: str, minibatches: int, loss: 
     batch.old_logprobs = torch.stack([-1.5 - 0.1 * torch.arange(batch.mask.shape[1], dtype=torch.float32)
                                       * (1 + (s.completion_ids[0] % 3)) for s in batch.samples])
     spec = LossSpec(ppo_clip_loss) if loss == "ppo_clip" else LossSpec(
-        functools.partial(kl_cov_loss, kl_cov_ratio=0.2, ppo_kl_coef=1.0), False,
-        functools.partial(kl_cov_select, kl_cov_ratio=0.2))
+        functools.partial(kl_cov_loss, options=KLCovOptions(kl_cov_ratio=0.2, ppo_kl_coef=1.0)), False,
+        functools.partial(kl_cov_select, options=KLCovOptions(kl_cov_ratio=0.2)))
     policy = _TinyPolicy()
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
     update_policy(

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rlkit.algorithms.filters import DynamicSampling
-from rlkit.algorithms.losses import MinibatchInputs, kl_cov_select
+from rlkit.algorithms.losses import KLCovOptions, MinibatchInputs, kl_cov_select
 from rlkit.records import Prompt, Sample, ShapingBatch, StepBatch
 from rlkit.shaping.groups import DifficultyAwareTruncation, GrpoLambda, KimiLength, Palu
 from rlkit.shaping.laser import LaserD, bucket_of, monitor_bucket
@@ -133,7 +133,7 @@ def test_kl_cov_selects_the_top_tokens_of_the_whole_minibatch():
 
     def select(rows):
         return kl_cov_select(MinibatchInputs(lp[rows], adv[rows], mask[rows], lambda t: t, lambda t: t),
-                             kl_cov_ratio=0.1)["kl_cov_chosen"]
+                             KLCovOptions(kl_cov_ratio=0.1))["kl_cov_chosen"]
 
     whole = select([0, 1, 2, 3])
     assert torch.equal(whole, _cov_topk(lp, adv, mask, 0.1)) and int(whole.sum()) == 4  # floor(0.1 x 45)
@@ -149,5 +149,5 @@ def test_kl_cov_chooses_exactly_k_tokens_when_covariances_tie():
     lp = -torch.rand(3, 8, generator=torch.Generator().manual_seed(1))
     mask = torch.ones(3, 8)
     chosen = kl_cov_select(MinibatchInputs(lp, torch.zeros(3), mask, lambda t: t, lambda t: t),
-                           kl_cov_ratio=0.25)["kl_cov_chosen"]
+                           KLCovOptions(kl_cov_ratio=0.25))["kl_cov_chosen"]
     assert int(chosen.sum()) == 6 and chosen[0, :6].all() and not chosen[0, 6:].any() and not chosen[1:].any()

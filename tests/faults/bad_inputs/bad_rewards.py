@@ -1,5 +1,7 @@
 """Rewards with the mistakes the corpus checks (importable as `bad_rewards:<name>`)."""
 
+from rlkit.algorithms.losses import ClipOptions
+
 
 def yields_values(prompts, completions, completion_ids, **kwargs):
     """Uses `yield` where a list was meant: returns a generator."""
@@ -22,14 +24,13 @@ def exits(prompts, completions, completion_ids, **kwargs):
     sys.exit(3)
 
 
-def nan_loss(inp, *, epsilon_low: float = 0.2, epsilon_high: float = 0.2, dual_clip: float = 0.0,
-             kl_coef: float = 0.0):
+def nan_loss(inp, options: ClipOptions = ClipOptions()):
     """ppo_clip whose loss is NaN (as `algorithm.loss`): the run diverges at its first micro-batch."""
     import dataclasses
 
     from rlkit.algorithms.losses import ppo_clip_loss
 
-    out = ppo_clip_loss(inp, epsilon_low=epsilon_low, epsilon_high=epsilon_high, dual_clip=dual_clip, kl_coef=kl_coef)
+    out = ppo_clip_loss(inp, options)
     return dataclasses.replace(out, loss=out.loss * float("nan"))
 
 
