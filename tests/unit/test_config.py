@@ -170,7 +170,7 @@ def test_sequence_parallel_settings_are_checked_against_the_world(monkeypatch):
         load_config(overrides=["parallel.tiled_mlp='on'"])
 
 
-def test_moved_options_read_under_their_old_names_on_the_cli_and_in_saved_configs(caplog):
+def test_moved_options_read_under_their_old_names_on_the_cli_and_in_saved_configs(caplog, tmp_path):
     """The held-out settings (one eval section), the cost model's attention ratio and a loss's options (typed,
     algorithm.loss_options) moved: the old names still load (one warning each), from the command line too, and a
     checkpoint's saved config reads as what the run had, with no option of another loss."""
@@ -199,6 +199,8 @@ def test_moved_options_read_under_their_old_names_on_the_cli_and_in_saved_config
     old_drpo = {"algorithm": {"loss": "drpo", "loss_kwargs": {"lam": 0.5}, "epsilon_low": 0.2, "kl_coef": 0.0}}
     translate_renamed(old_drpo, "ckpt", saved=True)
     assert old_drpo["algorithm"] == {"loss": "drpo", "loss_options": {"lam": 0.5}}
+    both = tmp_path / "both.yaml"  # one file giving the option under both names, differently
+    both.write_text("algorithm: {kl_coef: 0.1, loss_options: {kl_coef: 0.2}}\n")
     with pytest.raises(ConfigError, match="algorithm.kl_coef: 0.1 disagrees with each other or with "
                                           "algorithm.loss_options.kl_coef"):
-        load_config(overrides={"algorithm.loss_options": {"kl_coef": 0.2}, "algorithm.kl_coef": 0.1})
+        load_config(both)
