@@ -55,8 +55,11 @@ def run_rlkit(args, out: Path, tree: str | None = None) -> dict:
     cmd = [sys.executable, "-m", "rlkit.cli", "train", f"--output_dir={out}", f"--train.steps={args.steps}",
            f"--rollout.prompts_per_step={args.prompts}", f"--rollout.group_size={args.group}",
            f"--rollout.max_new_tokens={args.max_new}", "--rollout.temperature=1.0", "--rollout.top_p=1.0",
-           "--optim.lr=1e-6", "--data.shuffle=false", "--eval.before=false", "--eval.after=false",
-           "--checkpoint.save_final=false", "--logging.progress=false", "--rewards=[{name: math_correct}]"]
+           "--optim.lr=1e-6", "--data.shuffle=false", "--checkpoint.save_final=false", "--logging.progress=false",
+           "--rewards=[{name: math_correct}]"]
+    # the held-out settings moved to an eval section in issue 33; a baseline tree from before knows the old names
+    cmd += ["--train.eval_before=false", "--train.eval_after=false"] if tree else ["--eval.before=false",
+                                                                                  "--eval.after=false"]
     cmd += [] if tree else ["--overwrite"]  # a baseline from before issue 11 has no --overwrite (nor needs it)
     env = _env()
     if tree:  # another checkout of rlkit first on the path

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 from accelerate import Accelerator
 
-from rlkit.algorithms.losses import MinibatchInputs, kl_cov_select
+from rlkit.algorithms.losses import KLCovOptions, MinibatchInputs, kl_cov_select
 from rlkit.config import load_config
 from rlkit.parallel import dist
 from rlkit.records import Prompt, Sample
@@ -48,7 +48,7 @@ def main(out: str) -> None:
     chosen = kl_cov_select(MinibatchInputs(lp[rows], adv[rows], mask[rows],
                                            all_reduce_sum=lambda t: dist.all_reduce(acc, t, "sum"),
                                            all_gather=lambda t: dist.gather_var(acc, t), rank=rank),
-                           kl_cov_ratio=0.1)
+                           KLCovOptions(kl_cov_ratio=0.1))
     result["kl_cov_chosen"] = dist.gather_var(acc, chosen["kl_cov_chosen"].int()).tolist()
     # 4. LASER-D monitor: 8 monitor prompts (3 / 3 / 2 per rank), K = 3 rollouts each, gathered and bucketed
     cfg = load_config(overrides={

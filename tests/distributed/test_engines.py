@@ -185,7 +185,7 @@ def test_sp_with_sharded_engine_against_a_server_asynchronously(engine, mode, se
     run = tmp_path / "run"
     _ok(accelerate(config, run, engine, "--rollout.engine=vllm_server", f"--rollout.server_urls=[{server.url}]",
                    "--rollout.async_steps=1", "--parallel.sp_size=2", f"--parallel.sp_mode={mode}",
-                   "--optim.micro_batch_tokens=100", *(["--parallel.cost_model={comm: {2: 0.01}}"] if mode == "flex"
+                   "--optim.micro_batch_tokens=100", *(["--parallel.cost_model.comm={2: 0.01}"] if mode == "flex"
                                                       else [])))
     got = distributed(run)
     assert (got["type"], got["sp"], got["dp"]) == (ENGINES[engine][1], 2, 1)

@@ -85,7 +85,7 @@ def test_cli_train_with_sequence_parallelism_equals_the_data_parallel_run(tiny_m
     runs = {"dp": [], "sp": ["--parallel.sp_size=2"],
             "tiled": ["--parallel.sp_size=2", "--model.gradient_checkpointing=true", "--parallel.tiled_mlp=always"],
             "dp_segments": [segments], "adaptive": [segments, "--parallel.sp_size=2", "--parallel.sp_mode=adaptive",
-                                                    "--parallel.cost_model={comm: {2: 0.01}}"]}
+                                                    "--parallel.cost_model.comm={2: 0.01}"]}
     params, sharded = {}, {}
     for name, extra in runs.items():
         run = tmp_path / name
