@@ -208,6 +208,7 @@ class MaskInputs:
     correct: torch.Tensor | None  # [B] (NaN unknown)
     old_logprobs: torch.Tensor | None = None  # [B, C]
     entropy: torch.Tensor | None = None  # [B, C]
+    behaviour_logprobs: torch.Tensor | None = None  # [B, C] the rollout engine's (importance corrections)
 
 
 @dataclass

@@ -58,7 +58,7 @@ BUILTIN_MODULES = {
     "sample_transform": ("rlkit.shaping.transforms",),
     "advantage": ("rlkit.algorithms.advantages",),
     "loss": ("rlkit.algorithms.losses",),
-    "token_mask": ("rlkit.algorithms.masks",),
+    "token_mask": ("rlkit.algorithms.masks", "rlkit.algorithms.corrections"),
     "engine": ("rlkit.rollout.engines",),
 }
 
