@@ -184,6 +184,7 @@ class ShapingBatch:
     terms: dict = field(default_factory=dict)  # reward term name -> [N] values (NaN = not applicable)
     looping: torch.Tensor | None = None  # [N] bool: the completion ends in a repetition loop
     keys: list | None = None  # [N] stable question id of each sample (the data row's `source`, file:line)
+    columns: list | None = None  # [N] {column: value} of each sample's prompt, the columns the shapers declare
 
 
 @dataclass

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from rlkit import registry
 from rlkit.data import make_prompt
 from rlkit.parallel import dist
 from rlkit.records import ShapingBatch, StageContext, StepBatch
@@ -175,10 +176,15 @@ def shape(run, batch: StepBatch, step: int) -> None:
         looping = gather(torch.tensor([float(ends_in_loop(s.completion_ids)) for s in batch.samples])) > 0.5
     keys = [str(batch.prompts[batch.samples[i].group_id].columns.get("source", batch.samples[i].group_id))
             for i in rows.tolist()]
+    columns = None  # the prompt columns the shapers declare (NeMo-RL's per-prompt profiles)
+    wanted = sorted({c for _, s in shapers for c in registry.capabilities(s, kind="shaper").needs_columns})
+    if wanted:
+        mine = [{c: batch.prompts[batch.samples[i].group_id].columns.get(c) for c in wanted} for i in rows.tolist()]
+        columns = [c for rank_columns in dist.gather_objects(acc, mine) for c in rank_columns]
     sb = ShapingBatch(rewards=gather(batch.rewards), correct=gather(batch.correct), lengths=gather(batch.lengths),
                       truncated=gather(batch.truncated.float()) > 0.5, group_ids=gather(batch.group_ids + group_offset),
                       step=step, terms={k: gather(v) for k, v in batch.terms.items()}, looping=looping,
-                      keys=[k for rank_keys in dist.gather_objects(acc, keys) for k in rank_keys])
+                      keys=[k for rank_keys in dist.gather_objects(acc, keys) for k in rank_keys], columns=columns)
     for name, shaper in shapers:
         result = shaper(sb)
         sb.rewards = result.rewards
