@@ -16,9 +16,11 @@ How rlkit maps the released hook (the docstrings below say where a shaper differ
 
 - correct: the verifier (``ShapingBatch.correct >= 1``; the shapers declare ``needs_verifier``). The released code
   reads ``reward > 0`` of its binary reward, the same thing when the reward is ``math_correct`` alone.
-- L: ``ShapingBatch.lengths``, the completion's generated tokens, for the released "total" channel (reasoning +
-  answer tokens, each text re-encoded without special tokens: the two can differ by the end-of-sequence token).
-  The reasoning and answer channels are not mapped: rlkit has no reasoning/answer split of a completion.
+- L: ``ShapingBatch.lengths``, the completion's generated tokens as ``rollout.thinking.count`` counts them. ``all``
+  (the default) is the released "total" channel (reasoning + answer tokens, each text re-encoded without special
+  tokens: the two can differ by the end-of-sequence token); with ``rollout.thinking.end`` set, ``think`` / ``answer``
+  stand for the reasoning / answer channels (rlkit counts generated tokens, the end marker with the thinking and a
+  completion without the marker as all thinking: rlkit.rollout.thinking).
 - Binary rewards only, as released: a group with any reward that is not 0 or 1 (within 1e-6) is left as it is and
   counted in ``skipped_non_binary_frac`` (one warning per shaper). So a second NeMo shaper after a first one finds
   shaped (non-binary) rewards and skips those groups: to stack algorithms, use ``nemo_length``.
@@ -31,7 +33,8 @@ How rlkit maps the released hook (the docstrings below say where a shaper differ
   that were correct with reward > 0 and end with reward <= 0, over all samples), ``adjusted_frac``,
   ``skipped_non_binary_frac``.
 
-Not mapped: the reasoning/answer channels and ``length_type: chars`` (see above), ``agent_overrides`` and
+Not mapped: the channels as separate settings of a shaper (the run's ``rollout.thinking.count`` picks one for every
+length decision) and ``length_type: chars``, ``agent_overrides`` and
 ``enabled`` (one shaper entry is one agent's block: list it or not), ``verbose`` (the metrics instead), and the
 low-effort and multi-component (``reward_components``) skips, which have no counterpart in rlkit.
 """
@@ -127,7 +130,8 @@ def check_band(band, label: str) -> dict:
         return {}
     if not isinstance(band, dict) or set(band) - {"total"}:
         raise ValueError(f"{label}: profile_band takes one channel, {{total: {{a, b, f}}}}, got {band!r} (the "
-                         "reasoning and answer channels are not mapped: rlkit has no reasoning/answer split)")
+                         "reasoning and answer channels are not mapped as channels: the lengths are the ones "
+                         "rollout.thinking.count counts)")
     if "total" not in band:
         return {}
     ch = band["total"]

@@ -62,7 +62,7 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
             batch.metrics.setdefault(f"reward/{term.label}/errors", 0)
     values = None
     if samples:
-        texts, completions, ids, columns, context = reward_inputs(prompts, samples)
+        texts, completions, ids, columns, context = reward_inputs(prompts, samples, batch.length_count)
         values = run.rewards(texts, completions, ids, columns, **context, step=step)
     if values is None:  # a rank with no share (e.g. fewer monitor prompts than ranks)
         if idx is None:
@@ -99,6 +99,16 @@ def rewards_together(acc):
         raise error
 
 
+def annotate_lengths(run, batch: StepBatch) -> None:
+    """The thinking split of a generation's samples (``rollout.thinking``: ``Sample.think_tokens``, computed once
+    here, where the trainer collects what the rollout generated, forced phrases included), and the count the batch's
+    length decisions read (``StepBatch.length_count``, ``Sample.length``)."""
+    thinking = run.cfg.rollout.thinking
+    if thinking.end:
+        run.thinking.annotate(batch.samples)
+    batch.length_count = thinking.count
+
+
 def draw(run, step: int, *, n_prompts: int, round_idx: int) -> tuple[list, SamplingSpec, dict]:
     """The prompts of one generation round on this rank (its slice of n_prompts x world from the seeded sampler,
     after the prompt transforms), the round's sampling spec and the transforms' metrics."""
@@ -123,6 +133,7 @@ def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:
     with timed(run.timers, "rollout"):  # asynchronous rollouts: the wait for a batch generated ahead
         batch = run.rollout.produce(step, functools.partial(draw, run, n_prompts=n_prompts, round_idx=round_idx),
                                     first_round=round_idx == 0)
+    annotate_lengths(run, batch)
     metrics = batch.metrics
     with timed(run.timers, "reward"), rewards_together(acc):
         score(run, batch, step=step)
@@ -198,13 +209,15 @@ def shape(run, batch: StepBatch, step: int) -> None:
 def advantages(run, batch: StepBatch) -> torch.Tensor:
     """The estimator over the whole step's final rewards (gathered from all ranks); this rank's slice [N]. A
     filter's padded copies are left out of the estimator's statistics (group and batch means and stds) and get
-    advantage 0: they carry no loss (DOT's padded groups, rlkit.algorithms.filters.fill_quota)."""
+    advantage 0: they carry no loss (DOT's padded groups, rlkit.algorithms.filters.fill_quota). The estimator's
+    ``lengths`` weigh its statistics by the tokens that take the advantage in the loss: every completion token
+    (``StepBatch.num_tokens``), whatever rollout.thinking.count says."""
     acc = run.acc
     rows = torch.nonzero(batch.real).flatten()
     sizes, offset, group_offset = _offsets(acc, batch, len(rows))
     adv = run.stages.advantage(dist.gather_var(acc, batch.final_rewards()[rows], sizes),
                                dist.gather_var(acc, (batch.group_ids + group_offset)[rows], sizes),
-                               dist.gather_var(acc, batch.lengths[rows], sizes))
+                               dist.gather_var(acc, batch.num_tokens[rows], sizes))
     out = torch.zeros(len(batch.samples), dtype=adv.dtype)
     out[rows] = adv[offset:offset + len(rows)]
     return out
@@ -227,6 +240,7 @@ def refresh_monitors(run, step: int) -> dict:
             samples = run.engine.generate([p.ids for p in prompts],
                                           sampling_spec(cfg, k, cfg.train.seed * 7919 + step * 31 + rank, False))
             batch = StepBatch(prompts, samples)
+            annotate_lengths(run, batch)
             with rewards_together(acc):
                 score(run, batch, step=step)
             sizes, _, group_offset = _offsets(acc, batch)
