@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+COUNTS = ("all", "think", "answer")  # which completion tokens a length decision counts (rollout.thinking.count)
+
 
 @dataclass
 class Prompt:
@@ -36,6 +38,10 @@ class Sample:
     segments: the rollout call (0, 1, ...) that produced each token; empty for one-call rollouts.
     injected: positions of completion tokens the rollout wrote itself (a budget-forcing phrase): the reward reads
     them, the loss never trains on them.
+    think_tokens: a length annotation (rollout.thinking, filled once by rlkit.rollout.thinking when the samples of a
+    generation are collected): the completion tokens up to and including the first thinking end marker, all of
+    them when the marker never came (the thinking never closed); None: no split (rollout.thinking.end empty).
+    ``length(count)`` reads it; the loss and the token layout never do.
     """
 
     prompt_ids: list[int]
@@ -47,10 +53,32 @@ class Sample:
     versions: list[int] = field(default_factory=list)
     segments: list[int] = field(default_factory=list)
     injected: list[int] = field(default_factory=list)
+    think_tokens: int | None = None
 
     @property
     def num_tokens(self) -> int:
+        """Every completion token: what packing, masks, micro-batches and the cost model lay out."""
         return len(self.completion_ids)
+
+    def length(self, count: str = "all") -> int:
+        """The completion's length as every length decision counts it (rollout.thinking.count: the rewards'
+        ``num_tokens``, the shapers' lengths, DOT's truncation, the held-out budgets): "all" every token, "think" the
+        thinking tokens, "answer" the rest. A sample cut after its annotation (DOT) stays right: its thinking is
+        min(think_tokens, num_tokens) (a cut before the marker leaves a thinking that never closed)."""
+        if count == "all":
+            return self.num_tokens
+        if count not in COUNTS:
+            raise ValueError(f"length count {count!r}: valid counts are {', '.join(COUNTS)}")
+        if self.think_tokens is None:
+            raise ValueError(f"Sample.length({count!r}) needs the thinking split (think_tokens), which is filled when "
+                             "rollout.thinking.end is set (rlkit.rollout.thinking.ThinkingSplit.annotate)")
+        think = min(self.think_tokens, self.num_tokens)
+        return think if count == "think" else self.num_tokens - think
+
+    def counted_from(self, count: str = "all") -> int:
+        """The completion position where the counted tokens start (after the thinking for "answer", else 0): a
+        decision to keep n counted tokens cuts the completion after ``counted_from(count) + n`` tokens."""
+        return self.length("think") if count == "answer" else 0
 
     def trainable(self) -> list[float]:
         """1.0 per completion token the policy generated, 0.0 where the rollout injected one."""
@@ -90,6 +118,8 @@ class StepBatch:
     ``padding`` marks the copies a group filter adds to fill its quota (DOT's padded groups): they keep the
     batch's shape but carry zero loss weight and are left out of the shapers, the advantage statistics and
     every mean (None: no padding).
+    ``length_count`` is which completion tokens ``lengths`` counts (rollout.thinking.count, ``Sample.length``), set
+    by the trainer when it annotates a generation; ``num_tokens`` always counts every token.
     """
 
     prompts: list[Prompt]  # [P]
@@ -105,13 +135,18 @@ class StepBatch:
     ref_logprobs: torch.Tensor | None = None  # [N, C]; None: no KL term
     metrics: dict[str, float] = field(default_factory=dict)
     padding: torch.Tensor | None = None  # [N] bool: a filter's padded copy (zero weight); None: none padded
+    length_count: str = "all"  # rollout.thinking.count: what `lengths` counts
 
     @property
     def group_ids(self) -> torch.Tensor:  # [N] long
         return torch.tensor([s.group_id for s in self.samples], dtype=torch.long)
 
     @property
-    def lengths(self) -> torch.Tensor:  # [N] float32 completion tokens
+    def lengths(self) -> torch.Tensor:  # [N] float32 the counted lengths every length decision reads (Sample.length)
+        return torch.tensor([float(s.length(self.length_count)) for s in self.samples])
+
+    @property
+    def num_tokens(self) -> torch.Tensor:  # [N] float32 every completion token (token weights, layout)
         return torch.tensor([float(s.num_tokens) for s in self.samples])
 
     @property
@@ -148,7 +183,8 @@ class StepBatch:
 
         return StepBatch([self.prompts[g] for g in groups], samples, take(self.rewards),
                          {k: v[idx] for k, v in self.terms.items()}, take(self.correct), take(self.shaped),
-                         take(self.advantages), metrics=dict(self.metrics), padding=take(self.padding))
+                         take(self.advantages), metrics=dict(self.metrics), padding=take(self.padding),
+                         length_count=self.length_count)
 
     @staticmethod
     def concat(batches: Sequence[StepBatch]) -> StepBatch:
@@ -168,7 +204,8 @@ class StepBatch:
         if any(b.padding is not None for b in batches):
             padding = torch.cat([~b.real for b in batches])
         return StepBatch(prompts, samples, cat(lambda b: b.rewards), terms, cat(lambda b: b.correct),
-                         cat(lambda b: b.shaped), cat(lambda b: b.advantages), padding=padding)
+                         cat(lambda b: b.shaped), cat(lambda b: b.advantages), padding=padding,
+                         length_count=batches[0].length_count if batches else "all")
 
 
 @dataclass
@@ -177,13 +214,14 @@ class ShapingBatch:
 
     rewards: torch.Tensor  # combined per-sample reward (float32); each shaper's output feeds the next
     correct: torch.Tensor  # verifier 0/1, NaN where unknown or when the run has no correctness term
-    lengths: torch.Tensor  # completion tokens (float32)
+    lengths: torch.Tensor  # completion tokens as the length decisions count them (rollout.thinking.count), float32
     truncated: torch.Tensor  # finish_reason == "length" (bool)
     group_ids: torch.Tensor  # long, unique across ranks
     step: int
     terms: dict = field(default_factory=dict)  # reward term name -> [N] values (NaN = not applicable)
     looping: torch.Tensor | None = None  # [N] bool: the completion ends in a repetition loop
     keys: list | None = None  # [N] stable question id of each sample (the data row's `source`, file:line)
+    columns: list | None = None  # [N] {column: value} of each sample's prompt, the columns the shapers declare
 
 
 @dataclass
@@ -208,6 +246,7 @@ class MaskInputs:
     correct: torch.Tensor | None  # [B] (NaN unknown)
     old_logprobs: torch.Tensor | None = None  # [B, C]
     entropy: torch.Tensor | None = None  # [B, C]
+    behaviour_logprobs: torch.Tensor | None = None  # [B, C] the rollout engine's (importance corrections)
 
 
 @dataclass

@@ -52,13 +52,13 @@ KINDS = {
 
 BUILTIN_MODULES = {
     "reward": ("rlkit.rewards.builtin", "rlkit.rewards.length"),
-    "shaper": ("rlkit.shaping.groups", "rlkit.shaping.laser"),
+    "shaper": ("rlkit.shaping.groups", "rlkit.shaping.laser", "rlkit.shaping.nemo"),
     "filter": ("rlkit.algorithms.filters",),
     "prompt_transform": ("rlkit.data.transforms",),
     "sample_transform": ("rlkit.shaping.transforms",),
     "advantage": ("rlkit.algorithms.advantages",),
     "loss": ("rlkit.algorithms.losses",),
-    "token_mask": ("rlkit.algorithms.masks",),
+    "token_mask": ("rlkit.algorithms.masks", "rlkit.algorithms.corrections"),
     "engine": ("rlkit.rollout.engines",),
 }
 
@@ -97,6 +97,7 @@ class RewardCaps(Capabilities):
 class ShaperCaps(Capabilities):
     monitor: Any = None  # (every, size, samples) of a monitor set generated with the current policy (LASER-D)
     needs_looping: bool = False  # the batch must carry the loop detector's flags
+    needs_columns: tuple = ()  # dataset columns of each sample's prompt the batch must carry (ShapingBatch.columns)
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ def problems(cfg: Config, source: str = "config") -> list[str]:
                  f"'rollout.async_steps' ({r.async_steps}) needs an engine that generates while the trainer trains "
                  f"(e.g. vllm_server); the {r.engine!r} engine shares the device with training and stays synchronous")
     _check_forcing(r, out)
+    _check_thinking(r, out)
     cap = cfg.eval.max_new_tokens or r.max_new_tokens
     bad = [b for b in cfg.eval.budgets if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b < cap]
     out.need(not bad, f"'eval.budgets' must be whole numbers of tokens from 1 to below the evaluation cap ({cap}), "
@@ -158,6 +159,16 @@ def _check_forcing(r: RolloutConfig, out: _Problems) -> None:
     out.need(bool(f.phrase.strip()), "'rollout.budget_forcing.phrase' is empty: give the text injected at the budget")
     out.need(r.segments == 1, "'rollout.budget_forcing' cannot be combined with rollout.segments > 1 (segments "
              "carry unfinished samples to later steps; forcing ends them at their budget): use one of them")
+
+
+def _check_thinking(r: RolloutConfig, out: _Problems) -> None:
+    """Thinking-aware lengths: counting the thinking or the answer needs the marker that splits them; a marker is
+    text (blanks alone would split at whitespace)."""
+    t = r.thinking
+    out.need(t.count == "all" or bool(t.end), f"'rollout.thinking.count' is {t.count!r} but 'rollout.thinking.end' is "
+             "empty: set the marker that ends the thinking (e.g. '</think>') or count all tokens")
+    out.need(not t.end or bool(t.end.strip()), f"'rollout.thinking.end' is {t.end!r}: give the marker's text (e.g. "
+             "'</think>'), or leave it empty for no split")
 
 
 def _resolve(kind: str, name: str, where: str, source: str, **kw) -> registry.Entry:

@@ -69,9 +69,27 @@ class BudgetForcingConfig:
                         "interruptions, arXiv 2510.13786); empty = off", factory=list)
     phrase: str = opt("\n\nFinal answer: \\boxed{", "injected where a sample reaches its budget (the reward reads "
                       "it, the loss never trains on it); also the phrase of the held-out check's eval.budgets and "
-                      "the default of `rlkit eval --force-suffix`")
+                      "the default of `rlkit eval --force-suffix`. With rollout.thinking.end, a phrase holding the "
+                      "marker (e.g. '</think>', or '</think>\\n\\nFinal answer: \\\\boxed{') forces the end of the "
+                      "thinking: the split finds the injected marker")
     answer_tokens: int = opt(16, "the answer allowance after the phrase, in tokens (also the held-out check's and "
                              "the default of `rlkit eval --answer-tokens`)", check=">=1")
+
+
+@dataclass
+class ThinkingConfig:
+    """Thinking-aware lengths: a reasoning model writes ``<think> ... </think>`` and then its answer (NeMo-RL counts
+    the tokens before ``</think>``). The split is found once per sample after generation (rlkit.rollout.thinking)."""
+
+    end: str = opt("", "the marker that ends the thinking (e.g. '</think>'); thinking tokens = the completion's tokens "
+                   "up to and including its first marker, answer tokens = the rest; a completion without the marker "
+                   "never closed its thinking and is all thinking. The marker is found in the completion's token ids "
+                   "(the marker encoded once, no special tokens), else in the decoded text (the shortest prefix whose "
+                   "text holds it); empty = no split (every token counts alike)")
+    count: Literal["all", "think", "answer"] = opt(
+        "all", "the tokens every length decision counts: the rewards' num_tokens, the shapers' lengths, DOT's "
+        "truncation, the held-out budgets; all = every completion token; think / answer need `end`. Packing, masks "
+        "and the cost model always use every token")
 
 
 @dataclass
@@ -109,6 +127,8 @@ class RolloutConfig:
         "async_steps with algorithm.tis_cap weighting tokens by min(pi_old / pi_behaviour, cap)); auto = sais with "
         "async_steps > 0, else pois. Replaces segment_importance / async_importance (translated with a warning)")
     budget_forcing: BudgetForcingConfig = opt(help="budget-forced rollouts", factory=BudgetForcingConfig)
+    thinking: ThinkingConfig = opt(help="thinking-aware lengths: which completion tokens the length terms, shapers, "
+                                   "truncation and budgets count", factory=ThinkingConfig)
     server_urls: list = opt(help="vllm_server: base URLs of the servers (e.g. http://node1:8000); each process "
                             "spreads its prompts over all of them", factory=list)
     server_timeout: float = opt(600.0, "vllm_server: seconds one server call (a generation request, a phase of a "

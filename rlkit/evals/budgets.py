@@ -7,6 +7,9 @@ appended and a short greedy continuation (at most ``answer_tokens``) is generate
 of them; rlkit.rollout.forcing.BudgetForcing, the same mechanics as budget-forced rollouts), and the text scored is
 the cut completion + phrase + continuation. Tokens used by a forced sample: b + suffix + continuation.
 At B itself nothing is cut or forced, so the largest budget reproduces plain ``rlkit eval`` at that cap.
+With ``rollout.thinking`` the budgets count the tokens ``rollout.thinking.count`` says (``Sample.length``): counting
+the thinking, a sample that closed its thinking within b is left as it is and any other is cut after b thinking
+tokens (with a phrase holding the end marker, e.g. ``"</think>"``, the forced continuation is the answer).
 
 Per budget: avg@k with its bootstrap interval, pass@k, maj@k, token statistics (rlkit.evals.metrics) and the
 forced-answer rate (the share of samples that needed the suffix). Per benchmark: the accuracy-vs-budget curve and
@@ -36,27 +39,33 @@ def parse_budgets(text: str) -> tuple[int, ...]:
     return tuple(sorted(set(out)))
 
 
-def finished_within(s: Sample, budget: int) -> bool:
-    """The sample ended by itself (EOS or a stop string) using at most ``budget`` tokens."""
-    return s.finish_reason == "stop" and s.num_tokens <= budget
+def finished_within(s: Sample, budget: int, count: str = "all") -> bool:
+    """The sample ended by itself (EOS or a stop string) using at most ``budget`` tokens as ``count`` counts them
+    (rollout.thinking.count, ``Sample.length``); counting the thinking, a sample that closed its thinking within the
+    budget has finished it too (a thinking budget leaves the answer alone)."""
+    if s.length(count) > budget:
+        return False
+    return s.finish_reason == "stop" or (count == "think" and s.length("answer") > 0)
 
 
-def at_budget(engine, prompts: list, samples: list[Sample], budget: int, forcing: BudgetForcing
+def at_budget(engine, prompts: list, samples: list[Sample], budget: int, forcing: BudgetForcing, count: str = "all"
               ) -> tuple[list[Sample], list[bool]]:
     """``samples`` (generated at the largest budget) as seen with ``budget`` tokens, in the same order, and which of
     them were forced. The forced continuations are generated in one greedy engine call, only for samples that had
-    not finished within the budget."""
+    not finished within the budget. ``count`` (rollout.thinking.count): which tokens the budget counts; a forced
+    sample is cut after ``budget`` of them (``Sample.counted_from``: after the thinking for "answer")."""
     if budget >= forcing.largest:
         return list(samples), [False] * len(samples)
-    todo = [i for i, s in enumerate(samples) if not finished_within(s, budget)]
+    todo = [i for i, s in enumerate(samples) if not finished_within(s, budget, count)]
     out, forced = list(samples), [False] * len(samples)
     if not todo:
         return out, forced
     spec = SamplingSpec(n=1, temperature=0.0, top_p=1.0, max_new_tokens=forcing.answer_tokens, logprobs=False)
-    tails = forcing.answers(engine, [list(prompts[samples[i].group_id].ids) + samples[i].completion_ids[:budget]
+    cuts = {i: samples[i].counted_from(count) + budget for i in todo}
+    tails = forcing.answers(engine, [list(prompts[samples[i].group_id].ids) + samples[i].completion_ids[:cuts[i]]
                                      for i in todo], spec)
     for i, tail in zip(todo, tails):
-        out[i] = forcing.joined(samples[i], budget, tail, trace=False)
+        out[i] = forcing.joined(samples[i], cuts[i], tail, trace=False)
         forced[i] = True
     return out, forced
 

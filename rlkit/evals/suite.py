@@ -120,12 +120,13 @@ def resolve_model(path: str) -> str:
     return str(out)
 
 
-def _scored_groups(accuracy_fn, chunk, samples) -> tuple[list[dict], int]:
+def _scored_groups(accuracy_fn, chunk, samples, count: str = "all") -> tuple[list[dict], int]:
     """One group per prompt of ``chunk`` (correct, tokens, truncated, answers of its samples) and how many samples
-    the verifier gave no verdict (counted as wrong, reported)."""
+    the verifier gave no verdict (counted as wrong, reported). ``tokens`` are every completion token (the cost);
+    the verifier's ``num_tokens`` is the counted length (``count``, rollout.thinking.count)."""
     from rlkit.rewards.combine import reward_inputs
 
-    texts, completions, ids, columns, context = reward_inputs(chunk, samples)
+    texts, completions, ids, columns, context = reward_inputs(chunk, samples, count)
     scores = accuracy_fn(prompts=texts, completions=completions, completion_ids=ids, **columns, **context, step=0)
     groups = []
     for g in range(len(chunk)):
@@ -138,13 +139,16 @@ def _scored_groups(accuracy_fn, chunk, samples) -> tuple[list[dict], int]:
 
 
 def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_tokens: int, *, label: str,
-                  progress: bool = True, forcing=None) -> dict:
+                  progress: bool = True, forcing=None, thinking=None, count: str = "all") -> dict:
     """k samples per prompt through ``engine``, scored; the benchmark's metrics (rlkit.evals.metrics), with the
     completion lengths of correct and wrong samples. ``forcing`` (rlkit.evals.budgets.BudgetForcing): generate at
-    its largest budget and add the metrics at every budget (``budgets``) and ``budget_auc``."""
+    its largest budget and add the metrics at every budget (``budgets``) and ``budget_auc``. ``thinking``
+    (rlkit.rollout.thinking.ThinkingSplit, None: no split) splits each generated and each forced sample; ``count``
+    (rollout.thinking.count) is what the budgets and the verifier's ``num_tokens`` count."""
     from tqdm.auto import tqdm
 
     from rlkit.evals.budgets import at_budget, budget_auc, forced_rate
+    from rlkit.rollout.thinking import annotate
 
     if settings.limit:
         prompts = prompts[:settings.limit]
@@ -158,10 +162,12 @@ def run_benchmark(engine, prompts, accuracy_fn, settings: EvalSettings, max_new_
         spec = SamplingSpec(n=settings.k, temperature=settings.temperature, top_p=settings.top_p,
                             max_new_tokens=budgets[-1], logprobs=False, seed=settings.seed * 1_000_003 + lo)
         samples = engine.generate([p.ids for p in chunk], spec)
+        annotate(thinking, samples)
         for b in budgets:
-            seen, was_forced = at_budget(engine, chunk, samples, b, forcing) if forcing is not None else \
+            seen, was_forced = at_budget(engine, chunk, samples, b, forcing, count) if forcing is not None else \
                 (samples, [False] * len(samples))
-            scored, none = _scored_groups(accuracy_fn, chunk, seen)
+            annotate(thinking, [s for s, f in zip(seen, was_forced) if f])  # a forced sample is a new completion
+            scored, none = _scored_groups(accuracy_fn, chunk, seen, count)
             groups[b] += scored
             forced[b] += was_forced
             unscored += none if b == budgets[-1] else 0
@@ -303,6 +309,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
     from rlkit.models import load_policy, load_tokenizer, pick_dtype
     from rlkit.rewards.combine import RewardContext, RewardSet
     from rlkit.rollout.factory import engine_entry, first_push, make_engine, push_policy
+    from rlkit.rollout.thinking import ThinkingSplit
 
     if baseline and baseline_model:
         raise UserError("give --baseline RESULT.json or --baseline-model PATH, not both")
@@ -321,6 +328,7 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
         prompt_sets[name], skipped[name] = built.prompts, built.skipped_long
     max_new = settings.max_new_tokens or cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     forcing = _forcing(settings, tokenizer)
+    thinking = ThinkingSplit.for_tokenizer(cfg.rollout.thinking.end, tokenizer)
     if forcing is not None:
         if settings.max_new_tokens and settings.max_new_tokens != forcing.largest:
             raise UserError(f"--max-new-tokens {settings.max_new_tokens} and --budgets (largest {forcing.largest}) "
@@ -352,7 +360,8 @@ def evaluate_suite(cfg, benchmarks: list[str], settings: EvalSettings, *, baseli
         def run_all(label: str) -> dict:
             torch.manual_seed(settings.seed)  # engines that sample from torch's RNG (hf) give the same draws
             return {name: {**run_benchmark(engine, prompts, accuracy, settings, max_new, label=f"{label}: {name}",
-                                           progress=progress, forcing=forcing), "skipped_long_prompts": skipped[name]}
+                                           progress=progress, forcing=forcing, thinking=thinking,
+                                           count=cfg.rollout.thinking.count), "skipped_long_prompts": skipped[name]}
                     for name, prompts in prompt_sets.items()}
 
         result = {"model": cfg.model.name_or_path, "settings": settings_out, "benchmarks": run_all("eval"),

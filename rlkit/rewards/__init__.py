@@ -5,7 +5,8 @@ A reward is a plain callable with TRL's signature::
     f(prompts, completions, completion_ids, **kwargs) -> list[float | None]
 
 `kwargs` carry the dataset columns of each sample (e.g. ``answer``) plus the context ``finish_reason``,
-``num_tokens`` and ``step``. ``None`` means "not applicable": it is masked, never counted as 0.
+``num_tokens`` (the completion's length as ``rollout.thinking.count`` counts it: every token by default) and
+``step``. ``None`` means "not applicable": it is masked, never counted as 0.
 Rewards are found by registered name, by import path ``"package.module:function"``, or through the
 ``rlkit.rewards`` entry-point group of installed packages (rlkit.registry).
 

@@ -1,7 +1,8 @@
 """Per-sample length-aware reward terms (architecture rule 3, first layer). Spec: shared/refs/methods.md.
 
 Each term is a registered factory: ``{name: laser_step, kwargs: {target_tokens: 4096}}`` in the config.
-They read the context kwargs ``num_tokens`` (L, completion tokens) and ``finish_reason`` and, when they
+They read the context kwargs ``num_tokens`` (L: completion tokens, or with ``rollout.thinking.count`` the thinking or
+the answer tokens of the completion, rlkit.rollout.thinking) and ``finish_reason`` and, when they
 gate on correctness, ``correct``: the values of the run's correctness term (e.g. ``math_correct``),
 which ``RewardSet`` scores first. A term returns None where correctness is unknown (no gold answer).
 

@@ -72,20 +72,22 @@ class BudgetForcing:
     def joined(self, sample: Sample, cut: int, tail: Sample, *, trace: bool) -> Sample:
         """``sample`` cut after ``cut`` tokens, the phrase and the answer ``tail``, as one completion. ``trace``
         (training): keep the per-token logprobs and policy versions (placeholders on the phrase, which nothing
-        reads) and mark the phrase ``injected`` (never trained); without it (evaluation) they are dropped."""
+        reads) and mark the phrase ``injected`` (never trained); without it (evaluation) they are dropped. The
+        thinking split is dropped too (a new completion: it is annotated after forcing, rlkit.rollout.thinking)."""
         head = sample.completion_ids[:cut]
         text = sample.text if cut >= sample.num_tokens else self.decode(head)
         ids = head + self.phrase_ids + list(tail.completion_ids)
         if not trace:
             return dataclasses.replace(sample, completion_ids=ids, logprobs=[], finish_reason=tail.finish_reason,
-                                       text=text + self.phrase + tail.text, versions=[], segments=[])
+                                       text=text + self.phrase + tail.text, versions=[], segments=[],
+                                       think_tokens=None)
         k = len(self.phrase_ids)
         version = tail.versions[0] if tail.versions else (sample.versions[-1] if sample.versions else 0)
         return dataclasses.replace(
             sample, completion_ids=ids, finish_reason=tail.finish_reason, text=text + self.phrase + tail.text,
             logprobs=sample.logprobs[:cut] + [0.0] * k + tail.logprobs if sample.logprobs else [],
             versions=sample.versions[:cut] + [version] * k + tail.versions if sample.versions else [],
-            injected=list(range(cut, cut + k)))
+            injected=list(range(cut, cut + k)), think_tokens=None)
 
 
 class ForcedRollout(Rollout):

@@ -33,9 +33,11 @@ class Shaper:
 
     ``needs_looping``: the batch must carry the loop detector's flags. ``monitor``: (every, size, samples)
     when the shaper refreshes targets from a monitor set; the trainer then calls ``update_from_monitor``
-    with the gathered monitor rollouts every ``every`` steps (and before the first)."""
+    with the gathered monitor rollouts every ``every`` steps (and before the first). ``needs_columns``: the
+    dataset columns of each sample's prompt the batch must carry (``ShapingBatch.columns``)."""
 
     needs_looping = False
+    needs_columns: tuple[str, ...] = ()
     monitor: tuple[int, int, int] | None = None
 
     def update_from_monitor(self, lengths: torch.Tensor, correct: torch.Tensor, group_ids: torch.Tensor) -> dict:

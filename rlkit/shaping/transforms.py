@@ -13,6 +13,9 @@ verifier re-run). m = int(margin) tokens for margin >= 1 (a non-integer margin i
 max(int(L_i * margin), 16) for 0 < margin < 1. Runs before dynamic sampling, so the groups it breaks survive
 the filter. Paper: alpha 3.0, margin 32, threshold 1.0.
 
+With ``rollout.thinking.count`` the lengths are the counted ones (``Sample.length``): think = the thinking is cut to
+T(q) tokens (the answer goes with it), answer = the answer is cut to T(q) tokens after the thinking.
+
 Both edge rules follow DOT's released code (U-rara/DOT projects/dot/length_truncation.py,
 ``apply_length_truncation``): the margin is ``int(min_truncation_margin)``, and a group without a correct
 response is skipped whatever the threshold (with success_threshold = 0 an all-wrong group is not truncated).
@@ -73,11 +76,13 @@ class DotTruncation:
 
     def __call__(self, batch: StepBatch, ctx: StageContext) -> dict:
         correct = [None if math.isnan(v) else v for v in batch.correct.tolist()]
-        cuts = outlier_cuts([s.num_tokens for s in batch.samples], correct, batch.group_ids.tolist(),
+        count = batch.length_count  # rollout.thinking.count: the lengths compared and cut are the counted ones
+        cuts = outlier_cuts([s.length(count) for s in batch.samples], correct, batch.group_ids.tolist(),
                             alpha=self.alpha, margin=self.margin, success_threshold=self.success_threshold)
         idx = sorted(cuts)
         for i in idx:
-            batch.samples[i] = truncate_sample(batch.samples[i], cuts[i], ctx.decode)
+            s = batch.samples[i]
+            batch.samples[i] = truncate_sample(s, s.counted_from(count) + cuts[i], ctx.decode)
         if idx:
             ctx.rescore(batch, idx)
         return {"truncated_fraction": len(idx) / max(len(batch.samples), 1)}

@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from rlkit import registry
 from rlkit.data import make_prompt
 from rlkit.parallel import dist
 from rlkit.records import ShapingBatch, StageContext, StepBatch
@@ -61,7 +62,7 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
             batch.metrics.setdefault(f"reward/{term.label}/errors", 0)
     values = None
     if samples:
-        texts, completions, ids, columns, context = reward_inputs(prompts, samples)
+        texts, completions, ids, columns, context = reward_inputs(prompts, samples, batch.length_count)
         values = run.rewards(texts, completions, ids, columns, **context, step=step)
     if values is None:  # a rank with no share (e.g. fewer monitor prompts than ranks)
         if idx is None:
@@ -98,6 +99,16 @@ def rewards_together(acc):
         raise error
 
 
+def annotate_lengths(run, batch: StepBatch) -> None:
+    """The thinking split of a generation's samples (``rollout.thinking``: ``Sample.think_tokens``, computed once
+    here, where the trainer collects what the rollout generated, forced phrases included), and the count the batch's
+    length decisions read (``StepBatch.length_count``, ``Sample.length``)."""
+    thinking = run.cfg.rollout.thinking
+    if thinking.end:
+        run.thinking.annotate(batch.samples)
+    batch.length_count = thinking.count
+
+
 def draw(run, step: int, *, n_prompts: int, round_idx: int) -> tuple[list, SamplingSpec, dict]:
     """The prompts of one generation round on this rank (its slice of n_prompts x world from the seeded sampler,
     after the prompt transforms), the round's sampling spec and the transforms' metrics."""
@@ -122,6 +133,7 @@ def produce(run, step: int, n_prompts: int, round_idx: int) -> StepBatch:
     with timed(run.timers, "rollout"):  # asynchronous rollouts: the wait for a batch generated ahead
         batch = run.rollout.produce(step, functools.partial(draw, run, n_prompts=n_prompts, round_idx=round_idx),
                                     first_round=round_idx == 0)
+    annotate_lengths(run, batch)
     metrics = batch.metrics
     with timed(run.timers, "reward"), rewards_together(acc):
         score(run, batch, step=step)
@@ -175,10 +187,15 @@ def shape(run, batch: StepBatch, step: int) -> None:
         looping = gather(torch.tensor([float(ends_in_loop(s.completion_ids)) for s in batch.samples])) > 0.5
     keys = [str(batch.prompts[batch.samples[i].group_id].columns.get("source", batch.samples[i].group_id))
             for i in rows.tolist()]
+    columns = None  # the prompt columns the shapers declare (NeMo-RL's per-prompt profiles)
+    wanted = sorted({c for _, s in shapers for c in registry.capabilities(s, kind="shaper").needs_columns})
+    if wanted:
+        mine = [{c: batch.prompts[batch.samples[i].group_id].columns.get(c) for c in wanted} for i in rows.tolist()]
+        columns = [c for rank_columns in dist.gather_objects(acc, mine) for c in rank_columns]
     sb = ShapingBatch(rewards=gather(batch.rewards), correct=gather(batch.correct), lengths=gather(batch.lengths),
                       truncated=gather(batch.truncated.float()) > 0.5, group_ids=gather(batch.group_ids + group_offset),
                       step=step, terms={k: gather(v) for k, v in batch.terms.items()}, looping=looping,
-                      keys=[k for rank_keys in dist.gather_objects(acc, keys) for k in rank_keys])
+                      keys=[k for rank_keys in dist.gather_objects(acc, keys) for k in rank_keys], columns=columns)
     for name, shaper in shapers:
         result = shaper(sb)
         sb.rewards = result.rewards
@@ -192,13 +209,15 @@ def shape(run, batch: StepBatch, step: int) -> None:
 def advantages(run, batch: StepBatch) -> torch.Tensor:
     """The estimator over the whole step's final rewards (gathered from all ranks); this rank's slice [N]. A
     filter's padded copies are left out of the estimator's statistics (group and batch means and stds) and get
-    advantage 0: they carry no loss (DOT's padded groups, rlkit.algorithms.filters.fill_quota)."""
+    advantage 0: they carry no loss (DOT's padded groups, rlkit.algorithms.filters.fill_quota). The estimator's
+    ``lengths`` weigh its statistics by the tokens that take the advantage in the loss: every completion token
+    (``StepBatch.num_tokens``), whatever rollout.thinking.count says."""
     acc = run.acc
     rows = torch.nonzero(batch.real).flatten()
     sizes, offset, group_offset = _offsets(acc, batch, len(rows))
     adv = run.stages.advantage(dist.gather_var(acc, batch.final_rewards()[rows], sizes),
                                dist.gather_var(acc, (batch.group_ids + group_offset)[rows], sizes),
-                               dist.gather_var(acc, batch.lengths[rows], sizes))
+                               dist.gather_var(acc, batch.num_tokens[rows], sizes))
     out = torch.zeros(len(batch.samples), dtype=adv.dtype)
     out[rows] = adv[offset:offset + len(rows)]
     return out
@@ -221,6 +240,7 @@ def refresh_monitors(run, step: int) -> dict:
             samples = run.engine.generate([p.ids for p in prompts],
                                           sampling_spec(cfg, k, cfg.train.seed * 7919 + step * 31 + rank, False))
             batch = StepBatch(prompts, samples)
+            annotate_lengths(run, batch)
             with rewards_together(acc):
                 score(run, batch, step=step)
             sizes, _, group_offset = _offsets(acc, batch)

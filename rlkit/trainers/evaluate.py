@@ -8,17 +8,19 @@ from rlkit.logging import format_table
 
 
 def held_out_check(engine, prompts, accuracy_fn, *, temperature: float, max_new_tokens: int, seed: int = 0,
-                   forcing=None) -> dict:
+                   forcing=None, thinking=None, count: str = "all") -> dict:
     """The training run's held-out check: one completion per prompt (rlkit.evals.suite.run_benchmark with k = 1),
     scored with `accuracy_fn` (a reward callable). ``forcing`` (rlkit.evals.budgets.BudgetForcing, its largest
     budget the cap): also ``accuracy@B`` (with its interval), ``mean_tokens@B``, ``forced@B`` per budget and
-    ``budget_auc``, from the same generations."""
+    ``budget_auc``, from the same generations. ``thinking`` / ``count``: the thinking split and what the budgets
+    count (rollout.thinking; run_benchmark)."""
     if not prompts:
         return {}
     from rlkit.evals.suite import EvalSettings, run_benchmark
 
     m = run_benchmark(engine, prompts, accuracy_fn, EvalSettings(k=1, temperature=temperature, top_p=1.0, seed=seed),
-                      max_new_tokens, label="held-out", progress=False, forcing=forcing)
+                      max_new_tokens, label="held-out", progress=False, forcing=forcing, thinking=thinking,
+                      count=count)
     out = {"accuracy": m["avg@k"], "accuracy_ci_low": m["avg@k_ci_low"], "accuracy_ci_high": m["avg@k_ci_high"],
            "mean_tokens": m["mean_tokens"], "median_tokens": m["median_tokens"], "p90_tokens": m["p90_tokens"],
            "truncation_rate": m["truncation_rate"], "n": m["prompts"]}

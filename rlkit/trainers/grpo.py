@@ -114,7 +114,8 @@ def _train(run: Run) -> RunResult:
     cap = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
     held_out = functools.partial(held_out_check, run.engine, run.eval_set.prompts, accuracy_reward(cfg, run.rewards),
                                  temperature=cfg.eval.temperature, seed=cfg.train.seed, max_new_tokens=cap,
-                                 forcing=_held_out_forcing(run, cap))
+                                 forcing=_held_out_forcing(run, cap), thinking=run.thinking,
+                                 count=cfg.rollout.thinking.count)
     if cfg.eval.before and not run.before and run.eval_set.prompts:
         progress.at("the held-out evaluation before training")
         run.before = held_out()
@@ -179,7 +180,8 @@ def _train(run: Run) -> RunResult:
 
         # 8. metrics, sample completions, periodic eval and checkpoint
         metrics = step_metrics(batch, stats, trained_mask=trained.mask, mu=algo.mu, lr=run.scheduler.get_last_lr()[0],
-                               timers=run.timers, version=run.engine.version, acc=acc)
+                               timers=run.timers, version=run.engine.version, acc=acc,
+                               thinking=bool(cfg.rollout.thinking.end))
         metrics.update(monitor_metrics)
         real = batch.counted  # a filter's padded copies are not groups of their own (zero weight, DOT)
         metrics.update(dist.mean_metrics(acc, {"signal/group_fraction": signal_fraction(batch.advantages[real],

@@ -20,12 +20,15 @@ def _peak_rss_gib() -> float:
 
 
 def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Tensor, mu: int, lr: float,
-                 timers: dict, version: int, acc) -> dict:
+                 timers: dict, version: int, acc, thinking: bool = False) -> dict:
     """``batch``: this rank's collected step (before rank balancing); ``trained_mask``: the loss mask of the
     samples this rank trained on. Means over ranks skip ranks without a finite value (dist.mean_metrics);
     ``reward/<term>/errors`` (from rlkit.trainers.collect.score, reported by every rank) are summed.
     A filter's padded copies (``batch.padding``) were neither generated nor trained: they count in no statistic
-    (``batch.counted``: a batch that is all padding, no group with a signal, reports the groups it generated)."""
+    (``batch.counted``: a batch that is all padding, no group with a signal, reports the groups it generated).
+    ``thinking`` (rollout.thinking.end is set): also ``completion/think_tokens`` and ``completion/answer_tokens``,
+    the mean thinking and answer tokens of a completion (rlkit.rollout.thinking); ``completion/*_tokens`` count
+    every token."""
     real = batch.counted
     samples = [s for s, k in zip(batch.samples, real.tolist()) if k]
     lengths = [s.num_tokens for s in samples]
@@ -48,6 +51,9 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
         m["accuracy"] = float(known.mean())
     none = math.nan if not samples else None  # a rank without samples has no statistics to average in
     m.update({f"completion/{k}_tokens": none or v for k, v in length_stats(lengths).items()})
+    if thinking:
+        for part in ("think", "answer"):
+            m[f"completion/{part}_tokens"] = none or sum(s.length(part) for s in samples) / len(samples)
     m["completion/truncation_rate"] = none or sum(s.finish_reason == "length" for s in samples) / len(samples)
     m["completion/samples"] = float(len(samples))
     m["completion/total_tokens"] = float(n_gen_tokens)

@@ -29,6 +29,7 @@ from rlkit.rewards import RewardSet
 from rlkit.rewards.combine import RewardContext
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
 from rlkit.rollout.factory import engine_entry, first_push, push_policy
+from rlkit.rollout.thinking import ThinkingSplit
 from rlkit.rundir import LOCK_NAME
 from rlkit.trainers import backends
 from rlkit.trainers import checkpoint as ckpt
@@ -68,6 +69,7 @@ class Run:
     after: dict = field(default_factory=dict)  # held-out results after the last step (in the final checkpoint)
     timers: dict = field(default_factory=dict)  # seconds per phase of the current step
     checkpointer: ckpt.Checkpointer | None = None  # save and restore of every piece of run state (state_pieces)
+    thinking: ThinkingSplit | None = None  # the split of rollout.thinking.end with the run's tokenizer (None: no split)
 
 
 def _version() -> str:
@@ -215,7 +217,8 @@ def setup(cfg: Config, checked: Preflight) -> Run:
                          run_id=run_id),
         mbs=MicroBatching.from_config(cfg.optim, cfg.parallel.cost_model, _hidden_size(hf_model), layout), backend=backend,
         run_id=run_id,
-        data_fingerprint=checked.data_fingerprint, inputs=checked.inputs)
+        data_fingerprint=checked.data_fingerprint, inputs=checked.inputs,
+        thinking=ThinkingSplit.for_tokenizer(cfg.rollout.thinking.end, tokenizer))
     for line in notes + checked.notices:
         run.logger.console(line)
     if train_set.skipped_long:

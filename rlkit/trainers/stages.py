@@ -12,7 +12,7 @@ The loop calls these lists the same way whatever method they implement:
     loss                LossSpec (fn, whole groups, minibatch prepare)  ppo_clip, kl_cov, drpo
 
 Declarations are asked of the registry (rlkit.registry.Capabilities), once: a shaper's ``monitor`` and
-``needs_looping``, a loss's ``whole_groups`` and ``prepare``; a mask's ``kind``. Component state (``state_dict``) is saved in checkpoints by position.
+``needs_looping`` (its ``needs_columns`` by trainers/collect.shape), a loss's ``whole_groups`` and ``prepare``; a mask's ``kind``. Component state (``state_dict``) is saved in checkpoints by position.
 """
 
 from __future__ import annotations

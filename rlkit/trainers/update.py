@@ -330,7 +330,8 @@ def token_weights(batch: StepBatch, rows: MicroRows, old_logprobs: torch.Tensor,
             stats.sums["tis_weight"] += float((tis * mask).sum())
     for name, forward_mask in settings.forward_masks:
         keep = forward_mask.keep(MaskInputs(mask=mask, truncated=batch.truncated[rows.index].to(mask.device),
-                                            correct=rows.correct, old_logprobs=old_logprobs.detach(), entropy=entropy))
+                                            correct=rows.correct, old_logprobs=old_logprobs.detach(), entropy=entropy,
+                                            behaviour_logprobs=rows.behaviour))
         if rows.counted:
             stats.masked[name] += float((mask * (1 - keep)).sum())
         weights = weights * keep

@@ -35,7 +35,7 @@ from rlkit.config import ConfigError, load_config, resolve, save_config
      r"options: epsilon_low, epsilon_high, dual_clip, kl_coef"),
     ({"algorithm.loss_options": {"dual_clip": 0.5}}, r"'algorithm\.loss_options\.dual_clip' must be 0 or > 1, got 0\.5"),
     ({"shaping": ["nope"]}, r"shaping\[0\]\.name: unknown reward shaper 'nope'; registered shapers: da_dler"),
-    ({"token_masks": ["nope"]}, r"unknown token mask 'nope'; registered token masks: dmmpt, mask_truncated"),
+    ({"token_masks": ["nope"]}, r"unknown token mask 'nope'; registered token masks: dmmpt, geo_rs, icepop, mask_truncated, mis"),
 ])
 def test_component_options_are_checked_at_parse_time(override, message):
     with pytest.raises(ConfigError, match=message):
