@@ -1,4 +1,4 @@
-"""The config: a typed tree that only describes a run (docs/architecture.md, "The config").
+"""The config: a typed tree that only describes a run (docs/architecture.md, rule 5).
 
 - ``rlkit.config.schema``: the tree (one dataclass per section, defaults = the embedded demo), its --help source;
 - ``rlkit.config.load``: YAML files, recipes, dotted overrides and the translation of old option names;
