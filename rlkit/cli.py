@@ -83,19 +83,18 @@ def _overrides(ns: argparse.Namespace, types: dict) -> dict:
         if not hasattr(ns, key):
             continue
         raw = getattr(ns, key)
-        if tp is str:
-            out[key] = raw
-            continue
-        try:
-            out[key] = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--{key}: value {raw!r} is not valid YAML ({e})") from None
+        out[key] = raw if tp is str else _yaml_value(key, raw)
     for key, raw in getattr(ns, "nested", {}).items():
-        try:
-            out[key] = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--{key}: value {raw!r} is not valid YAML ({e})") from None
+        out[key] = _yaml_value(key, raw) if raw != "" else ""
     return out
+
+
+def _yaml_value(key: str, raw: str):
+    """An option's value as YAML reads it; ConfigError naming the option when it is not YAML."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--{key}: value {raw!r} is not valid YAML ({e})") from None
 
 
 def _unknown_option(arg: str, types: dict) -> str:

@@ -183,20 +183,19 @@ def _check_components(cfg: Config, out: _Problems) -> bool | None:
     correctness term. Returns whether a correctness term is configured (None when a
     component could not be resolved)."""
     source, start = out.source, len(out)
-    entries = []
+    rewards = []
     for i, term in enumerate(cfg.rewards):
         entry = out.run(_resolve, "reward", term.name, f"rewards[{i}].name", source, factory=term.factory)
         if entry is not None:
             out.run(registry.check_options, entry, term.kwargs, f"rewards[{i}].kwargs", source)
-        entries.append(entry)
+        rewards.append(entry)
     for _, kind, where, comp in components(cfg):
         entry = out.run(_resolve, kind, comp.name, f"{where}.name", source)
         if entry is not None:
             out.run(registry.check_options, entry, comp.kwargs, f"{where}.kwargs", source)
-        entries.append((where, entry))
     if len(out) > start:
         return None
-    verifiers = sum(bool(t.correctness or e.caps.verifier) for t, e in zip(cfg.rewards, entries))
+    verifiers = sum(bool(t.correctness or e.caps.verifier) for t, e in zip(cfg.rewards, rewards))
     try:
         check_weights(cfg.rewards, cfg.shaping)
     except RewardError as e:

@@ -215,17 +215,6 @@ def _pop(tree: dict, dotted: str, missing: Any) -> Any:
     return tree.pop(leaf, missing) if isinstance(tree, dict) else missing
 
 
-def _merged(given: dict, current: Any, missing: Any) -> Any:
-    """The value of a renamed option: the new key's where given, else the old key's; a mapping moved into a
-    mapping the new key already has (loss_kwargs into loss_options with epsilon_high moved there) merges."""
-    value = next(iter(given.values()))
-    if current is missing:
-        return value
-    if isinstance(value, dict) and isinstance(current, dict):
-        return {**value, **current}
-    return current
-
-
 def translate_renamed(raw: dict, source: str, *, saved: bool = False) -> dict:
     """Move the options of a raw config tree that were renamed (``RENAMED``) to their new key, in place; returns
     ``raw``. A user's file gets one warning line per old key, and an old key that disagrees with the new one (or with
@@ -258,7 +247,7 @@ def translate_renamed(raw: dict, source: str, *, saved: bool = False) -> dict:
             listed = ", ".join(f"{k}: {v}" for k, v in given.items())
             raise ConfigError(f"{source}: {listed} disagree{'s' if len(given) == 1 else ''} with each other or with "
                               f"{new}: they are one option now, {new}")
-        value = _merged(given, current, missing)
+        value = next(iter(given.values())) if current is missing else current  # a disagreement was refused above
         for key in given if not saved else ():
             log.warning("%s: '%s' is now '%s'; read as %s: %s", source, key, new, new, value)
         set_dotted(raw, new, value)

@@ -28,6 +28,7 @@ from rlkit.config import (
     advantage_options,
     components,
     loss_options,
+    reference_coef,
 )
 from rlkit.registry import ConfigError
 from rlkit.rewards.combine import built_reward
@@ -74,8 +75,7 @@ def build_loss(cfg: Config) -> LossSpec:
     if prepare is not None:
         prepare = functools.partial(prepare, options=typed) if typed is not None else functools.partial(prepare,
                                                                                                        **options)
-    reference = float(options.get(caps.reference, 0.0)) if caps.reference else 0.0
-    return LossSpec(registry.build(entry, options), bool(caps.whole_groups), prepare, reference)
+    return LossSpec(registry.build(entry, options), bool(caps.whole_groups), prepare, reference_coef(cfg))
 
 
 def built_rewards(cfg: Config, built: dict[str, Any] | None) -> list | None:
