@@ -136,6 +136,11 @@ class StepBatch:
     metrics: dict[str, float] = field(default_factory=dict)
     padding: torch.Tensor | None = None  # [N] bool: a filter's padded copy (zero weight); None: none padded
     length_count: str = "all"  # rollout.thinking.count: what `lengths` counts
+    # token-level signals (reward terms of shape "tokens" / "chunks", rlkit.rewards.combine.RewardValues.tokens):
+    # per sample a float32 tensor of its completion's length; None: no token-shaped term
+    token_rewards: list[torch.Tensor] | None = None
+    token_advantages: list[torch.Tensor] | None = None  # the estimator's per-token advantages (AdvantageCaps.tokens)
+    token_adv: torch.Tensor | None = None  # [N, C] token_advantages in completion space (prepare_tokens)
 
     @property
     def group_ids(self) -> torch.Tensor:  # [N] long
@@ -181,10 +186,14 @@ class StepBatch:
         def take(t):
             return None if t is None else t[idx]
 
+        def rows(ragged):
+            return None if ragged is None else [ragged[i] for i in idx]
+
         return StepBatch([self.prompts[g] for g in groups], samples, take(self.rewards),
                          {k: v[idx] for k, v in self.terms.items()}, take(self.correct), take(self.shaped),
                          take(self.advantages), metrics=dict(self.metrics), padding=take(self.padding),
-                         length_count=self.length_count)
+                         length_count=self.length_count, token_rewards=rows(self.token_rewards),
+                         token_advantages=rows(self.token_advantages))
 
     @staticmethod
     def concat(batches: Sequence[StepBatch]) -> StepBatch:
@@ -203,9 +212,15 @@ class StepBatch:
         padding = None
         if any(b.padding is not None for b in batches):
             padding = torch.cat([~b.real for b in batches])
+        def ragged(get):
+            parts = [get(b) for b in batches]
+            return None if any(p is None for p in parts) else [row for p in parts for row in p]
+
         return StepBatch(prompts, samples, cat(lambda b: b.rewards), terms, cat(lambda b: b.correct),
                          cat(lambda b: b.shaped), cat(lambda b: b.advantages), padding=padding,
-                         length_count=batches[0].length_count if batches else "all")
+                         length_count=batches[0].length_count if batches else "all",
+                         token_rewards=ragged(lambda b: b.token_rewards),
+                         token_advantages=ragged(lambda b: b.token_advantages))
 
 
 @dataclass

@@ -51,7 +51,7 @@ KINDS = {
 }
 
 BUILTIN_MODULES = {
-    "reward": ("rlkit.rewards.builtin", "rlkit.rewards.length"),
+    "reward": ("rlkit.rewards.builtin", "rlkit.rewards.length", "rlkit.rewards.decs"),
     "shaper": ("rlkit.shaping.groups", "rlkit.shaping.laser", "rlkit.shaping.nemo"),
     "filter": ("rlkit.algorithms.filters",),
     "prompt_transform": ("rlkit.data.transforms",),
@@ -65,7 +65,7 @@ BUILTIN_MODULES = {
 # parameters of a reward call that are data, not options
 REWARD_DATA = {"prompts", "completions", "completion_ids", "finish_reason", "num_tokens", "step", "correct"}
 # the first positional parameters of an advantage / loss call
-CALL_DATA = {"advantage": {"rewards", "group_ids", "lengths"}, "loss": {"inp"}, "engine": {"ctx"}}
+CALL_DATA = {"advantage": {"rewards", "group_ids", "lengths", "token_rewards"}, "loss": {"inp"}, "engine": {"ctx"}}
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,17 @@ class RewardCaps(Capabilities):
     # a failed batch: "per_sample" retries one sample at a time to find the failing one (cheap rewards);
     # "whole_batch" fails the batch as a unit (a scoring model: N single-sample forwards would cost N batches)
     batch_errors: Literal["per_sample", "whole_batch"] = "per_sample"
+    # what it returns per sample: one number ("scalar"), one number per completion token ("tokens"), or a list of
+    # (start, end, value) token spans ("chunks"); token and chunk rewards need an estimator and a loss that declare
+    # ``tokens`` (a parse-time check)
+    shape: Literal["scalar", "tokens", "chunks"] = "scalar"
+
+
+@dataclass(frozen=True)
+class AdvantageCaps(Capabilities):
+    # consumes the per-token rewards of token / chunk reward terms: called with ``token_rewards`` and returns
+    # per-token advantages (rlkit.algorithms.advantages, "Token-level signals")
+    tokens: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class LossCaps(Capabilities):
     prepare: Any = None  # minibatch-wide inputs computed before any backward (KL-Cov's token choice)
     aggregation: str | None = None  # the aggregation it is defined with (GSPO, CISPO)
     reference: str | None = None  # the option weighting a KL penalty to the reference policy (> 0: scored)
+    tokens: bool = False  # reads per-token advantages (LossInputs.token_advantages) where the estimator makes them
 
 
 @dataclass(frozen=True)
@@ -134,7 +146,7 @@ class EngineCaps(Capabilities):
 
 
 DECLARATIONS: dict[str, type[Capabilities]] = {
-    "reward": RewardCaps, "shaper": ShaperCaps, "filter": FilterCaps, "loss": LossCaps, "token_mask": MaskCaps,
+    "reward": RewardCaps, "advantage": AdvantageCaps, "shaper": ShaperCaps, "filter": FilterCaps, "loss": LossCaps, "token_mask": MaskCaps,
     "engine": EngineCaps}
 # older spellings of a declaration and the one name each now has (a component that still uses one is an error that
 # says so, not a declaration silently lost)

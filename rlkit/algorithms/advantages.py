@@ -15,6 +15,7 @@ from typing import Literal
 
 import torch
 
+from rlkit.records import group_index
 from rlkit.registry import register
 
 EPS = 1e-6
@@ -99,3 +100,44 @@ def batch_norm_advantages(rewards: torch.Tensor, group_ids: torch.Tensor,
     m = (w * adv).sum() / total
     v = (w * (adv - m) ** 2).sum() / (total - 1)
     return ((adv - m) / torch.sqrt(v + 1e-8)).to(rewards.dtype)
+
+
+# Token-level signals: an estimator declaring ``tokens`` (rlkit.registry.AdvantageCaps) is also called with
+# ``token_rewards`` (one float tensor per sample, its completion's length: the weighted sum of the token- and
+# chunk-shaped reward terms) and returns one tensor of per-token advantages per sample, which the loss reads token
+# by token (rlkit.algorithms.losses.token_advantages) under the usual mask and aggregation weights.
+
+
+@register("advantage", "decs", tokens=True)
+def decs_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                    token_rewards: list[torch.Tensor] | None = None, eps: float = 1e-6) -> list[torch.Tensor]:
+    """DECS (arXiv 2509.25827; released code src_valid/valid_ray_trainer.py compute_grpo_proc_length_advantage_return):
+    GRPO per token column. Sample i's reward at token t is R_it = r_i + u_it (r_i its scalar reward, u_it its token
+    reward, e.g. decs_redundancy's -beta L_i/T on the redundant span), and R_it = r_i past its end (the released
+    code pads every row with its outcome reward and normalises the padded columns too). Each column is normalised
+    over the group:
+
+        A_it = (R_it - mean_{j in g} R_jt) / (std_{j in g} R_jt + eps)        (unbiased std; eps = 1e-6)
+
+    A group of one takes mean 0 and std 1 (A = R / (1 + eps)), as released. Returned: A_i[:L_i] per sample.
+    Deviation: the statistics are taken in float64, so a column whose rewards are all equal gets exactly 0 (the
+    released float32 mean can be off by one ulp while the std is 0, which gives every token of such a column
+    about -0.12 at 16 samples: a float32 artefact, not the method)."""
+    n = len(rewards)
+    tok = token_rewards if token_rewards is not None else [torch.zeros(int(x)) for x in
+                                                           (lengths if lengths is not None else torch.zeros(n))]
+    out: list[torch.Tensor] = [torch.zeros(0)] * n
+    for idx in group_index(group_ids):
+        rows = idx.tolist()
+        width = max((tok[i].numel() for i in rows), default=0)
+        r = rewards[idx].double()
+        grid = r[:, None].repeat(1, width)
+        for k, i in enumerate(rows):
+            grid[k, :tok[i].numel()] += tok[i].double()
+        if len(rows) == 1:
+            adv = grid / (1.0 + eps)
+        else:
+            adv = (grid - grid.mean(0)) / (grid.std(0) + eps)
+        for k, i in enumerate(rows):
+            out[i] = adv[k, :tok[i].numel()].to(rewards.dtype)
+    return out

@@ -14,6 +14,9 @@ Declarations a loss may carry (attributes of the function, read once at start-up
   minibatch (all micro-batches, all ranks) before any backward pass; they reach the loss as ``inp.extra``.
 - ``reference``: the name of the option that weights a KL penalty to the reference policy (ppo_clip: kl_coef);
   when it is > 0 the trainer loads and scores the reference model, and ``inp.ref_logprobs`` is set.
+- ``tokens``: the loss reads each token's own advantage (``token_advantages(inp)``), so it trains on the per-token
+  advantages of a token-level estimator (token and chunk rewards: DECS); a sequence-level loss (GSPO, DRPO) does
+  not declare it, and a config pairing it with token-shaped rewards is refused when parsed.
 Statistics are token sums over the mask (``loss/<name>`` = sum / tokens); a name ending in ``_count`` is a plain
 count (``loss/<name>`` = the step's sum on a process).
 
@@ -50,6 +53,17 @@ class LossInputs:
     entropy: torch.Tensor | None = None  # [B, T] the current policy's token entropy (with grad), what the loop has
     behaviour_logprobs: torch.Tensor | None = None  # [B, T] the rollout engine's logprobs (the behaviour policy)
     max_new_tokens: int = 0  # the completion cap of the run (rollout.max_new_tokens), e.g. DRPO's C
+    # [B, T] per-token advantages when the estimator makes them (token / chunk rewards, AdvantageCaps.tokens); a loss
+    # declaring ``tokens`` reads them through ``token_advantages``
+    token_advantages: torch.Tensor | None = None
+
+
+def token_advantages(inp: LossInputs | MinibatchInputs) -> torch.Tensor:
+    """[B, T] the advantage of each token: the estimator's per-token advantages where it made them, else the
+    sequence's advantage broadcast over its tokens (the one place a token-level loss reads advantages)."""
+    if inp.token_advantages is not None:
+        return inp.token_advantages.to(inp.logprobs.dtype)
+    return inp.advantages.unsqueeze(1).expand_as(inp.logprobs).to(inp.logprobs.dtype)
 
 
 @dataclass
@@ -62,6 +76,7 @@ class MinibatchInputs:
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]  # summed over ranks
     all_gather: Callable[[torch.Tensor], torch.Tensor]  # 1-D tensors of any length, concatenated in rank order
     rank: int = 0  # this rank's index (ties are broken in rank order)
+    token_advantages: torch.Tensor | None = None  # [M, C] per-token advantages, when the estimator makes them
 
 
 @dataclass
@@ -125,7 +140,7 @@ class ClipOptions:
     kl_coef: float = field(default=0.0, metadata={"check": ">=0"})
 
 
-@register("loss", "ppo_clip", reference="kl_coef")
+@register("loss", "ppo_clip", reference="kl_coef", tokens=True)
 def ppo_clip_loss(inp: LossInputs, options: ClipOptions = ClipOptions()) -> LossOutputs:
     """Clipped surrogate (PPO, Schulman et al. 2017 eq. 7; GRPO eq. 3) with DAPO clip-higher
     (Yu et al. 2025 eq. 10: separate eps_low / eps_high) and dual clip (Ye et al. 2020 eq. 5):
@@ -137,7 +152,7 @@ def ppo_clip_loss(inp: LossInputs, options: ClipOptions = ClipOptions()) -> Loss
         loss  = sum_t w_t l_t                     (w from aggregation_weights)
     """
     dual_clip, kl_coef = options.dual_clip, options.kl_coef
-    adv = inp.advantages.unsqueeze(1).to(inp.logprobs.dtype)
+    adv = token_advantages(inp)
     ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1 - options.epsilon_low, 1 + options.epsilon_high)
@@ -174,7 +189,7 @@ def kl_cov_select(mb: MinibatchInputs, options: KLCovOptions = KLCovOptions()) -
     Exact global top-k from each rank's local top-k candidates (the global top k is within their union);
     tokens tied with the k-th value are taken in rank order, then position order, so exactly k are chosen."""
     valid = mb.mask > 0
-    adv = mb.advantages[:, None].expand_as(mb.logprobs).to(torch.float64)
+    adv = token_advantages(mb).to(torch.float64)
     lp = mb.logprobs.to(torch.float64)
     totals = mb.all_reduce_sum(torch.stack([valid.sum().to(torch.float64), adv[valid].sum(), lp[valid].sum()]))
     n = int(totals[0])
@@ -205,7 +220,7 @@ def kl_cov_loss(inp: LossInputs, options: KLCovOptions = KLCovOptions()) -> Loss
     logprob) get l_t = -A rho + coef |logp - logp_old|, all others l_t = -A rho. No ratio clipping.
     DOT: ratio 0.002, coef 1.0. (verl selects within one micro-batch; a long response alone in a
     micro-batch has a constant advantage there, covariance 0, and arbitrary tokens would be penalised.)"""
-    adv = inp.advantages.unsqueeze(1).expand_as(inp.logprobs).to(inp.logprobs.dtype)
+    adv = token_advantages(inp)
     ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
     chosen = inp.extra["kl_cov_chosen"] & (inp.mask > 0)
     per_token = -adv * ratio + torch.where(chosen, options.ppo_kl_coef * (inp.logprobs - inp.old_logprobs).abs(),
@@ -215,6 +230,7 @@ def kl_cov_loss(inp: LossInputs, options: KLCovOptions = KLCovOptions()) -> Loss
 
 
 kl_cov_loss.prepare = kl_cov_select
+kl_cov_loss.tokens = True
 
 
 def drpo_weights(len_reward: torch.Tensor, correct: torch.Tensor, lam: float) -> torch.Tensor:
@@ -308,7 +324,7 @@ def cispo_loss(inp: LossInputs, options: CISPOOptions = CISPOOptions()) -> LossO
     The paper imposes no lower bound on the weight (a large epsilon_low: is_low = 1 here, r >= 0) and tunes only the
     upper one; its value is not given in the paper [assumption: 0.28, DAPO's clip-higher]. The gradient is
     r_hat A grad logp, equal to PPO's where the ratio is inside the bounds."""
-    adv = inp.advantages.unsqueeze(1).to(inp.logprobs.dtype)
+    adv = token_advantages(inp)
     ratio = importance_ratio(inp.logprobs, inp.old_logprobs)
     weight = torch.clamp(ratio, 1 - options.is_low, 1 + options.is_high).detach()
     per_token = -weight * adv * inp.logprobs
@@ -318,6 +334,7 @@ def cispo_loss(inp: LossInputs, options: CISPOOptions = CISPOOptions()) -> LossO
 
 
 cispo_loss.aggregation = "token-mean"
+cispo_loss.tokens = True
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ def problems(cfg: Config, source: str = "config") -> list[str]:
                  f"(e.g. vllm_server); the {r.engine!r} engine shares the device with training and stays synchronous")
     _check_forcing(r, out)
     _check_thinking(r, out)
+    _check_reward_engines(cfg, out)
     cap = cfg.eval.max_new_tokens or r.max_new_tokens
     bad = [b for b in cfg.eval.budgets if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b < cap]
     out.need(not bad, f"'eval.budgets' must be whole numbers of tokens from 1 to below the evaluation cap ({cap}), "
@@ -201,6 +202,10 @@ def _check_components(cfg: Config, out: _Problems) -> bool | None:
     except RewardError as e:
         out.need(False, f"rewards: {e}")
     out.need(verifiers <= 1, "at most one reward term can be the correctness term")
+    for i, (t, e) in enumerate(zip(cfg.rewards, rewards)):
+        out.need(not t.correctness or e.caps.shape == "scalar",
+                 f"rewards[{i}] ({t.name}) returns {e.caps.shape} but is marked correctness: the correctness term "
+                 "returns one 0/1 value per sample")
     # a component's need for a correctness term may follow its options (dynamic_sampling's metric): it is checked
     # on the built components (rlkit.trainers.stages.build_components)
     return verifiers > 0
@@ -230,6 +235,52 @@ def _check_algorithm(cfg: Config, has_verifier: bool, world: int, out: _Problems
                  f"divide the {per_rank} prompts of each process")
     out.need(has_verifier or not loss.caps.needs_verifier,
              f"loss {a.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
+    _check_token_signals(cfg, adv, loss, out)
+
+
+REWARD_ENGINE_KEYS = {"engine": str, "model": str, "server_urls": list}
+
+
+def _check_reward_engines(cfg: Config, out: _Problems) -> None:
+    """``reward_engines``: {name: {engine: hf | vllm_server, model, server_urls}}."""
+    for name, spec in cfg.reward_engines.items():
+        where = f"'reward_engines.{name}'"
+        if not isinstance(spec, dict):
+            out.need(False, f"{where} must be a mapping {{engine, model, server_urls}}, got {spec!r:.60}")
+            continue
+        unknown = sorted(set(spec) - set(REWARD_ENGINE_KEYS))
+        out.need(not unknown, f"{where} has unknown keys {unknown}; valid: {', '.join(REWARD_ENGINE_KEYS)}")
+        bad = [k for k, tp in REWARD_ENGINE_KEYS.items() if k in spec and not isinstance(spec[k], tp)]
+        out.need(not bad, f"{where}: {', '.join(bad)} must be "
+                 f"{', '.join(REWARD_ENGINE_KEYS[k].__name__ for k in bad)}")
+        engine = spec.get("engine", "hf")
+        out.need(engine in ("hf", "vllm_server"), f"{where}.engine is {engine!r}; valid: hf (a colocated copy of the "
+                 "model), vllm_server (servers at server_urls)")
+        urls = spec.get("server_urls") or []
+        out.need(engine != "vllm_server" or (urls and all(isinstance(u, str) and u.startswith(("http://", "https://"))
+                                                          for u in urls)),
+                 f"{where}.server_urls must list the http(s) URLs of the servers for engine vllm_server, got {urls}")
+
+
+def _check_token_signals(cfg: Config, adv, loss, out: _Problems) -> None:
+    """Token- and chunk-shaped reward terms (RewardCaps.shape) reach the loss only through an estimator and a loss
+    that declare ``tokens``; an estimator that makes per-token advantages needs a loss that reads them."""
+    shaped = []
+    for i, term in enumerate(cfg.rewards):
+        try:
+            entry = registry.resolve("reward", term.name, factory=term.factory)
+        except ConfigError:
+            continue  # reported by _check_components
+        if entry.caps.shape != "scalar":
+            shaped.append(f"rewards[{i}] ({term.name}) returns {entry.caps.shape}")
+    a = cfg.algorithm
+    if shaped and adv is not None:
+        out.need(bool(adv.caps.tokens), f"{'; '.join(shaped)}, but advantage {a.advantage!r} takes one reward per "
+                 "sample: pick an estimator that declares tokens (e.g. decs)")
+    if (shaped or (adv is not None and adv.caps.tokens)) and not loss.caps.tokens:
+        what = "; ".join(shaped) if shaped else f"advantage {a.advantage!r} makes per-token advantages"
+        out.need(False, f"{what}, but loss {a.loss!r} reads one advantage per sequence: pick a loss that declares "
+                 "tokens (ppo_clip, kl_cov, cispo)")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -310,6 +310,12 @@ class Config:
     data: DataConfig = opt(help="prompt data", factory=DataConfig)
     rollout: RolloutConfig = opt(help="generation", factory=RolloutConfig)
     rewards: list = opt(help="reward terms: list of {name, weight, kwargs}", factory=_default_rewards)
+    reward_engines: dict = opt(help="models the reward terms may use (a detector, a judge), by name: {NAME: {engine: "
+                               "hf | vllm_server, model: PATH (hf; default the policy's model), server_urls: [URL] "
+                               "(vllm_server)}}; a reward asks for one by name in its setup(context) "
+                               "(context.engine(NAME)). hf: a second copy of the model in the trainer's process "
+                               "(colocated, greedy transformers generate); vllm_server: `rlkit serve` servers, never "
+                               "sent the policy's weights", factory=dict)
     prompt_transforms: list = opt(help="prompt transforms applied in order before the rollout (e.g. "
                                   "budget_curriculum): list of {name, kwargs}", factory=list)
     sample_transforms: list = opt(help="transforms of the scored rollouts (e.g. dot_truncation, zero_truncated): "

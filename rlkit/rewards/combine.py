@@ -38,7 +38,7 @@ import numbers
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -77,19 +77,41 @@ def reward_inputs(prompts: Sequence, samples: Sequence, count: str = "all"
     return [r.text for r in rows], [s.text for s in samples], [s.completion_ids for s in samples], columns, context
 
 
+@runtime_checkable
+class TextModel(Protocol):
+    """A model a reward may ask to complete texts (a detector, a judge): what ``RewardContext.engine`` returns
+    (rlkit.rollout.text.TextEngine: a colocated copy of a model, or vLLM servers)."""
+
+    def complete(self, prompts: list[str], *, max_new_tokens: int, temperature: float = 0.0) -> list[str]:
+        """One completion per prompt, each prompt a user message put through the model's chat template."""
+
+
 @dataclass
 class RewardContext:
     """What a reward's ``setup(context)`` gets: where it runs and what it may use. ``memory_left``: bytes free on
-    ``device`` once the rollout engine holds its share (CUDA: the GPU's free memory; CPU: available RAM)."""
+    ``device`` once the rollout engine holds its share (CUDA: the GPU's free memory; CPU: available RAM).
+    ``tokenizer``: the policy's (its token ids are the completions' ``completion_ids``); ``max_new_tokens``: the
+    run's completion cap; ``engines``: the models of the config's ``reward_engines`` by name (``engine(name)``)."""
 
     device: Any
     rank: int = 0
     world_size: int = 1
     dtype: Any = None
     memory_left: int | None = None
+    tokenizer: Any = None
+    max_new_tokens: int = 0
+    engines: dict = field(default_factory=dict)
+
+    def engine(self, name: str) -> TextModel:
+        """The reward engine ``name`` of the config's ``reward_engines``; a KeyError naming the configured ones."""
+        if name not in self.engines:
+            have = ", ".join(sorted(self.engines)) or "none"
+            raise KeyError(f"no reward engine {name!r} is configured (reward_engines: {have}); add "
+                           f"`reward_engines: {{{name}: {{engine: hf, model: PATH}}}}` to the config")
+        return self.engines[name]
 
     @classmethod
-    def here(cls, device, rank: int = 0, world_size: int = 1, dtype=None) -> RewardContext:
+    def here(cls, device, rank: int = 0, world_size: int = 1, dtype=None, **more) -> RewardContext:
         """The context of this process, with the memory free now (call it after the rollout engine is built)."""
         left = None
         if device is not None and torch.device(device).type == "cuda":
@@ -101,7 +123,7 @@ class RewardContext:
                 left = int(psutil.virtual_memory().available)
             except ImportError:
                 pass
-        return cls(device=device, rank=rank, world_size=world_size, dtype=dtype, memory_left=left)
+        return cls(device=device, rank=rank, world_size=world_size, dtype=dtype, memory_left=left, **more)
 
 
 def built_reward(term, entry: registry.Entry, where: str, source: str = "config") -> Any:
@@ -125,7 +147,7 @@ def make_term(term, label: str, fn: Any = None) -> Term:
     caps = registry.capabilities(fn, entry.flags, kind="reward")
     timeout = 0.0 if caps.timeouts == "own" else float(term.timeout)
     return Term(label, float(term.weight), fn, term.format, bool(term.correctness or caps.verifier), timeout,
-                term.on_error, caps.batch_errors)
+                term.on_error, caps.batch_errors, caps.shape)
 
 
 @dataclass
@@ -136,11 +158,17 @@ class RewardValues:
     terms: term name -> [N] float32, NaN where the term returned None (or failed under ``on_error: none``).
     errors: term name -> number of samples whose call failed (raised or timed out), for every term with
     ``on_error: none`` (0 included, so dashboards always have the series).
+    tokens: the per-token rewards of the terms that declare shape "tokens" or "chunks" (chunks already spread over
+    their tokens), ``sum_k weight_k * values_k`` per sample as a float32 tensor of the completion's length (a term
+    that returned None for a sample adds nothing to it); None when no term is token-shaped. Such a term is not in
+    ``total`` (a scalar estimator never sees it): its ``terms`` entry is the per-sample sum of its values, what
+    the metrics report.
     """
 
     total: torch.Tensor
     terms: dict[str, torch.Tensor]
     errors: dict[str, int] = field(default_factory=dict)
+    tokens: list[torch.Tensor] | None = None
 
 
 def _term_label(name: str, taken: set[str]) -> str:
@@ -171,6 +199,7 @@ class Term:
     timeout: float = 120.0
     on_error: str = "raise"  # "raise" | "none"
     batch_errors: str = "per_sample"  # the reward's declaration: "per_sample" | "whole_batch" (no single-sample retry)
+    shape: str = "scalar"  # the reward's declaration: "scalar" | "tokens" | "chunks" (RewardCaps.shape)
 
     def __post_init__(self):
         if self.on_error not in ("raise", "none"):
@@ -276,6 +305,10 @@ class RewardSet:
         if sum(t.correctness for t in self.terms) > 1:
             raise ValueError("at most one reward term can be the correctness term, got "
                              + ", ".join(t.label for t in self.terms if t.correctness))
+        for t in self.terms:
+            if t.correctness and t.shape != "scalar":
+                raise ValueError(f"reward {t.label!r} returns {t.shape}: the correctness term must return one 0/1 "
+                                 "value per sample")
         self.warned: set[str] = set()  # terms already warned about (all None), so each warns once per run
 
     @classmethod
@@ -345,6 +378,11 @@ class RewardSet:
             if t.label in state and "load_state_dict" in registry.hooks(t.fn):
                 _hook(t, "load_state_dict", state[t.label])
 
+    @property
+    def token_shaped(self) -> bool:
+        """Some term returns per-token values (shape "tokens" or "chunks")."""
+        return any(t.shape != "scalar" for t in self.terms)
+
     def verifier(self) -> Term | None:
         return next((t for t in self.terms if t.correctness), None)
 
@@ -361,6 +399,9 @@ class RewardSet:
         terms: dict[str, torch.Tensor] = {}
         errors: dict[str, int] = {}
         total = torch.zeros(n, dtype=torch.float32)
+        tokens = None
+        if any(t.shape != "scalar" for t in self.terms):
+            tokens = [torch.zeros(len(ids), dtype=torch.float32) for ids in completion_ids]
         for term in sorted(self.terms, key=lambda t: not t.correctness):  # the verifier first
             batch = _Batch.of(term, prompts, completions, completion_ids, kwargs, context.get("step"))
             values, failed = score_term(term, batch)
@@ -372,11 +413,17 @@ class RewardSet:
             if values and failed < len(values) and all(v is None for v in values) and term.label not in self.warned:
                 self.warned.add(term.label)
                 log.warning("%s", _all_none_warning(term, batch))
+            if term.shape != "scalar":  # per-token values: summed into the token rewards, reported by their sum
+                for row, v in zip(tokens, values):
+                    if v is not None:
+                        row += term.weight * torch.tensor(v, dtype=torch.float32)
+                values = [None if v is None else math.fsum(v) for v in values]
             t = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
             terms[term.label] = t
-            total += term.weight * torch.nan_to_num(t, nan=0.0)
+            if term.shape == "scalar":
+                total += term.weight * torch.nan_to_num(t, nan=0.0)
         return RewardValues(total=total, terms={t.label: terms[t.label] for t in self.terms},
-                            errors={t.label: errors[t.label] for t in self.terms if t.label in errors})
+                            errors={t.label: errors[t.label] for t in self.terms if t.label in errors}, tokens=tokens)
 
 
 def _all_none_warning(term: Term, batch: _Batch) -> str:
@@ -592,7 +639,8 @@ def _is_sequence(raw: Any) -> bool:
 
 
 def _check(term: Term, raw: Any, batch: _Batch, idx: list[int]) -> list[float | None]:
-    """``raw`` must hold one number or None for each sample of ``idx`` (indices into the batch, for messages)."""
+    """``raw`` must hold one number or None for each sample of ``idx`` (indices into the batch, for messages); for a
+    term of shape "tokens" / "chunks", one per-token list or span list (``_check_tokens``)."""
     n, label = len(idx), term.label
     if not _is_sequence(raw):
         what, hint = _returned(raw)
@@ -601,11 +649,17 @@ def _check(term: Term, raw: Any, batch: _Batch, idx: list[int]) -> list[float | 
     if len(raw) != n:
         raise RewardError(f"reward {label!r} returned {len(raw)} values for {n} completions{batch.at()} "
                           f"(first prompt: {batch.excerpts[idx[0]] if n else ''!r})")
+    if term.shape != "scalar":
+        return [None if v is None else _check_tokens(term, v, batch, i) for i, v in zip(idx, raw)]
     out: list[float | None] = []
     for i, v in zip(idx, raw):
         if v is None:
             out.append(None)
             continue
+        if _is_sequence(v):
+            raise RewardError(f"reward {label!r} declares shape scalar but returned a sequence for one sample"
+                              f"{batch.at(i)}: declare shape='tokens' (one value per completion token) or 'chunks' "
+                              "((start, end, value) spans) when registering it")
         if isinstance(v, bool) or not isinstance(v, numbers.Real) and not (
                 isinstance(v, torch.Tensor) and v.numel() == 1):
             raise RewardError(f"reward {label!r} returned {v!r} (not a number or None){batch.at(i)}")
@@ -615,4 +669,47 @@ def _check(term: Term, raw: Any, batch: _Batch, idx: list[int]) -> list[float | 
             raise RewardError(f"reward {label!r} returned {float(v):g}, beyond float32's range (+-{_FLOAT32_MAX:.3g})"
                               f"{batch.at(i)}")
         out.append(float(v))
+    return out
+
+
+def _number(term: Term, v: Any, batch: _Batch, i: int, what: str) -> float:
+    """One finite float32 value of a token or chunk reward, or a RewardError naming the sample and the place."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) and not (isinstance(v, torch.Tensor) and v.numel() == 1):
+        raise RewardError(f"reward {term.label!r} returned {v!r} at {what} (not a number){batch.at(i)}")
+    v = float(v)
+    if not math.isfinite(v) or abs(v) > _FLOAT32_MAX:
+        raise RewardError(f"reward {term.label!r} returned {v:g} at {what}{batch.at(i)}")
+    return v
+
+
+def _check_tokens(term: Term, raw: Any, batch: _Batch, i: int) -> list[float]:
+    """Sample i's value of a token-shaped term as one float per completion token. Shape "tokens": a sequence of
+    len(completion_ids) numbers. Shape "chunks": a sequence of spans ``(start, end, value)`` or ``((start, end),
+    value)``, token positions of the completion with 0 <= start < end <= its length; a token outside every span gets
+    0, one inside several gets their sum."""
+    n = len(batch.completion_ids[i])
+    if not _is_sequence(raw):
+        what, hint = _returned(raw)
+        raise RewardError(f"reward {term.label!r} declares shape {term.shape} but returned {what} for one sample"
+                          f"{batch.at(i)}{hint}")
+    if term.shape == "tokens":
+        if len(raw) != n:
+            raise RewardError(f"reward {term.label!r} returned {len(raw)} token values for a completion of {n} "
+                              f"tokens{batch.at(i)}")
+        return [_number(term, v, batch, i, f"token {t}") for t, v in enumerate(raw)]
+    out = [0.0] * n
+    for k, chunk in enumerate(raw):
+        parts = list(chunk) if _is_sequence(chunk) else []
+        if len(parts) == 2 and _is_sequence(parts[0]):
+            parts = [*parts[0], parts[1]]
+        if len(parts) != 3 or not all(isinstance(p, numbers.Integral) and not isinstance(p, bool) for p in parts[:2]):
+            raise RewardError(f"reward {term.label!r} returned chunk {k} = {chunk!r:.80}{batch.at(i)}: a chunk is "
+                              "(start, end, value) or ((start, end), value) with integer token positions")
+        start, end = int(parts[0]), int(parts[1])
+        if not 0 <= start < end <= n:
+            raise RewardError(f"reward {term.label!r} returned chunk {k} spanning tokens [{start}, {end}) of a "
+                              f"completion of {n} tokens{batch.at(i)}: need 0 <= start < end <= {n}")
+        value = _number(term, parts[2], batch, i, f"chunk {k}")
+        for t in range(start, end):
+            out[t] += value
     return out

@@ -15,13 +15,16 @@ from rlkit.registry import Entry
 
 
 def register_reward(name: str, *, factory: bool | None = None, verifier: bool = False,
-                    options: tuple | None = None) -> Callable:
+                    options: tuple | None = None, shape: str = "scalar") -> Callable:
     """Decorator: ``@register_reward("my_reward")`` on a reward function, or on a class / function whose call
     with the config's ``kwargs`` returns the reward (``factory=True``; classes are factories by default).
     ``verifier=True`` marks a verifier: its 0/1 values reach the other terms as ``correct`` (a config term can also
     be marked with ``correctness: true``).
-    ``options``: the keyword parameters that are options (default: every keyword parameter with a default)."""
-    return registry.register("reward", name, factory=factory, options=options, verifier=verifier)
+    ``options``: the keyword parameters that are options (default: every keyword parameter with a default).
+    ``shape``: what it returns per sample: "scalar" (one number), "tokens" (one number per completion token) or
+    "chunks" (a list of (start, end, value) token spans); token and chunk rewards reach the loss through an
+    estimator and a loss that declare ``tokens`` (e.g. decs with ppo_clip), checked when the config is parsed."""
+    return registry.register("reward", name, factory=factory, options=options, verifier=verifier, shape=shape)
 
 
 def resolve_reward(name: str, factory: bool | None = None) -> Entry:

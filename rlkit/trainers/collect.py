@@ -68,15 +68,19 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
         if idx is None:
             batch.rewards, batch.terms = torch.zeros(0), {t.label: torch.zeros(0) for t in run.rewards.terms}
             batch.correct = batch.terms[label] if label else torch.zeros(0)
+            batch.token_rewards = [] if run.rewards.token_shaped else None
         return
     for term_label, failed in values.errors.items():
         batch.metrics[f"reward/{term_label}/errors"] += failed
     if idx is None:
-        batch.rewards, batch.terms = values.total, values.terms
+        batch.rewards, batch.terms, batch.token_rewards = values.total, values.terms, values.tokens
     else:
         batch.rewards[idx] = values.total
         for k in batch.terms:
             batch.terms[k][idx] = values.terms[k]
+        if values.tokens is not None:
+            for i, row in zip(idx, values.tokens):
+                batch.token_rewards[i] = row
     batch.correct = batch.terms[label] if label else torch.full_like(batch.rewards, float("nan"))
 
 
@@ -211,15 +215,31 @@ def advantages(run, batch: StepBatch) -> torch.Tensor:
     filter's padded copies are left out of the estimator's statistics (group and batch means and stds) and get
     advantage 0: they carry no loss (DOT's padded groups, rlkit.algorithms.filters.fill_quota). The estimator's
     ``lengths`` weigh its statistics by the tokens that take the advantage in the loss: every completion token
-    (``StepBatch.num_tokens``), whatever rollout.thinking.count says."""
+    (``StepBatch.num_tokens``), whatever rollout.thinking.count says.
+    An estimator that declares ``tokens`` also gets the step's per-token rewards (zeros where no term gave any) and
+    returns per-token advantages: this rank's rows go to ``batch.token_advantages`` and the returned [N] is each
+    sample's mean token advantage (what the signal metrics read)."""
     acc = run.acc
     rows = torch.nonzero(batch.real).flatten()
     sizes, offset, group_offset = _offsets(acc, batch, len(rows))
-    adv = run.stages.advantage(dist.gather_var(acc, batch.final_rewards()[rows], sizes),
-                               dist.gather_var(acc, (batch.group_ids + group_offset)[rows], sizes),
-                               dist.gather_var(acc, batch.num_tokens[rows], sizes))
-    out = torch.zeros(len(batch.samples), dtype=adv.dtype)
-    out[rows] = adv[offset:offset + len(rows)]
+    args = (dist.gather_var(acc, batch.final_rewards()[rows], sizes),
+            dist.gather_var(acc, (batch.group_ids + group_offset)[rows], sizes),
+            dist.gather_var(acc, batch.num_tokens[rows], sizes))
+    if not run.stages.advantage_tokens:
+        adv = run.stages.advantage(*args)
+        out = torch.zeros(len(batch.samples), dtype=adv.dtype)
+        out[rows] = adv[offset:offset + len(rows)]
+        return out
+    mine = [batch.token_rewards[i] if batch.token_rewards is not None else torch.zeros(batch.samples[i].num_tokens)
+            for i in rows.tolist()]
+    every = [row for rank_rows in dist.gather_objects(acc, mine) for row in rank_rows]
+    per_token = run.stages.advantage(*args, token_rewards=every)[offset:offset + len(rows)]
+    tokens = [torch.zeros(s.num_tokens) for s in batch.samples]
+    out = torch.zeros(len(batch.samples), dtype=torch.float32)
+    for i, row in zip(rows.tolist(), per_token):
+        tokens[i] = row.float()
+        out[i] = row.float().mean() if row.numel() else 0.0
+    batch.token_advantages = tokens
     return out
 
 

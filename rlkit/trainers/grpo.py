@@ -90,6 +90,8 @@ def train(cfg: Config, checked: Preflight) -> RunResult:
 def _close(run: Run) -> None:
     run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
     run.rewards.close()  # the reward terms' own resources (a scoring model, a pool)
+    for engine in run.reward_engines.values():  # the models they asked for (reward_engines)
+        engine.close()
     multi = run.acc.num_processes > 1
     # remote engines: no request left running behind a failed run; a colocated vLLM engine on a launcher's
     # world: its teardown (which destroys the process groups) before interpreter exit, not after ours
@@ -183,6 +185,7 @@ def _train(run: Run) -> RunResult:
                                timers=run.timers, version=run.engine.version, acc=acc,
                                thinking=bool(cfg.rollout.thinking.end))
         metrics.update(monitor_metrics)
+        metrics.update({f"reward_engine/{name}/prompts": float(e.calls) for name, e in run.reward_engines.items()})
         real = batch.counted  # a filter's padded copies are not groups of their own (zero weight, DOT)
         metrics.update(dist.mean_metrics(acc, {"signal/group_fraction": signal_fraction(batch.advantages[real],
                                                                                          batch.group_ids[real])}))
@@ -279,7 +282,8 @@ def update_policy(prepared, optimizer, scheduler, acc, batch: StepBatch, setting
                     old = rows.old_logprobs if rows.old_logprobs is not None else logprobs.detach()
                     weights = token_weights(batch, rows, old, entropy, settings, stats)  # TIS, forward masks
                     out = settings.loss.fn(LossInputs(
-                        logprobs=logprobs, old_logprobs=old, advantages=rows.advantages, mask=rows.mask,
+                        logprobs=logprobs, old_logprobs=old, advantages=rows.advantages,
+                        token_advantages=rows.token_advantages, mask=rows.mask,
                         token_weights=weights, ref_logprobs=rows.ref_logprobs, group_ids=rows.group_ids,
                         correct=rows.correct, group_scale=minibatch.group_scale, entropy=entropy,
                         behaviour_logprobs=rows.behaviour, extra=rows.extra, max_new_tokens=settings.max_new_tokens))

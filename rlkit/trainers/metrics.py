@@ -19,6 +19,24 @@ def _peak_rss_gib() -> float:
     return peak / (2**30 if sys.platform == "darwin" else 2**20)
 
 
+def token_signal_metrics(batch: StepBatch, real: torch.Tensor) -> dict:
+    """Token-level signals (reward terms of shape tokens / chunks; an estimator declaring tokens):
+    ``reward/token_nonzero_frac`` the share of completion tokens a token reward touched, and
+    ``advantage/token_spread`` the mean over samples of max - min of a sample's per-token advantages (0 when each
+    sample's tokens share one advantage, as with a sequence estimator)."""
+    out = {}
+    rows = [i for i, k in enumerate(real.tolist()) if k]
+    if batch.token_rewards is not None:
+        total = sum(batch.token_rewards[i].numel() for i in rows)
+        out["reward/token_nonzero_frac"] = (sum(int((batch.token_rewards[i] != 0).sum()) for i in rows) / total
+                                            if total else math.nan)
+    if batch.token_advantages is not None:
+        spreads = [float(batch.token_advantages[i].max() - batch.token_advantages[i].min()) for i in rows
+                   if batch.token_advantages[i].numel()]
+        out["advantage/token_spread"] = sum(spreads) / len(spreads) if spreads else math.nan
+    return out
+
+
 def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Tensor, mu: int, lr: float,
                  timers: dict, version: int, acc, thinking: bool = False) -> dict:
     """``batch``: this rank's collected step (before rank balancing); ``trained_mask``: the loss mask of the
@@ -45,6 +63,7 @@ def step_metrics(batch: StepBatch, stats: UpdateStats, *, trained_mask: torch.Te
     for name, t in terms.items():
         valid = t[~torch.isnan(t)]
         m[f"reward/{name}"] = float(valid.mean()) if valid.numel() else math.nan
+    m.update(token_signal_metrics(batch, real))
     correct = batch.correct[real] if batch.correct is not None else None
     known = correct[~torch.isnan(correct)] if correct is not None else torch.zeros(0)
     if known.numel():

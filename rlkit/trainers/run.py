@@ -29,6 +29,7 @@ from rlkit.rewards import RewardSet
 from rlkit.rewards.combine import RewardContext
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
 from rlkit.rollout.factory import engine_entry, first_push, push_policy
+from rlkit.rollout.text import make_reward_engines
 from rlkit.rollout.thinking import ThinkingSplit
 from rlkit.rundir import LOCK_NAME
 from rlkit.trainers import backends
@@ -70,6 +71,7 @@ class Run:
     timers: dict = field(default_factory=dict)  # seconds per phase of the current step
     checkpointer: ckpt.Checkpointer | None = None  # save and restore of every piece of run state (state_pieces)
     thinking: ThinkingSplit | None = None  # the split of rollout.thinking.end with the run's tokenizer (None: no split)
+    reward_engines: dict = field(default_factory=dict)  # the models the rewards use (reward_engines), closed at the end
 
 
 def _version() -> str:
@@ -204,7 +206,9 @@ def setup(cfg: Config, checked: Preflight) -> Run:
     rollout, rewards, stages = make_rollout(cfg, engine, tokenizer), RewardSet.from_config(cfg.rewards, cfg.shaping,
                                                                                   built_rewards(cfg, checked.built)), \
         Stages.from_config(cfg, checked.built)
-    rewards.setup(RewardContext.here(acc.device, acc.process_index, acc.num_processes, dtype))
+    reward_engines = make_reward_engines(cfg, model_path, device=acc.device, dtype=dtype) if cfg.reward_engines else {}
+    rewards.setup(RewardContext.here(acc.device, acc.process_index, acc.num_processes, dtype, tokenizer=tokenizer,
+                                     max_new_tokens=cfg.rollout.max_new_tokens, engines=reward_engines))
     # run.json records the engine that really runs, with how much it shards
     _start_run_dir(cfg, acc, checked, run_id, {**backend.record(), "param_share": round(share, 4)})
     run = Run(
@@ -218,7 +222,7 @@ def setup(cfg: Config, checked: Preflight) -> Run:
         mbs=MicroBatching.from_config(cfg.optim, cfg.parallel.cost_model, _hidden_size(hf_model), layout), backend=backend,
         run_id=run_id,
         data_fingerprint=checked.data_fingerprint, inputs=checked.inputs,
-        thinking=ThinkingSplit.for_tokenizer(cfg.rollout.thinking.end, tokenizer))
+        thinking=ThinkingSplit.for_tokenizer(cfg.rollout.thinking.end, tokenizer), reward_engines=reward_engines)
     for line in notes + checked.notices:
         run.logger.console(line)
     if train_set.skipped_long:

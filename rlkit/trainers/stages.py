@@ -7,6 +7,7 @@ The loop calls these lists the same way whatever method they implement:
     filter              collect(quota, produce, reduce) -> batch        dynamic_sampling, predictive_sampling
     shapers             (ShapingBatch) -> ShapingResult                 kimi, grpo_lambda, da_dler, laser_d, ...
     advantage           (rewards, group_ids, lengths) -> advantages     grpo, dr_grpo, rloo, batch_norm
+                        (+ token_rewards -> per-token advantages)       decs
     batch_masks         keep(MaskInputs) before the normaliser          mask_truncated
     forward_masks       keep(MaskInputs) after each forward             dmmpt
     loss                LossSpec (fn, whole groups, minibatch prepare)  ppo_clip, kl_cov, drpo
@@ -90,6 +91,7 @@ class Stages:
     filter: Any = None
     shapers: list[tuple[str, Any]] = field(default_factory=list)
     advantage: Any = None
+    advantage_tokens: bool = False  # the estimator declares ``tokens``: per-token advantages from token rewards
     loss: LossSpec | None = None
     batch_masks: list[tuple[str, Any]] = field(default_factory=list)
     forward_masks: list[tuple[str, Any]] = field(default_factory=list)
@@ -107,6 +109,7 @@ class Stages:
             prompt_transforms=built["prompt_transforms"], sample_transforms=built["sample_transforms"],
             filter=built["filter"][0][1] if built["filter"] else None, shapers=built["shaping"],
             advantage=registry.build(registry.resolve("advantage", cfg.algorithm.advantage), advantage_options(cfg)),
+            advantage_tokens=bool(registry.resolve("advantage", cfg.algorithm.advantage).caps.tokens),
             loss=build_loss(cfg),
             batch_masks=[(n, m) for n, m in masks if registry.capabilities(m, kind="token_mask").kind == "batch"],
             forward_masks=[(n, m) for n, m in masks if registry.capabilities(m, kind="token_mask").kind == "forward"])

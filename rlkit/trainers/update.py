@@ -41,7 +41,7 @@ from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, group_inde
 def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
     """Fill the per-token tensors [N, C] of ``batch``: the loss mask (completion tokens, then every (name, mask)
     of kind "batch", e.g. mask_truncated, whose removed share goes to ``mask/<name>/masked_frac``) and the
-    engine's behaviour logprobs. A filter's padded copies (``batch.padding``) get an all-zero mask row, as DOT's
+    engine's behaviour logprobs (and the per-token advantages, when the estimator made them). A filter's padded copies (``batch.padding``) get an all-zero mask row, as DOT's
     zeroed response mask. Returns the batch."""
     samples = batch.samples
     cmax = max(1, max((s.num_tokens for s in samples), default=1))
@@ -53,6 +53,8 @@ def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
         batch.metrics[f"mask/{name}/masked_frac"] = float((mask - kept).sum()) / total
         mask = kept
     batch.mask, batch.behaviour = mask, to_completion_space([s.logprobs for s in samples], cmax)
+    if batch.token_advantages is not None:  # the estimator's per-token advantages (AdvantageCaps.tokens)
+        batch.token_adv = to_completion_space([row.tolist() for row in batch.token_advantages], cmax)
     return batch
 
 
@@ -99,14 +101,16 @@ def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
     shares = layout.dp
     real = batch.real.tolist()  # a filter's padded copies are not trained: they stay out of the shares
     payload = ([s for s, k in zip(batch.samples, real) if k], [a for a, k in zip(batch.advantages.tolist(), real) if k],
-               None if batch.correct is None else [c for c, k in zip(batch.correct.tolist(), real) if k])
+               None if batch.correct is None else [c for c, k in zip(batch.correct.tolist(), real) if k],
+               None if batch.token_advantages is None else [t for t, k in zip(batch.token_advantages, real) if k])
     gathered = dist.gather_objects(acc, payload)
-    stride = 1 + max((s.group_id for smps, _, _ in gathered for s in smps), default=0)
-    samples, adv, corr = [], [], []
-    for r, (smps, a, c) in enumerate(gathered):
+    stride = 1 + max((s.group_id for smps, _, _, _ in gathered for s in smps), default=0)
+    samples, adv, corr, tok = [], [], [], []
+    for r, (smps, a, c, t) in enumerate(gathered):
         samples += [replace(s, group_id=s.group_id + r * stride) for s in smps]
         adv += a
         corr += c if c is not None else [float("nan")] * len(smps)
+        tok += t if t is not None else [None] * len(smps)
     units = _units(samples, whole_groups)
     if len(units) < shares:  # not enough units to give every rank one: keep the rollout's split
         if layout.sp > 1:
@@ -117,8 +121,9 @@ def balance_ranks(batch: StepBatch, acc, *, whole_groups: bool, cost_b: float,
              for u in units]
     mine = [i for u in balance_across_ranks(costs, shares)[layout.dp_rank] for i in units[u]]
     correct = None if batch.correct is None else torch.tensor([corr[i] for i in mine], dtype=batch.correct.dtype)
+    token_advantages = None if batch.token_advantages is None else [tok[i] for i in mine]
     return StepBatch([], [samples[i] for i in mine], advantages=torch.tensor([adv[i] for i in mine]),
-                     correct=correct, metrics=batch.metrics)
+                     correct=correct, metrics=batch.metrics, token_advantages=token_advantages)
 
 
 @dataclass
@@ -267,6 +272,7 @@ def minibatch_loss_inputs(prepared, acc, batch: StepBatch, minibatch: MinibatchP
     layout = layout_of(settings.batching, acc)
     return loss.prepare(MinibatchInputs(
         logprobs=current[rows], advantages=batch.advantages[rows], mask=batch.mask[rows],
+        token_advantages=None if batch.token_adv is None else batch.token_adv[rows],
         all_reduce_sum=lambda t: dist.all_reduce(acc, t, "sum", layout.dp_group),
         all_gather=lambda t: dist.gather_var(acc, t, group=layout.dp_group), rank=layout.dp_rank))
 
@@ -285,6 +291,7 @@ class MicroRows:
     mask: torch.Tensor  # [B, W] the loss mask
     weights: torch.Tensor  # [B, W] the minibatch's aggregation weights of these rows
     advantages: torch.Tensor  # [B]
+    token_advantages: torch.Tensor | None  # [B, W] per-token advantages (a token-level estimator), else None
     group_ids: torch.Tensor  # [B]
     correct: torch.Tensor | None  # [B]
     old_logprobs: torch.Tensor | None  # [B, W]; None: the batch holds none (the old policy is the current one)
@@ -306,6 +313,7 @@ def cut_micro_batch(batch: StepBatch, micro: Micro, index: list[int], inputs, mi
     return MicroRows(
         index=index, live=bool(micro.idx), sharded=micro.sharded, counted=owns_results(micro, layout),
         tokens=inputs.completion_mask, mask=mask, weights=weights, advantages=batch.advantages[index].to(device),
+        token_advantages=batch.token_adv[index, :width].to(device) if batch.token_adv is not None else None,
         group_ids=batch.group_ids[index].to(device),
         correct=batch.correct[index].to(device) if batch.correct is not None else None,
         old_logprobs=batch.old_logprobs[index, :width].to(device) if batch.old_logprobs is not None else None,

@@ -89,7 +89,7 @@ def test_the_trainer_multiplies_the_corrections_into_the_loss_token_weights():
     old = torch.log(torch.tensor([[1.5, 6.0, 1.0], [0.4, 1.0, 1.0]]))
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
     rows = MicroRows(index=[0, 1], live=True, sharded=False, counted=True, tokens=mask, mask=mask,
-                     weights=mask / 5, advantages=torch.zeros(2), group_ids=torch.zeros(2), correct=None,
+                     weights=mask / 5, advantages=torch.zeros(2), token_advantages=None, group_ids=torch.zeros(2), correct=None,
                      old_logprobs=old, ref_logprobs=None, behaviour=behaviour, extra={})
     settings = UpdateSettings(loss=None, algorithm=SimpleNamespace(tis_cap=0.0), batching=None,
                               forward_masks=[("icepop", IcePop())])

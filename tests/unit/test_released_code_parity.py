@@ -100,7 +100,7 @@ def _round(n_prompts: int, round_idx: int) -> StepBatch:
 def _run(estimator):
     from accelerate import Accelerator
 
-    stages = SimpleNamespace(advantage=estimator, shapers=[], needs_looping=False)
+    stages = SimpleNamespace(advantage=estimator, advantage_tokens=False, shapers=[], needs_looping=False)
     return SimpleNamespace(acc=Accelerator(cpu=True), stages=stages)
 
 
@@ -183,7 +183,8 @@ def test_padded_copies_are_left_out_of_the_advantage_statistics_and_the_shapers(
 
     def palu_run():
         palu = registry.build(registry.resolve("shaper", "palu"), {"max_tokens": 100, "C": 0.5, "tau": 0.5})
-        stages = SimpleNamespace(advantage=grpo_advantages, shapers=[("palu", palu)], needs_looping=False)
+        stages = SimpleNamespace(advantage=grpo_advantages, advantage_tokens=False, shapers=[("palu", palu)],
+                                 needs_looping=False)
         return SimpleNamespace(acc=_run(grpo_advantages).acc, stages=stages), palu
 
     for b in (padded, alone):
