@@ -154,7 +154,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
 
 
 KIND_NAMES = ("reward", "shaper", "filter", "prompt_transform", "sample_transform", "advantage", "loss", "token_mask",
-              "engine")
+              "engine", "rollout_hook")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:

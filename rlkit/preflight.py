@@ -37,7 +37,7 @@ BREAKING = {
     "rollout.async_steps": "the checkpoint holds the batches generated ahead for the saved number of steps",
 }
 # stage lists whose saved state is keyed by position and name: their names may not change on resume
-STAGE_LISTS = ("prompt_transforms", "sample_transforms", "filter", "shaping", "token_masks")
+STAGE_LISTS = ("prompt_transforms", "sample_transforms", "filter", "shaping", "token_masks", "rollout_hook")
 # changes that are allowed but have no effect on a resumed run
 NO_EFFECT = {"train.seed": "the data order and the random states continue from the checkpoint",
              "data.shuffle": "the data order continues from the checkpoint"}

@@ -42,6 +42,9 @@ class Sample:
     generation are collected): the completion tokens up to and including the first thinking end marker, all of
     them when the marker never came (the thinking never closed); None: no split (rollout.thinking.end empty).
     ``length(count)`` reads it; the loss and the token layout never do.
+    tags: what a rollout hook recorded about the sample (HBPO's budget: ``{"budget": 512}``): per-sample columns
+    that the rewards get as kwargs and shapers and estimators that declare them read (``column``), before the
+    prompt's column of the same name.
     """
 
     prompt_ids: list[int]
@@ -54,6 +57,7 @@ class Sample:
     segments: list[int] = field(default_factory=list)
     injected: list[int] = field(default_factory=list)
     think_tokens: int | None = None
+    tags: dict = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:
@@ -87,6 +91,14 @@ class Sample:
             if 0 <= j < len(out):
                 out[j] = 0.0
         return out
+
+
+def sample_column(prompts: Sequence[Prompt], sample: Sample, name: str):
+    """The value of column ``name`` for ``sample``: its own tag (a rollout hook's), else its prompt's column, else
+    None. The one place a per-sample column is looked up."""
+    if name in sample.tags:
+        return sample.tags[name]
+    return prompts[sample.group_id].columns.get(name) if sample.group_id < len(prompts) else None
 
 
 def group_index(group_ids: torch.Tensor | Sequence[int]) -> list[torch.Tensor]:

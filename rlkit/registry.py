@@ -48,11 +48,12 @@ KINDS = {
     "loss": ("rlkit.losses", "policy loss"),
     "token_mask": ("rlkit.token_masks", "token mask"),
     "engine": ("rlkit.engines", "rollout engine"),
+    "rollout_hook": ("rlkit.rollout_hooks", "rollout hook"),
 }
 
 BUILTIN_MODULES = {
-    "reward": ("rlkit.rewards.builtin", "rlkit.rewards.length", "rlkit.rewards.decs"),
-    "shaper": ("rlkit.shaping.groups", "rlkit.shaping.laser", "rlkit.shaping.nemo"),
+    "reward": ("rlkit.rewards.builtin", "rlkit.rewards.length", "rlkit.rewards.decs", "rlkit.rewards.budgeted"),
+    "shaper": ("rlkit.shaping.groups", "rlkit.shaping.laser", "rlkit.shaping.nemo", "rlkit.shaping.budgets"),
     "filter": ("rlkit.algorithms.filters",),
     "prompt_transform": ("rlkit.data.transforms",),
     "sample_transform": ("rlkit.shaping.transforms",),
@@ -60,12 +61,13 @@ BUILTIN_MODULES = {
     "loss": ("rlkit.algorithms.losses",),
     "token_mask": ("rlkit.algorithms.masks", "rlkit.algorithms.corrections"),
     "engine": ("rlkit.rollout.engines",),
+    "rollout_hook": ("rlkit.rollout.hooks",),
 }
 
 # parameters of a reward call that are data, not options
 REWARD_DATA = {"prompts", "completions", "completion_ids", "finish_reason", "num_tokens", "step", "correct"}
 # the first positional parameters of an advantage / loss call
-CALL_DATA = {"advantage": {"rewards", "group_ids", "lengths", "token_rewards"}, "loss": {"inp"}, "engine": {"ctx"}}
+CALL_DATA = {"advantage": {"rewards", "group_ids", "lengths", "token_rewards", "columns"}, "loss": {"inp"}, "engine": {"ctx"}}
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class AdvantageCaps(Capabilities):
     # consumes the per-token rewards of token / chunk reward terms: called with ``token_rewards`` and returns
     # per-token advantages (rlkit.algorithms.advantages, "Token-level signals")
     tokens: bool = False
+    # per-sample columns it reads (a rollout hook's tags such as HBPO's budget, or prompt columns): it is called
+    # with ``columns={name: [value per sample]}``
+    needs_columns: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -145,9 +150,18 @@ class EngineCaps(Capabilities):
     serve: Any = None
 
 
+@dataclass(frozen=True)
+class HookCaps(Capabilities):
+    """A rollout hook's declaration (rlkit.rollout.hooks): ``group_divisor``: rollout.group_size must divide by it
+    (the hook splits a group into that many parts: JET's full samples and their branches, HBPO's budgets); it may
+    depend on the options (declare it on the instance)."""
+
+    group_divisor: int = 1
+
+
 DECLARATIONS: dict[str, type[Capabilities]] = {
     "reward": RewardCaps, "advantage": AdvantageCaps, "shaper": ShaperCaps, "filter": FilterCaps, "loss": LossCaps, "token_mask": MaskCaps,
-    "engine": EngineCaps}
+    "engine": EngineCaps, "rollout_hook": HookCaps}
 # older spellings of a declaration and the one name each now has (a component that still uses one is an error that
 # says so, not a declaration silently lost)
 RENAMED = {"needs_correctness": "needs_verifier", "uses_correct": "needs_verifier", "correctness": "verifier",

@@ -11,6 +11,7 @@ step's rewards across data-parallel ranks before calling, so "batch" statistics 
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -141,3 +142,33 @@ def decs_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, lengths: tor
         for k, i in enumerate(rows):
             out[i] = adv[k, :tok[i].numel()].to(rewards.dtype)
     return out
+
+
+@register("advantage", "hbpo", needs_columns=("budget",))
+def hbpo_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                    columns: dict | None = None, beta: float = 4.0, l_max: int = 4096, pi: float = 3.1416,
+                    intra_scale: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+    """HBPO (Lyu et al. arXiv 2507.15844, Alg. 1; released verl/trainer/ppo/core_algos.py
+    compute_grpo_outcome_advantage): within a prompt's group, sub-groups share a budget b (the sample's ``budget``
+    column: the hbpo_budgets rollout hook's tag; l_max when it has none),
+
+        A_ij = (R_ij - mean_g R) / (std_g R + eps) + intra_scale * (mean_{sub-group i} R - beta cos(pi' b_i / (2 l_max)))
+
+    with the unbiased std, eps 1e-6, beta 4, l_max 4096 and pi' 3.1416 as released. A group of one takes A = R (the
+    paper's form). intra_scale 1 is the paper's; the released code adds the intra term twice (intra_scale 2), and
+    for a group of one adds the previous row's intra term (not reproduced)."""
+    budgets = list((columns or {}).get("budget") or [None] * len(rewards))
+    b = torch.tensor([float(l_max if x is None else x) for x in budgets], dtype=torch.float64)
+    r = rewards.double()
+    out = torch.zeros_like(r)
+    for idx in group_index(group_ids):
+        if idx.numel() == 1:
+            out[idx] = r[idx]
+            continue
+        g = r[idx]
+        z = (g - g.mean()) / (g.std() + eps)
+        for k, i in enumerate(idx.tolist()):
+            same = idx[b[idx] == b[i]]
+            z[k] += intra_scale * (r[same].mean() - beta * math.cos(pi * float(b[i]) / (2 * l_max)))
+        out[idx] = z
+    return out.to(rewards.dtype)

@@ -70,6 +70,11 @@ def problems(cfg: Config, source: str = "config") -> list[str]:
              f"batch and must divide by the {world} processes")
     out.need(r.segments == 1 or cfg.filter is None,
              "'rollout.segments' > 1 cannot be combined with a `filter` (released groups vary per step)")
+    if cfg.rollout_hook is not None:
+        out.need(not r.budget_forcing.budgets, "'rollout_hook' and 'rollout.budget_forcing.budgets' both set: budget "
+                 "forcing is a rollout hook, configure one of them")
+        out.need(r.segments == 1, "'rollout_hook' cannot be combined with rollout.segments > 1 (segment rollouts carry "
+                 "unfinished samples across steps)")
     out.need(len(cfg.optim.betas) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in cfg.optim.betas),
              f"'optim.betas' must be two numbers in [0, 1), got {cfg.optim.betas}")
     longest_new = max(r.max_new_tokens, cfg.eval.max_new_tokens)
@@ -220,7 +225,8 @@ def _check_algorithm(cfg: Config, has_verifier: bool, world: int, out: _Problems
         out.need(a.scale == "auto" or "scale" in adv.options or a.scale == "none",
                  f"'algorithm.scale' is {a.scale!r} but advantage {a.advantage!r} divides by no std: leave "
                  "algorithm.scale at auto")
-        out.run(registry.check_options, adv, advantage_options(cfg), "algorithm", source)
+        out.need("scale" not in a.advantage_options, "'algorithm.advantage_options' sets scale: use algorithm.scale")
+        out.run(registry.check_options, adv, advantage_options(cfg), "algorithm.advantage_options", source)
     loss = out.run(_resolve, "loss", a.loss, "algorithm.loss", source)
     if loss is None:
         return
@@ -336,6 +342,8 @@ def reference_coef(cfg: Config) -> float:
 
 
 def advantage_options(cfg: Config) -> dict:
-    """``scale`` for the estimators that have it (auto: the estimator's own default)."""
+    """``algorithm.advantage_options``, with ``scale`` for the estimators that have it (auto: the estimator's own
+    default)."""
     has_scale = "scale" in registry.resolve("advantage", cfg.algorithm.advantage).options
-    return {"scale": cfg.algorithm.scale} if has_scale and cfg.algorithm.scale != "auto" else {}
+    scale = {"scale": cfg.algorithm.scale} if has_scale and cfg.algorithm.scale != "auto" else {}
+    return {**cfg.algorithm.advantage_options, **scale}

@@ -17,7 +17,15 @@ import yaml
 
 from rlkit import registry
 from rlkit.config.check import validate
-from rlkit.config.schema import COMPONENT_FIELDS, Component, Config, RewardTerm, hints, to_dict
+from rlkit.config.schema import (
+    COMPONENT_FIELDS,
+    SINGLE_COMPONENTS,
+    Component,
+    Config,
+    RewardTerm,
+    hints,
+    to_dict,
+)
 from rlkit.files import atomic_write_text
 from rlkit.registry import ConfigError, coerce
 
@@ -45,9 +53,9 @@ def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
             kwargs[name] = _build(tp, value, key + ".", source)
         elif cls is Config and name == "rewards":
             kwargs[name] = _build_rewards(value, source)
-        elif cls is Config and name == "filter":
+        elif cls is Config and name in SINGLE_COMPONENTS:
             kwargs[name] = None if value is None else _build(Component, {"name": value} if isinstance(value, str)
-                                                             else value, "filter.", source)
+                                                             else value, f"{name}.", source)
         elif cls is Config and name in COMPONENT_FIELDS:
             if not isinstance(value, list):
                 raise ConfigError(f"{source}: '{name}' must be a list of {{name, kwargs}}, got {value!r}")

@@ -172,7 +172,8 @@ class Component:
 
 # config field -> component kind, for the lists of components (and the single optional `filter`)
 COMPONENT_FIELDS = {"prompt_transforms": "prompt_transform", "sample_transforms": "sample_transform",
-                    "shaping": "shaper", "filter": "filter", "token_masks": "token_mask"}
+                    "shaping": "shaper", "filter": "filter", "token_masks": "token_mask", "rollout_hook": "rollout_hook"}
+SINGLE_COMPONENTS = ("filter", "rollout_hook")  # fields holding one optional component, not a list
 
 
 def _default_rewards() -> list[RewardTerm]:
@@ -185,6 +186,8 @@ class AlgorithmConfig:
     scale: Literal["auto", "group", "batch", "none"] = opt(
         "auto", "divide advantages by the group std, the batch std, or nothing; auto = the estimator's default "
         "(an explicit value for an estimator without a std is an error)")
+    advantage_options: dict = opt(help="the estimator's options besides scale (decs: eps; hbpo: beta, l_max, pi, "
+                                  "intra_scale, eps), checked when the config is parsed", factory=dict)
     loss: str = opt("ppo_clip", "policy loss: ppo_clip, kl_cov, drpo, or an import path")
     loss_options: dict = opt(help="the loss's options, checked against its typed options when the config is parsed "
                              "(ppo_clip: epsilon_low, epsilon_high (DAPO clip-higher: 0.28), dual_clip, kl_coef (beta "
@@ -325,6 +328,9 @@ class Config:
     shaping: list = opt(help="group/batch reward shaping applied in order after the terms: list of {name, kwargs}",
                         factory=list)
     token_masks: list = opt(help="token masks (mask_truncated, dmmpt): list of {name, kwargs}", factory=list)
+    rollout_hook: Component | None = opt(None, "what happens during generation (budget_forcing, jet_truncation, "
+                                         "hbpo_budgets): {name, kwargs}, or null; rollout.budget_forcing.budgets is "
+                                         "the budget_forcing hook")
     algorithm: AlgorithmConfig = opt(help="advantage and loss", factory=AlgorithmConfig)
     optim: OptimConfig = opt(help="optimizer", factory=OptimConfig)
     parallel: ParallelConfig = opt(help="sequence parallelism and long-output memory", factory=ParallelConfig)
@@ -362,9 +368,9 @@ def components(cfg: Config):
     """(config field, kind, config key, Component) of every configured non-reward component, in order."""
     for field_name, kind in COMPONENT_FIELDS.items():
         value = getattr(cfg, field_name)
-        if field_name == "filter":
+        if field_name in SINGLE_COMPONENTS:
             if value is not None:
-                yield field_name, kind, "filter", value
+                yield field_name, kind, field_name, value
             continue
         for i, comp in enumerate(value):
             yield field_name, kind, f"{field_name}[{i}]", comp

@@ -44,6 +44,7 @@ import torch
 
 from rlkit import registry
 from rlkit.errors import UserError
+from rlkit.records import sample_column
 from rlkit.registry import ConfigError
 
 log = logging.getLogger("rlkit")
@@ -66,13 +67,13 @@ class RewardTimeout(Exception):
 def reward_inputs(prompts: Sequence, samples: Sequence, count: str = "all"
                   ) -> tuple[list, list, list, dict[str, list], dict]:
     """The arguments of a reward call for ``samples`` (rlkit.records.Sample) whose ``group_id`` indexes ``prompts``
-    (rlkit.records.Prompt): prompt texts, completion texts, completion ids, every dataset column per sample (None
-    where a prompt lacks it) and the context (finish_reason, num_tokens). The one place they are assembled.
+    (rlkit.records.Prompt): prompt texts, completion texts, completion ids, every dataset column and sample tag per
+    sample (a rollout hook's tag first; None where neither has it) and the context (finish_reason, num_tokens). The one place they are assembled.
     ``num_tokens`` is the counted length ``Sample.length(count)`` (rollout.thinking.count: every completion token,
     the thinking or the answer), the L of every length term."""
     rows = [prompts[s.group_id] for s in samples]
-    keys = sorted({k for p in prompts for k in p.columns})
-    columns = {k: [r.columns.get(k) for r in rows] for k in keys}
+    keys = sorted({k for p in prompts for k in p.columns} | {k for s in samples for k in s.tags})
+    columns = {k: [sample_column(prompts, s, k) for s in samples] for k in keys}
     context = {"finish_reason": [s.finish_reason for s in samples], "num_tokens": [s.length(count) for s in samples]}
     return [r.text for r in rows], [s.text for s in samples], [s.completion_ids for s in samples], columns, context
 

@@ -82,16 +82,24 @@ class SegmentedRollout(Rollout):
         self.worker.load_state_dict(state)
 
 
-def make_rollout(cfg, engine: RolloutEngine, tokenizer) -> Rollout:
+def make_rollout(cfg, engine: RolloutEngine, tokenizer, hook=None) -> Rollout:
+    """The rollout strategy of ``cfg``: a rollout hook (``hook``: the built ``rollout_hook``, else the one the config
+    names, or ``rollout.budget_forcing``'s), segments, or one engine call; asynchronous around any of them."""
     from rlkit.config import importance
 
     r = cfg.rollout
-    if r.budget_forcing.budgets:
-        from rlkit.rollout.forcing import BudgetForcing, ForcedRollout
+    if hook is None and cfg.rollout_hook is not None:
+        hook = registry.build_entry(registry.resolve("rollout_hook", cfg.rollout_hook.name), cfg.rollout_hook.kwargs,
+                                    "rollout_hook")
+    if hook is None and r.budget_forcing.budgets:
+        from rlkit.rollout.forcing import BudgetForcing, BudgetForcingHook
 
         f = r.budget_forcing
-        rollout = ForcedRollout(engine, BudgetForcing.for_tokenizer(f.budgets, f.phrase, f.answer_tokens, tokenizer),
-                                cfg.train.seed)
+        hook = BudgetForcingHook(forcing=BudgetForcing.for_tokenizer(f.budgets, f.phrase, f.answer_tokens, tokenizer))
+    if hook is not None:
+        from rlkit.rollout.hooks import HookedRollout
+
+        rollout = HookedRollout(engine, hook, tokenizer, cfg.train.seed)
     elif r.segments <= 1:
         rollout = Rollout(engine)
     else:

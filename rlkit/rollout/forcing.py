@@ -30,7 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rlkit.records import Prompt, Sample, StepBatch
-from rlkit.rollout.base import Rollout, RolloutEngine, SamplingSpec, phrase_ids
+from rlkit.registry import register
+from rlkit.rollout.base import RolloutEngine, SamplingSpec, phrase_ids
+from rlkit.rollout.hooks import HookContext, HookedRollout, join_continuation
 
 
 @dataclass
@@ -70,52 +72,56 @@ class BudgetForcing:
         return engine.generate([list(c) + self.phrase_ids for c in contexts], answer)
 
     def joined(self, sample: Sample, cut: int, tail: Sample, *, trace: bool) -> Sample:
-        """``sample`` cut after ``cut`` tokens, the phrase and the answer ``tail``, as one completion. ``trace``
-        (training): keep the per-token logprobs and policy versions (placeholders on the phrase, which nothing
-        reads) and mark the phrase ``injected`` (never trained); without it (evaluation) they are dropped. The
-        thinking split is dropped too (a new completion: it is annotated after forcing, rlkit.rollout.thinking)."""
-        head = sample.completion_ids[:cut]
-        text = sample.text if cut >= sample.num_tokens else self.decode(head)
-        ids = head + self.phrase_ids + list(tail.completion_ids)
-        if not trace:
-            return dataclasses.replace(sample, completion_ids=ids, logprobs=[], finish_reason=tail.finish_reason,
-                                       text=text + self.phrase + tail.text, versions=[], segments=[],
-                                       think_tokens=None)
-        k = len(self.phrase_ids)
-        version = tail.versions[0] if tail.versions else (sample.versions[-1] if sample.versions else 0)
-        return dataclasses.replace(
-            sample, completion_ids=ids, finish_reason=tail.finish_reason, text=text + self.phrase + tail.text,
-            logprobs=sample.logprobs[:cut] + [0.0] * k + tail.logprobs if sample.logprobs else [],
-            versions=sample.versions[:cut] + [version] * k + tail.versions if sample.versions else [],
-            injected=list(range(cut, cut + k)), think_tokens=None)
+        """``sample`` cut after ``cut`` tokens, the phrase and the answer ``tail``, as one completion
+        (rlkit.rollout.hooks.join_continuation: ``trace`` keeps the logprobs and marks the phrase injected)."""
+        return join_continuation(sample, cut, self.phrase_ids, self.phrase, tail, trace=trace, decode=self.decode)
 
 
-class ForcedRollout(Rollout):
-    """Budget-forced rollouts (module doc): each prompt's samples generated under its drawn budget, those that reach
-    it continued after the phrase with the same sampling settings."""
+@register("rollout_hook", "budget_forcing", options=("budgets", "phrase", "answer_tokens"))
+class BudgetForcingHook:
+    """Budget forcing as a rollout hook (module doc): each prompt's samples generated under its drawn budget, those
+    that reach it continued after the phrase with the same sampling settings. ``rollout.budget_forcing.budgets``
+    configures it (or ``rollout_hook: {name: budget_forcing, kwargs: {budgets, phrase, answer_tokens}}``)."""
 
-    def __init__(self, engine: RolloutEngine, forcing: BudgetForcing, seed: int):
-        super().__init__(engine)
-        self.forcing, self.seed = forcing, seed
+    def __init__(self, budgets: tuple = (), phrase: str = " Time is up. Final answer:", answer_tokens: int = 64,
+                 forcing: BudgetForcing | None = None):
+        if forcing is None and not budgets:
+            raise ValueError("budget_forcing needs budgets")
+        self.forcing = forcing
+        self.options = (tuple(budgets), phrase, int(answer_tokens))
 
-    def budget_of(self, prompt: Prompt, step: int) -> int:
+    def _ready(self, ctx: HookContext) -> BudgetForcing:
+        if self.forcing is None:
+            budgets, phrase, answer_tokens = self.options
+            self.forcing = BudgetForcing.for_tokenizer(budgets, phrase, answer_tokens, ctx.tokenizer)
+        return self.forcing
+
+    @staticmethod
+    def budget_of(forcing: BudgetForcing, prompt: Prompt, step: int, seed: int) -> int:
         key = zlib.crc32(",".join(map(str, prompt.ids)).encode())
-        budgets = self.forcing.budgets
-        return budgets[random.Random(f"{self.seed}:{step}:{key}").randrange(len(budgets))]
+        return forcing.budgets[random.Random(f"{seed}:{step}:{key}").randrange(len(forcing.budgets))]
 
-    def __call__(self, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
-        budgets = [self.budget_of(p, step) for p in prompts]
-        self.engine.wake()
-        samples = self.engine.generate([p.ids for p in prompts],
-                                       [dataclasses.replace(spec, max_new_tokens=b) for b in budgets])
+    def __call__(self, ctx: HookContext, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
+        forcing = self._ready(ctx)
+        budgets = [self.budget_of(forcing, p, step, ctx.seed) for p in prompts]
+        samples = ctx.engine.generate([p.ids for p in prompts],
+                                      [dataclasses.replace(spec, max_new_tokens=b) for b in budgets])
         todo = [i for i, s in enumerate(samples) if s.finish_reason == "length"]
         if todo:
-            tails = self.forcing.answers(self.engine, [samples[i].prompt_ids + samples[i].completion_ids
-                                                       for i in todo], spec)
+            tails = forcing.answers(ctx.engine, [samples[i].prompt_ids + samples[i].completion_ids for i in todo], spec)
             for i, tail in zip(todo, tails):
-                samples[i] = self.forcing.joined(samples[i], samples[i].num_tokens, tail, trace=True)
-        self.engine.sleep()
+                samples[i] = forcing.joined(samples[i], samples[i].num_tokens, tail, trace=True)
         return StepBatch(prompts, samples, metrics={
             "forcing/forced_frac": len(todo) / max(len(samples), 1),
-            "forcing/injected_tokens": float(len(todo) * len(self.forcing.phrase_ids)),
+            "forcing/injected_tokens": float(len(todo) * len(forcing.phrase_ids)),
             "forcing/budget_mean": sum(budgets) / max(len(budgets), 1)})
+
+
+class ForcedRollout(HookedRollout):
+    """The rollout of the budget_forcing hook with a ready ``BudgetForcing`` (tests and scripts)."""
+
+    def __init__(self, engine: RolloutEngine, forcing: BudgetForcing, seed: int):
+        super().__init__(engine, BudgetForcingHook(forcing=forcing), None, seed)
+
+    def budget_of(self, prompt: Prompt, step: int) -> int:
+        return BudgetForcingHook.budget_of(self.hook.forcing, prompt, step, self.ctx.seed)

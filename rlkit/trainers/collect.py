@@ -17,7 +17,7 @@ import torch
 from rlkit import registry
 from rlkit.data import make_prompt
 from rlkit.parallel import dist
-from rlkit.records import ShapingBatch, StageContext, StepBatch
+from rlkit.records import ShapingBatch, StageContext, StepBatch, sample_column
 from rlkit.rewards.combine import RewardError, reward_inputs
 from rlkit.rewards.length import ends_in_loop
 from rlkit.rollout.base import SamplingSpec
@@ -194,7 +194,7 @@ def shape(run, batch: StepBatch, step: int) -> None:
     columns = None  # the prompt columns the shapers declare (NeMo-RL's per-prompt profiles)
     wanted = sorted({c for _, s in shapers for c in registry.capabilities(s, kind="shaper").needs_columns})
     if wanted:
-        mine = [{c: batch.prompts[batch.samples[i].group_id].columns.get(c) for c in wanted} for i in rows.tolist()]
+        mine = [{c: sample_column(batch.prompts, batch.samples[i], c) for c in wanted} for i in rows.tolist()]
         columns = [c for rank_columns in dist.gather_objects(acc, mine) for c in rank_columns]
     sb = ShapingBatch(rewards=gather(batch.rewards), correct=gather(batch.correct), lengths=gather(batch.lengths),
                       truncated=gather(batch.truncated.float()) > 0.5, group_ids=gather(batch.group_ids + group_offset),
@@ -218,22 +218,28 @@ def advantages(run, batch: StepBatch) -> torch.Tensor:
     (``StepBatch.num_tokens``), whatever rollout.thinking.count says.
     An estimator that declares ``tokens`` also gets the step's per-token rewards (zeros where no term gave any) and
     returns per-token advantages: this rank's rows go to ``batch.token_advantages`` and the returned [N] is each
-    sample's mean token advantage (what the signal metrics read)."""
-    acc = run.acc
+    sample's mean token advantage (what the signal metrics read). An estimator that declares ``needs_columns`` gets
+    them per sample (``columns``: a sample's tag, else its prompt's column)."""
+    acc, caps = run.acc, run.stages.advantage_caps
     rows = torch.nonzero(batch.real).flatten()
     sizes, offset, group_offset = _offsets(acc, batch, len(rows))
     args = (dist.gather_var(acc, batch.final_rewards()[rows], sizes),
             dist.gather_var(acc, (batch.group_ids + group_offset)[rows], sizes),
             dist.gather_var(acc, batch.num_tokens[rows], sizes))
-    if not run.stages.advantage_tokens:
-        adv = run.stages.advantage(*args)
+    extra = {}
+    if caps.needs_columns:  # per-sample columns the estimator declares (HBPO's budget, a rollout hook's tag)
+        mine = [[sample_column(batch.prompts, batch.samples[i], c) for c in caps.needs_columns] for i in rows.tolist()]
+        every = [row for rank_rows in dist.gather_objects(acc, mine) for row in rank_rows]
+        extra["columns"] = {c: [row[k] for row in every] for k, c in enumerate(caps.needs_columns)}
+    if not caps.tokens:
+        adv = run.stages.advantage(*args, **extra)
         out = torch.zeros(len(batch.samples), dtype=adv.dtype)
         out[rows] = adv[offset:offset + len(rows)]
         return out
     mine = [batch.token_rewards[i] if batch.token_rewards is not None else torch.zeros(batch.samples[i].num_tokens)
             for i in rows.tolist()]
     every = [row for rank_rows in dist.gather_objects(acc, mine) for row in rank_rows]
-    per_token = run.stages.advantage(*args, token_rewards=every)[offset:offset + len(rows)]
+    per_token = run.stages.advantage(*args, token_rewards=every, **extra)[offset:offset + len(rows)]
     tokens = [torch.zeros(s.num_tokens) for s in batch.samples]
     out = torch.zeros(len(batch.samples), dtype=torch.float32)
     for i, row in zip(rows.tolist(), per_token):

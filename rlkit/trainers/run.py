@@ -203,7 +203,8 @@ def setup(cfg: Config, checked: Preflight) -> Run:
     engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype,
                          lockstep=backend.sharded and backend.world_size > 1,
                          context=functools.partial(backends.whole_parameters, prepared))
-    rollout, rewards, stages = make_rollout(cfg, engine, tokenizer), RewardSet.from_config(cfg.rewards, cfg.shaping,
+    hook = checked.built.get("rollout_hook") if checked.built else None
+    rollout, rewards, stages = make_rollout(cfg, engine, tokenizer, hook), RewardSet.from_config(cfg.rewards, cfg.shaping,
                                                                                   built_rewards(cfg, checked.built)), \
         Stages.from_config(cfg, checked.built)
     reward_engines = make_reward_engines(cfg, model_path, device=acc.device, dtype=dtype) if cfg.reward_engines else {}

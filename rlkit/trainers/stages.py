@@ -48,6 +48,11 @@ def build_components(cfg: Config, source: str = "config", *, rewards: bool = Tru
     for _, kind, where, comp in components(cfg):
         built[where] = registry.build_entry(registry.resolve(kind, comp.name), comp.kwargs, where, source)
     _check_needs(cfg, built, source)
+    if "rollout_hook" in built:  # a hook that splits each group needs a group size it divides
+        divisor = registry.capabilities(built["rollout_hook"], kind="rollout_hook").group_divisor
+        if cfg.rollout.group_size % divisor:
+            raise ConfigError(f"{source}: rollout_hook ({cfg.rollout_hook.name}) splits each group into {divisor} "
+                              f"parts: 'rollout.group_size' ({cfg.rollout.group_size}) must divide by {divisor}")
     return built
 
 
@@ -91,7 +96,7 @@ class Stages:
     filter: Any = None
     shapers: list[tuple[str, Any]] = field(default_factory=list)
     advantage: Any = None
-    advantage_tokens: bool = False  # the estimator declares ``tokens``: per-token advantages from token rewards
+    advantage_caps: registry.AdvantageCaps = field(default_factory=registry.AdvantageCaps)  # tokens, needs_columns
     loss: LossSpec | None = None
     batch_masks: list[tuple[str, Any]] = field(default_factory=list)
     forward_masks: list[tuple[str, Any]] = field(default_factory=list)
@@ -109,7 +114,7 @@ class Stages:
             prompt_transforms=built["prompt_transforms"], sample_transforms=built["sample_transforms"],
             filter=built["filter"][0][1] if built["filter"] else None, shapers=built["shaping"],
             advantage=registry.build(registry.resolve("advantage", cfg.algorithm.advantage), advantage_options(cfg)),
-            advantage_tokens=bool(registry.resolve("advantage", cfg.algorithm.advantage).caps.tokens),
+            advantage_caps=registry.resolve("advantage", cfg.algorithm.advantage).caps,
             loss=build_loss(cfg),
             batch_masks=[(n, m) for n, m in masks if registry.capabilities(m, kind="token_mask").kind == "batch"],
             forward_masks=[(n, m) for n, m in masks if registry.capabilities(m, kind="token_mask").kind == "forward"])

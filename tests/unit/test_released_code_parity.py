@@ -22,6 +22,7 @@ from rlkit.algorithms.advantages import batch_norm_advantages, grpo_advantages
 from rlkit.algorithms.filters import DynamicSampling, PredictiveOversampling
 from rlkit.algorithms.losses import KLCovOptions, kl_cov_loss, kl_cov_select, ppo_clip_loss
 from rlkit.records import Prompt, Sample, ShapingBatch, StepBatch
+from rlkit.registry import AdvantageCaps
 from rlkit.rewards.length import loop_start
 from rlkit.rewards.registry import build_reward
 from rlkit.shaping.laser import candidates
@@ -100,7 +101,7 @@ def _round(n_prompts: int, round_idx: int) -> StepBatch:
 def _run(estimator):
     from accelerate import Accelerator
 
-    stages = SimpleNamespace(advantage=estimator, advantage_tokens=False, shapers=[], needs_looping=False)
+    stages = SimpleNamespace(advantage=estimator, advantage_caps=AdvantageCaps(), shapers=[], needs_looping=False)
     return SimpleNamespace(acc=Accelerator(cpu=True), stages=stages)
 
 
@@ -183,7 +184,7 @@ def test_padded_copies_are_left_out_of_the_advantage_statistics_and_the_shapers(
 
     def palu_run():
         palu = registry.build(registry.resolve("shaper", "palu"), {"max_tokens": 100, "C": 0.5, "tau": 0.5})
-        stages = SimpleNamespace(advantage=grpo_advantages, advantage_tokens=False, shapers=[("palu", palu)],
+        stages = SimpleNamespace(advantage=grpo_advantages, advantage_caps=AdvantageCaps(), shapers=[("palu", palu)],
                                  needs_looping=False)
         return SimpleNamespace(acc=_run(grpo_advantages).acc, stages=stages), palu
 
