@@ -14,6 +14,9 @@ steps.
 
     .venv/bin/python benchmarks/length_learning.py [--steps 24] [--out runs/bench-length] [--runs grpo,dler,forcing]
         [--budgets 32,64,128] [--limit N]
+
+Issue 34 adds the 2026 methods at the same steps: ``--runs grpo,dler,decs,jet,hbpo,lapo`` (LAPO in its two stages,
+half the steps each, the second starting from the first's policy and learned lengths).
 """
 
 from __future__ import annotations
@@ -49,6 +52,32 @@ RUNS = {
                    "--prompt_transforms=[{name: budget_curriculum, kwargs: {initial: 96, gamma: 0.7, every: 4}}]"],
     # DRPO recipe scaled: completions up to 128 tokens, one optimizer step per batch, sampling at T 1.0 like the rest
     "drpo": ["--recipe=drpo", "--rollout.max_new_tokens=128", "--rollout.temperature=1.0", "--algorithm.minibatches=1"],
+    # the 2026 methods (issue 34), scaled the same way: completions up to 128 tokens, one optimizer step per batch.
+    # DECS: the detector is a colocated SmolLM2 (hf reward engine) asked a yes/no question it can follow (module doc
+    # of rlkit.rewards.decs: ignore_case, prompt), T = 128 in the -0.1 L / T span reward; no dynamic sampling
+    "decs": ["--recipe=decs", "--rollout.max_new_tokens=128", "--rollout.temperature=1.0", "--filter=null",
+             "--algorithm.minibatches=1", "--rewards=[{name: math_correct, weight: 1.1}, {name: decs_redundancy, "
+             "kwargs: {engine: detector, ignore_case: true, detector_tokens: 3, prompt: 'Does this text contain the "
+             "number {answer}? Reply yes or no in lowercase.\nText: {segment}'}}]"],
+    # JET: groups of 6 = 1 full completion + its 5 cuts, 16-token forced answers, the recipe's T 0.6 / top_p 0.95
+    "jet": ["--recipe=jet", "--rollout.group_size=6", "--rollout.max_new_tokens=128", "--algorithm.minibatches=1",
+            "--algorithm.loss_options={epsilon_low: 0.2, epsilon_high: 0.3, kl_coef: 0.0}",
+            "--rollout_hook={name: jet_truncation, kwargs: {answer_tokens: 16}}"],
+    # HBPO: one sample per budget 32 / 64 / 96 / 128 (l_max 128), no thinking marker in SmolLM2's answers
+    "hbpo": ["--recipe=hbpo", "--rollout.max_new_tokens=128", "--algorithm.minibatches=1",
+             "--rollout_hook={name: hbpo_budgets, kwargs: {budgets: [32, 64, 96, 128]}}",
+             "--rewards=[{name: math_correct, weight: 0.0}, {name: hbpo_budget, kwargs: {l_max: 128, think_end: ''}}]",
+             "--algorithm.advantage_options={l_max: 128}"],
+    # LAPO: stage 1 (lapo_band, margin 100 -> 4 tokens at this scale) for half the steps, then stage 2 from its last
+    # checkpoint (lapo_announce + lapo_target, sigma 120 -> 8 tokens) for the rest (STAGED below)
+    "lapo": ["--recipe=lapo", "--rollout.max_new_tokens=128", "--algorithm.loss_options={kl_coef: 0.0}",
+             "--shaping=[{name: lapo_band, kwargs: {margin: 4.0}}]"],
+}
+# runs trained in two stages: the second stage's settings; {first} is the first stage's final checkpoint
+STAGED = {
+    "lapo": ["--recipe=lapo_stage2", "--rollout.max_new_tokens=128", "--algorithm.loss_options={kl_coef: 0.0}",
+             "--shaping=[{name: lapo_target, kwargs: {sigma: 8.0}}]", "--model.name_or_path={first}/policy",
+             "--prompt_transforms=[{name: lapo_announce, kwargs: {targets: '{first}'}}]"],
 }
 
 
@@ -83,18 +112,28 @@ def main() -> None:
                f"--output_dir={run_dir}", "--overwrite"]
         done = run_dir / "bench.json"  # a finished run is kept, so an interrupted benchmark goes on where it stopped
         kept = json.loads(done.read_text()) if done.exists() else None
-        if kept and kept["command"] == " ".join(cmd):
+        key = " ".join(cmd)
+        if kept and kept["command"] == key:
             results[name] = kept
             print(f"{name}: kept from {done}", flush=True)
             continue
         t0 = time.perf_counter()
+        if name in STAGED:  # first stage for half the steps, the second from its final checkpoint for the rest
+            first_dir, half = out / f"{name}_stage1", args.steps // 2
+            _rlkit("train", *COMMON, *RUNS[name], f"--train.steps={half}", "--checkpoint.save_final=true",
+                   f"--output_dir={first_dir}", "--overwrite")
+            first = first_dir / "checkpoints" / f"step_{half:06d}"
+            second = [a.replace("{first}", str(first)) for a in STAGED[name]]
+            cmd = ["train", *COMMON, *second, f"--train.steps={args.steps - half}", "--checkpoint.save_final=true",
+                   f"--output_dir={run_dir}", "--overwrite"]
         _rlkit(*cmd)
         wall = time.perf_counter() - t0
-        policy = run_dir / "checkpoints" / f"step_{args.steps:06d}" / "policy"
+        last = args.steps - args.steps // 2 if name in STAGED else args.steps
+        policy = run_dir / "checkpoints" / f"step_{last:06d}" / "policy"
         result_path = run_dir / "evals" / f"step_{args.steps:06d}.json"
         _rlkit("eval", f"--model.name_or_path={policy}", *evaluate, "--baseline", str(base), "--output",
                str(result_path))
-        results[name] = {"eval": json.loads(result_path.read_text()), "wall_s": wall, "command": " ".join(cmd)}
+        results[name] = {"eval": json.loads(result_path.read_text()), "wall_s": wall, "command": key}
         done.write_text(json.dumps(results[name], indent=2) + "\n")
         print(f"{name}: trained in {wall:.0f} s", flush=True)
     (out / "summary.json").write_text(json.dumps(results, indent=2) + "\n")

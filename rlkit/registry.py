@@ -53,9 +53,10 @@ KINDS = {
 
 BUILTIN_MODULES = {
     "reward": ("rlkit.rewards.builtin", "rlkit.rewards.length", "rlkit.rewards.decs", "rlkit.rewards.budgeted"),
-    "shaper": ("rlkit.shaping.groups", "rlkit.shaping.laser", "rlkit.shaping.nemo", "rlkit.shaping.budgets"),
+    "shaper": ("rlkit.shaping.groups", "rlkit.shaping.laser", "rlkit.shaping.nemo", "rlkit.shaping.budgets",
+               "rlkit.shaping.lapo"),
     "filter": ("rlkit.algorithms.filters",),
-    "prompt_transform": ("rlkit.data.transforms",),
+    "prompt_transform": ("rlkit.data.transforms", "rlkit.shaping.lapo"),
     "sample_transform": ("rlkit.shaping.transforms",),
     "advantage": ("rlkit.algorithms.advantages",),
     "loss": ("rlkit.algorithms.losses",),
