@@ -54,7 +54,7 @@ KINDS = {
 BUILTIN_MODULES = {
     "reward": ("rlkit.rewards.builtin", "rlkit.rewards.length", "rlkit.rewards.decs", "rlkit.rewards.budgeted"),
     "shaper": ("rlkit.shaping.groups", "rlkit.shaping.laser", "rlkit.shaping.nemo", "rlkit.shaping.budgets",
-               "rlkit.shaping.lapo"),
+               "rlkit.shaping.lapo", "rlkit.shaping.traac"),
     "filter": ("rlkit.algorithms.filters",),
     "prompt_transform": ("rlkit.data.transforms", "rlkit.shaping.lapo"),
     "sample_transform": ("rlkit.shaping.transforms",),
@@ -62,7 +62,7 @@ BUILTIN_MODULES = {
     "loss": ("rlkit.algorithms.losses",),
     "token_mask": ("rlkit.algorithms.masks", "rlkit.algorithms.corrections"),
     "engine": ("rlkit.rollout.engines",),
-    "rollout_hook": ("rlkit.rollout.hooks",),
+    "rollout_hook": ("rlkit.rollout.hooks", "rlkit.rollout.forcing", "rlkit.rollout.traac"),
 }
 
 # parameters of a reward call that are data, not options

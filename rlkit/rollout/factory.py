@@ -82,9 +82,10 @@ class SegmentedRollout(Rollout):
         self.worker.load_state_dict(state)
 
 
-def make_rollout(cfg, engine: RolloutEngine, tokenizer, hook=None) -> Rollout:
+def make_rollout(cfg, engine: RolloutEngine, tokenizer, hook=None, verify=None, model_path: str = "") -> Rollout:
     """The rollout strategy of ``cfg``: a rollout hook (``hook``: the built ``rollout_hook``, else the one the config
-    names, or ``rollout.budget_forcing``'s), segments, or one engine call; asynchronous around any of them."""
+    names, or ``rollout.budget_forcing``'s; ``verify`` and ``model_path`` reach it through its HookContext),
+    segments, or one engine call; asynchronous around any of them."""
     from rlkit.config import importance
 
     r = cfg.rollout
@@ -99,7 +100,7 @@ def make_rollout(cfg, engine: RolloutEngine, tokenizer, hook=None) -> Rollout:
     if hook is not None:
         from rlkit.rollout.hooks import HookedRollout
 
-        rollout = HookedRollout(engine, hook, tokenizer, cfg.train.seed)
+        rollout = HookedRollout(engine, hook, tokenizer, cfg.train.seed, model_path=model_path, verify=verify)
     elif r.segments <= 1:
         rollout = Rollout(engine)
     else:

@@ -21,8 +21,8 @@ the same completion (tests/integration/test_rollout_hooks.py compares them). A h
 (rlkit.registry.HookCaps) when it splits a group; tags it writes to ``Sample.tags`` reach the rewards as per-sample
 columns (HBPO's ``budget``).
 
-Built-in hooks: ``budget_forcing`` (rlkit.rollout.forcing; ``rollout.budget_forcing`` configures it), and here
-``jet_truncation`` (JET) and ``hbpo_budgets`` (HBPO).
+Built-in hooks: ``budget_forcing`` (rlkit.rollout.forcing; ``rollout.budget_forcing`` configures it),
+``traac_compression`` (rlkit.rollout.traac), and here ``jet_truncation`` (JET) and ``hbpo_budgets`` (HBPO).
 """
 
 from __future__ import annotations
@@ -61,11 +61,16 @@ def join_continuation(sample: Sample, cut: int, inject_ids: list[int], inject_te
 
 @dataclass
 class HookContext:
-    """What a hook generates with: the engine, the tokenizer's encode / decode, the run's seed."""
+    """What a hook generates with: the engine, the tokenizer's encode / decode, the run's seed, the policy's starting
+    model (``model_path``: a hook that scores with a frozen copy loads it) and ``verify(prompts, samples)``, the run's
+    correctness term on samples the hook generated (a list of 0/1 or None; None when the run has no correctness
+    term: a hook that needs it declares ``needs_verifier``)."""
 
     engine: RolloutEngine
     tokenizer: Any
     seed: int = 0
+    model_path: str = ""
+    verify: Callable[[list[Prompt], list[Sample]], list] | None = None
 
     def encode(self, text: str) -> list[int]:
         """``text`` as tokens, no special tokens (a phrase the hook injects)."""
@@ -102,9 +107,9 @@ class HookContext:
 class HookedRollout(Rollout):
     """The rollout of a configured hook: the hook generates each round through a HookContext."""
 
-    def __init__(self, engine: RolloutEngine, hook, tokenizer, seed: int):
+    def __init__(self, engine: RolloutEngine, hook, tokenizer, seed: int, *, model_path: str = "", verify=None):
         super().__init__(engine)
-        self.hook, self.ctx = hook, HookContext(engine, tokenizer, seed)
+        self.hook, self.ctx = hook, HookContext(engine, tokenizer, seed, model_path, verify)
 
     def __call__(self, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
         self.engine.wake()

@@ -26,7 +26,7 @@ from rlkit.parallel.layout import make_layout
 from rlkit.parallel.micro import MicroBatching
 from rlkit.parallel.plan import CostModel
 from rlkit.rewards import RewardSet
-from rlkit.rewards.combine import RewardContext
+from rlkit.rewards.combine import GuardedReward, RewardContext, reward_inputs
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
 from rlkit.rollout.factory import engine_entry, first_push, push_policy
 from rlkit.rollout.text import make_reward_engines
@@ -72,6 +72,21 @@ class Run:
     checkpointer: ckpt.Checkpointer | None = None  # save and restore of every piece of run state (state_pieces)
     thinking: ThinkingSplit | None = None  # the split of rollout.thinking.end with the run's tokenizer (None: no split)
     reward_engines: dict = field(default_factory=dict)  # the models the rewards use (reward_engines), closed at the end
+
+
+def verifier_of(rewards: RewardSet):
+    """``verify(prompts, samples) -> [0/1 or None]``: the run's correctness term on samples a rollout hook generated
+    (under the term's watchdog and error policy); None when the run has none."""
+    term = rewards.verifier()
+    if term is None:
+        return None
+    guarded = GuardedReward(term, "a rollout hook's verdicts")
+
+    def verify(prompts, samples):
+        texts, completions, ids, columns, context = reward_inputs(prompts, samples)
+        return guarded(texts, completions, ids, **columns, **context)
+
+    return verify
 
 
 def _version() -> str:
@@ -203,10 +218,10 @@ def setup(cfg: Config, checked: Preflight) -> Run:
     engine = make_engine(cfg, model_path, policy=hf_model, tokenizer=tokenizer, device=acc.device, dtype=dtype,
                          lockstep=backend.sharded and backend.world_size > 1,
                          context=functools.partial(backends.whole_parameters, prepared))
+    rewards = RewardSet.from_config(cfg.rewards, cfg.shaping, built_rewards(cfg, checked.built))
+    stages = Stages.from_config(cfg, checked.built)
     hook = checked.built.get("rollout_hook") if checked.built else None
-    rollout, rewards, stages = make_rollout(cfg, engine, tokenizer, hook), RewardSet.from_config(cfg.rewards, cfg.shaping,
-                                                                                  built_rewards(cfg, checked.built)), \
-        Stages.from_config(cfg, checked.built)
+    rollout = make_rollout(cfg, engine, tokenizer, hook, verify=verifier_of(rewards), model_path=model_path)
     reward_engines = make_reward_engines(cfg, model_path, device=acc.device, dtype=dtype) if cfg.reward_engines else {}
     rewards.setup(RewardContext.here(acc.device, acc.process_index, acc.num_processes, dtype, tokenizer=tokenizer,
                                      max_new_tokens=cfg.rollout.max_new_tokens, engines=reward_engines))

@@ -14,7 +14,7 @@ from rlkit.rollout.base import SamplingSpec
 def test_generated_tokens_around_injected_ones_keep_the_policys_logprobs(tiny_model_dir):
     from rlkit.models import load_policy, load_tokenizer
     from rlkit.parallel.batch import collate
-    from rlkit.records import StepBatch, to_completion_space
+    from rlkit.records import to_completion_space
     from rlkit.rollout.hf_engine import HFEngine
     from rlkit.rollout.hooks import HBPOBudgets, HookedRollout, JETTruncation
     from rlkit.trainers.batch import LogprobPolicy
@@ -73,3 +73,31 @@ def test_hbpo_trains_from_its_recipe(tmp_path):
                   "think_end: ''}}]")
     assert len(rows) == 2 and all(r["hbpo/announced_tokens"] > 0 for r in rows)
     assert all(r["optim/grad_norm"] > 0 for r in rows)
+
+
+def test_traac_trains_from_its_recipe_and_compresses_correct_answers(tmp_path):
+    """Every answer counts as correct (a stand-in verifier), so every group is easy and its completions are scored by
+    a frozen SmolLM2's attention and compressed (SmolLM2 writes no thinking marker: the whole completion is the
+    reasoning; it writes none of the released cue words, so sentences and clauses are the steps here)."""
+    rows = _train(tmp_path, "traac", "rollout.group_size=4", "rollout.max_new_tokens=96",
+                  "rollout_hook={name: traac_compression, kwargs: {think_end: '', answer_tokens: 12, "
+                  "cues: ['.', ',', 'Ċ']}}",
+                  "rewards=[{name: helpers:always_correct, weight: 4.0, correctness: true}]")
+    assert len(rows) == 2 and sum(r["traac/compressed"] for r in rows) > 0 and sum(r["traac/removed_tokens"]
+                                                                                   for r in rows) > 0
+    assert all(r["shaping/traac_length/easy_frac"] == 1.0 for r in rows) and all(r["optim/grad_norm"] > 0 for r in rows)
+
+
+def test_lapo_learns_lengths_in_stage_one_and_announces_them_in_stage_two(tmp_path):
+    stage1 = _train(tmp_path, "lapo", "rollout.group_size=4", "checkpoint.save_final=true",
+                    "rewards=[{name: helpers:even_length_correct, correctness: true}]")
+    assert stage1[-1]["shaping/lapo_band/prompts_known"] > 0
+    state = json.loads(next((tmp_path / "lapo" / "checkpoints").glob("step_*/trainer_state.json")).read_text())
+    medians = state["stages"]["shaping[0].lapo_band"]["medians"]
+    first = next((tmp_path / "lapo" / "checkpoints").glob("step_*"))
+    stage2 = _train(tmp_path, "lapo_stage2", "rollout.group_size=4",
+                    f"prompt_transforms=[{{name: lapo_announce, kwargs: {{targets: '{first}'}}}}]",
+                    "rewards=[{name: helpers:even_length_correct, correctness: true}]")
+    assert len(stage2) == 2 and all("shaping/lapo_target/target_gap" in r for r in stage2)
+    # the prompts stage 2 drew carry the lengths stage 1 learned (a prompt it never saw announces 4096)
+    assert any(r["transforms/lapo_announce/known_frac"] > 0 for r in stage2) or not any(medians.values())

@@ -53,7 +53,7 @@ def test_groups_need_not_be_contiguous():
 def test_registry_resolution_and_errors():
     assert resolve_advantage("grpo") is grpo_advantages
     assert resolve_advantage("rlkit.algorithms.advantages:rloo_advantages") is rloo_advantages
-    with pytest.raises(KeyError, match="registered advantages: batch_norm, decs, dr_grpo, grpo, rloo"):
+    with pytest.raises(KeyError, match="registered advantages: batch_norm, decs, dr_grpo, grpo, hbpo, rloo"):
         resolve_advantage("nope")
 
 

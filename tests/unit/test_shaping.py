@@ -94,7 +94,7 @@ def test_shapers_need_a_correctness_term_and_bad_kwargs_fail():
 def test_config_shaping_section():
     cfg = load_config(overrides={"shaping": [{"name": "grpo_lambda", "kwargs": {"lam": 0.2}}, "kimi"]})
     assert [t.name for t in cfg.shaping] == ["grpo_lambda", "kimi"]
-    with pytest.raises(ConfigError, match=r"shaping\[0\]\.name: unknown reward shaper 'kimmi'; registered shapers: da_dler, efficient_reasoning, grpo_lambda, kimi"):
+    with pytest.raises(ConfigError, match=r"shaping\[0\]\.name: unknown reward shaper 'kimmi'; registered shapers: da_dler, efficient_reasoning, grpo_lambda, jet_shortest, kimi"):
         load_config(overrides={"shaping": ["kimmi"]})
 
 
