@@ -15,7 +15,7 @@ steps.
     .venv/bin/python benchmarks/length_learning.py [--steps 24] [--out runs/bench-length] [--runs grpo,dler,forcing]
         [--budgets 32,64,128] [--limit N]
 
-Issue 34 adds the 2026 methods at the same steps: ``--runs grpo,dler,decs,jet,hbpo,lapo`` (LAPO in its two stages,
+Issue 34 adds the 2026 methods at the same steps: ``--runs grpo,dler,decs,jet,hbpo,lapo,traac`` (LAPO in its two stages,
 half the steps each, the second starting from the first's policy and learned lengths).
 """
 
@@ -72,6 +72,12 @@ RUNS = {
     # checkpoint (lapo_announce + lapo_target, sigma 120 -> 8 tokens) for the rest (STAGED below)
     "lapo": ["--recipe=lapo", "--rollout.max_new_tokens=128", "--algorithm.loss_options={kl_coef: 0.0}",
              "--shaping=[{name: lapo_band, kwargs: {margin: 4.0}}]"],
+    # TRAAC: SmolLM2 writes no thinking marker (the whole completion is the reasoning) and none of the released cue
+    # words, so sentences and clauses are the steps; 32-token fresh answers after the compressed reasoning
+    "traac": ["--recipe=traac", "--rollout.group_size=4", "--rollout.prompts_per_step=8", "--rollout.max_new_tokens=128",
+              "--algorithm.loss_options={epsilon_low: 0.2, epsilon_high: 0.28, kl_coef: 0.0}",
+              "--rollout_hook={name: traac_compression, kwargs: {think_end: '', answer_tokens: 32, "
+              "cues: ['.', ',', 'Ċ']}}"],
 }
 # runs trained in two stages: the second stage's settings; {first} is the first stage's final checkpoint
 STAGED = {
