@@ -235,3 +235,20 @@ def test_server_faults_fail_fast_and_resume_after_restart(server, tiny_model_dir
     assert "resumed from" in proc.stdout and "at step 2" in proc.stdout
     assert [r["step"] for r in _rows(run)] == [1, 2, 3]
     assert requests.get(f"{server.url}/weight_info").json()["weight_version"] == "3"
+
+
+def test_a_reward_engine_served_by_vllm_answers_a_reward_by_name(server, tiny_model_dir):
+    """reward_engines with engine vllm_server: the model a reward asks for by name (RewardContext.engine) answers
+    through the server, greedy, one text per prompt, and is never sent weights."""
+    from rlkit.rewards.combine import RewardContext
+    from rlkit.rollout.text import make_reward_engines
+
+    cfg = load_config(overrides={"model.name_or_path": str(tiny_model_dir), "rollout.server_timeout": 60,
+                                 "reward_engines": {"judge": {"engine": "vllm_server", "server_urls": [server.url]}}})
+    engines = make_reward_engines(cfg, str(tiny_model_dir))
+    judge = RewardContext(device="cpu", engines=engines).engine("judge")
+    texts = judge.complete(["What is 2+2?", "Say yes."], max_new_tokens=6)
+    again = judge.complete(["What is 2+2?", "Say yes."], max_new_tokens=6)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts) and texts == again  # greedy
+    assert judge.calls == 4 and judge.engine.version == 0  # no weights pushed
+    judge.close()
