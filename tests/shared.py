@@ -123,3 +123,27 @@ def server_matches_policy(url: str, policy_dir: Path, model_dir: Path) -> float:
     with torch.no_grad():
         lp, _ = policy(mb, temperature=1.0)
     return float(((lp - to_completion_space([s.logprobs], lp.shape[1])).abs() * mb.completion_mask).max())
+
+
+class ScriptedEngine:
+    """A rollout engine without a model for the unit tests of rollout strategies: it records each call
+    (``calls``: (prompts, spec)) and answers with ``samples(k, prompt, spec, j)``, the j-th sample of prompt k."""
+
+    version = 0
+
+    def __init__(self):
+        self.calls = []
+
+    def wake(self):
+        pass
+
+    def sleep(self):
+        pass
+
+    def generate(self, prompts, spec):
+        self.calls.append((prompts, spec))
+        specs = spec if isinstance(spec, list) else [spec] * len(prompts)
+        return [self.sample(k, list(p), s, j) for k, (p, s) in enumerate(zip(prompts, specs)) for j in range(s.n)]
+
+    def sample(self, k, prompt, spec, j):
+        raise NotImplementedError

@@ -2,6 +2,7 @@
 that leaves the phrase out, deterministic budgets, and the settings refused before anything loads."""
 
 import pytest
+from shared import ScriptedEngine
 
 from rlkit.config import ConfigError, load_config
 from rlkit.records import Prompt, Sample, StepBatch
@@ -10,28 +11,13 @@ from rlkit.rollout.forcing import BudgetForcing, ForcedRollout
 from rlkit.trainers.update import prepare_tokens
 
 
-class _Engine:
+class _Engine(ScriptedEngine):
     version = 3
 
-    def __init__(self):
-        self.calls = []
-
-    def wake(self):
-        pass
-
-    def sleep(self):
-        pass
-
-    def generate(self, prompts, spec):
-        self.calls.append((prompts, spec))
-        specs = spec if isinstance(spec, list) else [spec] * len(prompts)
-        out = []
-        for k, (p, s) in enumerate(zip(prompts, specs)):
-            for j in range(s.n):
-                n = s.max_new_tokens if (k + j) % 2 == 0 else 2  # even: reaches its cap
-                out.append(Sample(p, list(range(50, 50 + n)), [-1.0] * n, "length" if n == s.max_new_tokens and n > 2
-                                  else "stop", "t" * n, k, [self.version] * n))
-        return out
+    def sample(self, k, p, s, j):
+        n = s.max_new_tokens if (k + j) % 2 == 0 else 2  # even: reaches its cap
+        return Sample(p, list(range(50, 50 + n)), [-1.0] * n, "length" if n == s.max_new_tokens and n > 2 else "stop",
+                      "t" * n, k, [self.version] * n)
 
 
 def test_forced_samples_get_the_phrase_and_it_is_never_trained():

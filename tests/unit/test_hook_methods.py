@@ -10,6 +10,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
+from shared import ScriptedEngine
 
 from rlkit import registry
 from rlkit.algorithms.advantages import hbpo_advantages
@@ -32,28 +33,13 @@ class _Tok:
         return "".join(chr(i) for i in ids)
 
 
-class _Engine:
+class _Engine(ScriptedEngine):
     version = 1
 
-    def __init__(self):
-        self.calls = []
-
-    def wake(self):
-        pass
-
-    def sleep(self):
-        pass
-
-    def generate(self, prompts, spec):
-        self.calls.append((prompts, spec))
-        specs = spec if isinstance(spec, list) else [spec] * len(prompts)
-        out = []
-        for k, (p, s) in enumerate(zip(prompts, specs)):
-            for j in range(s.n):
-                n = min(s.max_new_tokens, 10 + j)
-                out.append(Sample(list(p), [100 + t for t in range(n)], [-0.5 - 0.01 * t for t in range(n)], "stop",
-                                  "x" * n, k, [self.version] * n))
-        return out
+    def sample(self, k, p, s, j):
+        n = min(s.max_new_tokens, 10 + j)
+        return Sample(p, [100 + t for t in range(n)], [-0.5 - 0.01 * t for t in range(n)], "stop", "x" * n, k,
+                      [self.version] * n)
 
 
 PROMPTS = [Prompt([1, 2], "a", {}), Prompt([3], "b", {})]

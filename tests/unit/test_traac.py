@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from shared import ScriptedEngine
 
 from rlkit.records import Prompt, Sample, ShapingBatch
 from rlkit.rollout.base import SamplingSpec
@@ -159,24 +160,11 @@ class _Tok:
         return [chr(i) for i in ids]
 
 
-class _Engine:
-    version = 0
-
-    def __init__(self):
-        self.calls = []
-
-    def wake(self):
-        pass
-
-    def sleep(self):
-        pass
-
-    def generate(self, prompts, spec):
-        self.calls.append((prompts, spec))
-        text = "First a. So b. Wait c. Now d." if spec.n > 1 else "=7"
-        ids = [ord(c) for c in text][:spec.max_new_tokens]
-        return [Sample(list(p), list(ids), [-0.1] * len(ids), "stop", text, k, [0] * len(ids))
-                for k, p in enumerate(prompts) for _ in range(spec.n)]
+class _Engine(ScriptedEngine):
+    def sample(self, k, p, s, j):
+        text = "First a. So b. Wait c. Now d." if s.n > 1 else "=7"
+        ids = [ord(c) for c in text][:s.max_new_tokens]
+        return Sample(p, list(ids), [-0.1] * len(ids), "stop", text, k, [0] * len(ids))
 
 
 def test_the_hook_compresses_correct_samples_by_difficulty_and_masks_the_kept_reasoning(monkeypatch):
