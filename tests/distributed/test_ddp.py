@@ -20,7 +20,8 @@ def _torchrun(nproc, *args, cwd, extra_path=""):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
-AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+# the last: token-mean with per-token advantages (a token-level estimator's: DECS), balanced across ranks with their samples
+AGGREGATIONS = ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm", "token-mean:tokens"]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Run under torchrun (1 or 2 processes): for each aggregation given (comma-separated), one update_policy call on a
 fixed synthetic batch from the same initial model, each rank taking a strided share; rank 0 saves the updated
-parameters to OUT_<aggregation>.pt. SGD (not Adam) so scale errors show. One launch serves every aggregation."""
+parameters to OUT_<aggregation>.pt (``<aggregation>:tokens``: with per-token advantages). SGD (not Adam) so scale
+errors show. One launch serves every aggregation."""
 
 import os
 import sys
@@ -32,8 +33,12 @@ def update_once(acc, model_dir: str, aggregation: str, out: str) -> None:
         ids = torch.randint(5, 400, (p + c,), generator=gen).tolist()
         samples.append(Sample(ids[:p], ids[p:], [0.0] * c, "stop", "", i // 2))
     advantages = torch.randn(8, generator=gen)
+    aggregation, _, variant = aggregation.partition(":")
+    # "<aggregation>:tokens": per-token advantages (a token-level estimator's), moved with their samples
+    tokens = [torch.randn(s.num_tokens, generator=gen) for s in samples] if variant == "tokens" else None
     mine = list(range(acc.process_index, 8, acc.num_processes))
-    batch = StepBatch([], [samples[i] for i in mine], advantages=advantages[mine])
+    batch = StepBatch([], [samples[i] for i in mine], advantages=advantages[mine],
+                      token_advantages=[tokens[i] for i in mine] if tokens else None)
     # moves samples between ranks by cost (no-op on one process): the update must not change
     batch = prepare_tokens(balance_ranks(batch, acc, whole_groups=False, cost_b=0.01))
     model = LogprobPolicy(load_policy(model_dir, torch.float32))
