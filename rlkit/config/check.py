@@ -266,6 +266,8 @@ def _check_reward_engines(cfg: Config, out: _Problems) -> None:
         out.need(engine != "vllm_server" or (urls and all(isinstance(u, str) and u.startswith(("http://", "https://"))
                                                           for u in urls)),
                  f"{where}.server_urls must list the http(s) URLs of the servers for engine vllm_server, got {urls}")
+        out.need(engine != "vllm_server" or spec.get("model"), f"{where}.model must name the model the servers run "
+                 "(its tokenizer and chat template encode the prompts) for engine vllm_server")
 
 
 def _check_token_signals(cfg: Config, adv, loss, out: _Problems) -> None:

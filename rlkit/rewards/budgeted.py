@@ -6,11 +6,21 @@ deviation are in the docstrings (architecture rule 12); tests/unit/test_hook_met
 from __future__ import annotations
 
 import math
-import re
 
 from rlkit.rewards.registry import register_reward
 
-BOXED = re.compile(r"\\boxed\{")
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` with balanced braces (released rllm math_utils extract_answer: the
+    last ``\\boxed`` / ``\\fbox``, which must be ``\\boxed{``), None when there is none or it never closes."""
+    start = text.rfind("\\boxed")
+    if start < 0 or not text.startswith("\\boxed{", start):
+        return None
+    depth = 0
+    for j in range(start + len("\\boxed"), len(text)):
+        depth += (text[j] == "{") - (text[j] == "}")
+        if depth == 0:
+            return text[start + len("\\boxed{"):j]
+    return None
 
 
 @register_reward("hbpo_budget", factory=True)
@@ -49,7 +59,7 @@ class HBPOBudget:
         out = []
         for text, n, ok, b in zip(completions, num_tokens, correct, budget):
             if self.think_end:
-                if self.think_end not in text or not BOXED.search(text.split(self.think_end)[1]):
+                if self.think_end not in text or last_boxed(text.split(self.think_end)[1]) is None:
                     out.append(self.format_penalty)
                     continue
             if ok is None:

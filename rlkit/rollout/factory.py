@@ -82,7 +82,8 @@ class SegmentedRollout(Rollout):
         self.worker.load_state_dict(state)
 
 
-def make_rollout(cfg, engine: RolloutEngine, tokenizer, hook=None, verify=None, model_path: str = "") -> Rollout:
+def make_rollout(cfg, engine: RolloutEngine, tokenizer, hook=None, verify=None, model_path: str = "",
+                 device=None) -> Rollout:
     """The rollout strategy of ``cfg``: a rollout hook (``hook``: the built ``rollout_hook``, else the one the config
     names, or ``rollout.budget_forcing``'s; ``verify`` and ``model_path`` reach it through its HookContext),
     segments, or one engine call; asynchronous around any of them."""
@@ -100,7 +101,8 @@ def make_rollout(cfg, engine: RolloutEngine, tokenizer, hook=None, verify=None, 
     if hook is not None:
         from rlkit.rollout.hooks import HookedRollout
 
-        rollout = HookedRollout(engine, hook, tokenizer, cfg.train.seed, model_path=model_path, verify=verify)
+        rollout = HookedRollout(engine, hook, tokenizer, cfg.train.seed, model_path=model_path, verify=verify,
+                                device=device)
     elif r.segments <= 1:
         rollout = Rollout(engine)
     else:

@@ -107,10 +107,10 @@ class BudgetForcingHook:
         samples = ctx.engine.generate([p.ids for p in prompts],
                                       [dataclasses.replace(spec, max_new_tokens=b) for b in budgets])
         todo = [i for i, s in enumerate(samples) if s.finish_reason == "length"]
-        if todo:
-            tails = forcing.answers(ctx.engine, [samples[i].prompt_ids + samples[i].completion_ids for i in todo], spec)
-            for i, tail in zip(todo, tails):
-                samples[i] = forcing.joined(samples[i], samples[i].num_tokens, tail, trace=True)
+        # one answer call even when no sample reached its budget: lockstep engines need every process to call
+        tails = forcing.answers(ctx.engine, [samples[i].prompt_ids + samples[i].completion_ids for i in todo], spec)
+        for i, tail in zip(todo, tails):
+            samples[i] = forcing.joined(samples[i], samples[i].num_tokens, tail, trace=True)
         return StepBatch(prompts, samples, metrics={
             "forcing/forced_frac": len(todo) / max(len(samples), 1),
             "forcing/injected_tokens": float(len(todo) * len(forcing.phrase_ids)),

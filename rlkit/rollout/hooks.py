@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlkit.records import Prompt, Sample, StepBatch
+from rlkit.registry import hooks as hooks_of
 from rlkit.registry import register
 from rlkit.rollout.base import Rollout, RolloutEngine, SamplingSpec
 
@@ -44,6 +45,7 @@ def join_continuation(sample: Sample, cut: int, inject_ids: list[int], inject_te
     (training): keep the per-token logprobs and policy versions (placeholders 0.0 on the injected tokens, which
     nothing reads) and mark the injected positions (never trained); without it (evaluation) they are dropped. The
     thinking split is dropped too (a new completion: annotated after the hook, rlkit.rollout.thinking)."""
+    cut = max(0, min(cut, sample.num_tokens))
     head = sample.completion_ids[:cut]
     text = sample.text if cut >= sample.num_tokens else decode(head)
     ids = head + list(inject_ids) + list(tail.completion_ids)
@@ -62,7 +64,8 @@ def join_continuation(sample: Sample, cut: int, inject_ids: list[int], inject_te
 @dataclass
 class HookContext:
     """What a hook generates with: the engine, the tokenizer's encode / decode, the run's seed, the policy's starting
-    model (``model_path``: a hook that scores with a frozen copy loads it) and ``verify(prompts, samples)``, the run's
+    model (``model_path``: a hook that scores with a frozen copy loads it, on ``device``) and
+    ``verify(prompts, samples)``, the run's
     correctness term on samples the hook generated (a list of 0/1 or None; None when the run has no correctness
     term: a hook that needs it declares ``needs_verifier``)."""
 
@@ -71,6 +74,7 @@ class HookContext:
     seed: int = 0
     model_path: str = ""
     verify: Callable[[list[Prompt], list[Sample]], list] | None = None
+    device: Any = None  # where a hook's own model (a scorer) runs: the run's device
 
     def encode(self, text: str) -> list[int]:
         """``text`` as tokens, no special tokens (a phrase the hook injects)."""
@@ -79,16 +83,20 @@ class HookContext:
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def continue_after(self, samples: list[Sample], cuts: list[int], inject: str, spec: SamplingSpec,
-                       max_new_tokens: int) -> list[Sample]:
-        """Each sample cut after ``cuts[i]`` tokens, ``inject`` appended and continued for at most
-        ``max_new_tokens`` with ``spec``'s sampling, one continuation each, in one engine call."""
-        if not samples:
-            return []
-        ids = self.encode(inject)
-        one = dataclasses.replace(spec, n=1, max_new_tokens=max_new_tokens)
-        tails = self.engine.generate([s.prompt_ids + s.completion_ids[:c] + ids for s, c in zip(samples, cuts)], one)
-        return [join_continuation(s, c, ids, inject, t, trace=True, decode=self.decode)
+    def continue_after(self, samples: list[Sample], cuts: list[int], inject: str | list[int], spec: SamplingSpec,
+                       max_new_tokens: int | list[int]) -> list[Sample]:
+        """Each sample cut after ``cuts[i]`` tokens, ``inject`` (a text, or its token ids) appended and continued for
+        at most ``max_new_tokens`` (one cap, or one per sample; at least 1) with ``spec``'s sampling, one continuation
+        each, each request with its own seed, in one engine call. The call is made even with no sample: an engine
+        whose processes generate in lockstep (the hf engine under ZeRO-3 / FSDP2) needs every process to call."""
+        ids = self.encode(inject) if isinstance(inject, str) else list(inject)
+        text = inject if isinstance(inject, str) else self.decode(ids)
+        caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(samples)
+        specs = [dataclasses.replace(spec, n=1, max_new_tokens=max(1, int(m)),
+                                     seed=None if spec.seed is None else spec.seed + 7919 * (j + 1))
+                 for j, m in enumerate(caps)]
+        tails = self.engine.generate([s.prompt_ids + s.completion_ids[:c] + ids for s, c in zip(samples, cuts)], specs)
+        return [join_continuation(s, c, ids, text, t, trace=True, decode=self.decode)
                 for s, c, t in zip(samples, cuts, tails)]
 
     def prefilled(self, prompts: list[list[int]], prefixes: list[str], specs: list[SamplingSpec]) -> list[Sample]:
@@ -107,9 +115,10 @@ class HookContext:
 class HookedRollout(Rollout):
     """The rollout of a configured hook: the hook generates each round through a HookContext."""
 
-    def __init__(self, engine: RolloutEngine, hook, tokenizer, seed: int, *, model_path: str = "", verify=None):
+    def __init__(self, engine: RolloutEngine, hook, tokenizer, seed: int, *, model_path: str = "", verify=None,
+                 device=None):
         super().__init__(engine)
-        self.hook, self.ctx = hook, HookContext(engine, tokenizer, seed, model_path, verify)
+        self.hook, self.ctx = hook, HookContext(engine, tokenizer, seed, model_path, verify, device)
 
     def __call__(self, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
         self.engine.wake()
@@ -117,7 +126,34 @@ class HookedRollout(Rollout):
             batch = self.hook(self.ctx, prompts, spec, step)
         finally:
             self.engine.sleep()
+        check_hook_batch(batch, len(prompts), spec, type(self.hook).__name__)
         return batch
+
+    def state_dict(self) -> dict:
+        """The hook's own state (``state_dict``, when it has one), saved with the rollout's in every checkpoint."""
+        return {"hook": self.hook.state_dict()} if "state_dict" in hooks_of(self.hook) else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "hook" in state and "load_state_dict" in hooks_of(self.hook):
+            self.hook.load_state_dict(state["hook"])
+
+
+def check_hook_batch(batch: StepBatch, n_prompts: int, spec: SamplingSpec, name: str) -> None:
+    """What a hook returned holds ``spec.n`` samples per prompt in group order, a logprob per token (or none), and
+    injected positions inside the completion; a ValueError names the hook, the sample and what is wrong."""
+    if len(batch.prompts) != n_prompts or len(batch.samples) != n_prompts * spec.n:
+        raise ValueError(f"rollout hook {name} returned {len(batch.samples)} samples of {len(batch.prompts)} prompts; "
+                         f"expected {spec.n} for each of the {n_prompts} prompts (rollout.group_size)")
+    for i, s in enumerate(batch.samples):
+        if s.group_id != i // spec.n:
+            raise ValueError(f"rollout hook {name}: sample {i} has group_id {s.group_id}, expected {i // spec.n} "
+                             "(each prompt's samples together, in prompt order)")
+        if s.logprobs and len(s.logprobs) != s.num_tokens:
+            raise ValueError(f"rollout hook {name}: sample {i} has {len(s.logprobs)} logprobs for {s.num_tokens} "
+                             "completion tokens")
+        if any(not 0 <= j < s.num_tokens for j in s.injected):
+            raise ValueError(f"rollout hook {name}: sample {i} marks injected positions outside its "
+                             f"{s.num_tokens} completion tokens")
 
 
 def _grouped(samples: list[Sample], n_prompts: int) -> list[Sample]:
@@ -153,10 +189,11 @@ class JETTruncation:
 
     def __call__(self, ctx: HookContext, prompts: list[Prompt], spec: SamplingSpec, step: int) -> StepBatch:
         full = ctx.engine.generate([p.ids for p in prompts], dataclasses.replace(spec, n=spec.n // self.group_divisor))
-        cuts = [(s, max(1, min(s.num_tokens, int(s.num_tokens * r)))) for s in full for r in self.ratios]
-        room = spec.max_new_tokens
-        branches = ctx.continue_after([s for s, _ in cuts], [c for _, c in cuts], self.phrase, spec,
-                                      min(self.answer_tokens, max(1, room - max((c for _, c in cuts), default=0))))
+        cuts = [(s, min(s.num_tokens, max(1, int(s.num_tokens * r)))) for s in full for r in self.ratios]
+        phrase = ctx.encode(self.phrase)
+        # the answer allowance, inside the completion cap after the cut and the phrase
+        caps = [min(self.answer_tokens, spec.max_new_tokens - c - len(phrase)) for _, c in cuts]
+        branches = ctx.continue_after([s for s, _ in cuts], [c for _, c in cuts], phrase, spec, caps)
         samples = _grouped(full + branches, len(prompts))
         return StepBatch(prompts, samples, metrics={
             "jet/full_tokens": sum(s.num_tokens for s in full) / max(len(full), 1),

@@ -63,6 +63,8 @@ class VLLMEngine(EngineBase):
         from vllm.inputs import TokensPrompt
 
         specs = per_prompt_specs(spec, len(prompts))
+        if not prompts:  # a rollout hook's round with nothing to continue
+            return []
         params = [SamplingParams(n=s.n, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                  max_tokens=s.max_new_tokens, logprobs=0 if s.logprobs else None,
                                  seed=s.seed)

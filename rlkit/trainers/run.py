@@ -221,7 +221,8 @@ def setup(cfg: Config, checked: Preflight) -> Run:
     rewards = RewardSet.from_config(cfg.rewards, cfg.shaping, built_rewards(cfg, checked.built))
     stages = Stages.from_config(cfg, checked.built)
     hook = checked.built.get("rollout_hook") if checked.built else None
-    rollout = make_rollout(cfg, engine, tokenizer, hook, verify=verifier_of(rewards), model_path=model_path)
+    rollout = make_rollout(cfg, engine, tokenizer, hook, verify=verifier_of(rewards), model_path=model_path,
+                           device=acc.device)
     reward_engines = make_reward_engines(cfg, model_path, device=acc.device, dtype=dtype) if cfg.reward_engines else {}
     rewards.setup(RewardContext.here(acc.device, acc.process_index, acc.num_processes, dtype, tokenizer=tokenizer,
                                      max_new_tokens=cfg.rollout.max_new_tokens, engines=reward_engines))

@@ -287,7 +287,8 @@ class MicroRows:
     live: bool  # False: the zero-weight forward of an empty micro-batch
     sharded: bool  # run by a block of ranks of the SP group
     counted: bool  # this rank adds its statistics (rlkit.parallel.micro.owns_results)
-    tokens: torch.Tensor  # [B, W] its inputs' completion tokens (the entropy's and the mismatch's tokens)
+    tokens: torch.Tensor  # [B, W] its inputs' completion tokens the policy generated (not injected by a rollout
+    # hook): the entropy's and the mismatch's tokens
     mask: torch.Tensor  # [B, W] the loss mask
     weights: torch.Tensor  # [B, W] the minibatch's aggregation weights of these rows
     advantages: torch.Tensor  # [B]
@@ -312,7 +313,9 @@ def cut_micro_batch(batch: StepBatch, micro: Micro, index: list[int], inputs, mi
     weights = minibatch.weights[in_minibatch, :width].to(device) * live if minibatch.rows else torch.zeros_like(mask)
     return MicroRows(
         index=index, live=bool(micro.idx), sharded=micro.sharded, counted=owns_results(micro, layout),
-        tokens=inputs.completion_mask, mask=mask, weights=weights, advantages=batch.advantages[index].to(device),
+        tokens=inputs.completion_mask * to_completion_space([batch.samples[i].trainable() for i in index],
+                                                           width).to(inputs.completion_mask),
+        mask=mask, weights=weights, advantages=batch.advantages[index].to(device),
         token_advantages=batch.token_adv[index, :width].to(device) if batch.token_adv is not None else None,
         group_ids=batch.group_ids[index].to(device),
         correct=batch.correct[index].to(device) if batch.correct is not None else None,

@@ -244,7 +244,8 @@ def test_a_reward_engine_served_by_vllm_answers_a_reward_by_name(server, tiny_mo
     from rlkit.rollout.text import make_reward_engines
 
     cfg = load_config(overrides={"model.name_or_path": str(tiny_model_dir), "rollout.server_timeout": 60,
-                                 "reward_engines": {"judge": {"engine": "vllm_server", "server_urls": [server.url]}}})
+                                 "reward_engines": {"judge": {"engine": "vllm_server", "server_urls": [server.url],
+                                                              "model": str(tiny_model_dir)}}})
     engines = make_reward_engines(cfg, str(tiny_model_dir))
     judge = RewardContext(device="cpu", engines=engines).engine("judge")
     texts = judge.complete(["What is 2+2?", "Say yes."], max_new_tokens=6)

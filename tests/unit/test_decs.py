@@ -246,3 +246,17 @@ def test_token_rewards_reach_the_estimator_through_the_step_batch():
                       token_rewards=[torch.zeros(3), torch.tensor([0.0, 0.0, -0.1, -0.1, 0.0])])
     adv = decs_advantages(batch.rewards, batch.group_ids, batch.num_tokens, token_rewards=batch.token_rewards)
     assert [a.numel() for a in adv] == [3, 5] and adv[1][2] < 0 < adv[0][2]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"engine": "vllm", "model": "m"}, r"'reward_engines.judge'.engine is 'vllm'; valid: hf"),
+    ({"engine": "vllm_server", "model": "m"}, r"server_urls must list the http\(s\) URLs"),
+    ({"engine": "vllm_server", "server_urls": ["http://h:1"]}, r"'reward_engines.judge'.model must name the model"),
+    ({"engine": "hf", "modle": "m"}, r"unknown keys \['modle'\]"),
+])
+def test_reward_engines_are_checked_when_the_config_is_parsed(spec, message):
+    from rlkit.config import ConfigError, load_config
+    from rlkit.config.check import validate
+
+    with pytest.raises(ConfigError, match=message):
+        validate(load_config(overrides={"reward_engines": {"judge": spec}}))

@@ -50,7 +50,7 @@ def test_jet_branches_each_full_sample_at_its_ratios_and_injects_the_phrase():
     hook = JETTruncation(ratios=(0.2, 0.5), phrase="<A>", answer_tokens=4)
     batch = HookedRollout(engine, hook, _Tok(), seed=0)(PROMPTS, SamplingSpec(n=6, max_new_tokens=40), step=0)
     full_call, branch_call = engine.calls
-    assert full_call[1].n == 2 and branch_call[1].n == 1 and branch_call[1].max_new_tokens == 4
+    assert full_call[1].n == 2 and all(s.n == 1 and s.max_new_tokens == 4 for s in branch_call[1])
     assert [s.group_id for s in batch.samples] == [0] * 6 + [1] * 6  # groups of G = 2 full + 2 x 2 branches
     full = [s for s in batch.samples if not s.injected]
     branches = [s for s in batch.samples if s.injected]
@@ -145,11 +145,26 @@ def test_jet_bonus_matches_the_released_reward(pool, linear):
 BUDGET_RE = re.compile(r"<think> I will answer the question with (\d+) tokens")
 
 
+def released_last_boxed(s):
+    """rllm math_utils extract_answer: the last \\boxed, brace-balanced, which must be \\boxed{...}; else None."""
+    if "\\boxed" not in s:
+        return None
+    idx = s.rfind("\\boxed")
+    depth, i = 0, idx
+    while i < len(s):
+        depth += (s[i] == "{") - (s[i] == "}")
+        if s[i] == "}" and depth == 0:
+            box = s[idx:i + 1]
+            return box[7:-1] if box.startswith("\\boxed{") else None
+        i += 1
+    return None
+
+
 def released_hbpo_reward(resp, n_gen, correct):
     """rllm/rewards/math_reward.py RewardMathFn.__call__ (the grader replaced by the given correctness)."""
     m = BUDGET_RE.search(resp)
     b = int(m.group(1)) if m else 4096
-    if "</think>" not in resp or "\\boxed{" not in resp.split("</think>")[1]:
+    if "</think>" not in resp or released_last_boxed(resp.split("</think>")[1]) is None:
         return -1.0
     if correct and n_gen <= 4096:
         res = 4 * np.cos(3.1416 * n_gen / 8192)
@@ -165,7 +180,9 @@ def test_hbpo_reward_matches_the_released_reward():
     for _ in range(3000):
         b = rng.choice([512, 1024, 2048, 2560, None])
         head = f"<think> I will answer the question with {b} tokens" if b else "<think>"
-        tail = rng.choice(["</think> so \\boxed{7}", "</think> seven", " no end \\boxed{7}", "</think>\\boxed{1}"])
+        tail = rng.choice(["</think> so \\boxed{7}", "</think> seven", " no end \\boxed{7}", "</think>\\boxed{1}",
+                           "</think> \\boxed{\\frac{1}{2}}", "</think> \\boxed{7", "</think> \\boxed 7 \\boxed{",
+                           "</think> a</think> \\boxed{2}"])
         n = rng.randrange(1, 5000)
         ok = float(rng.random() < 0.6)
         got = reward(["q"], [head + tail], [[0] * n], num_tokens=[n], correct=[ok], budget=[b])[0]
@@ -210,3 +227,25 @@ def test_hbpo_advantage_matches_the_released_estimator_and_the_papers_form():
     ceiling = 4 * math.cos(3.1416 * 512 / 8192)
     a = hbpo_advantages(torch.tensor([ceiling, ceiling]), torch.tensor([0, 0]), columns={"budget": [512, 512]})
     assert a.tolist() == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
+def test_a_cut_past_the_end_and_a_bad_hook_batch():
+    from rlkit.rollout.hooks import check_hook_batch, join_continuation
+
+    s = Sample([1], [], [], "stop", "", 0, [])
+    tail = Sample([1], [9], [-0.3], "stop", "z", 0, [1])
+    joined = join_continuation(s, 1, [7, 7], "ab", tail, trace=True, decode=None)  # JET's cut of an empty answer
+    assert joined.completion_ids == [7, 7, 9] and joined.injected == [0, 1] and joined.trainable() == [0, 0, 1]
+    ok = StepBatchOf([Sample([1], [5], [-1.0], "stop", "", 0)] * 2)
+    check_hook_batch(ok, 1, SamplingSpec(n=2), "h")
+    with pytest.raises(ValueError, match="rollout hook h returned 2 samples of 1 prompts; expected 3"):
+        check_hook_batch(ok, 1, SamplingSpec(n=3), "h")
+    bad = StepBatchOf([Sample([1], [5], [-1.0, -2.0], "stop", "", 0), Sample([1], [5], [], "stop", "", 0)])
+    with pytest.raises(ValueError, match="sample 0 has 2 logprobs for 1 completion tokens"):
+        check_hook_batch(bad, 1, SamplingSpec(n=2), "h")
+
+
+def StepBatchOf(samples):
+    from rlkit.records import StepBatch
+
+    return StepBatch([Prompt([1], "a", {})], samples)

@@ -190,5 +190,6 @@ def test_the_hook_compresses_correct_samples_by_difficulty_and_masks_the_kept_re
         kept = s.injected[-1] + 1
         assert s.completion_ids[kept:] == [ord(c) for c in "=7"] and s.logprobs[kept:] == [-0.1, -0.1]
         assert s.trainable() == [0.0] * kept + [1.0, 1.0] and kept < len("First a. So b. Wait c. Now d.")
-    answer_call = engine.calls[-1]
-    assert answer_call[1].n == 1 and answer_call[1].max_new_tokens == 4
+    contexts, specs = engine.calls[-1]  # one call answers every compressed reasoning, each with its own cap
+    assert len(contexts) == 4 and all(s.n == 1 and s.max_new_tokens == 4 for s in specs)
+    assert batch.metrics["traac/answered_again"] == 4.0
