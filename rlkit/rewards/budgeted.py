@@ -9,6 +9,7 @@ import math
 
 from rlkit.rewards.registry import register_reward
 
+
 def last_boxed(text: str) -> str | None:
     """The content of the last ``\\boxed{...}`` with balanced braces (released rllm math_utils extract_answer: the
     last ``\\boxed`` / ``\\fbox``, which must be ``\\boxed{``), None when there is none or it never closes."""
