@@ -12,7 +12,8 @@ over its class's window (L_min, L_max, med), scale 1 / 0.75 / 0.5 for easy / med
 an empty window. The recipe's terms give the rest of the released reward (4 x correct; the released 0.25 + 0.25
 format points are Qwen-tag checks, left to a format term). Deviations: one history per class (one data source); the
 sigmoid is computed without overflow (released: ``math.exp`` raises beyond L ~ 72 med, even for a wrong sample);
-lengths are the counted lengths (rollout.thinking.count).
+lengths are the counted lengths (rollout.thinking.count). The window counts shaping calls: one per step, or one per
+generation round under a filter that decides on shaped rewards (the recipe has none).
 """
 
 from __future__ import annotations
