@@ -13,7 +13,7 @@ the ``forcing`` run is DLER with budget-forced rollouts (rollout.budget_forcing)
 steps.
 
     .venv/bin/python benchmarks/length_learning.py [--steps 24] [--out runs/bench-length] [--runs grpo,dler,forcing]
-        [--budgets 32,64,128] [--limit N]
+        [--budgets 32,64,128] [--limit N] [--no-train-eval]
 
 Issue 34 adds the 2026 methods at the same steps: ``--runs grpo,dler,decs,jet,hbpo,lapo,traac`` (LAPO in its two stages,
 half the steps each, the second starting from the first's policy and learned lengths).
@@ -103,7 +103,11 @@ def main() -> None:
     ap.add_argument("--benchmarks", default="mawps_addsub")
     ap.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0 = all)")
     ap.add_argument("--budgets", default="32,64,128", help="token budgets of every evaluation (the largest is the cap)")
+    ap.add_argument("--no-train-eval", action="store_true", help="no held-out check inside the training runs (the "
+                    "48-problem eval.before / eval.after; training is unchanged, the final evaluation is the same)")
     args = ap.parse_args()
+    if args.no_train_eval:
+        COMMON.extend(["--eval.before=false", "--eval.after=false"])
     out = Path(args.out)
     evals = out / "evals"
     evaluate = ["--benchmarks", args.benchmarks, "--k", "4", "--budgets", args.budgets, "--limit", str(args.limit),
