@@ -29,6 +29,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rlkit.config import BudgetForcingConfig
 from rlkit.records import Prompt, Sample, StepBatch
 from rlkit.registry import register
 from rlkit.rollout.base import RolloutEngine, SamplingSpec, phrase_ids
@@ -77,13 +78,16 @@ class BudgetForcing:
         return join_continuation(sample, cut, self.phrase_ids, self.phrase, tail, trace=trace, decode=self.decode)
 
 
+DEFAULTS = BudgetForcingConfig()  # one default phrase and answer allowance (rollout.budget_forcing)
+
+
 @register("rollout_hook", "budget_forcing", options=("budgets", "phrase", "answer_tokens"))
 class BudgetForcingHook:
     """Budget forcing as a rollout hook (module doc): each prompt's samples generated under its drawn budget, those
     that reach it continued after the phrase with the same sampling settings. ``rollout.budget_forcing.budgets``
     configures it (or ``rollout_hook: {name: budget_forcing, kwargs: {budgets, phrase, answer_tokens}}``)."""
 
-    def __init__(self, budgets: tuple = (), phrase: str = " Time is up. Final answer:", answer_tokens: int = 64,
+    def __init__(self, budgets: tuple = (), phrase: str = DEFAULTS.phrase, answer_tokens: int = DEFAULTS.answer_tokens,
                  forcing: BudgetForcing | None = None):
         if forcing is None and not budgets:
             raise ValueError("budget_forcing needs budgets")
