@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--benchmarks", default="mawps_addsub")
     ap.add_argument("--limit", type=int, default=0, help="first N problems of each benchmark (0 = all)")
     ap.add_argument("--budgets", default="32,64,128", help="token budgets of every evaluation (the largest is the cap)")
+    ap.add_argument("--report-only", action="store_true", help="train and evaluate nothing: the table and plot of "
+                    "the finished runs kept in --out (each run's bench.json, whatever command it was run with)")
     ap.add_argument("--no-train-eval", action="store_true", help="no held-out check inside the training runs (the "
                     "48-problem eval.before / eval.after; training is unchanged, the final evaluation is the same)")
     args = ap.parse_args()
@@ -123,9 +125,12 @@ def main() -> None:
         done = run_dir / "bench.json"  # a finished run is kept, so an interrupted benchmark goes on where it stopped
         kept = json.loads(done.read_text()) if done.exists() else None
         key = " ".join(cmd)
-        if kept and kept["command"] == key:
+        if kept and (kept["command"] == key or args.report_only):
             results[name] = kept
             print(f"{name}: kept from {done}", flush=True)
+            continue
+        if args.report_only:
+            print(f"{name}: not finished, left out", flush=True)
             continue
         t0 = time.perf_counter()
         if name in STAGED:  # first stage for half the steps, the second from its final checkpoint for the rest
