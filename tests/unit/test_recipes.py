@@ -67,3 +67,11 @@ def test_unknown_recipe_and_cli(capsys):
     assert "Dr.GRPO" in capsys.readouterr().out
     assert main(["train", "--recipe", "nope"]) == 2
     assert "unknown recipe 'nope'" in capsys.readouterr().err
+
+
+def test_version_flag(capsys):
+    import rlkit
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"rlkit {rlkit.__version__}"
