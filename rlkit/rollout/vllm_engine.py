@@ -25,8 +25,6 @@ class VLLMEngine(EngineBase):
                  dtype: torch.dtype | None = None, progress: bool = False):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the console to rlkit's own progress
-        # vLLM's in-place reload warns for weightless modules (rotary embeddings) on every sync: noise
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         on_cuda = torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda")
         if not on_cuda:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(round(kv_cache_gib)))))
@@ -54,6 +52,10 @@ class VLLMEngine(EngineBase):
             self.llm = LLM(**kwargs)
         finally:
             torch.set_num_threads = set_num_threads
+        # vLLM's in-place reload warns "Failed to load weights" for modules whose weights it does not take from the
+        # pushed set (rotary embeddings: none; a language-model head tied to the embeddings) on every sync, although
+        # the sync is exact (loss/logprob_mismatch): noise. Set after vLLM's import, whose logging set-up resets it.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
         self.sleep_enabled = on_cuda and enable_sleep
         self.version = 0
         self.progress = progress
