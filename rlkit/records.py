@@ -153,6 +153,7 @@ class StepBatch:
     token_rewards: list[torch.Tensor] | None = None
     token_advantages: list[torch.Tensor] | None = None  # the estimator's per-token advantages (AdvantageCaps.tokens)
     token_adv: torch.Tensor | None = None  # [N, C] token_advantages in completion space (prepare_tokens)
+    generated: torch.Tensor | None = None  # [N, C] 1.0 on the completion tokens the policy generated (prepare_tokens)
 
     @property
     def group_ids(self) -> torch.Tensor:  # [N] long

@@ -104,9 +104,9 @@ def problems(cfg: Config, source: str = "config") -> list[str]:
              f"divide the {n_seq} sequences each of the {world} process(es) trains on per step")
     bad_sinks = [s for s in cfg.logging.report_to if s not in ("wandb",)]
     out.need(not bad_sinks, f"'logging.report_to' has unknown sink {bad_sinks}; valid: wandb")
-    has_verifier = _check_components(cfg, out)
-    if has_verifier is not None:
-        _check_algorithm(cfg, has_verifier, world, out)
+    rewards = _check_components(cfg, out)
+    if rewards is not None:
+        _check_algorithm(cfg, rewards, world, out)
     return out
 
 
@@ -184,9 +184,14 @@ def _resolve(kind: str, name: str, where: str, source: str, **kw) -> registry.En
         raise ConfigError(f"{source}: {where}: {e.args[0]}") from None
 
 
-def _check_components(cfg: Config, out: _Problems) -> bool | None:
+def _verifiers(cfg: Config, rewards: list) -> int:
+    """How many reward terms are correctness terms (marked, or a registered verifier); ``rewards``: their entries."""
+    return sum(bool(t.correctness or e.caps.verifier) for t, e in zip(cfg.rewards, rewards))
+
+
+def _check_components(cfg: Config, out: _Problems) -> list | None:
     """Every reward term and component: its name resolves, its options check against its declaration; at most one
-    correctness term. Returns whether a correctness term is configured (None when a
+    correctness term, which returns one value per sample. Returns the reward terms' registry entries (None when a
     component could not be resolved)."""
     source, start = out.source, len(out)
     rewards = []
@@ -201,24 +206,24 @@ def _check_components(cfg: Config, out: _Problems) -> bool | None:
             out.run(registry.check_options, entry, comp.kwargs, f"{where}.kwargs", source)
     if len(out) > start:
         return None
-    verifiers = sum(bool(t.correctness or e.caps.verifier) for t, e in zip(cfg.rewards, rewards))
     try:
         check_weights(cfg.rewards, cfg.shaping)
     except RewardError as e:
         out.need(False, f"rewards: {e}")
-    out.need(verifiers <= 1, "at most one reward term can be the correctness term")
+    out.need(_verifiers(cfg, rewards) <= 1, "at most one reward term can be the correctness term")
     for i, (t, e) in enumerate(zip(cfg.rewards, rewards)):
         out.need(not t.correctness or e.caps.shape == "scalar",
                  f"rewards[{i}] ({t.name}) returns {e.caps.shape} but is marked correctness: the correctness term "
                  "returns one 0/1 value per sample")
     # a component's need for a correctness term may follow its options (dynamic_sampling's metric): it is checked
     # on the built components (rlkit.trainers.stages.build_components)
-    return verifiers > 0
+    return rewards
 
 
-def _check_algorithm(cfg: Config, has_verifier: bool, world: int, out: _Problems) -> None:
+def _check_algorithm(cfg: Config, rewards: list, world: int, out: _Problems) -> None:
     """The advantage estimator and the loss: names, options (a loss's typed options: names, types, ranges), the
-    aggregation it declares, whole groups per minibatch and a declared need for a correctness term."""
+    aggregation it declares, whole groups per minibatch, a declared need for a correctness term, and what they do
+    with token-shaped reward terms (``rewards``: the terms' registry entries)."""
     a, source = cfg.algorithm, out.source
     adv = out.run(_resolve, "advantage", a.advantage, "algorithm.advantage", source)
     if adv is not None:
@@ -239,9 +244,9 @@ def _check_algorithm(cfg: Config, has_verifier: bool, world: int, out: _Problems
         per_rank = cfg.rollout.prompts_per_step // world
         out.need(per_rank % a.minibatches == 0, f"loss {a.loss!r} keeps groups whole: 'algorithm.minibatches' must "
                  f"divide the {per_rank} prompts of each process")
-    out.need(has_verifier or not loss.caps.needs_verifier,
+    out.need(_verifiers(cfg, rewards) > 0 or not loss.caps.needs_verifier,
              f"loss {a.loss!r} needs a correctness term (e.g. math_correct) in `rewards`")
-    _check_token_signals(cfg, adv, loss, out)
+    _check_token_signals(cfg, rewards, adv, loss, out)
 
 
 REWARD_ENGINE_KEYS = {"engine": str, "model": str, "server_urls": list}
@@ -270,17 +275,11 @@ def _check_reward_engines(cfg: Config, out: _Problems) -> None:
                  "(its tokenizer and chat template encode the prompts) for engine vllm_server")
 
 
-def _check_token_signals(cfg: Config, adv, loss, out: _Problems) -> None:
+def _check_token_signals(cfg: Config, rewards: list, adv, loss, out: _Problems) -> None:
     """Token- and chunk-shaped reward terms (RewardCaps.shape) reach the loss only through an estimator and a loss
     that declare ``tokens``; an estimator that makes per-token advantages needs a loss that reads them."""
-    shaped = []
-    for i, term in enumerate(cfg.rewards):
-        try:
-            entry = registry.resolve("reward", term.name, factory=term.factory)
-        except ConfigError:
-            continue  # reported by _check_components
-        if entry.caps.shape != "scalar":
-            shaped.append(f"rewards[{i}] ({term.name}) returns {entry.caps.shape}")
+    shaped = [f"rewards[{i}] ({term.name}) returns {entry.caps.shape}"
+              for i, (term, entry) in enumerate(zip(cfg.rewards, rewards)) if entry.caps.shape != "scalar"]
     a = cfg.algorithm
     if shaped and adv is not None:
         out.need(bool(adv.caps.tokens), f"{'; '.join(shaped)}, but advantage {a.advantage!r} takes one reward per "

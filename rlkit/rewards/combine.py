@@ -400,9 +400,7 @@ class RewardSet:
         terms: dict[str, torch.Tensor] = {}
         errors: dict[str, int] = {}
         total = torch.zeros(n, dtype=torch.float32)
-        tokens = None
-        if any(t.shape != "scalar" for t in self.terms):
-            tokens = [torch.zeros(len(ids), dtype=torch.float32) for ids in completion_ids]
+        tokens = [torch.zeros(len(ids), dtype=torch.float32) for ids in completion_ids] if self.token_shaped else None
         for term in sorted(self.terms, key=lambda t: not t.correctness):  # the verifier first
             batch = _Batch.of(term, prompts, completions, completion_ids, kwargs, context.get("step"))
             values, failed = score_term(term, batch)

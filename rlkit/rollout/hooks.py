@@ -35,7 +35,7 @@ from typing import Any
 from rlkit.records import Prompt, Sample, StepBatch
 from rlkit.registry import hooks as hooks_of
 from rlkit.registry import register
-from rlkit.rollout.base import Rollout, RolloutEngine, SamplingSpec
+from rlkit.rollout.base import Rollout, RolloutEngine, SamplingSpec, phrase_ids
 
 
 def join_continuation(sample: Sample, cut: int, inject_ids: list[int], inject_text: str, tail: Sample, *,
@@ -77,8 +77,8 @@ class HookContext:
     device: Any = None  # where a hook's own model (a scorer) runs: the run's device
 
     def encode(self, text: str) -> list[int]:
-        """``text`` as tokens, no special tokens (a phrase the hook injects)."""
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """``text`` as tokens, no special tokens (a phrase the hook injects: rlkit.rollout.base.phrase_ids)."""
+        return phrase_ids(self.tokenizer, text)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
@@ -156,9 +156,9 @@ def check_hook_batch(batch: StepBatch, n_prompts: int, spec: SamplingSpec, name:
                              f"{s.num_tokens} completion tokens")
 
 
-def _grouped(samples: list[Sample], n_prompts: int) -> list[Sample]:
+def _grouped(samples: list[Sample]) -> list[Sample]:
     """Samples in group order (a stable sort by group id): a hook returns each prompt's group together."""
-    return sorted(samples, key=lambda s: s.group_id) if n_prompts else samples
+    return sorted(samples, key=lambda s: s.group_id)
 
 
 JET_PHRASE = "\n\nWait, I have enough information to get the final answer.</think>\n\nTherefore, the final answer is \\boxed{"
@@ -194,7 +194,7 @@ class JETTruncation:
         # the answer allowance, inside the completion cap after the cut and the phrase
         caps = [min(self.answer_tokens, spec.max_new_tokens - c - len(phrase)) for _, c in cuts]
         branches = ctx.continue_after([s for s, _ in cuts], [c for _, c in cuts], phrase, spec, caps)
-        samples = _grouped(full + branches, len(prompts))
+        samples = _grouped(full + branches)
         return StepBatch(prompts, samples, metrics={
             "jet/full_tokens": sum(s.num_tokens for s in full) / max(len(full), 1),
             "jet/branch_tokens": sum(s.num_tokens for s in branches) / max(len(branches), 1)})
@@ -235,5 +235,5 @@ class HBPOBudgets:
         for s in out:
             k, b = calls[s.group_id]
             samples.append(dataclasses.replace(s, group_id=k, tags={**s.tags, "budget": b}))
-        return StepBatch(prompts, _grouped(samples, len(prompts)), metrics={
+        return StepBatch(prompts, _grouped(samples), metrics={
             "hbpo/announced_tokens": sum(len(s.injected) for s in samples) / max(len(samples), 1)})

@@ -40,13 +40,14 @@ from rlkit.records import MaskInputs, Sample, StepBatch, UpdateStats, group_inde
 
 def prepare_tokens(batch: StepBatch, masks: list = ()) -> StepBatch:
     """Fill the per-token tensors [N, C] of ``batch``: the loss mask (completion tokens, then every (name, mask)
-    of kind "batch", e.g. mask_truncated, whose removed share goes to ``mask/<name>/masked_frac``) and the
-    engine's behaviour logprobs (and the per-token advantages, when the estimator made them). A filter's padded copies (``batch.padding``) get an all-zero mask row, as DOT's
-    zeroed response mask. Returns the batch."""
+    of kind "batch", e.g. mask_truncated, whose removed share goes to ``mask/<name>/masked_frac``), the engine's
+    behaviour logprobs, the tokens the policy generated (``generated``: all but a rollout hook's injected ones; the
+    entropy's and the mismatch's tokens) and the per-token advantages, when the estimator made them. A filter's
+    padded copies (``batch.padding``) get an all-zero mask row, as DOT's zeroed response mask. Returns the batch."""
     samples = batch.samples
     cmax = max(1, max((s.num_tokens for s in samples), default=1))
-    mask = to_completion_space([s.trainable() for s in samples], cmax)  # injected tokens never trained
-    mask = mask * batch.real.to(mask.dtype)[:, None]  # padded copies: no token counts
+    batch.generated = to_completion_space([s.trainable() for s in samples], cmax)  # injected tokens: 0
+    mask = batch.generated * batch.real.to(batch.generated.dtype)[:, None]  # never trained; padded copies: no token
     total = max(float(mask.sum()), 1.0)
     for name, m in masks:
         kept = mask * m.keep(MaskInputs(mask=mask, truncated=batch.truncated, correct=batch.correct))
@@ -313,8 +314,7 @@ def cut_micro_batch(batch: StepBatch, micro: Micro, index: list[int], inputs, mi
     weights = minibatch.weights[in_minibatch, :width].to(device) * live if minibatch.rows else torch.zeros_like(mask)
     return MicroRows(
         index=index, live=bool(micro.idx), sharded=micro.sharded, counted=owns_results(micro, layout),
-        tokens=inputs.completion_mask * to_completion_space([batch.samples[i].trainable() for i in index],
-                                                           width).to(inputs.completion_mask),
+        tokens=inputs.completion_mask * batch.generated[index, :width].to(inputs.completion_mask),
         mask=mask, weights=weights, advantages=batch.advantages[index].to(device),
         token_advantages=batch.token_adv[index, :width].to(device) if batch.token_adv is not None else None,
         group_ids=batch.group_ids[index].to(device),
