@@ -115,7 +115,7 @@ def main() -> None:
     evaluate = ["--benchmarks", args.benchmarks, "--k", "4", "--budgets", args.budgets, "--limit", str(args.limit),
                 "--no-progress"]
     base = evals / "untrained.json"
-    if not base.exists():
+    if not base.exists() or not (args.report_only or _evaluated_as(base, args)):
         _rlkit("eval", *evaluate, "--output", str(base))
     results = {}
     for name in args.runs.split(","):
@@ -125,9 +125,19 @@ def main() -> None:
         done = run_dir / "bench.json"  # a finished run is kept, so an interrupted benchmark goes on where it stopped
         kept = json.loads(done.read_text()) if done.exists() else None
         key = " ".join(cmd)
-        if kept and (kept["command"] == key or args.report_only):
+        last = args.steps - args.steps // 2 if name in STAGED else args.steps
+        policy = run_dir / "checkpoints" / f"step_{last:06d}" / "policy"
+        result_path = run_dir / "evals" / f"step_{args.steps:06d}.json"
+        if kept and (args.report_only or kept["command"] == key and _evaluated_as(result_path, args)):
             results[name] = kept
             print(f"{name}: kept from {done}", flush=True)
+            continue
+        if kept and kept["command"] == key and policy.is_dir():  # trained as asked but evaluated on other problems
+            _rlkit("eval", f"--model.name_or_path={policy}", *evaluate, "--baseline", str(base), "--output",
+                   str(result_path))  # or budgets: the training is kept, only the evaluation runs again
+            results[name] = {**kept, "eval": json.loads(result_path.read_text())}
+            done.write_text(json.dumps(results[name], indent=2) + "\n")
+            print(f"{name}: kept from {done}, evaluated again", flush=True)
             continue
         if args.report_only:
             print(f"{name}: not finished, left out", flush=True)
@@ -143,9 +153,6 @@ def main() -> None:
                    f"--output_dir={run_dir}", "--overwrite"]
         _rlkit(*cmd)
         wall = time.perf_counter() - t0
-        last = args.steps - args.steps // 2 if name in STAGED else args.steps
-        policy = run_dir / "checkpoints" / f"step_{last:06d}" / "policy"
-        result_path = run_dir / "evals" / f"step_{args.steps:06d}.json"
         _rlkit("eval", f"--model.name_or_path={policy}", *evaluate, "--baseline", str(base), "--output",
                str(result_path))
         results[name] = {"eval": json.loads(result_path.read_text()), "wall_s": wall, "command": key}
@@ -182,6 +189,14 @@ def main() -> None:
                   f"{100 * dm['avg@k_ci_high']:.1f}%), AES vs untrained {_num(f['vs_baseline'][bench]['aes'], '+.3f')} vs "
                   f"{_num(d['vs_baseline'][bench]['aes'], '+.3f')}, budget AUC {_num(fm.get('budget_auc'), '.3f')} vs "
                   f"{_num(dm.get('budget_auc'), '.3f')}")
+
+
+def _evaluated_as(path: Path, args) -> bool:
+    """Whether the evaluation saved at ``path`` ran on the problems and budgets asked for now."""
+    if not path.exists():
+        return False
+    settings = json.loads(path.read_text())["settings"]
+    return settings.get("limit") == args.limit and settings.get("budgets") == [int(b) for b in args.budgets.split(",")]
 
 
 def _num(v, fmt: str) -> str:

@@ -16,7 +16,7 @@ def test_decs_trains_from_its_recipe_with_a_served_detector(tmp_path):
     cfg = load_config(recipes=["decs"], overrides=[
         f"output_dir={tmp_path / 'run'}", "rollout.engine=hf", "rollout.group_size=4", "rollout.prompts_per_step=4",
         "rollout.max_new_tokens=48", "rollout.temperature=1.0", "train.steps=2", "filter=null", "eval.after=false",
-        "eval.before=false", "optim.lr=1e-5",
+        "eval.before=false", "optim.lr=1e-5", "checkpoint.save_final=false",
         "rollout.budget_forcing={budgets: [32], phrase: ' Therefore, the answer is', answer_tokens: 8}",
         "rewards=[{name: helpers:always_correct, weight: 1.1, correctness: true}, {name: decs_redundancy, kwargs: "
         f"{{engine: detector, ignore_case: true, detector_tokens: 3, prompt: {json.dumps(PROMPT)}}}}}]"])

@@ -23,7 +23,7 @@ def test_each_nemo_shaper_trains_from_the_recipe(tmp_path):
     cfg = load_config(recipes=["nemo_length"], overrides={
         "output_dir": str(tmp_path / "run"), "rollout.engine": "hf", "rollout.prompts_per_step": 2,
         "rollout.group_size": 4, "rollout.max_new_tokens": 24, "train.steps": 1, "eval.before": False,
-        "eval.after": False, "algorithm.minibatches": 1, "shaping": SHAPERS,
+        "eval.after": False, "algorithm.minibatches": 1, "checkpoint.save_final": False, "shaping": SHAPERS,
         "rewards": [{"name": "helpers:even_length_correct", "correctness": True}]})
     assert [s.name for s in cfg.shaping] == [s["name"] for s in SHAPERS]
     train(cfg)

@@ -53,7 +53,7 @@ def _train(tmp_path, recipe, *over, steps=1):
     cfg = load_config(recipes=[recipe], overrides=[
         f"output_dir={tmp_path / recipe}", "rollout.engine=hf", "rollout.prompts_per_step=2",
         "rollout.max_new_tokens=40", f"train.steps={steps}", "eval.before=false", "eval.after=false",
-        "algorithm.minibatches=1", "optim.lr=1e-5", *over])
+        "algorithm.minibatches=1", "optim.lr=1e-5", "checkpoint.save_final=false", *over])
     train(cfg)
     return _rows(tmp_path / recipe)
 
