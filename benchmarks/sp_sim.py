@@ -4,10 +4,12 @@
 
 Nothing runs on a GPU: every plan is rlkit.parallel.plan's, every time its cost model with these constants:
 
-- model: Qwen2-7B's shape (28 layers, hidden 3,584, 28 query / 4 KV heads of 128, 7.6e9 parameters), bf16,
-  activation checkpointing (every exchange runs 3 times: forward, recomputed forward, backward);
-- compute: H100 at 40% of 989 TFLOP/s: a = 6 x 7.6e9 / (0.4 x 989e12) s per token, b = 6 x 28 x 3,584 / (0.4 x
-  989e12) s per token^2 (causal attention, forward + backward);
+- model (``--shapes``): Qwen2-7B's shape (28 layers, hidden 3,584, 28 query / 4 KV heads of 128, 7.6e9 parameters)
+  or Qwen2.5-1.5B's (28 layers, hidden 1,536, 12 / 2 heads of 128, 1.54e9), bf16, activation checkpointing (every
+  exchange runs 3 times: forward, recomputed forward, backward);
+- compute: H100 at 40% of 989 TFLOP/s: a = 6 x parameters / (0.4 x 989e12) s per token, b = 6 x layers x heads x
+  head size / (0.4 x 989e12) s per token^2 (causal attention, forward + backward), the attention of the heads padded
+  to a multiple of the degree counted (12 heads on 8 ranks compute 16);
 - exchanges (Ulysses, rlkit.parallel.ulysses): per layer q, k, v and the output, heads padded to a multiple of the
   degree (KV heads repeated when they do not split), each rank sending (d-1)/d of its T/d tokens' data, at 450 GB/s
   per GPU inside a node of 8 (NVLink) and 50 GB/s per GPU across nodes (InfiniBand, 400 Gb/s); 10 us (NVLink) /
@@ -17,8 +19,8 @@ Nothing runs on a GPU: every plan is rlkit.parallel.plan's, every time its cost 
 - batch: 512 prompts x 16 = 8,192 samples a step, in ``--minibatches`` optimizer steps; lock-step over all GPUs
   (ZeRO-3 / FSDP gather parameters in every forward: a round lasts as long as the slowest rank's micro-batch).
 
-Length distributions: log-normal completions with median 3,000 (sigma 1) capped at 16k and at 32k (long-tail RL
-rollouts before length training), and a DLER-like one (median 2,400, sigma 0.5, truncated at L_T = 4,000: the
+Length distributions (``--kinds``): log-normal completions with median 3,000 (sigma 1) capped at 16k and at 32k
+(long-tail RL rollouts before length training), a heavier tail (sigma 1.2, capped at 32k), and a DLER-like one (median 2,400, sigma 0.5, truncated at L_T = 4,000: the
 lengths after length-penalty training, a pile-up at the cap).
 
 Plans: no SP (every rank alone: infeasible when a sample exceeds the budget, shown for reference), fixed SP 8,
@@ -35,36 +37,49 @@ import random
 import time
 
 from rlkit.kernels.packing import balance_across_ranks
-from rlkit.parallel.plan import CostModel, lockstep_time, lower_bound, plan_groups, round_times
+from rlkit.parallel.plan import (
+    CostModel,
+    exchange_heads,
+    lockstep_time,
+    lower_bound,
+    plan_groups,
+    round_times,
+)
 
-LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, PARAMS = 28, 3584, 28, 4, 128, 7.6e9
+SHAPES = {  # layers, hidden, query heads, KV heads, head size, parameters
+    "qwen2-7b": (28, 3584, 28, 4, 128, 7.6e9),
+    "qwen2.5-1.5b": (28, 1536, 12, 2, 128, 1.54e9),
+}
 FLOPS = 0.4 * 989e12
 NODE, NVLINK, IB, LAT_NV, LAT_IB = 8, 450e9, 50e9, 10e-6, 20e-6
 OVERHEAD, BUDGET, PROMPT = 0.020, 16384, 256
 SAMPLES = 512 * 16
 
 
-def cost_model(max_degree: int) -> CostModel:
-    """The constants of the module docstring as rlkit's CostModel, degrees 2 .. max_degree (powers of two)."""
+def cost_model(max_degree: int, shape: str = "qwen2-7b") -> CostModel:
+    """The constants of the module docstring as rlkit's CostModel, degrees 2 .. max_degree (powers of two): the
+    exchange sizes of rlkit's Ulysses layout (rlkit.parallel.plan.exchange_heads), the padded heads' attention
+    (CostModel.heads)."""
+    layers, hidden, heads, kv_heads, head_dim, params = SHAPES[shape]
     comm = []
     d = 2
     while d <= max_degree:
-        q = -(-HEADS // d) * d
-        kv = KV_HEADS if KV_HEADS % d == 0 and HEADS % d == 0 else q
-        per_token = (2 * q + 2 * kv) * HEAD_DIM * 2 * LAYERS * 3  # bytes of one token's exchanges, fwd + recompute + bwd
+        q, kv = exchange_heads(heads, kv_heads, d)
+        per_token = (2 * q + 2 * kv) * head_dim * 2 * layers * 3  # bytes of one token's exchanges, fwd + recompute + bwd
         bw, lat = (NVLINK, LAT_NV) if d <= NODE else (IB, LAT_IB)
         # each rank holds T/d tokens and sends (d-1)/d of their data: (T/d) (d-1)/d bytes-per-token / bandwidth
-        comm.append((d, per_token * (d - 1) / (d * d) / bw, 4 * LAYERS * 3 * lat))
+        comm.append((d, per_token * (d - 1) / (d * d) / bw, 4 * layers * 3 * lat))
         d *= 2
-    return CostModel(a=6 * PARAMS / FLOPS, b=6 * LAYERS * HIDDEN / FLOPS, comm=tuple(comm), overhead=OVERHEAD)
+    return CostModel(a=6 * params / FLOPS, b=6 * layers * heads * head_dim / FLOPS, comm=tuple(comm),
+                     overhead=OVERHEAD, heads=heads)
 
 
 def lengths_of(kind: str, seed: int) -> list[int]:
     rng = random.Random(seed)
     if kind == "dler":
         return [PROMPT + min(4000, max(16, int(rng.lognormvariate(math.log(2400), 0.5)))) for _ in range(SAMPLES)]
-    cap = {"cap16k": 16384, "cap32k": 32768}[kind]
-    return [PROMPT + min(cap, max(16, int(rng.lognormvariate(math.log(3000), 1.0)))) for _ in range(SAMPLES)]
+    cap, sigma = {"cap16k": (16384, 1.0), "cap32k": (32768, 1.0), "tail32k": (32768, 1.2)}[kind]
+    return [PROMPT + min(cap, max(16, int(rng.lognormvariate(math.log(3000), sigma)))) for _ in range(SAMPLES)]
 
 
 def step_time(lengths: list[int], gpus: int, sp: int, mode: str, cost: CostModel, minibatches: int):
@@ -87,15 +102,19 @@ def main() -> None:
     ap.add_argument("--gpus", default="16,64")
     ap.add_argument("--minibatches", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shapes", default="qwen2-7b", help=f"comma-separated, of {', '.join(SHAPES)}")
+    ap.add_argument("--kinds", default="cap16k,cap32k,dler", help="length distributions: cap16k, cap32k, dler, "
+                    "tail32k (sigma 1.2)")
     args = ap.parse_args()
     print(f"# sp_sim: {platform.node()} {time.strftime('%Y-%m-%d')}, {SAMPLES} samples a step in {args.minibatches} "
           f"minibatch(es), budget {BUDGET} tokens/rank")
-    print("| lengths | GPUs | plan | step s | vs fixed SP 8 | vs fixed SP G | vs the bound | planning s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for kind in ("cap16k", "cap32k", "dler"):
+    print("| shape | lengths | GPUs | plan | step s | vs fixed SP 8 | vs fixed SP G | vs the bound | planning s "
+          "| planning % of step |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for shape, kind in ((s, k) for s in args.shapes.split(",") for k in args.kinds.split(",")):
         lengths = lengths_of(kind, args.seed)
         for gpus in (int(g) for g in args.gpus.split(",")):
-            cost = cost_model(gpus)
+            cost = cost_model(gpus, shape)
             # the bound over all GPUs, summed over the minibatches (each a lock-step phase of its own)
             glob = sum(lower_bound(lengths[m::args.minibatches], gpus, BUDGET, "flex", cost)
                        for m in range(args.minibatches))
@@ -107,9 +126,9 @@ def main() -> None:
             base, wide = rows["fixed SP 8"][0], rows[f"fixed SP {gpus}"][0]
             for name, (t, _, planning) in rows.items():
                 note = " (over budget: infeasible)" if name == "no SP" and max(lengths) > BUDGET else ""
-                print(f"| {kind} | {gpus} | {name}{note} | {t:.2f} | {t / base:.3f}x | {t / wide:.3f}x "
-                      f"| +{100 * (t / glob - 1):.1f}% | {planning:.2f} |")
-            print(f"| {kind} | {gpus} | lower bound | {glob:.2f} | {glob / base:.3f}x | {glob / wide:.3f}x | | |")
+                print(f"| {shape} | {kind} | {gpus} | {name}{note} | {t:.2f} | {t / base:.3f}x | {t / wide:.3f}x "
+                      f"| +{100 * (t / glob - 1):.1f}% | {planning:.2f} | {100 * planning / t:.2f}% |")
+            print(f"| {shape} | {kind} | {gpus} | lower bound | {glob:.2f} | {glob / base:.3f}x | {glob / wide:.3f}x | | | |")
 
 
 if __name__ == "__main__":

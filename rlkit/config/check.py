@@ -137,7 +137,7 @@ def _check_cost_model(cm: CostModelConfig, out: _Problems) -> None:
     def ok(v) -> bool:
         return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
-    for key in ("a", "b", "overhead", "attention"):
+    for key in ("a", "b", "overhead", "backward", "attention"):
         out.need(math.isfinite(getattr(cm, key)), f"'parallel.cost_model.{key}' must be finite, got "
                  f"{getattr(cm, key)!r}")
     for degree, v in cm.comm.items():

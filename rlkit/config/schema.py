@@ -234,17 +234,22 @@ class CostModelConfig:
     start-up (rlkit.parallel.calibrate), and a value given here replaces the measured one."""
 
     attention: float = opt(-1.0, "b/a, the quadratic share of a sequence's cost, for rank balancing and micro-batch "
-                           "planning (-1: 1 / (6 x hidden size)); was optim.attention_cost", check="-1|>=0")
+                           "planning (-1: from the model's shape, layers x heads x head_dim / matmul parameters, "
+                           "the FLOP ratio of causal attention to the linear layers); was optim.attention_cost",
+                           check="-1|>=0")
     a: float = opt(-1.0, "adaptive/flex SP: seconds per token of a forward+backward (-1: measured at start-up)",
                    check="-1|>=0")
     b: float = opt(-1.0, "adaptive/flex SP: seconds per token^2 (-1: a x attention)", check="-1|>=0")
     overhead: float = opt(-1.0, "adaptive/flex SP: seconds per forward (-1: measured)", check="-1|>=0")
+    backward: float = opt(-1.0, "adaptive/flex SP: seconds of a backward per second of its forward (-1: measured at "
+                          "start-up on a matmul of the model's width)", check="-1|>=0")
     comm: dict = opt(help="adaptive/flex SP: {degree: seconds per token, or [seconds per token, seconds per "
                      "forward]} of the exchanges at each degree > 1 (a degree not given is measured)", factory=dict)
 
     def given(self) -> dict:
-        """The values that replace the calibration's: {a, b, overhead, comm} where given (all four: nothing runs)."""
-        out = {k: getattr(self, k) for k in ("a", "b", "overhead") if getattr(self, k) >= 0}
+        """The values that replace the calibration's: {a, b, overhead, backward, comm} where given (a, b, overhead and
+        comm all given: nothing runs)."""
+        out = {k: getattr(self, k) for k in ("a", "b", "overhead", "backward") if getattr(self, k) >= 0}
         return {**out, "comm": dict(self.comm)} if self.comm else out
 
 

@@ -24,6 +24,7 @@ many micro-batches with one partition; it never re-partitions once per extra mic
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import math
@@ -33,7 +34,9 @@ import torch
 
 KK_LIMIT = 20_000  # n * k up to which Karmarkar-Karp partitions; above it the greedy
 GREEDY_PROBES = 32  # lightest parts the greedy tries for an item before it opens a new part
-STATS = {"kk_calls": 0, "kk_merges": 0, "greedy_calls": 0, "greedy_probes": 0}  # work counters (tests)
+REBALANCE_PROBES = 16  # lightest parts a rebalancing step tries
+STATS = {"kk_calls": 0, "kk_merges": 0, "greedy_calls": 0, "greedy_probes": 0, "rebalance_calls": 0,
+         "rebalance_steps": 0}  # work counters (tests)
 
 
 def sequence_cost(length: int, a: float = 1.0, b: float = 0.0) -> float:
@@ -111,8 +114,6 @@ def greedy_partition(costs: Sequence[float], k: int, sizes: Sequence[float] | No
 def best_fit_decreasing(sizes: Sequence[float], cap: float) -> list[list[int]]:
     """Bin packing by tokens: items longest first, each into the fullest part it still fits (a part of its own when
     it is larger than ``cap``). Few parts (at most 11/9 of the optimum + 1), no balance. O(n log n)."""
-    import bisect
-
     STATS["greedy_calls"] += 1
     parts: list[list[int]] = []
     free: list[tuple[float, int]] = []  # (room left, part), ascending
@@ -127,6 +128,72 @@ def best_fit_decreasing(sizes: Sequence[float], cap: float) -> list[list[int]]:
             parts.append([i])
             if sizes[i] < cap:
                 bisect.insort(free, (cap - sizes[i], len(parts) - 1))
+    return [sorted(p) for p in parts]
+
+
+def rebalance(parts: Sequence[Sequence[int]], costs: Sequence[float], sizes: Sequence[float], cap: float, k: int,
+              *, tol: float = 2e-3) -> list[list[int]]:
+    """Local search on a partition within ``cap``: ``k`` parts, none empty while a part holds two items, and the
+    heaviest movable part (two or more items: a single item is as light as its part gets) made lighter by moving
+    one of its items to, or swapping one with, one of the ``REBALANCE_PROBES`` lightest parts with room, as long
+    as a move lowers it. Each step moves cost d (0 < d < the two parts' gap) from the heavier to the lighter part, so
+    the sum of squared loads falls and the search ends; it also stops when the heaviest movable part is within
+    ``tol`` of the mean load, or after ``2 k`` steps. Every part of two or more items stays within
+    ``cap``. Deterministic. Why (issue 35): under a tight budget the capped greedy runs out of parts with room and
+    the bin packing it falls back to is unbalanced (max/mean cost 1.14 at DLER-like lengths) and may hold fewer
+    parts than were asked for."""
+    STATS["rebalance_calls"] += 1
+    parts = [list(p) for p in parts if p]
+    parts += [[] for _ in range(k - len(parts))]
+    load = [sum(costs[i] for i in p) for p in parts]
+    used = [sum(sizes[i] for i in p) for p in parts]
+    order = sorted((load[p], p) for p in range(len(parts)))  # ascending load
+
+    def shift(p: int, out: int | None, into: int | None) -> None:
+        del order[bisect.bisect_left(order, (load[p], p))]
+        if out is not None:
+            parts[p].remove(out)
+            load[p] -= costs[out]
+            used[p] -= sizes[out]
+        if into is not None:
+            parts[p].append(into)
+            load[p] += costs[into]
+            used[p] += sizes[into]
+        bisect.insort(order, (load[p], p))
+
+    while order[0][0] == 0.0 and not parts[order[0][1]]:  # an empty part: the costliest item of the heaviest part
+        donor = next((p for _, p in reversed(order) if len(parts[p]) > 1), None)  # that has two
+        if donor is None:
+            break
+        item = max(parts[donor], key=lambda i: (costs[i], -i))
+        empty = order[0][1]
+        shift(donor, item, None)
+        shift(empty, None, item)
+    mean = sum(load) / max(len(parts), 1)
+    for _ in range(2 * k):
+        STATS["rebalance_steps"] += 1
+        heavy, h = next(((w, p) for w, p in reversed(order) if len(parts[p]) > 1), (0.0, -1))
+        if h < 0 or heavy <= (1 + tol) * mean:
+            break
+        best = None  # (the heavier of the two new loads, light part, item out of h, item out of the light part or -1)
+        for light, q in order[:REBALANCE_PROBES]:
+            if q == h or light >= heavy:
+                break
+            gap, room = heavy - light, cap - used[q]
+            for i in parts[h]:
+                if 0 < costs[i] < gap and sizes[i] <= room:
+                    cand = (max(heavy - costs[i], light + costs[i]), q, i, -1)
+                    best = min(best or cand, cand)
+                for j in parts[q]:
+                    d = costs[i] - costs[j]
+                    if 0 < d < gap and sizes[i] - sizes[j] <= room and used[h] - sizes[i] + sizes[j] <= cap:
+                        cand = (max(heavy - d, light + d), q, i, j)
+                        best = min(best or cand, cand)
+        if best is None:
+            break
+        _, q, i, j = best
+        shift(h, i, j if j >= 0 else None)
+        shift(q, j if j >= 0 else None, i)
     return [sorted(p) for p in parts]
 
 
@@ -190,14 +257,15 @@ def _plan(lengths: tuple[int, ...], max_tokens: int, min_count: int, a: float, b
         parts = greedy_partition(costs, k, lengths, max_tokens)
         if sum(1 for p in parts if p) > k:
             parts = packed
+        # the capped greedy (and the bin packing) can leave parts unbalanced or, under a tight budget, fewer than k
+        # of them: local search fills and balances them (issue 35)
+        parts = rebalance(parts, costs, lengths, max_tokens, k)
     parts = [p for p in parts if p]
     # order micro-batches by their first unit, so a plan of already-sorted units reads naturally
     parts.sort(key=lambda p: p[0])
     parts += [[] for _ in range(max(0, min_count - len(parts)))]
-    # empty micro-batches only where min_count asked for more than the plan needs (issue 35: the capped greedy may
-    # then leave some of the asked-for bins empty, which the callers drop or run as zero-weight forwards)
-    natural = min(max(math.ceil(sum(lengths) / max_tokens), len(packed), 1), n)
-    check_partition(parts, n, "plan_micro_batches", sizes=lengths, cap=max_tokens, empty_ok=min_count > natural)
+    # empty micro-batches only where min_count asks for more than there are units
+    check_partition(parts, n, "plan_micro_batches", sizes=lengths, cap=max_tokens, empty_ok=min_count > n)
     return tuple(tuple(p) for p in parts)
 
 

@@ -52,10 +52,10 @@ class MicroBatching:
     log: list = field(default_factory=list)  # (predicted s, bound s) of each plan made since the last take_log
 
     @classmethod
-    def from_config(cls, optim, cost_model, hidden_size: int, layout: Layout | None = None) -> MicroBatching:
-        """From the config's optim and parallel.cost_model sections: b = cost_model.attention, or
-        1 / (6 x hidden size) when it is not given."""
-        b = cost_model.attention if cost_model.attention >= 0 else 1.0 / (6.0 * hidden_size)
+    def from_config(cls, optim, cost_model, shape_ratio: float, layout: Layout | None = None) -> MicroBatching:
+        """From the config's optim and parallel.cost_model sections: b = cost_model.attention, or the model's
+        ``shape_ratio`` (rlkit.parallel.plan.attention_ratio) when it is not given."""
+        b = cost_model.attention if cost_model.attention >= 0 else shape_ratio
         return cls(optim.packing, optim.micro_batch_tokens, optim.micro_batch_size, b, layout, P.CostModel(1.0, b))
 
     @property

@@ -14,12 +14,14 @@ d x budget tokens (a single sample longer than P x budget goes alone at degree P
 the device's memory the real limit).
 
 Time model (``CostModel``, fitted at start-up by rlkit.parallel.calibrate): a micro-batch of sequences L_i at degree
-d takes  sum_i (a L_i + b L_i^2) / d  +  c_d sum_i L_i  +  o  seconds, with c_d the all-to-all time per row token at
-degree d (c_1 = 0) and o a fixed per-forward overhead. The ranks run in lock-step rounds (every rank runs one
+d takes  sum_i (a L_i + b p_d L_i^2) / d  +  c_d sum_i L_i  +  o  seconds, with p_d = ceil(H/d) d / H the padded
+heads' share of attention work (``head_padding``), c_d the all-to-all time per row token at degree d (c_1 = 0;
+its volume set by ``exchange_heads``) and o a fixed per-forward overhead. The ranks run in lock-step rounds (every rank runs one
 micro-batch per round, an idle one a zero-weight forward), so a round lasts as long as its slowest micro-batch and a
 plan as long as its rounds.
 
-Planner (``plan_group``): every sample gets the smallest allowed degree that holds it, raised to a floor f; each
+Planner (``plan_group``): every sample gets the smallest allowed degree that holds it (in flex, also the whole group
+for every sample that needs SP: adaptive's choice), raised to a floor f; each
 degree class is packed into bins of d x budget tokens (rlkit.kernels.packing: best-fit-decreasing count, cost
 balanced), optionally (a) topping up the free room of higher-degree bins with lower-class samples and (b) rounding a
 class's bin count up to a multiple of P/d so its rounds are full; the bins are dealt into rounds by first-fit
@@ -42,16 +44,43 @@ from rlkit.kernels.packing import PlanError, check_partition, plan_micro_batches
 MODES = ("fixed", "adaptive", "flex")
 
 
+def head_padding(heads: int, degree: int) -> float:
+    """The attention work of ``heads`` query heads at ``degree`` relative to degree 1: Ulysses pads the heads to a
+    multiple of the degree (rlkit.parallel.ulysses), so ceil(H / d) d / H (12 heads on 8 ranks compute 16: 4/3)."""
+    return -(-heads // degree) * degree / heads if heads > 0 and degree > 1 else 1.0
+
+
+def exchange_heads(heads: int, kv_heads: int, degree: int) -> tuple[int, int]:
+    """Head slots of (query, key) an all-to-all of one layer exchanges at ``degree``, as rlkit.parallel.ulysses lays
+    them out: KV heads split like the query heads when both divide by the degree, otherwise repeated to one per query
+    head; then every tensor padded to a multiple of the degree. The output exchanged back has the query's slots; the
+    value, the key's. Grouped-query attention: (28, 4) at degree 2, (32, 32) at degree 8 for Qwen2-7B's 28 / 4."""
+    q = -(-heads // degree) * degree
+    return q, (kv_heads if kv_heads % degree == 0 and heads % degree == 0 else q)
+
+
+def attention_ratio(layers: int, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
+                    vocab: int) -> float:
+    """b / a of a decoder's shape: the FLOPs of causal attention per token^2 (QK^T and AV, 2 x 2 L^2 x heads x
+    head_dim per layer, halved by the mask) over those of its matmuls per token (2 x their parameters: q, k, v, o,
+    a gated MLP of three projections, the LM head), both x 3 for forward + backward: layers x heads x head_dim /
+    matmul parameters. Qwen2-7B: 1.42e-5 (the 1 / (6 hidden) used before issue 35 is 4.65e-5, 3.3x more)."""
+    per_layer = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * intermediate
+    return layers * heads * head_dim / (layers * per_layer + vocab * hidden)
+
+
 @dataclass(frozen=True)
 class CostModel:
-    """Seconds of one forward+backward (module docstring): ``a`` per token, ``b`` per token^2 of a sequence,
-    ``comm`` ((degree, seconds per row token, seconds per forward), ...) for the exchanges at each degree > 1 (their
-    volume and their latency), ``overhead`` per forward at any degree."""
+    """Seconds of one forward+backward (module docstring): ``a`` per token, ``b`` per token^2 of a sequence (the
+    attention, scaled by ``head_padding(heads, d)`` at degree d when ``heads`` is known), ``comm`` ((degree, seconds
+    per row token, seconds per forward), ...) for the exchanges at each degree > 1 (their volume and their latency),
+    ``overhead`` per forward at any degree."""
 
     a: float = 1.0
     b: float = 0.0
     comm: tuple[tuple[int, float, float], ...] = ()
     overhead: float = 0.0
+    heads: int = 0  # query heads (0: unknown, no padding)
 
     def comm_at(self, degree: int) -> float:
         return next((c for d, c, _ in self.comm if d == degree), 0.0) if degree > 1 else 0.0
@@ -59,29 +88,35 @@ class CostModel:
     def latency_at(self, degree: int) -> float:
         return next((f for d, _, f in self.comm if d == degree), 0.0) if degree > 1 else 0.0
 
-    def work(self, lengths: Sequence[int]) -> float:
-        return sum(sequence_cost(n, self.a, self.b) for n in lengths)
+    def work(self, lengths: Sequence[int], degree: int = 1) -> float:
+        """Rank-seconds of the compute of ``lengths`` at ``degree``: a L + b L^2 per sequence, the attention term
+        scaled by the padded heads."""
+        b = self.b * head_padding(self.heads, degree)
+        return sum(sequence_cost(n, self.a, b) for n in lengths)
 
     def time(self, lengths: Sequence[int], degree: int) -> float:
         """Predicted seconds of one micro-batch of ``lengths`` at ``degree``."""
-        return (self.work(lengths) / degree + self.comm_at(degree) * sum(lengths) + self.latency_at(degree)
+        return (self.work(lengths, degree) / degree + self.comm_at(degree) * sum(lengths) + self.latency_at(degree)
                 + self.overhead)
 
     def rank_seconds(self, length: int, degree: int) -> float:
         """Rank-seconds one sequence costs at ``degree`` (its share of d ranks' time, without overhead)."""
-        return sequence_cost(length, self.a, self.b) + degree * self.comm_at(degree) * length
+        return self.work([length], degree) + degree * self.comm_at(degree) * length
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "comm": {str(d): [c, f] for d, c, f in self.comm}, "overhead": self.overhead}
+        return {"a": self.a, "b": self.b, "comm": {str(d): [c, f] for d, c, f in self.comm}, "overhead": self.overhead,
+                "heads": self.heads}
 
     @classmethod
     def from_dict(cls, d: dict) -> CostModel:
-        """From ``to_dict``'s form; a degree's entry may be one number (seconds per token) or [per token, per forward]."""
+        """From ``to_dict``'s form; a degree's entry may be one number (seconds per token) or [per token, per forward].
+        A model saved before issue 35 has no ``heads``: no padding, as it planned."""
         comm = []
         for k, v in (d.get("comm") or {}).items():
             values = [v] if isinstance(v, (int, float)) else list(v)
             comm.append((int(k), float(values[0]), float(values[1]) if len(values) > 1 else 0.0))
-        return cls(float(d.get("a", 1.0)), float(d.get("b", 0.0)), tuple(sorted(comm)), float(d.get("overhead", 0.0)))
+        return cls(float(d.get("a", 1.0)), float(d.get("b", 0.0)), tuple(sorted(comm)), float(d.get("overhead", 0.0)),
+                   int(d.get("heads", 0)))
 
 
 @dataclass(frozen=True)
@@ -197,26 +232,51 @@ def lower_bound(lengths: Sequence[int], sp: int, budget: int, mode: str, cost: C
 
 
 def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
-               cost: CostModel | None = None) -> list[tuple[str, tuple[tuple[Job, ...], ...]]]:
+               cost: CostModel | None = None) -> list[tuple[str, tuple[tuple[Job, ...], ...] | None]]:
     """(name, rounds) of every candidate plan (module docstring), the fixed plan first; rounds slowest first. The
-    list has the same length and names for any lengths of the same ``sp`` and ``mode``: groups can be compared."""
+    list has the same length and names for any lengths of the same ``sp`` and ``mode``: groups can be compared.
+    Pruned (rounds None): a candidate whose own lower bound (its degrees, perfect packing) is above the predicted
+    time of a plan already made; they are made in the order of their bounds, the fixed plan first (issue 35:
+    planning 8,192 samples over 64 degrees-worth of floors and lifts took 5% of the step it planned)."""
     if sp < 1 or budget < 1:
         raise ValueError(f"plan_group: sp and budget must be >= 1, got {sp} and {budget}")
     cost = cost or CostModel()
     degrees = degrees_for(sp, mode)
     lengths = [int(n) for n in lengths]
     smallest = [next((d for d in degrees if n <= d * budget), sp) for n in lengths]
-    out = []
+    # flex also lifts every sample that needs SP to the whole group, as adaptive does (issue 35: a sample just over
+    # the budget at degree 2 can be slower than at degree sp, whose rounds hold no other job)
+    lifts = [False, True] if len(degrees) > 2 else [False]
+    specs = []  # (name, degrees of the samples, top-up, rounded)
     for floor in sorted(degrees, reverse=True):
-        degree_of = [max(floor, d) for d in smallest]
-        variants = [(False, False)] if floor == sp else [(False, False), (True, False), (False, True), (True, True)]
-        for top_up, rounded in variants:
-            rounds = _schedule(_jobs(lengths, degree_of, sp, budget, cost, top_up=top_up, rounded=rounded), sp)
-            rounds.sort(key=lambda r: -max(j.seconds for j in r))
-            check_rounds(rounds, lengths, sp, budget)
-            name = f"floor {floor}" + (" top-up" if top_up else "") + (" rounded" if rounded else "")
-            out.append((name, tuple(tuple(r) for r in rounds)))
-    return out
+        for lift in lifts if floor < sp else [False]:
+            degree_of = tuple(max(floor, sp if lift and d > 1 else d) for d in smallest)
+            variants = [(False, False)] if floor == sp else [(False, False), (True, False), (False, True),
+                                                              (True, True)]
+            for top_up, rounded in variants:
+                specs.append(((f"floor {floor}" + (f" lift {sp}" if lift else "") + (" top-up" if top_up else "")
+                               + (" rounded" if rounded else "")), degree_of, top_up, rounded))
+    rank_seconds = {d: [cost.rank_seconds(n, d) for n in lengths] for d in set(d for _, dof, _, _ in specs
+                                                                               for d in set(dof))}
+    tokens = math.ceil(sum(min(n, sp * budget) for n in lengths) / (sp * budget)) * cost.overhead
+
+    def bound(degree_of) -> float:
+        return sum(rank_seconds[d][i] for i, d in enumerate(degree_of)) / sp + tokens
+
+    made: dict = {}  # (degrees, variant) -> rounds: a candidate that repeats another's (no sample needs the lift,
+    best = math.inf  # or the floor lifts them all) reuses its plan
+    bounds = {}
+    for k in sorted(range(len(specs)), key=lambda k: (k > 0, bounds.setdefault(specs[k][1], bound(specs[k][1])), k)):
+        _, degree_of, top_up, rounded = specs[k]
+        key = (degree_of, top_up, rounded)
+        if key in made or bounds[degree_of] > best * (1 + 1e-9):
+            continue
+        rounds = _schedule(_jobs(lengths, list(degree_of), sp, budget, cost, top_up=top_up, rounded=rounded), sp)
+        rounds.sort(key=lambda r: -max(j.seconds for j in r))
+        check_rounds(rounds, lengths, sp, budget)
+        made[key] = tuple(tuple(r) for r in rounds)
+        best = min(best, sum(round_times(rounds)))
+    return [(name, made.get((degree_of, top_up, rounded))) for name, degree_of, top_up, rounded in specs]
 
 
 def check_rounds(rounds: Sequence[Sequence[Job]], lengths: Sequence[int], sp: int, budget: int) -> None:
@@ -282,7 +342,8 @@ def group_options(lengths: Sequence[int], sp: int, budget: int, mode: str = "fix
     """One group's candidates (each checked: check_rounds), their round times and the lower bound."""
     cost = cost or CostModel()
     cands = candidates(lengths, sp, budget, mode, cost)
-    return GroupOptions(cands, [round_times(r) for _, r in cands], lower_bound(lengths, sp, budget, mode, cost))
+    return GroupOptions(cands, [round_times(r) if r is not None else [math.inf] for _, r in cands],
+                        lower_bound(lengths, sp, budget, mode, cost))
 
 
 def plan_groups(shares: Sequence[Sequence[int]], sp: int, budget: int, mode: str = "fixed",
@@ -301,5 +362,5 @@ def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
     return plan_groups([lengths], sp, budget, mode, cost)[0]
 
 
-__all__ = ["MODES", "CostModel", "GroupOptions", "GroupPlan", "Job", "candidates", "check_rounds", "choose",
-           "degrees_for", "group_options", "lockstep_time", "lower_bound", "plan_group", "plan_groups", "round_times"]
+__all__ = ["MODES", "CostModel", "attention_ratio", "GroupOptions", "GroupPlan", "Job", "candidates", "check_rounds", "choose",
+           "degrees_for", "exchange_heads", "group_options", "head_padding", "lockstep_time", "lower_bound", "plan_group", "plan_groups", "round_times"]

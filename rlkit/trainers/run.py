@@ -24,7 +24,7 @@ from rlkit.parallel import calibrate as sp_calibrate
 from rlkit.parallel import dist
 from rlkit.parallel.layout import make_layout
 from rlkit.parallel.micro import MicroBatching
-from rlkit.parallel.plan import CostModel
+from rlkit.parallel.plan import CostModel, attention_ratio
 from rlkit.rewards import RewardSet
 from rlkit.rewards.combine import GuardedReward, RewardContext, reward_inputs
 from rlkit.rollout import Rollout, RolloutEngine, make_engine, make_rollout
@@ -141,8 +141,14 @@ def _text_config(model):
     return base.config.get_text_config()
 
 
-def _hidden_size(model) -> int:
-    return int(_text_config(model).hidden_size)
+def _shape(model) -> dict:
+    """The decoder's shape as the SP time model reads it (heads, KV heads, head size, width, depth)."""
+    text = _text_config(model)
+    heads, hidden = int(text.num_attention_heads), int(text.hidden_size)
+    return {"layers": int(text.num_hidden_layers), "hidden": hidden, "heads": heads,
+            "kv_heads": int(getattr(text, "num_key_value_heads", None) or heads),
+            "head_dim": int(getattr(text, "head_dim", None) or hidden // heads),
+            "intermediate": int(getattr(text, "intermediate_size", None) or 4 * hidden), "vocab": int(text.vocab_size)}
 
 
 def _check_shared_lock(acc, checked: Preflight) -> None:
@@ -236,7 +242,8 @@ def setup(cfg: Config, checked: Preflight) -> Run:
         logger=RunLogger(run_dir, enabled=acc.is_main_process, report_to=cfg.logging.report_to,
                          project=cfg.logging.wandb_project, config=to_dict(cfg), run_name=run_dir.name,
                          run_id=run_id),
-        mbs=MicroBatching.from_config(cfg.optim, cfg.parallel.cost_model, _hidden_size(hf_model), layout), backend=backend,
+        mbs=MicroBatching.from_config(cfg.optim, cfg.parallel.cost_model, attention_ratio(**_shape(hf_model)),
+                                     layout), backend=backend,
         run_id=run_id,
         data_fingerprint=checked.data_fingerprint, inputs=checked.inputs,
         thinking=ThinkingSplit.for_tokenizer(cfg.rollout.thinking.end, tokenizer), reward_engines=reward_engines)
@@ -259,17 +266,16 @@ def _fit_cost_model(run: Run, hf_model, dtype) -> None:
     """The adaptive/flex SP time model: a resumed run starts from the one its checkpoint saved (the same plans, so
     the resumed run is exact) and measures only what it lacks (a degree the saved run did not use); a new run
     measures it all (rlkit.parallel.calibrate); parallel.cost_model values win."""
-    cfg, mbs, text = run.cfg, run.mbs, _text_config(hf_model)
+    cfg, mbs = run.cfg, run.mbs
     given = cfg.parallel.cost_model.given()
     if mbs.calibrated:  # restored: the saved values count as given, the config's on top
         saved = mbs.cost.to_dict()
         given = {**{k: saved[k] for k in ("a", "b", "overhead")}, **given,
                  "comm": {**saved["comm"], **{str(k): v for k, v in (given.get("comm") or {}).items()}}}
-    heads = int(text.num_attention_heads)
+    shape = _shape(hf_model)
     mbs.cost = sp_calibrate.calibrate(
-        run.prepared, run.acc, mbs.layout, budget=mbs.micro_batch_tokens, ratio=mbs.cost_b,
-        layers=int(text.num_hidden_layers), heads=heads,
-        head_dim=int(getattr(text, "head_dim", None) or text.hidden_size // heads), vocab=int(text.vocab_size),
+        run.prepared, run.acc, mbs.layout, budget=mbs.micro_batch_tokens, ratio=mbs.cost_b, layers=shape["layers"],
+        heads=shape["heads"], kv_heads=shape["kv_heads"], head_dim=shape["head_dim"], vocab=shape["vocab"],
         checkpointing=cfg.model.gradient_checkpointing, dtype=dtype, given=given)
     mbs.calibrated = True
     run.logger.console(sp_calibrate.describe(mbs.cost))
