@@ -222,6 +222,7 @@ def _update_main(modes: list[str], lengths: list[int], budget: int, repeats: int
     from rlkit.parallel.calibrate import calibrate, describe
     from rlkit.parallel.layout import make_layout
     from rlkit.parallel.micro import MicroBatching, plan_rank
+    from rlkit.parallel.plan import attention_ratio
     from rlkit.records import StepBatch
     from rlkit.trainers.batch import LogprobPolicy
     from rlkit.trainers.grpo import update_policy
@@ -234,10 +235,12 @@ def _update_main(modes: list[str], lengths: list[int], budget: int, repeats: int
     prepared, opt = acc.prepare(policy, opt)
     batch = prepare_tokens(StepBatch([], _samples(lengths, SMALL["vocab_size"]),
                                      advantages=torch.randn(len(lengths), generator=torch.Generator().manual_seed(0))))
-    ratio = 1 / (6 * SMALL["hidden_size"])
-    heads = SMALL["num_attention_heads"]
+    heads, hidden = SMALL["num_attention_heads"], SMALL["hidden_size"]
+    shape = dict(layers=4, hidden=hidden, heads=heads, kv_heads=SMALL["num_key_value_heads"], head_dim=hidden // heads,
+                 intermediate=SMALL["intermediate_size"], vocab=SMALL["vocab_size"])
+    ratio = attention_ratio(**shape)  # as the trainer takes it (rlkit.trainers.run)
     cost = calibrate(prepared, acc, layout, budget=budget, ratio=ratio, layers=4, heads=heads,
-                     head_dim=SMALL["hidden_size"] // heads, vocab=SMALL["vocab_size"], checkpointing=False)
+                     kv_heads=shape["kv_heads"], head_dim=shape["head_dim"], vocab=shape["vocab"], checkpointing=False)
     out: dict = {"cost_model": cost.to_dict(), "described": describe(cost)}
     for rep in range(repeats + 1):  # repeat 0 warms up and is not counted
         for m in modes:

@@ -24,8 +24,10 @@ Length distributions (``--kinds``): log-normal completions with median 3,000 (si
 lengths after length-penalty training, a pile-up at the cap).
 
 Plans: no SP (every rank alone: infeasible when a sample exceeds the budget, shown for reference), fixed SP 8,
-adaptive SP 8 ({1, 8}), flex SP 8 ({1, 2, 4, 8} inside a node) and flex over all GPUs ({1, ..., G}, degree 16+
-across nodes), with the lower bound (every sample at its cheapest degree, perfect packing, no idle rank).
+adaptive SP 8 ({1, 8}), flex SP 8 ({1, 2, 4, 8} inside a node), flex over all GPUs ({1, ..., G}, degree 16+
+across nodes; since issue 35 flex also weighs the Dynamic CP rule's plan), Megatron-Core's Dynamic CP rule over all
+GPUs (rlkit.parallel.plan.dynamic_cp_rounds: verl's Megatron backend
+since its PRs #5057 / #6555; timed by the same cost model, exchanges included), with the lower bound (every sample at its cheapest degree, perfect packing, no idle rank).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import time
 from rlkit.kernels.packing import balance_across_ranks
 from rlkit.parallel.plan import (
     CostModel,
+    dynamic_cp_rounds,
     exchange_heads,
     lockstep_time,
     lower_bound,
@@ -82,6 +85,19 @@ def lengths_of(kind: str, seed: int) -> list[int]:
     return [PROMPT + min(cap, max(16, int(rng.lognormvariate(math.log(3000), sigma)))) for _ in range(SAMPLES)]
 
 
+def dynamic_cp_time(lengths: list[int], gpus: int, cost: CostModel, minibatches: int):
+    """(seconds, 0, planning seconds) of one step under Megatron's Dynamic CP rule over all ``gpus``
+    (rlkit.parallel.plan.dynamic_cp_rounds), timed by ``cost``."""
+    total = planning = 0.0
+    for m in range(minibatches):
+        mine = lengths[m::minibatches]
+        t = time.perf_counter()
+        rounds = dynamic_cp_rounds(mine, gpus, BUDGET)
+        planning = max(planning, time.perf_counter() - t)
+        total += sum(max(cost.time([mine[i] for i in units], size) for size, units in r) for r in rounds)
+    return total, 0.0, planning
+
+
 def step_time(lengths: list[int], gpus: int, sp: int, mode: str, cost: CostModel, minibatches: int):
     """(seconds, the mode's lower bound, planning seconds per SP group) of one step: per minibatch, the samples balanced over the
     gpus/sp SP groups by cost, each group planned, rounds in lock-step over all groups."""
@@ -123,6 +139,7 @@ def main() -> None:
                                    ("flex SP 8", 8, "flex"), (f"fixed SP {gpus}", gpus, "fixed"),
                                    (f"flex SP {gpus}", gpus, "flex")):
                 rows[name] = step_time(lengths, gpus, sp, mode, cost, args.minibatches)
+            rows[f"dynamic CP (Megatron's rule), all {gpus}"] = dynamic_cp_time(lengths, gpus, cost, args.minibatches)
             base, wide = rows["fixed SP 8"][0], rows[f"fixed SP {gpus}"][0]
             for name, (t, _, planning) in rows.items():
                 note = " (over budget: infeasible)" if name == "no SP" and max(lengths) > BUDGET else ""

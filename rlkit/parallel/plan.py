@@ -101,7 +101,17 @@ class CostModel:
 
     def rank_seconds(self, length: int, degree: int) -> float:
         """Rank-seconds one sequence costs at ``degree`` (its share of d ranks' time, without overhead)."""
-        return self.work([length], degree) + degree * self.comm_at(degree) * length
+        linear, quadratic = self.rank_coefficients(degree)
+        return linear * length + quadratic * length * length
+
+    def rank_coefficients(self, degree: int) -> tuple[float, float]:
+        """(per token, per token^2) of ``rank_seconds`` at ``degree``: what the planner's bounds sum per sample."""
+        return self.a + degree * self.comm_at(degree), self.b * head_padding(self.heads, degree)
+
+    def rank_seconds_of(self, lengths: Sequence[int], degree: int) -> list[float]:
+        """``rank_seconds`` of every length at ``degree``, in one pass."""
+        linear, quadratic = self.rank_coefficients(degree)
+        return [(linear + quadratic * n) * n for n in lengths]
 
     def to_dict(self) -> dict:
         return {"a": self.a, "b": self.b, "comm": {str(d): [c, f] for d, c, f in self.comm}, "overhead": self.overhead,
@@ -219,15 +229,93 @@ def _jobs(lengths: Sequence[int], degree_of: list[int], sp: int, budget: int, co
     return [(d, tuple(sorted(b)), cost.time([lengths[i] for i in b], d)) for d, b in bins]
 
 
+def dynamic_cp_rounds(lengths: Sequence[int], ranks: int, budget: int) -> list[list[tuple[int, list[int]]]]:
+    """Rounds of (CP size, unit indices) by the rule of Megatron-Core's Dynamic CP scheduler (issue 35 item 5;
+    ``DefaultDynamicCPScheduler`` of Megatron-LM dev d48bd6be, megatron/core/datasets/data_schedule.py, which verl's
+    Megatron backend schedules with since its PRs #5057 / #6555; the rule read and restated here, no code taken).
+
+    Every round spans all ``ranks`` (a power of two). Units longest first; the longest left seeds the round with a
+    group of its minimum CP size (the smallest power of two c with L / c <= budget, at most ``ranks``); each later
+    unit takes, among joining an existing group of size c (its tokens per rank staying within the budget) and
+    opening one on free ranks, for c = its minimum, 2x, ... up to ``ranks``, the option with the least round
+    makespan under the rule's cost L^2 / c per rank (compute only: no linear term, no exchange), ties to the smaller
+    c, the older group, joining; a unit with no option waits for a later round. Then the first of the smallest groups
+    doubles until no rank is free. Its 5% workload cap never binds (a group's load is at most the seed's length x
+    the budget) and is left out; with ``ranks`` a power of two its full-width fallback never runs. A unit longer than
+    ``ranks`` x budget gets a round of its own (Megatron refuses it)."""
+    def smallest(n: int) -> int:
+        c = 1
+        while n > c * budget and c < ranks:
+            c *= 2
+        return c
+
+    left = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    rounds = []
+    while left:
+        groups: list[list] = []  # [size, load per rank, tokens per rank, units], in creation order
+        of_size: dict[int, list[list]] = {}  # the same groups by size
+        free, makespan, room, wait = ranks, 0.0, None, []
+        for i in left:
+            n = lengths[i]
+            if not free:  # no free rank and no group with this many tokens of room: a later round
+                room = max((budget - h[2]) * h[0] for h in groups) if room is None else room
+                if n > room:
+                    wait.append(i)
+                    continue
+            best = None  # (makespan after, group or None to open one, size)
+            c = smallest(n)
+            while c <= ranks and (groups or best is None):  # the seed takes its minimum size
+                w = n * n / c
+                for g in of_size.get(c, ()):
+                    if g[2] + n / c <= budget and (best is None or max(makespan, g[1] + w) < best[0]):
+                        best = (max(makespan, g[1] + w), g, c)
+                if free >= c and (best is None or max(makespan, w) < best[0]):
+                    best = (max(makespan, w), None, c)
+                c *= 2
+            if best is None:
+                wait.append(i)
+                continue
+            _, g, c = best
+            if g is None:
+                g = [c, 0.0, 0.0, []]
+                groups.append(g)
+                of_size.setdefault(c, []).append(g)
+                free -= c
+            g[1], g[2] = g[1] + n * n / c, g[2] + n / c
+            g[3].append(i)
+            makespan, room = max(makespan, g[1]), None
+        while free:  # fill the round: the first of the smallest groups doubles
+            size = min(g[0] for g in groups)
+            g = next(g for g in groups if g[0] == size)
+            free -= min(2 * size, ranks) - size
+            g[0] = min(2 * size, ranks)
+        rounds.append([(g[0], g[3]) for g in groups])
+        left = wait
+    return rounds
+
+
+def _dynamic_candidate(lengths: Sequence[int], sp: int, budget: int, cost: CostModel) -> list[list[Job]]:
+    """The Dynamic CP rule's rounds as jobs on aligned blocks (groups largest first, left to right: powers of two in
+    non-increasing order start at multiples of their size), timed by ``cost``."""
+    out = []
+    for groups in dynamic_cp_rounds(lengths, sp, budget):
+        first, jobs = 0, []
+        for size, units in sorted(groups, key=lambda g: -g[0]):
+            jobs.append(Job(size, first, tuple(sorted(units)), cost.time([lengths[i] for i in units], size)))
+            first += size
+        out.append(jobs)
+    return out
+
+
 def lower_bound(lengths: Sequence[int], sp: int, budget: int, mode: str, cost: CostModel) -> float:
     """Every sample at its cheapest feasible degree, perfectly packed, no rank idle: the rank-seconds / sp, plus the
     per-forward overhead of the fewest rounds that can hold the tokens (ceil(tokens / (sp x budget)), a sample over
     sp x budget counted as sp x budget: it fills a round alone)."""
     degrees = degrees_for(sp, mode)
+    every = {d: cost.rank_seconds_of(lengths, d) for d in degrees}
     total = 0.0
-    for n in lengths:
-        feasible = [d for d in degrees if n <= d * budget] or [sp]
-        total += min(cost.rank_seconds(n, d) for d in feasible)
+    for i, n in enumerate(lengths):
+        total += min((every[d][i] for d in degrees if n <= d * budget), default=every[sp][i])
     return total / sp + math.ceil(sum(min(n, sp * budget) for n in lengths) / (sp * budget)) * cost.overhead
 
 
@@ -256,22 +344,27 @@ def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
             for top_up, rounded in variants:
                 specs.append(((f"floor {floor}" + (f" lift {sp}" if lift else "") + (" top-up" if top_up else "")
                                + (" rounded" if rounded else "")), degree_of, top_up, rounded))
-    rank_seconds = {d: [cost.rank_seconds(n, d) for n in lengths] for d in set(d for _, dof, _, _ in specs
-                                                                               for d in set(dof))}
+    rank_seconds = {d: cost.rank_seconds_of(lengths, d) for d in degrees}
     tokens = math.ceil(sum(min(n, sp * budget) for n in lengths) / (sp * budget)) * cost.overhead
 
-    def bound(degree_of) -> float:
-        return sum(rank_seconds[d][i] for i, d in enumerate(degree_of)) / sp + tokens
+    bounds: dict = {None: 0.0}  # the dynamic rule has no bound of its own: always made
 
+    def bound(degree_of) -> float:
+        if degree_of not in bounds:
+            bounds[degree_of] = sum(rank_seconds[d][i] for i, d in enumerate(degree_of)) / sp + tokens
+        return bounds[degree_of]
+
+    if mode == "flex" and sp > 1 and sp & (sp - 1) == 0:  # powers of two: Megatron's Dynamic CP rule as well
+        specs.append(("dynamic", None, False, False))
     made: dict = {}  # (degrees, variant) -> rounds: a candidate that repeats another's (no sample needs the lift,
     best = math.inf  # or the floor lifts them all) reuses its plan
-    bounds = {}
-    for k in sorted(range(len(specs)), key=lambda k: (k > 0, bounds.setdefault(specs[k][1], bound(specs[k][1])), k)):
+    for k in sorted(range(len(specs)), key=lambda k: (k > 0, bound(specs[k][1]), k)):
         _, degree_of, top_up, rounded = specs[k]
         key = (degree_of, top_up, rounded)
         if key in made or bounds[degree_of] > best * (1 + 1e-9):
             continue
-        rounds = _schedule(_jobs(lengths, list(degree_of), sp, budget, cost, top_up=top_up, rounded=rounded), sp)
+        rounds = _dynamic_candidate(lengths, sp, budget, cost) if degree_of is None else \
+            _schedule(_jobs(lengths, list(degree_of), sp, budget, cost, top_up=top_up, rounded=rounded), sp)
         rounds.sort(key=lambda r: -max(j.seconds for j in r))
         check_rounds(rounds, lengths, sp, budget)
         made[key] = tuple(tuple(r) for r in rounds)
@@ -363,4 +456,4 @@ def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
 
 
 __all__ = ["MODES", "CostModel", "attention_ratio", "GroupOptions", "GroupPlan", "Job", "candidates", "check_rounds", "choose",
-           "degrees_for", "exchange_heads", "group_options", "head_padding", "lockstep_time", "lower_bound", "plan_group", "plan_groups", "round_times"]
+           "degrees_for", "dynamic_cp_rounds", "exchange_heads", "group_options", "head_padding", "lockstep_time", "lower_bound", "plan_group", "plan_groups", "round_times"]
