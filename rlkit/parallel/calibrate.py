@@ -24,6 +24,7 @@ Not modelled: offloaded checkpoints' copies (parallel.offload_checkpoints) and t
 from __future__ import annotations
 
 import functools
+import statistics
 import time
 
 import torch
@@ -36,6 +37,7 @@ from rlkit.parallel.plan import CostModel, exchange_heads
 from rlkit.records import Sample
 
 REPEATS = 3
+RATIO_REPEATS = 9
 
 
 def _best(fn) -> float:
@@ -84,7 +86,8 @@ def _exchange_seconds(group, tokens: int, slots: int, head_dim: int, device, dty
 
 def backward_ratio(width: int, tokens: int, device, dtype) -> float:
     """Seconds of a backward per second of its forward, on this device: a [tokens, width] x [width, 4 width] matmul
-    (an MLP's up projection) forward, then forward and backward (input and weight gradients)."""
+    (an MLP's up projection) forward, then forward and backward (input and weight gradients), alternating, the ratio
+    of the medians (a CPU shared with other processes gave 0.2-6 from best-of-3 timings)."""
     x = _probe(tokens, width, device=device, dtype=dtype).requires_grad_()
     w = _probe(width, 4 * width, device=device, dtype=dtype).requires_grad_()
 
@@ -102,7 +105,14 @@ def backward_ratio(width: int, tokens: int, device, dtype) -> float:
         x.grad = w.grad = None
         sync()
 
-    return max(_best(both) / _best(forward) - 1.0, 0.0)
+    forward(), both()  # warm-up
+    fs, bs = [], []
+    for _ in range(RATIO_REPEATS):  # alternating, so a busy spell of the machine falls on both
+        for fn, out in ((forward, fs), (both, bs)):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return max(statistics.median(bs) / statistics.median(fs) - 1.0, 0.0)
 
 
 def calibrate(policy, acc, layout: Layout, *, budget: int, ratio: float, layers: int, heads: int, kv_heads: int,
