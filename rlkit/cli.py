@@ -25,7 +25,7 @@ from typing import Literal
 
 import yaml
 
-from rlkit import progress
+from rlkit import __version__, progress
 from rlkit.config import RENAMED, ConfigError, iter_leaves, load_config
 from rlkit.errors import UserError
 
@@ -153,19 +153,13 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _version() -> str:
-    from rlkit import __version__
-
-    return __version__
-
-
 KIND_NAMES = ("reward", "shaper", "filter", "prompt_transform", "sample_transform", "advantage", "loss", "token_mask",
               "engine", "rollout_hook")
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     parser = _Parser(prog="rlkit", description="RL post-training for efficient reasoning.")
-    parser.add_argument("--version", action="version", version=f"rlkit {_version()}")
+    parser.add_argument("--version", action="version", version=f"rlkit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     types: dict = {}
     for name, doc in (("train", "train a policy with a GRPO-family algorithm"),

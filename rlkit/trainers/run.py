@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rlkit import registry, rundir
+from rlkit import __version__, registry, rundir
 from rlkit.config import Config, reference_coef, save_config, to_dict
 from rlkit.data import PromptSampler, PromptSet, load_prompt_sets
 from rlkit.errors import UserError
@@ -87,15 +87,6 @@ def verifier_of(rewards: RewardSet):
         return guarded(texts, completions, ids, **columns, **context)
 
     return verify
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("rlkit")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _setup_accelerator(cfg: Config, backend: backends.Backend):
@@ -174,7 +165,7 @@ def _start_run_dir(cfg: Config, acc, checked: Preflight, run_id: str, record: di
             if checked.overwrite:
                 rundir.clear(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "rlkit": _version(),
+            atomic_write_text(run_dir / "run.json", json.dumps({"run_id": run_id, "rlkit": __version__,
                                                                 "distributed": record}) + "\n")
             save_config(cfg, run_dir / "config.json")
         except OSError as e:
