@@ -272,7 +272,7 @@ def plot_curves(runs: list[dict], out: Path) -> Path:
             xs = [r["step"] for r in run["rows"] if _number(r.get(key))]
             ys = [r[key] for r in run["rows"] if _number(r.get(key))]
             if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, label=run["label"])
+                ax.plot(xs, ys, markersize=3, label=run["label"], **style(runs.index(run)))
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -309,13 +309,12 @@ def plot_lengths(runs: list[dict], out: Path) -> Path:
 def plot_pareto(runs: list[dict], out: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
-    markers = "osD^v<>ph*"
     for i, run in enumerate(runs):
         if not run["points"]:
             continue
-        color = f"C{i % 10}"
+        color = style(i)["color"]
         ax.scatter([p[2] for p in run["points"]], [100 * p[1] for p in run["points"]],
-                   marker=markers[i % len(markers)], s=40, color=color, label=run["label"])
+                   marker=style(i)["marker"], s=40, color=color, label=run["label"])
         by_bench: dict[str, list] = {}  # checkpoints of one benchmark in step order (file names sort by step)
         for label, acc, tokens, ci in run["points"]:
             ax.annotate(label, (tokens, 100 * acc), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -335,19 +334,37 @@ def plot_pareto(runs: list[dict], out: Path) -> Path:
     return _save(plt, fig, out)
 
 
-def plot_budgets(runs: list[dict], out: Path) -> Path:
-    """Accuracy against the token budget, one line per run, checkpoint and benchmark (with its 95% interval)."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for i, run in enumerate(runs):
-        for j, (label, line, auc) in enumerate(run["budgets"]):
+MARKERS = "osD^v<>ph*"
+
+
+def style(k: int) -> dict:
+    """The k-th curve's colour, marker and line style: every curve of one plot tells from the others by colour and
+    by marker (issue 36: a run's before and after were two shades of one blue)."""
+    return {"color": f"C{k % 10}", "marker": MARKERS[k % len(MARKERS)],
+            "linestyle": ("-", "--", ":", "-.")[(k // 10) % 4]}
+
+
+def draw_budgets(ax, runs: list[dict]) -> list:
+    """Accuracy against the token budget on ``ax``, one line per run, checkpoint and benchmark (each its own
+    ``style``), with its 95% interval shaded; returns the lines."""
+    lines, k = [], 0
+    for run in runs:
+        for label, line, auc in run["budgets"]:
             b, acc = [p[0] for p in line], [100 * p[1] for p in line]
             tag = f"{run['label']}: {label}" + (f" (AUC {100 * auc:.1f}%)" if _number(auc) else "")
-            ax.plot(b, acc, marker="o", color=f"C{i % 10}", alpha=1.0 - 0.5 * j / max(len(run["budgets"]), 1),
-                    label=tag)
+            lines += ax.plot(b, acc, label=tag, **style(k))
             if all(_number(p[2]) and _number(p[3]) for p in line):
-                ax.fill_between(b, [100 * p[2] for p in line], [100 * p[3] for p in line], color=f"C{i % 10}",
+                ax.fill_between(b, [100 * p[2] for p in line], [100 * p[3] for p in line], color=style(k)["color"],
                                 alpha=0.1)
+            k += 1
+    return lines
+
+
+def plot_budgets(runs: list[dict], out: Path) -> Path:
+    """Accuracy against the token budget (``draw_budgets``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    draw_budgets(ax, runs)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("token budget (answers forced at the budget)")
     ax.set_ylabel("accuracy (%)")

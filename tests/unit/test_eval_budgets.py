@@ -92,3 +92,24 @@ def test_eval_budgets_end_to_end_and_report(tiny_model_dir, tmp_path, capsys):
     written = {p.name for p in report([str(run)])}
     assert {"budgets.png", "length_by_correctness.png"} <= written
     assert (run / "report" / "budgets.png").stat().st_size > 5000
+
+
+def test_every_budget_curve_differs_from_the_others_by_colour_and_marker():
+    """Issue 36: a run's before and after checkpoints were drawn in two shades of one blue. Two runs of two
+    checkpoints each: four lines, four colours, four markers, each labelled with its run and checkpoint."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from rlkit.plots import draw_budgets
+
+    line = [(32, 0.1, 0.05, 0.15), (64, 0.2, 0.1, 0.3), (128, 0.3, 0.2, 0.4)]
+    runs = [{"label": name, "budgets": [("step 0 mawps", line, 0.2), ("step 8 mawps", line, 0.25)]}
+            for name in ("grpo", "dler")]
+    fig, ax = plt.subplots()
+    lines = draw_budgets(ax, runs)
+    plt.close(fig)
+    assert len(lines) == 4
+    assert len({ln.get_color() for ln in lines}) == 4 and len({ln.get_marker() for ln in lines}) == 4
+    assert [ln.get_label() for ln in lines][:2] == ["grpo: step 0 mawps (AUC 20.0%)", "grpo: step 8 mawps (AUC 25.0%)"]
