@@ -195,7 +195,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--dry-run", action="store_true", help="print the vLLM command line and exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     p = sub.add_parser("report", help="PNG plots of one or several runs: curves over steps, length histograms early "
-                       "vs late, accuracy vs tokens across runs and checkpoints")
+                       "vs late, accuracy vs tokens across runs and checkpoints",
+                       epilog="examples:\n  rlkit report runs/demo\n  rlkit report runs/grpo runs/dler --out "
+                              "report/  # several runs on one plot\n  rlkit report runs/dler --evals-only",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (output_dir of `rlkit train`)")
     p.add_argument("--out", help="where the PNGs go (default: RUN_DIR/report, or report/ in the runs' common parent)")
     p.add_argument("--evals-only", action="store_true", help="accuracy-vs-tokens plot from `rlkit eval` results "
@@ -203,10 +206,30 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     p = sub.add_parser("components", aliases=["rewards"], help="list every component (rewards, shapers, filters, "
                        "transforms, advantages, losses, token masks, engines): its one-line doc, options and "
-                       "declared capabilities")
+                       "declared capabilities", epilog="examples:\n  rlkit components\n  rlkit components reward"
+                       "      # one kind", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("kind", nargs="?", choices=list(KIND_NAMES), help="only this kind")
-    sub.add_parser("recipes", help="list the named presets with a description and the paper")
+    sub.add_parser("recipes", help="list the named presets with a description and the paper",
+                   epilog="examples:\n  rlkit recipes\n  rlkit train --recipe dler --recipe curriculum   # presets "
+                          "apply in order", formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("export", help="a checkpoint's policy as a self-contained folder with a Hub model card "
+                       "(weights, tokenizer, config, README.md), optionally uploaded", epilog=_EXPORT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", metavar="RUN_DIR", help="a run directory (output_dir of `rlkit train`)")
+    p.add_argument("--step", type=int, default=None, help="the checkpoint of this step (default: the latest)")
+    p.add_argument("--to", required=True, metavar="DIR", help="the folder to write (must not exist, or be empty)")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="then upload the folder to this Hub "
+                   "repository with huggingface_hub (needs network and a token)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     return parser, types
+
+
+_EXPORT_EPILOG = """examples:
+  rlkit export runs/demo --to exported/demo                  # the latest checkpoint
+  rlkit export runs/demo --step 8 --to exported/demo-step8
+  rlkit export runs/demo --to exported/demo --push-to-hub me/smollm2-dler
+the card (README.md) holds the base model, method, options, steps, the held-out before/after table and every
+`rlkit eval` result of that checkpoint found in RUN_DIR/evals/step_NNNNNN.json"""
 
 
 _SERVE_DOC = """start stock vLLM's OpenAI server for rollout.engine: vllm_server, with the RL weight-sync routes,
@@ -243,6 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminated)
     previous_int = signal.signal(signal.SIGINT, _interrupted)
     try:
+        if args.command == "export":
+            from rlkit.cards import export
+
+            print(f"exported to {export(args.run, args.to, args.step, args.push_to_hub)}")
+            return 0
         if args.command == "report":
             from rlkit.plots import report
 

@@ -2,7 +2,8 @@
 
 Layout of ``RUN_DIR/checkpoints/step_000012/``::
 
-    policy/              HF checkpoint (or PEFT adapter) + tokenizer: load with transformers or vLLM by path
+    policy/              HF checkpoint (or PEFT adapter) + tokenizer + README.md (a Hub model card, rlkit.cards):
+                         load with transformers or vLLM by path
     trainer/             model, optimizer, scheduler and random states: safetensors and JSON, no pickle; under
                          DeepSpeed its per-process partitions, loaded weights-only (rlkit.trainers.state_io)
     trainer_state.json   step, run id, the run's config, policy version, data position, stage and rollout
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlkit import failpoints
+from rlkit.cards import model_card
 from rlkit.errors import CheckpointError
 from rlkit.files import fsync_dir, fsync_tree, os_error_of
 from rlkit.rundir import STEP_DIR, checkpoint_root, find_latest, list_checkpoints  # noqa: F401 (this module's API too)
@@ -90,6 +92,7 @@ def _write(tmp: Path, final: Path, root: Path, run_dir, step: int, accelerator, 
         state = {k[len("model."):]: v for k, v in full.items() if k.startswith("model.")}
         inner.save_pretrained(tmp / "policy", state_dict=state)
         tokenizer.save_pretrained(tmp / "policy")
+        (tmp / "policy" / "README.md").write_text(model_card(trainer_state, name=Path(run_dir).resolve().name))
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
         failpoints.hit("checkpoint", str(tmp / "COMPLETE"))
         (tmp / "COMPLETE").write_text("ok\n")

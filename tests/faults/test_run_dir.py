@@ -203,3 +203,47 @@ def test_checkpoint_files_and_directories_are_fsynced_before_the_rename(tiny_mod
     assert events and events[0] == ("publish", []), f"not fsynced before publishing: {events[0][1][:5]}"
     assert str(final.parent) in synced  # the rename itself reached the disk
     assert (final / "COMPLETE").exists() and (final / "trainer" / "optimizer.safetensors").exists()
+
+
+def test_every_saved_policy_carries_a_model_card_and_export_writes_a_folder_that_loads(tiny_model_dir, finished_run,
+                                                                                      tmp_path):
+    """Issue 36 item 4: each checkpoint's policy/README.md is a Hub model card (parsed by huggingface_hub's card
+    API); `rlkit export` writes the weights, tokenizer, config and a card rebuilt with the run's held-out check and
+    the `rlkit eval` result of that step; the folder loads with transformers. Errors are one line and leave
+    nothing behind."""
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    saved = ModelCard.load(run / "checkpoints" / "step_000002" / "policy" / "README.md")
+    assert saved.data.base_model == str(tiny_model_dir) and saved.data.library_name == "transformers"
+    assert "rlkit" in saved.data.tags and "grpo" in saved.data.tags and "for 2 steps" in saved.text
+    # an `rlkit eval` result of step 2, as benchmarks/length_learning.py writes it
+    (run / "evals").mkdir()
+    (run / "evals" / "step_000002.json").write_text(json.dumps({"benchmarks": {"mawps_addsub": {
+        "k": 4, "avg@k": 0.125, "mean_tokens": 41.5, "budget_auc": 0.1}}}))
+    out = tmp_path / "exported"
+    proc = subprocess.run([sys.executable, "-m", "rlkit.cli", "export", str(run), "--to", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md"} <= {p.name for p in out.iterdir()}
+    card = ModelCard.load(out / "README.md")
+    results = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert results[("mawps_addsub", "avg@4")] == 0.125 and results[("mawps_addsub", "mean completion tokens")] == 41.5
+    after = json.loads((run / "eval_summary.json").read_text())["after"]
+    assert results[("held-out check (eval.data)", "accuracy")] == round(after["accuracy"], 4)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_hidden_layers == 2
+    # one-line errors, nothing written: a non-empty target, a step with no checkpoint, an upload with no network
+    for extra, expect in ((["--to", str(out)], "is not empty"), (["--step", "7", "--to", str(tmp_path / "x")],
+                                                                  "no complete checkpoint of that step")):
+        msg = _one_line_error(subprocess.run([sys.executable, "-m", "rlkit.cli", "export", str(run), *extra],
+                                             capture_output=True, text=True, cwd=tmp_path))
+        assert expect in msg
+    assert not (tmp_path / "x").exists()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_not_a_token"}
+    msg = _one_line_error(subprocess.run([sys.executable, "-m", "rlkit.cli", "export", str(run), "--to",
+                                          str(tmp_path / "pushed"), "--push-to-hub", "me/model"],
+                                         capture_output=True, text=True, cwd=tmp_path, env=env))
+    assert "--push-to-hub me/model: the upload failed" in msg and (tmp_path / "pushed" / "README.md").exists()
