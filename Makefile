@@ -9,7 +9,7 @@ EXTRAS  ?= cpu,dev
 DEEPSPEED ?= deepspeed==0.19.8
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu test-slow bench lint clean gpu-check
+.PHONY: setup demo test test-gpu test-slow bench lint clean gpu-check docs
 
 setup: $(STAMP)
 
@@ -49,6 +49,11 @@ gpu-check:
 	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
 		$(GPU_PY) benchmarks/gpu_check.py --out $${OUT:-gpu-report} $(GPU_CHECK_ARGS)
 
+# the documentation site into site/ (MkDocs, Material theme): strict, so a broken link or a missing page fails;
+# the component reference is generated from the registry at build time (docs/_hooks/site.py)
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: setup
 	$(BIN)/python benchmarks/demo_time.py
 
@@ -57,4 +62,4 @@ lint: setup
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site

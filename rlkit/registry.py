@@ -414,13 +414,18 @@ def describe(kinds: list[str]) -> str:
                              for p in entry.options.values())
             if opts:
                 lines.append(f"      options: {opts}")
-            caps, default = entry.caps, DECLARATIONS.get(kind, Capabilities)()
-            declared = [f"{f.name}={_shown(getattr(caps, f.name))}" for f in dataclasses.fields(caps)
-                        if getattr(caps, f.name) != getattr(default, f.name)]
-            if declared:
+            if declared := declarations(entry):
                 lines.append(f"      declares: {', '.join(declared)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def declarations(entry: Entry) -> list[str]:
+    """``name=value`` of each declaration of a component that differs from its kind's default (``rlkit
+    components`` and the documentation site's component reference)."""
+    caps, default = entry.caps, DECLARATIONS.get(entry.kind, Capabilities)()
+    return [f"{f.name}={_shown(getattr(caps, f.name))}" for f in dataclasses.fields(caps)
+            if getattr(caps, f.name) != getattr(default, f.name)]
 
 
 def _shown(value: Any) -> str:
