@@ -132,8 +132,8 @@ def export(run: str | Path, to: str | Path, step: int | None = None, push_to_hub
         if checkpoint is None:
             have = ", ".join(c.name for c in list_checkpoints(run)) or "none"
             raise UserError(f"rlkit export --step {step}: {run} has no complete checkpoint of that step (has: {have})")
-    if to.exists() and any(to.iterdir()):
-        raise UserError(f"rlkit export --to {to}: the folder exists and is not empty")
+    if to.exists() and (not to.is_dir() or any(to.iterdir())):
+        raise UserError(f"rlkit export --to {to}: {'the folder exists and is not empty' if to.is_dir() else 'a file of that name exists'}")
     tmp = to.with_name(f".{to.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

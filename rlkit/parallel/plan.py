@@ -172,6 +172,9 @@ def _schedule(jobs: list[tuple[int, tuple[int, ...], float]], sp: int) -> list[l
         block = (1 << degree) - 1
         home = None
         for r in open_rounds:
+            if degree == 1:  # the lowest free sub-rank, in one step
+                home = (r, (free[r] & -free[r]).bit_length() - 1)
+                break
             for first in range(0, sp - degree + 1, degree):
                 if free[r] >> first & block == block:
                     home = (r, first)
