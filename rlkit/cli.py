@@ -248,6 +248,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if str(getattr(args, "config", None) or "").startswith("--"):  # argparse files an unknown "--k=a b" as positional
         parser.error(_unknown_option(args.config, types))
+    if args.command in ("train", "eval"):
+        import torch
+
+        if not torch.cuda.is_available():  # DeepSpeed (which accelerate may import) picks the CPU itself, with a
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # warning that it found no GPU: said here, it is quiet
     if args.command in ("components", "rewards"):
         from rlkit import registry
 
