@@ -12,6 +12,8 @@ def test_vllm_cpu_startup_notes_are_filtered_and_said_once(monkeypatch, capsys):
     monkeypatch.delenv("RLKIT_VLLM_WARNINGS", raising=False)
     loggers = [logging.getLogger(n) for n in V.CPU_STARTUP_LOGGERS]
     before = [list(lg.filters) for lg in loggers]
+    for lg in loggers:  # an engine built earlier in this process may have installed them already
+        lg.filters[:] = [f for f in lg.filters if not isinstance(f, V.CpuStartupFilter)]
     try:
         V.quiet_cpu_startup()
         V.quiet_cpu_startup()  # once per process
@@ -37,9 +39,17 @@ def test_vllm_cpu_startup_notes_are_filtered_and_said_once(monkeypatch, capsys):
 
 
 def test_rlkit_vllm_warnings_keeps_them(monkeypatch, capsys):
-    monkeypatch.setattr(V, "_quiet", False)
-    monkeypatch.setenv("RLKIT_VLLM_WARNINGS", "1")
-    V.quiet_cpu_startup()
-    assert not any(isinstance(f, V.CpuStartupFilter) for n in V.CPU_STARTUP_LOGGERS
-                   for f in logging.getLogger(n).filters)
-    assert capsys.readouterr().err == ""
+    """(An engine built earlier in this process, by another test, has installed the filters: start without them.)"""
+    loggers = [logging.getLogger(n) for n in V.CPU_STARTUP_LOGGERS]
+    before = [list(lg.filters) for lg in loggers]
+    for lg in loggers:
+        lg.filters[:] = [f for f in lg.filters if not isinstance(f, V.CpuStartupFilter)]
+    try:
+        monkeypatch.setattr(V, "_quiet", False)
+        monkeypatch.setenv("RLKIT_VLLM_WARNINGS", "1")
+        V.quiet_cpu_startup()
+        assert not any(isinstance(f, V.CpuStartupFilter) for lg in loggers for f in lg.filters)
+        assert capsys.readouterr().err == ""
+    finally:
+        for lg, filters in zip(loggers, before):
+            lg.filters[:] = filters
