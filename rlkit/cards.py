@@ -112,9 +112,9 @@ def card_for(checkpoint: Path, run_dir: Path) -> str:
     state = _json(checkpoint / "trainer_state.json") or {}
     evals = {}
     step = state.get("step")
-    for path in sorted((run_dir / "evals").glob("step_*.json")) if isinstance(step, int) else []:
-        if path.name == f"step_{step:06d}.json" and (e := _json(path)) is not None:
-            evals[f"evals/{path.name}"] = e
+    name = f"evals/step_{step:06d}.json" if isinstance(step, int) else None
+    if name and (e := _json(run_dir / name)) is not None:  # the `rlkit eval` result of this step, if any
+        evals[name] = e
     return model_card(state, _json(run_dir / "eval_summary.json"), evals, name=run_dir.resolve().name)
 
 
