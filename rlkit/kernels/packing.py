@@ -88,7 +88,7 @@ def greedy_partition(costs: Sequence[float], k: int, sizes: Sequence[float] | No
     parts: list[list[int]] = [[] for _ in range(k)]
     used = [0.0] * k
     heap = [(0.0, p) for p in range(k)]  # (cost so far, part)
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+    for i in sorted(range(len(costs)), key=costs.__getitem__, reverse=True):  # stable: ties by index
         size = sizes[i] if sizes is not None else 0.0
         tried, home = [], None
         while heap and len(tried) < GREEDY_PROBES:
@@ -117,7 +117,7 @@ def best_fit_decreasing(sizes: Sequence[float], cap: float) -> list[list[int]]:
     STATS["greedy_calls"] += 1
     parts: list[list[int]] = []
     free: list[tuple[float, int]] = []  # (room left, part), ascending
-    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+    for i in sorted(range(len(sizes)), key=sizes.__getitem__, reverse=True):  # stable: ties by index
         STATS["greedy_probes"] += 1
         j = bisect.bisect_left(free, (sizes[i], -1))
         if j < len(free):
@@ -145,8 +145,8 @@ def rebalance(parts: Sequence[Sequence[int]], costs: Sequence[float], sizes: Seq
     STATS["rebalance_calls"] += 1
     parts = [list(p) for p in parts if p]
     parts += [[] for _ in range(k - len(parts))]
-    load = [sum(costs[i] for i in p) for p in parts]
-    used = [sum(sizes[i] for i in p) for p in parts]
+    load = [sum(map(costs.__getitem__, p)) for p in parts]
+    used = [sum(map(sizes.__getitem__, p)) for p in parts]
     order = sorted((load[p], p) for p in range(len(parts)))  # ascending load
 
     def shift(p: int, out: int | None, into: int | None) -> None:
@@ -198,7 +198,7 @@ def rebalance(parts: Sequence[Sequence[int]], costs: Sequence[float], sizes: Seq
 
 
 def _fits(parts: list[list[int]], lengths: Sequence[int], max_tokens: int) -> bool:
-    return all(len(p) <= 1 or sum(lengths[i] for i in p) <= max_tokens for p in parts)
+    return all(len(p) <= 1 or sum(map(lengths.__getitem__, p)) <= max_tokens for p in parts)
 
 
 class PlanError(RuntimeError):
@@ -218,7 +218,7 @@ def check_partition(parts: Sequence[Sequence[int]], n: int, what: str, *, sizes:
             if not 0 <= i < n or seen[i]:
                 raise PlanError(f"{what}: item {i} is {'out of range' if not 0 <= i < n else 'in two parts'}")
             seen[i] = 1
-        if cap is not None and len(part) > 1 and sum(sizes[i] for i in part) > cap:
+        if cap is not None and len(part) > 1 and sum(map(sizes.__getitem__, part)) > cap:
             raise PlanError(f"{what}: part {k} holds {sum(sizes[i] for i in part)} > {cap}")
     if sum(seen) != n:
         raise PlanError(f"{what}: {n - sum(seen)} of {n} items are in no part")

@@ -35,9 +35,12 @@ Deterministic: the same lengths and cost model give the same plan on every rank.
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from rlkit.kernels.packing import PlanError, check_partition, plan_micro_batches, sequence_cost
 
@@ -199,7 +202,7 @@ def _top_up(bins: list[list[int]], rooms: list[int], items: list[int], lengths: 
     order = sorted(range(len(bins)), key=lambda j: (rooms[j], j))
     free = [(rooms[j], j) for j in order]
     left = []
-    for i in sorted(items, key=lambda i: (-lengths[i], i)):
+    for i in sorted(sorted(items), key=lengths.__getitem__, reverse=True):  # ties by index
         k = bisect.bisect_left(free, (lengths[i], -1))
         if k == len(free):
             left.append(i)
@@ -212,13 +215,15 @@ def _top_up(bins: list[list[int]], rooms: list[int], items: list[int], lengths: 
 
 
 def _jobs(lengths: Sequence[int], degree_of: list[int], sp: int, budget: int, cost: CostModel, *, top_up: bool,
-          rounded: bool) -> list[tuple[int, tuple[int, ...], float]]:
-    """Pack each degree class (highest first) into bins of degree x budget tokens; see the module docstring."""
+          rounded: bool, timer=None) -> list[tuple[int, tuple[int, ...], float]]:
+    """Pack each degree class (highest first) into bins of degree x budget tokens; see the module docstring.
+    ``timer(units, degree)``: a job's seconds (default ``cost.time`` of its lengths)."""
+    timer = timer or (lambda units, d: cost.time([lengths[i] for i in units], d))
     bins: list[tuple[int, list[int]]] = []
     for degree in sorted(set(degree_of), reverse=True):
         items = [i for i, d in enumerate(degree_of) if d == degree]
         if top_up and bins:
-            rooms = [d * budget - sum(lengths[i] for i in b) for d, b in bins]
+            rooms = [d * budget - sum(map(lengths.__getitem__, b)) for d, b in bins]
             items = _top_up([b for _, b in bins], rooms, items, lengths)
         if not items:
             continue
@@ -229,7 +234,7 @@ def _jobs(lengths: Sequence[int], degree_of: list[int], sp: int, budget: int, co
             want = min(len(items), -(-len(parts) // per_round) * per_round)
             parts = plan_micro_batches(sizes, degree * budget, min_count=want, a=cost.a, b=cost.b)
         bins += [(degree, [items[j] for j in p]) for p in parts if p]
-    return [(d, tuple(sorted(b)), cost.time([lengths[i] for i in b], d)) for d, b in bins]
+    return [(d, tuple(sorted(b)), timer(b, d)) for d, b in bins]
 
 
 def dynamic_cp_rounds(lengths: Sequence[int], ranks: int, budget: int) -> list[list[tuple[int, list[int]]]]:
@@ -252,41 +257,68 @@ def dynamic_cp_rounds(lengths: Sequence[int], ranks: int, budget: int) -> list[l
             c *= 2
         return c
 
-    left = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    left = sorted(range(len(lengths)), key=lengths.__getitem__, reverse=True)  # stable: ties by index
     rounds = []
     while left:
-        groups: list[list] = []  # [size, load per rank, tokens per rank, units], in creation order
+        groups: list[list] = []  # [size, load per rank, tokens per rank, units, index], in creation order
         of_size: dict[int, list[list]] = {}  # the same groups by size
-        free, makespan, room, wait = ranks, 0.0, None, []
-        for i in left:
+        free, makespan, wait = ranks, 0.0, []
+        rooms: list[tuple[float, int]] = []  # once no rank is free: a heap of (-room in tokens, group), stale kept
+        down = [-lengths[i] for i in left]  # ascending: where the units that fit a room start (bisect)
+        p = 0
+        while p < len(left):
+            i = left[p]
             n = lengths[i]
+            p += 1
             if not free:  # no free rank and no group with this many tokens of room: a later round
-                room = max((budget - h[2]) * h[0] for h in groups) if room is None else room
-                if n > room:
-                    wait.append(i)
+                if not rooms:
+                    rooms = [(-(budget - h[2]) * h[0], k) for k, h in enumerate(groups)]
+                    heapq.heapify(rooms)
+                while -rooms[0][0] != (budget - groups[rooms[0][1]][2]) * groups[rooms[0][1]][0]:
+                    heapq.heappop(rooms)  # a group that has taken a unit since
+                room = -rooms[0][0]
+                if n > room:  # nor any unit up to the next that fits the room (units longest first)
+                    q = bisect.bisect_left(down, -room, p)
+                    wait += left[p - 1:q]
+                    p = q
                     continue
             best = None  # (makespan after, group or None to open one, size)
             c = smallest(n)
+            # options in the rule's order (sizes up, groups by age, then opening one); none ends below the round's
+            # makespan, so the first that keeps it wins every tie and the search stops there (issue 35: planning)
             while c <= ranks and (groups or best is None):  # the seed takes its minimum size
-                w = n * n / c
+                w, share = n * n / c, n / c
                 for g in of_size.get(c, ()):
-                    if g[2] + n / c <= budget and (best is None or max(makespan, g[1] + w) < best[0]):
-                        best = (max(makespan, g[1] + w), g, c)
+                    if g[2] + share <= budget:
+                        v = g[1] + w
+                        if v < makespan:
+                            v = makespan
+                        if best is None or v < best[0]:
+                            best = (v, g, c)
+                            if v <= makespan:
+                                break
+                if best is not None and best[0] <= makespan:
+                    break
                 if free >= c and (best is None or max(makespan, w) < best[0]):
                     best = (max(makespan, w), None, c)
+                    if best[0] <= makespan:
+                        break
                 c *= 2
             if best is None:
                 wait.append(i)
                 continue
             _, g, c = best
             if g is None:
-                g = [c, 0.0, 0.0, []]
+                g = [c, 0.0, 0.0, [], len(groups)]
                 groups.append(g)
                 of_size.setdefault(c, []).append(g)
                 free -= c
             g[1], g[2] = g[1] + n * n / c, g[2] + n / c
             g[3].append(i)
-            makespan, room = max(makespan, g[1]), None
+            if rooms:
+                heapq.heappush(rooms, (-(budget - g[2]) * g[0], g[4]))
+            if g[1] > makespan:
+                makespan = g[1]
         while free:  # fill the round: the first of the smallest groups doubles
             size = min(g[0] for g in groups)
             g = next(g for g in groups if g[0] == size)
@@ -297,29 +329,58 @@ def dynamic_cp_rounds(lengths: Sequence[int], ranks: int, budget: int) -> list[l
     return rounds
 
 
-def _dynamic_candidate(lengths: Sequence[int], sp: int, budget: int, cost: CostModel) -> list[list[Job]]:
+def _dynamic_candidate(lengths: Sequence[int], sp: int, budget: int, cost: CostModel, timer=None) -> list[list[Job]]:
     """The Dynamic CP rule's rounds as jobs on aligned blocks (groups largest first, left to right: powers of two in
-    non-increasing order start at multiples of their size), timed by ``cost``."""
+    non-increasing order start at multiples of their size), timed by ``cost`` (or ``timer(units, degree)``)."""
+    timer = timer or (lambda units, d: cost.time([lengths[i] for i in units], d))
     out = []
     for groups in dynamic_cp_rounds(lengths, sp, budget):
         first, jobs = 0, []
         for size, units in sorted(groups, key=lambda g: -g[0]):
-            jobs.append(Job(size, first, tuple(sorted(units)), cost.time([lengths[i] for i in units], size)))
+            jobs.append(Job(size, first, tuple(sorted(units)), timer(units, size)))
             first += size
         out.append(jobs)
     return out
+
+
+class _Table:
+    """What every candidate of one group's planning reads, computed once (issue 35 item 4: planning 8,192 samples in
+    one group of 64 spent most of its time re-timing jobs sample by sample and re-summing the same bounds): each
+    sample's rank-seconds at each degree (``CostModel.rank_seconds_of``, a numpy row per degree), the smallest
+    degree that holds each sample, and a job's seconds as the sum of its samples' rank-seconds / degree plus the
+    degree's latency and the overhead (``CostModel.time`` regrouped: a L / d + b p_d L^2 / d + c_d L = (a + d c_d) L /
+    d + b p_d L^2 / d)."""
+
+    def __init__(self, lengths: list[int], sp: int, budget: int, mode: str, cost: CostModel):
+        self.lengths, self.sp, self.cost = lengths, sp, cost
+        self.degrees = degrees_for(sp, mode)
+        n = np.asarray(lengths, dtype=np.float64)
+        self.rank = np.stack([(lin + quad * n) * n for lin, quad in map(cost.rank_coefficients, self.degrees)])
+        self.rows = {d: self.rank[k].tolist() for k, d in enumerate(self.degrees)}
+        self.fixed = {d: cost.latency_at(d) + cost.overhead for d in self.degrees}
+        holds = np.searchsorted(np.asarray(self.degrees) * budget, np.asarray(lengths, dtype=np.int64), side="left")
+        self.smallest = np.asarray(self.degrees)[np.minimum(holds, len(self.degrees) - 1)]
+        self.rounds_overhead = math.ceil(sum(min(x, sp * budget) for x in lengths) / (sp * budget)) * cost.overhead
+
+    def time(self, units, degree: int) -> float:
+        return sum(map(self.rows[degree].__getitem__, units)) / degree + self.fixed[degree]
+
+    def bound(self, degree_of: np.ndarray) -> float:
+        """Rank-seconds of every sample at its degree in ``degree_of``, over sp, plus the fewest rounds' overhead."""
+        at = np.searchsorted(np.asarray(self.degrees), degree_of)
+        return float(self.rank[at, np.arange(len(degree_of))].sum()) / self.sp + self.rounds_overhead
+
+    def lower_bound(self) -> float:
+        """Every sample at its cheapest degree of those that hold it (the smallest and up), no rank idle."""
+        cheapest = np.where(np.asarray(self.degrees)[:, None] >= self.smallest[None, :], self.rank, np.inf).min(axis=0)
+        return float(cheapest.sum()) / self.sp + self.rounds_overhead
 
 
 def lower_bound(lengths: Sequence[int], sp: int, budget: int, mode: str, cost: CostModel) -> float:
     """Every sample at its cheapest feasible degree, perfectly packed, no rank idle: the rank-seconds / sp, plus the
     per-forward overhead of the fewest rounds that can hold the tokens (ceil(tokens / (sp x budget)), a sample over
     sp x budget counted as sp x budget: it fills a round alone)."""
-    degrees = degrees_for(sp, mode)
-    every = {d: cost.rank_seconds_of(lengths, d) for d in degrees}
-    total = 0.0
-    for i, n in enumerate(lengths):
-        total += min((every[d][i] for d in degrees if n <= d * budget), default=every[sp][i])
-    return total / sp + math.ceil(sum(min(n, sp * budget) for n in lengths) / (sp * budget)) * cost.overhead
+    return _Table([int(n) for n in lengths], sp, budget, mode, cost).lower_bound()
 
 
 def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
@@ -331,48 +392,47 @@ def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
     planning 8,192 samples over 64 degrees-worth of floors and lifts took 5% of the step it planned)."""
     if sp < 1 or budget < 1:
         raise ValueError(f"plan_group: sp and budget must be >= 1, got {sp} and {budget}")
-    cost = cost or CostModel()
-    degrees = degrees_for(sp, mode)
-    lengths = [int(n) for n in lengths]
-    smallest = [next((d for d in degrees if n <= d * budget), sp) for n in lengths]
+    return _candidates(_Table([int(n) for n in lengths], sp, budget, mode, cost or CostModel()), budget, mode)
+
+
+def _candidates(table: _Table, budget: int, mode: str) -> list[tuple[str, tuple[tuple[Job, ...], ...] | None]]:
+    lengths, sp, cost, degrees = table.lengths, table.sp, table.cost, table.degrees
     # flex also lifts every sample that needs SP to the whole group, as adaptive does (issue 35: a sample just over
     # the budget at degree 2 can be slower than at degree sp, whose rounds hold no other job)
     lifts = [False, True] if len(degrees) > 2 else [False]
-    specs = []  # (name, degrees of the samples, top-up, rounded)
+    specs = []  # (name, key of the samples' degrees, top-up, rounded)
+    classes: dict = {None: None}  # key -> the samples' degrees (numpy); None: the dynamic rule's own
+    bounds: dict = {None: 0.0}  # the dynamic rule has no bound of its own: always made
+    mixed: dict = {None: False}
     for floor in sorted(degrees, reverse=True):
         for lift in lifts if floor < sp else [False]:
-            degree_of = tuple(max(floor, sp if lift and d > 1 else d) for d in smallest)
+            degree_of = np.maximum(floor, np.where(table.smallest > 1, sp, table.smallest) if lift else table.smallest)
+            key = degree_of.tobytes()
+            if key not in classes:
+                classes[key], bounds[key] = degree_of, table.bound(degree_of)
+                mixed[key] = bool((degree_of != degree_of[:1]).any())  # top-up needs two classes
             variants = [(False, False)] if floor == sp else [(False, False), (True, False), (False, True),
                                                               (True, True)]
             for top_up, rounded in variants:
                 specs.append(((f"floor {floor}" + (f" lift {sp}" if lift else "") + (" top-up" if top_up else "")
-                               + (" rounded" if rounded else "")), degree_of, top_up, rounded))
-    rank_seconds = {d: cost.rank_seconds_of(lengths, d) for d in degrees}
-    tokens = math.ceil(sum(min(n, sp * budget) for n in lengths) / (sp * budget)) * cost.overhead
-
-    bounds: dict = {None: 0.0}  # the dynamic rule has no bound of its own: always made
-
-    def bound(degree_of) -> float:
-        if degree_of not in bounds:
-            bounds[degree_of] = sum(rank_seconds[d][i] for i, d in enumerate(degree_of)) / sp + tokens
-        return bounds[degree_of]
-
+                               + (" rounded" if rounded else "")), key, top_up, rounded))
     if mode == "flex" and sp > 1 and sp & (sp - 1) == 0:  # powers of two: Megatron's Dynamic CP rule as well
         specs.append(("dynamic", None, False, False))
     made: dict = {}  # (degrees, variant) -> rounds: a candidate that repeats another's (no sample needs the lift,
     best = math.inf  # or the floor lifts them all) reuses its plan
-    for k in sorted(range(len(specs)), key=lambda k: (k > 0, bound(specs[k][1]), k)):
-        _, degree_of, top_up, rounded = specs[k]
-        key = (degree_of, top_up, rounded)
-        if key in made or bounds[degree_of] > best * (1 + 1e-9):
+    for k in sorted(range(len(specs)), key=lambda k: (k > 0, bounds[specs[k][1]], k)):
+        _, key, top_up, rounded = specs[k]
+        top_up = top_up and mixed[key]  # else the same plan as without
+        if (key, top_up, rounded) in made or bounds[key] > best * (1 + 1e-9):
             continue
-        rounds = _dynamic_candidate(lengths, sp, budget, cost) if degree_of is None else \
-            _schedule(_jobs(lengths, list(degree_of), sp, budget, cost, top_up=top_up, rounded=rounded), sp)
+        rounds = _dynamic_candidate(lengths, sp, budget, cost, table.time) if key is None else \
+            _schedule(_jobs(lengths, classes[key].tolist(), sp, budget, cost, top_up=top_up, rounded=rounded,
+                            timer=table.time), sp)
         rounds.sort(key=lambda r: -max(j.seconds for j in r))
         check_rounds(rounds, lengths, sp, budget)
-        made[key] = tuple(tuple(r) for r in rounds)
+        made[key, top_up, rounded] = tuple(tuple(r) for r in rounds)
         best = min(best, sum(round_times(rounds)))
-    return [(name, made.get((degree_of, top_up, rounded))) for name, degree_of, top_up, rounded in specs]
+    return [(name, made.get((key, top_up and mixed[key], rounded))) for name, key, top_up, rounded in specs]
 
 
 def check_rounds(rounds: Sequence[Sequence[Job]], lengths: Sequence[int], sp: int, budget: int) -> None:
@@ -381,7 +441,7 @@ def check_rounds(rounds: Sequence[Sequence[Job]], lengths: Sequence[int], sp: in
     jobs = [j for r in rounds for j in r]
     check_partition([j.units for j in jobs], len(lengths), "SP plan")
     for j in jobs:
-        if len(j.units) > 1 and sum(lengths[u] for u in j.units) > j.degree * budget:
+        if len(j.units) > 1 and sum(map(lengths.__getitem__, j.units)) > j.degree * budget:
             raise PlanError(f"SP plan: a job of degree {j.degree} holds {sum(lengths[u] for u in j.units)} tokens "
                             f"> {j.degree} x {budget}")
     for k, r in enumerate(rounds):
@@ -436,10 +496,12 @@ class GroupOptions:
 def group_options(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
                   cost: CostModel | None = None) -> GroupOptions:
     """One group's candidates (each checked: check_rounds), their round times and the lower bound."""
-    cost = cost or CostModel()
-    cands = candidates(lengths, sp, budget, mode, cost)
+    if sp < 1 or budget < 1:
+        raise ValueError(f"plan_group: sp and budget must be >= 1, got {sp} and {budget}")
+    table = _Table([int(n) for n in lengths], sp, budget, mode, cost or CostModel())
+    cands = _candidates(table, budget, mode)
     return GroupOptions(cands, [round_times(r) if r is not None else [math.inf] for _, r in cands],
-                        lower_bound(lengths, sp, budget, mode, cost))
+                        table.lower_bound())
 
 
 def plan_groups(shares: Sequence[Sequence[int]], sp: int, budget: int, mode: str = "fixed",
