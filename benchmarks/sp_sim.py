@@ -28,24 +28,32 @@ adaptive SP 8 ({1, 8}), flex SP 8 ({1, 2, 4, 8} inside a node), flex over all GP
 across nodes; since issue 35 flex also weighs the Dynamic CP rule's plan), Megatron-Core's Dynamic CP rule over all
 GPUs (rlkit.parallel.plan.dynamic_cp_rounds: verl's Megatron backend
 since its PRs #5057 / #6555; timed by the same cost model, exchanges included), with the lower bound (every sample at its cheapest degree, perfect packing, no idle rank).
+
+Planning seconds: one core's CPU time of an SP group's planning as the trainer shares it over the group's ranks
+(``step_time``: the slowest member of each of the two waves, plus pickling the winner's rounds for the broadcast).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import math
+import pickle
 import platform
 import random
 import time
 
+from rlkit.kernels import packing
 from rlkit.kernels.packing import balance_across_ranks
 from rlkit.parallel.plan import (
     CostModel,
     dynamic_cp_rounds,
     exchange_heads,
+    group_planner,
     lockstep_time,
     lower_bound,
-    plan_groups,
+    options_of,
+    pick_plans,
     round_times,
 )
 
@@ -91,23 +99,46 @@ def dynamic_cp_time(lengths: list[int], gpus: int, cost: CostModel, minibatches:
     total = planning = 0.0
     for m in range(minibatches):
         mine = lengths[m::minibatches]
-        t = time.perf_counter()
+        t = time.process_time()
         rounds = dynamic_cp_rounds(mine, gpus, BUDGET)
-        planning = max(planning, time.perf_counter() - t)
+        planning = max(planning, time.process_time() - t)
         total += sum(max(cost.time([mine[i] for i in units], size) for size, units in r) for r in rounds)
     return total, 0.0, planning
 
 
 def step_time(lengths: list[int], gpus: int, sp: int, mode: str, cost: CostModel, minibatches: int):
-    """(seconds, the mode's lower bound, planning seconds per SP group) of one step: per minibatch, the samples balanced over the
-    gpus/sp SP groups by cost, each group planned, rounds in lock-step over all groups."""
+    """(seconds, the mode's lower bound, planning seconds) of one step: per minibatch, the samples balanced over the
+    gpus/sp SP groups by cost, each group's planning shared by its sp ranks as the trainer does
+    (rlkit.parallel.micro: every member runs plan.GroupPlanner's first wave, the group's best is exchanged, then
+    its second wave; the winner's rounds are broadcast from its maker), rounds in lock-step over all groups.
+    Planning seconds (one core's CPU time, so a busy machine does not inflate it): the slowest member of the
+    slowest group in each wave, plus pickling and unpickling the winner's rounds (the broadcast's work on the CPU;
+    the collectives' transfers not counted)."""
     total = bound = planning = 0.0
     for m in range(minibatches):
         mine = lengths[m::minibatches]
         shares = [[mine[i] for i in s] for s in balance_across_ranks([cost.work([n]) for n in mine], gpus // sp)]
-        t = time.perf_counter()
-        plans = plan_groups(shares, sp, BUDGET, mode, cost)
-        planning = max(planning, (time.perf_counter() - t) / len(shares))  # each group plans its own share
+        options, waves = [], [0.0, 0.0]
+        for share in shares:
+            planners, firsts = [], []
+            for member in range(sp):
+                packing._plan.cache_clear()  # each member is a process of its own: nothing cached from another,
+                packing._packed.cache_clear()
+                gc.freeze()  # and no other member's objects for the collector to walk
+                t = time.process_time()
+                planners.append(group_planner(share, sp, BUDGET, mode, cost))
+                firsts.append(planners[-1].first(member, sp))
+                waves[0] = max(waves[0], time.process_time() - t)
+            for member, planner in enumerate(planners):
+                t = time.process_time()
+                planner.second(min(firsts), member, sp)
+                waves[1] = max(waves[1], time.process_time() - t)
+            options.append([options_of(p) for p in planners])
+        gc.unfreeze()
+        plans = pick_plans(options)
+        t = time.process_time()
+        pickle.loads(pickle.dumps(max(plans, key=lambda p: len(p.rounds)).rounds))
+        planning = max(planning, sum(waves) + time.process_time() - t)
         total += lockstep_time([round_times(p.rounds) for p in plans])
         bound += max(lower_bound(share, sp, BUDGET, mode, cost) for share in shares)
     return total, bound, planning
@@ -122,6 +153,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="cap16k,cap32k,dler", help="length distributions: cap16k, cap32k, dler, "
                     "tail32k (sigma 1.2)")
     args = ap.parse_args()
+    step_time(lengths_of("dler", 0)[:512], 16, 8, "flex", cost_model(16), 1)  # warm up: first calls, imports
     print(f"# sp_sim: {platform.node()} {time.strftime('%Y-%m-%d')}, {SAMPLES} samples a step in {args.minibatches} "
           f"minibatch(es), budget {BUDGET} tokens/rank")
     print("| shape | lengths | GPUs | plan | step s | vs fixed SP 8 | vs fixed SP G | vs the bound | planning s "

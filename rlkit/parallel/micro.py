@@ -89,20 +89,45 @@ class Micro:
 
 
 def _sp_plan(lengths: list[int], units: list[list[int]], mbs: MicroBatching, lay: Layout, acc) -> list[Micro]:
-    """This rank's rounds of its SP group's plan: the groups' options (plan.group_options, each group on its own
-    share) chosen together (plan.choose), as plan.plan_groups does with every share in one place (lock-step)."""
-    mine = P.group_options(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, mbs.cost or P.CostModel(1.0, mbs.cost_b))
-    every = dist.gather_objects(acc, (mine.times, mine.bound)) if acc.num_processes > 1 else [(mine.times, mine.bound)]
-    options = [every[g * lay.sp][0] for g in range(lay.dp)]  # every rank of a group planned the same share
-    pick = P.choose(options)
-    chosen = [options[g][pick[g]] for g in range(lay.dp)]
+    """This rank's rounds of its SP group's plan, as plan.plan_groups makes them with ``members=sp``: the ranks of
+    each group share its planning (plan.group_options with member = the sub-rank; the group's best of the first
+    wave by an all-reduce over the SP group), every rank's times are gathered,
+    each group's merged (plan.merge_times) and the groups' candidates chosen together (plan.choose, lock-step); the
+    winner's rounds go from the rank that made them to the rest of its group (one object broadcast)."""
+    cost = mbs.cost or P.CostModel(1.0, mbs.cost_b)
+    mine = P.group_options(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, cost, member=lay.sp_rank,
+                           members=lay.sp, exchange=lambda best: _group_min(best, lay, acc))
+    every = dist.gather_objects(acc, (mine.times, mine.bound))
+    merged = [P.merge_times([every[g * lay.sp + m][0] for m in range(lay.sp)]) for g in range(lay.dp)]
+    pick = P.choose([times for times, _ in merged])
+    chosen = [merged[g][0][pick[g]] for g in range(lay.dp)]
     # the groups run in lock-step: their time is the rounds' maxima, bounded below by the slowest group's bound
     mbs.log.append((P.lockstep_time(chosen), max(every[g * lay.sp][1] for g in range(lay.dp))))
+    k, maker = pick[lay.dp_rank], merged[lay.dp_rank][1][pick[lay.dp_rank]]
+    rounds = _from_member(mine.candidates[k][1] if lay.sp_rank == maker else None, lay, maker)
     micros = []
-    for job_round in mine.plan(pick[lay.dp_rank]).rounds:
+    for job_round in rounds:
         job = next((j for j in job_round if j.first <= lay.sp_rank < j.first + j.degree), None)
         micros.append(Micro([i for u in job.units for i in units[u]], job.degree) if job else Micro([]))
     return micros + [Micro([]) for _ in range(max(map(len, chosen)) - len(micros))]
+
+
+def _group_min(value: float, lay: Layout, acc) -> float:
+    """The least ``value`` over the SP group's ranks."""
+    import torch.distributed as tdist
+
+    box = torch.tensor([value], dtype=torch.float64, device=acc.device)
+    tdist.all_reduce(box, op=tdist.ReduceOp.MIN, group=lay.sp_group)
+    return float(box.item())
+
+
+def _from_member(rounds, lay: Layout, maker: int):
+    """``rounds`` of sub-rank ``maker`` on every rank of the SP group."""
+    import torch.distributed as tdist
+
+    box = [rounds]
+    tdist.broadcast_object_list(box, src=lay.dp_rank * lay.sp + maker, group=lay.sp_group)
+    return box[0]
 
 
 def plan_rank(units: list[list[int]], samples: list[Sample], mbs: MicroBatching, acc) -> list[Micro]:

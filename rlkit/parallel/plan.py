@@ -35,6 +35,7 @@ Deterministic: the same lengths and cost model give the same plan on every rank.
 from __future__ import annotations
 
 import bisect
+import gc
 import heapq
 import math
 from collections.abc import Sequence
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rlkit.kernels.packing import PlanError, check_partition, plan_micro_batches, sequence_cost
+from rlkit.kernels.packing import PlanError, check_partition, plan_micro_batches, planned_count, sequence_cost
 
 MODES = ("fixed", "adaptive", "flex")
 
@@ -228,11 +229,10 @@ def _jobs(lengths: Sequence[int], degree_of: list[int], sp: int, budget: int, co
         if not items:
             continue
         sizes = [lengths[i] for i in items]
-        parts = plan_micro_batches(sizes, degree * budget, a=cost.a, b=cost.b)
-        per_round = sp // degree
-        if rounded and per_round > 1 and len(parts) % per_round and len(items) > len(parts):
-            want = min(len(items), -(-len(parts) // per_round) * per_round)
-            parts = plan_micro_batches(sizes, degree * budget, min_count=want, a=cost.a, b=cost.b)
+        count, per_round, want = planned_count(sizes, degree * budget), sp // degree, 1
+        if rounded and per_round > 1 and count % per_round and len(items) > count:  # round the count up
+            want = min(len(items), -(-count // per_round) * per_round)
+        parts = plan_micro_batches(sizes, degree * budget, min_count=want, a=cost.a, b=cost.b)
         bins += [(degree, [items[j] for j in p]) for p in parts if p]
     return [(d, tuple(sorted(b)), timer(b, d)) for d, b in bins]
 
@@ -396,43 +396,102 @@ def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
 
 
 def _candidates(table: _Table, budget: int, mode: str) -> list[tuple[str, tuple[tuple[Job, ...], ...] | None]]:
-    lengths, sp, cost, degrees = table.lengths, table.sp, table.cost, table.degrees
-    # flex also lifts every sample that needs SP to the whole group, as adaptive does (issue 35: a sample just over
-    # the budget at degree 2 can be slower than at degree sp, whose rounds hold no other job)
-    lifts = [False, True] if len(degrees) > 2 else [False]
-    specs = []  # (name, key of the samples' degrees, top-up, rounded)
-    classes: dict = {None: None}  # key -> the samples' degrees (numpy); None: the dynamic rule's own
-    bounds: dict = {None: 0.0}  # the dynamic rule has no bound of its own: always made
-    mixed: dict = {None: False}
-    for floor in sorted(degrees, reverse=True):
-        for lift in lifts if floor < sp else [False]:
-            degree_of = np.maximum(floor, np.where(table.smallest > 1, sp, table.smallest) if lift else table.smallest)
-            key = degree_of.tobytes()
-            if key not in classes:
-                classes[key], bounds[key] = degree_of, table.bound(degree_of)
-                mixed[key] = bool((degree_of != degree_of[:1]).any())  # top-up needs two classes
-            variants = [(False, False)] if floor == sp else [(False, False), (True, False), (False, True),
-                                                              (True, True)]
-            for top_up, rounded in variants:
-                specs.append(((f"floor {floor}" + (f" lift {sp}" if lift else "") + (" top-up" if top_up else "")
-                               + (" rounded" if rounded else "")), key, top_up, rounded))
-    if mode == "flex" and sp > 1 and sp & (sp - 1) == 0:  # powers of two: Megatron's Dynamic CP rule as well
-        specs.append(("dynamic", None, False, False))
-    made: dict = {}  # (degrees, variant) -> rounds: a candidate that repeats another's (no sample needs the lift,
-    best = math.inf  # or the floor lifts them all) reuses its plan
-    for k in sorted(range(len(specs)), key=lambda k: (k > 0, bounds[specs[k][1]], k)):
-        _, key, top_up, rounded = specs[k]
-        top_up = top_up and mixed[key]  # else the same plan as without
-        if (key, top_up, rounded) in made or bounds[key] > best * (1 + 1e-9):
-            continue
-        rounds = _dynamic_candidate(lengths, sp, budget, cost, table.time) if key is None else \
-            _schedule(_jobs(lengths, classes[key].tolist(), sp, budget, cost, top_up=top_up, rounded=rounded,
-                            timer=table.time), sp)
-        rounds.sort(key=lambda r: -max(j.seconds for j in r))
-        check_rounds(rounds, lengths, sp, budget)
-        made[key, top_up, rounded] = tuple(tuple(r) for r in rounds)
-        best = min(best, sum(round_times(rounds)))
-    return [(name, made.get((key, top_up and mixed[key], rounded))) for name, key, top_up, rounded in specs]
+    planner = GroupPlanner(table, budget, mode)
+    planner.second(planner.first())
+    return planner.candidates()
+
+
+class GroupPlanner:
+    """One SP group's planning of its share, in two waves its ranks can share (issue 35 item 4: one group of 64
+    ranks planning 8,192 samples alone took 2-3% of a 1.5B model's step, each rank repeating the same work).
+
+    The candidates (``candidates``) are made in the order of their lower bounds, the fixed plan first, each skipped
+    when its bound is above the best plan made (pruning); a candidate that repeats another's plan reuses it. With
+    ``members`` > 1 the group's ranks split them: ``first`` makes the fixed plan (every member) and, of the
+    ``WIDTH`` lowest-bound others, the j-th on member j % members; the group's best of that wave (an all-reduce in
+    the trainer) prunes the rest, which ``second`` deals out the same way. One member alone (``members`` = 1)
+    makes exactly what the sequential planner makes. Members make only their own share; ``merge_times`` joins
+    their times and the winner's rounds go from its maker to the others (rlkit.parallel.micro)."""
+
+    WIDTH = 3
+
+    def __init__(self, table: _Table, budget: int, mode: str):
+        self.table, self.budget = table, budget
+        sp, degrees = table.sp, table.degrees
+        # flex also lifts every sample that needs SP to the whole group, as adaptive does (issue 35: a sample just
+        # over the budget at degree 2 can be slower than at degree sp, whose rounds hold no other job)
+        lifts = [False, True] if len(degrees) > 2 else [False]
+        self.specs = []  # (name, key of the samples' degrees, top-up, rounded)
+        self.classes: dict = {None: None}  # key -> the samples' degrees (numpy); None: the dynamic rule's own
+        self.bounds: dict = {None: 0.0}  # the dynamic rule has no bound of its own: always made
+        self.mixed: dict = {None: False}  # top-up needs two classes
+        for floor in sorted(degrees, reverse=True):
+            for lift in lifts if floor < sp else [False]:
+                degree_of = np.maximum(floor, np.where(table.smallest > 1, sp, table.smallest) if lift
+                                       else table.smallest)
+                key = degree_of.tobytes()
+                if key not in self.classes:
+                    self.classes[key], self.bounds[key] = degree_of, table.bound(degree_of)
+                    self.mixed[key] = bool((degree_of != degree_of[:1]).any())
+                variants = [(False, False)] if floor == sp else [(False, False), (True, False), (False, True),
+                                                                  (True, True)]
+                for top_up, rounded in variants:
+                    self.specs.append(((f"floor {floor}" + (f" lift {sp}" if lift else "")
+                                        + (" top-up" if top_up else "") + (" rounded" if rounded else "")),
+                                       key, top_up, rounded))
+        if mode == "flex" and sp > 1 and sp & (sp - 1) == 0:  # powers of two: Megatron's Dynamic CP rule as well
+            self.specs.append(("dynamic", None, False, False))
+        order = sorted(range(len(self.specs)), key=lambda k: (k > 0, self.bounds[self.specs[k][1]], k))
+        self.plans = list(dict.fromkeys(self._plan_of(k) for k in order))  # distinct plans, fixed first
+        self.made: dict = {}  # plan -> rounds
+        self.best = math.inf
+
+    def _plan_of(self, k: int) -> tuple:
+        _, key, top_up, rounded = self.specs[k]
+        return key, top_up and self.mixed[key], rounded  # a top-up of one class is the plan without it
+
+    def _make(self, plans: Sequence[tuple], member: int, members: int) -> None:
+        collecting = gc.isenabled()
+        gc.disable()  # the plans are acyclic tuples, freed by reference counts; the collector's passes over the
+        try:  # process's objects took up to a third of the planning time (issue 35 item 4)
+            self._make_each(plans, member, members)
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _make_each(self, plans: Sequence[tuple], member: int, members: int) -> None:
+        for n, plan in enumerate(plans):
+            key, top_up, rounded = plan
+            if n % members != member or plan in self.made or self.bounds[key] > self.best * (1 + 1e-9):
+                continue
+            t = self.table
+            rounds = _dynamic_candidate(t.lengths, t.sp, self.budget, t.cost, t.time) if key is None else \
+                _schedule(_jobs(t.lengths, self.classes[key].tolist(), t.sp, self.budget, t.cost, top_up=top_up,
+                                rounded=rounded, timer=t.time), t.sp)
+            rounds.sort(key=lambda r: -max(j.seconds for j in r))
+            check_rounds(rounds, t.lengths, t.sp, self.budget)
+            self.made[plan] = tuple(tuple(r) for r in rounds)
+            self.best = min(self.best, sum(round_times(rounds)))
+
+    def first(self, member: int = 0, members: int = 1) -> float:
+        """The first wave: the fixed plan and this member's share of the ``WIDTH`` lowest-bound others; the
+        predicted seconds of the best plan made."""
+        if not 0 <= member < members:
+            raise ValueError(f"GroupPlanner: member must be in [0, {members}), got {member}")
+        self._make(self.plans[:1], 0, 1)
+        self._make(self.plans[1:1 + self.WIDTH], member, members)
+        return self.best
+
+    def second(self, best: float, member: int = 0, members: int = 1) -> None:
+        """The rest: the plans whose bound is within ``best`` (the group's best of the first wave), this member's
+        share of them, each pruned against the best so far."""
+        self.best = min(self.best, best)
+        left = [p for p in self.plans[1 + self.WIDTH:] if self.bounds[p[0]] <= self.best * (1 + 1e-9)]
+        self._make(left, member, members)
+
+    def candidates(self) -> list[tuple[str, tuple[tuple[Job, ...], ...] | None]]:
+        """(name, rounds or None: not made here) of every candidate, in the order of ``candidates``."""
+        return [(spec[0], self.made.get(self._plan_of(k))) for k, spec in enumerate(self.specs)]
 
 
 def check_rounds(rounds: Sequence[Sequence[Job]], lengths: Sequence[int], sp: int, budget: int) -> None:
@@ -481,8 +540,9 @@ def choose(options: Sequence[Sequence[Sequence[float]]]) -> list[int]:
 
 @dataclass(frozen=True)
 class GroupOptions:
-    """What one SP group plans on its own share: every candidate, their round times (what the groups exchange to
-    choose together) and the lower bound. ``plan(k)`` is candidate k as a GroupPlan."""
+    """What one SP group (or one member of it: ``group_options(member=, members=)``) plans on its own share: every
+    candidate, their round times (what the groups exchange to choose together; [inf]: not made here) and the lower
+    bound. ``plan(k)`` is candidate k as a GroupPlan."""
 
     candidates: list
     times: list[list[float]]
@@ -493,24 +553,68 @@ class GroupOptions:
         return GroupPlan(rounds, sum(self.times[k]), self.bound, name)
 
 
-def group_options(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
-                  cost: CostModel | None = None) -> GroupOptions:
-    """One group's candidates (each checked: check_rounds), their round times and the lower bound."""
+def group_options(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed", cost: CostModel | None = None,
+                  *, member: int = 0, members: int = 1, exchange=None) -> GroupOptions:
+    """One group's candidates (each checked: check_rounds), their round times and the lower bound; with ``members``
+    > 1, member ``member``'s share of them (GroupPlanner), ``exchange(best)`` giving the group's best of the
+    first wave (the minimum over its members; None: this member's own)."""
     if sp < 1 or budget < 1:
         raise ValueError(f"plan_group: sp and budget must be >= 1, got {sp} and {budget}")
     table = _Table([int(n) for n in lengths], sp, budget, mode, cost or CostModel())
-    cands = _candidates(table, budget, mode)
+    planner = GroupPlanner(table, budget, mode)
+    best = planner.first(member, members)
+    planner.second(exchange(best) if exchange is not None else best, member, members)
+    return options_of(planner)
+
+
+def options_of(planner: GroupPlanner) -> GroupOptions:
+    """A planner's GroupOptions after its waves."""
+    cands = planner.candidates()
     return GroupOptions(cands, [round_times(r) if r is not None else [math.inf] for _, r in cands],
-                        table.lower_bound())
+                        planner.table.lower_bound())
+
+
+def group_planner(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
+                  cost: CostModel | None = None) -> GroupPlanner:
+    """A GroupPlanner of one group's share (``first`` and ``second`` to run it, ``options_of`` to read it)."""
+    if sp < 1 or budget < 1:
+        raise ValueError(f"plan_group: sp and budget must be >= 1, got {sp} and {budget}")
+    return GroupPlanner(_Table([int(n) for n in lengths], sp, budget, mode, cost or CostModel()), budget, mode)
+
+
+def merge_times(parts: Sequence[Sequence[Sequence[float]]]) -> tuple[list[list[float]], list[int]]:
+    """A group's round times from its members' (``group_options(member=m, members=len(parts))``, in member order):
+    each candidate's from the first member that made it ([inf] where none did: pruned), and that member (0 where
+    none did)."""
+    times, makers = [], []
+    for k in range(len(parts[0])):
+        m = next((m for m, p in enumerate(parts) if list(p[k]) != [math.inf]), 0)
+        times.append(list(parts[m][k]))
+        makers.append(m)
+    return times, makers
+
+
+def pick_plans(options: Sequence[Sequence[GroupOptions]]) -> list[GroupPlan]:
+    """The plans of SP groups that run in lock-step, chosen together (``choose``); ``options[g]`` holds group g's
+    members' options (one when a single rank planned for the group)."""
+    merged = [merge_times([o.times for o in members]) for members in options]
+    pick = choose([times for times, _ in merged])
+    return [members[makers[k]].plan(k) for members, (_, makers), k in zip(options, merged, pick)]
 
 
 def plan_groups(shares: Sequence[Sequence[int]], sp: int, budget: int, mode: str = "fixed",
-                cost: CostModel | None = None) -> list[GroupPlan]:
+                cost: CostModel | None = None, *, members: int = 1) -> list[GroupPlan]:
     """Plans for SP groups that run in lock-step, one per share of lengths, chosen together (``choose``): what the
-    trainer runs (rlkit.parallel.micro plans each group's options on its own ranks and exchanges the times)."""
-    options = [group_options(share, sp, budget, mode, cost) for share in shares]
-    pick = choose([o.times for o in options])
-    return [o.plan(k) for o, k in zip(options, pick)]
+    trainer runs (rlkit.parallel.micro: each group's ``sp`` ranks share its planning, ``members`` here, the
+    group's best of the first wave exchanged, and the groups exchange the times)."""
+    options = []
+    for share in shares:
+        planners = [group_planner(share, sp, budget, mode, cost) for _ in range(members)]
+        best = min(p.first(m, members) for m, p in enumerate(planners))
+        for m, p in enumerate(planners):
+            p.second(best, m, members)
+        options.append([options_of(p) for p in planners])
+    return pick_plans(options)
 
 
 def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
@@ -520,5 +624,7 @@ def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
     return plan_groups([lengths], sp, budget, mode, cost)[0]
 
 
-__all__ = ["MODES", "CostModel", "attention_ratio", "GroupOptions", "GroupPlan", "Job", "candidates", "check_rounds", "choose",
-           "degrees_for", "dynamic_cp_rounds", "exchange_heads", "group_options", "head_padding", "lockstep_time", "lower_bound", "plan_group", "plan_groups", "round_times"]
+__all__ = ["MODES", "CostModel", "GroupOptions", "GroupPlan", "GroupPlanner", "Job", "attention_ratio", "candidates",
+           "check_rounds", "choose", "degrees_for", "dynamic_cp_rounds", "exchange_heads", "group_options",
+           "group_planner", "head_padding", "lockstep_time", "lower_bound", "merge_times", "options_of",
+           "pick_plans", "plan_group", "plan_groups", "round_times"]

@@ -28,7 +28,7 @@ from rlkit.algorithms.losses import (
 )
 from rlkit.config import AlgorithmConfig
 from rlkit.models import load_policy
-from rlkit.parallel import dist
+from rlkit.parallel import dist, micro
 from rlkit.parallel.layout import make_layout
 from rlkit.parallel.micro import MicroBatching, plan_rank
 from rlkit.parallel.plan import CostModel
@@ -78,6 +78,14 @@ def batch_for(acc) -> StepBatch:
 
 def main(model_dir: str, out: str, sp: int, mode: str, budget: int) -> None:
     acc = Accelerator(cpu=True)
+    received = []  # per plan: True when another rank of the SP group made the winner (shared planning, issue 35)
+    share = micro._from_member
+
+    def from_member(rounds, lay, maker):
+        received.append(rounds is None)
+        return share(rounds, lay, maker)
+
+    micro._from_member = from_member
     layout = make_layout(acc, sp, mode)
     cost = CostModel(1.0, 0.01, comm=((2, 0.5, 0.0), (4, 1.0, 0.0)))
     batching = MicroBatching(micro_batch_tokens=budget, cost_b=0.01, layout=layout, cost=cost)
@@ -104,7 +112,9 @@ def main(model_dir: str, out: str, sp: int, mode: str, budget: int) -> None:
             seed=0)
         state = {k: v.detach().clone() for k, v in acc.unwrap_model(prepared).state_dict().items()}
         results[name] = {"params": state, "old": batch.old_logprobs, "entropy": stats.entropy / stats.tokens,
-                         "masked": stats.masked.get("dmmpt", 0.0), "tokens": stats.tokens, "degrees": degrees}
+                         "masked": stats.masked.get("dmmpt", 0.0), "tokens": stats.tokens, "degrees": degrees,
+                         "received": sum(sum(r) for r in dist.gather_objects(acc, received))}
+        received.clear()
     if acc.is_main_process:
         torch.save(results, out)
     acc.wait_for_everyone()

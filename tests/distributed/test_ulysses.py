@@ -70,6 +70,8 @@ def test_sequence_parallel_update_equals_one_process_for_every_loss_family(tiny_
     flex = {f: r["degrees"] for f, r in outs[(4, "flex")].items()}
     # drpo's units are whole groups: its short groups top up the sharded rows, so its plans mix 2 and 4
     assert all(d == ([2, 4] if f == "drpo" else [1, 2, 4]) for f, d in flex.items()), flex
+    # the SP group shared its planning: ranks ran plans another rank of the group made (and broadcast)
+    assert sum(r["received"] for r in outs[(4, "flex")].values()) > 0
 
 
 def test_cli_train_with_sequence_parallelism_equals_the_data_parallel_run(tiny_model_dir, tmp_path):

@@ -323,3 +323,38 @@ def test_flex_is_never_predicted_slower_than_the_dynamic_cp_rule():
     lengths = [2000] + [40] * 60  # the rule fills the long sample's CP-8 group with short ones, exchanges and all
     assert plan_group(lengths, 8, 300, "flex", dear).predicted < 0.9 * sum(
         round_times(_dynamic_candidate(lengths, 8, 300, dear)))
+
+
+# issue 35 item 4: the ranks of an SP group share its planning
+
+def test_shared_planning_splits_the_candidates_and_picks_the_plan_one_planner_picks():
+    """Every member makes the fixed plan and its own share of the rest (each other plan by one member only); the
+    merged times pick a plan as fast as a single planner's (it prunes against everything it made, so what it made
+    is a subset of what the members made), with the rounds of the member that made it; shares of the work really
+    are smaller than the whole."""
+    from rlkit.parallel.plan import group_options, merge_times
+
+    rng = random.Random(3)
+    for sp, mode in ((4, "flex"), (8, "flex"), (8, "adaptive"), (16, "flex")):
+        for _ in range(6):
+            lengths = [min(5000, int(rng.lognormvariate(5.5, 1.2))) + 8 for _ in range(rng.randint(0, 300))]
+            one = group_options(lengths, sp, 300, mode, COSTLY)
+            parts = [group_options(lengths, sp, 300, mode, COSTLY, member=m, members=sp) for m in range(sp)]
+            made = [{k for k, (_, r) in enumerate(p.candidates) if r is not None} for p in parts]
+            assert all(0 in m for m in made)  # the fixed plan, by everyone
+            for k in range(1, len(one.candidates)):
+                keys = {tuple(tuple(j.units for j in r) for r in p.candidates[k][1])
+                        for p in parts if p.candidates[k][1] is not None}
+                assert len(keys) <= 1  # a candidate's plan, if made, is one member's
+                if one.candidates[k][1] is not None:
+                    assert keys  # what one planner made, some member made
+            times, makers = merge_times([p.times for p in parts])
+            (single,) = plan_groups([lengths], sp, 300, mode, COSTLY)
+            (shared,) = plan_groups([lengths], sp, 300, mode, COSTLY, members=sp)
+            assert shared.predicted == pytest.approx(single.predicted) and shared.bound == pytest.approx(single.bound)
+            k = [n for n, _ in one.candidates].index(shared.candidate)
+            assert shared.rounds == parts[makers[k]].candidates[k][1] and sum(times[k]) == shared.predicted
+            if sum(r is not None for _, r in one.candidates) > 3:
+                assert max(len(m) for m in made) < sum(r is not None for _, r in one.candidates)
+    with pytest.raises(ValueError, match="member"):
+        group_options([10], 4, 100, "flex", member=4, members=4)
