@@ -1,6 +1,7 @@
 """Step-time simulation of sequence-parallel plans at the recipes' sizes (issue 24 items 2-4), with rlkit's planner.
 
-    .venv/bin/python benchmarks/sp_sim.py [--gpus 16,64] [--minibatches 1] [--seed 0]
+    .venv/bin/python benchmarks/sp_sim.py [--gpus 16,64] [--minibatches 1] [--seed 0] [--shapes ...] [--kinds ...]
+        [--alone]
 
 Nothing runs on a GPU: every plan is rlkit.parallel.plan's, every time its cost model with these constants:
 
@@ -106,14 +107,17 @@ def dynamic_cp_time(lengths: list[int], gpus: int, cost: CostModel, minibatches:
     return total, 0.0, planning
 
 
-def step_time(lengths: list[int], gpus: int, sp: int, mode: str, cost: CostModel, minibatches: int):
+def step_time(lengths: list[int], gpus: int, sp: int, mode: str, cost: CostModel, minibatches: int,
+              members: int | None = None):
     """(seconds, the mode's lower bound, planning seconds) of one step: per minibatch, the samples balanced over the
     gpus/sp SP groups by cost, each group's planning shared by its sp ranks as the trainer does
     (rlkit.parallel.micro: every member runs plan.GroupPlanner's first wave, the group's best is exchanged, then
     its second wave; the winner's rounds are broadcast from its maker), rounds in lock-step over all groups.
     Planning seconds (one core's CPU time, so a busy machine does not inflate it): the slowest member of the
     slowest group in each wave, plus pickling and unpickling the winner's rounds (the broadcast's work on the CPU;
-    the collectives' transfers not counted)."""
+    the collectives' transfers not counted). ``members=1``: one rank plans the group alone (every rank repeating
+    it), as before issue 35's shared planning."""
+    members = members or sp
     total = bound = planning = 0.0
     for m in range(minibatches):
         mine = lengths[m::minibatches]
@@ -121,17 +125,17 @@ def step_time(lengths: list[int], gpus: int, sp: int, mode: str, cost: CostModel
         options, waves = [], [0.0, 0.0]
         for share in shares:
             planners, firsts = [], []
-            for member in range(sp):
+            for member in range(members):
                 packing._plan.cache_clear()  # each member is a process of its own: nothing cached from another,
                 packing._packed.cache_clear()
                 gc.freeze()  # and no other member's objects for the collector to walk
                 t = time.process_time()
                 planners.append(group_planner(share, sp, BUDGET, mode, cost))
-                firsts.append(planners[-1].first(member, sp))
+                firsts.append(planners[-1].first(member, members))
                 waves[0] = max(waves[0], time.process_time() - t)
             for member, planner in enumerate(planners):
                 t = time.process_time()
-                planner.second(min(firsts), member, sp)
+                planner.second(min(firsts), member, members)
                 waves[1] = max(waves[1], time.process_time() - t)
             options.append([options_of(p) for p in planners])
         gc.unfreeze()
@@ -152,6 +156,8 @@ def main() -> None:
     ap.add_argument("--shapes", default="qwen2-7b", help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--kinds", default="cap16k,cap32k,dler", help="length distributions: cap16k, cap32k, dler, "
                     "tail32k (sigma 1.2)")
+    ap.add_argument("--alone", action="store_true", help="also flex over all GPUs planned by one rank alone (no "
+                    "shared planning), for its planning time")
     args = ap.parse_args()
     step_time(lengths_of("dler", 0)[:512], 16, 8, "flex", cost_model(16), 1)  # warm up: first calls, imports
     print(f"# sp_sim: {platform.node()} {time.strftime('%Y-%m-%d')}, {SAMPLES} samples a step in {args.minibatches} "
@@ -171,6 +177,9 @@ def main() -> None:
                                    ("flex SP 8", 8, "flex"), (f"fixed SP {gpus}", gpus, "fixed"),
                                    (f"flex SP {gpus}", gpus, "flex")):
                 rows[name] = step_time(lengths, gpus, sp, mode, cost, args.minibatches)
+            if args.alone:  # the same plan, planned by one rank of the group alone
+                rows[f"flex SP {gpus}, one rank plans alone"] = step_time(lengths, gpus, gpus, "flex", cost,
+                                                                          args.minibatches, members=1)
             rows[f"dynamic CP (Megatron's rule), all {gpus}"] = dynamic_cp_time(lengths, gpus, cost, args.minibatches)
             base, wide = rows["fixed SP 8"][0], rows[f"fixed SP {gpus}"][0]
             for name, (t, _, planning) in rows.items():
