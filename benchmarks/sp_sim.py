@@ -175,7 +175,7 @@ def main() -> None:
             rows = {}
             for name, sp, mode in (("no SP", 1, "fixed"), ("fixed SP 8", 8, "fixed"), ("adaptive SP 8", 8, "adaptive"),
                                    ("flex SP 8", 8, "flex"), (f"fixed SP {gpus}", gpus, "fixed"),
-                                   (f"flex SP {gpus}", gpus, "flex")):
+                                   (f"adaptive SP {gpus}", gpus, "adaptive"), (f"flex SP {gpus}", gpus, "flex")):
                 rows[name] = step_time(lengths, gpus, sp, mode, cost, args.minibatches)
             if args.alone:  # the same plan, planned by one rank of the group alone
                 rows[f"flex SP {gpus}, one rank plans alone"] = step_time(lengths, gpus, gpus, "flex", cost,
