@@ -124,18 +124,20 @@ def step_time(lengths: list[int], gpus: int, sp: int, mode: str, cost: CostModel
         shares = [[mine[i] for i in s] for s in balance_across_ranks([cost.work([n]) for n in mine], gpus // sp)]
         options, waves = [], [0.0, 0.0]
         for share in shares:
-            planners, firsts = [], []
-            for member in range(members):
-                packing._plan.cache_clear()  # each member is a process of its own: nothing cached from another,
+            # the group's best of the first wave (what the trainer's all-reduce gives every member), untimed
+            best = min(group_planner(share, sp, BUDGET, mode, cost).first(member, members)
+                       for member in range(members))
+            planners = []
+            for member in range(members):  # then each member's two waves as its own process runs them
+                packing._plan.cache_clear()  # nothing cached from another member,
                 packing._packed.cache_clear()
                 gc.freeze()  # and no other member's objects for the collector to walk
                 t = time.process_time()
                 planners.append(group_planner(share, sp, BUDGET, mode, cost))
-                firsts.append(planners[-1].first(member, members))
+                planners[-1].first(member, members)
                 waves[0] = max(waves[0], time.process_time() - t)
-            for member, planner in enumerate(planners):
                 t = time.process_time()
-                planner.second(min(firsts), member, members)
+                planners[-1].second(best, member, members)
                 waves[1] = max(waves[1], time.process_time() - t)
             options.append([options_of(p) for p in planners])
         gc.unfreeze()

@@ -97,14 +97,15 @@ def _sp_plan(lengths: list[int], units: list[list[int]], mbs: MicroBatching, lay
     cost = mbs.cost or P.CostModel(1.0, mbs.cost_b)
     mine = P.group_options(lengths, lay.sp, mbs.micro_batch_tokens, lay.mode, cost, member=lay.sp_rank,
                            members=lay.sp, exchange=lambda best: _group_min(best, lay, acc))
-    every = dist.gather_objects(acc, (mine.times, mine.bound))
+    every = dist.gather_objects(acc, (mine.times, mine.bound, mine.error))
+    P.raise_failures(e for _, _, e in every)  # on every rank alike, after the collectives
     merged = [P.merge_times([every[g * lay.sp + m][0] for m in range(lay.sp)]) for g in range(lay.dp)]
     pick = P.choose([times for times, _ in merged])
     chosen = [merged[g][0][pick[g]] for g in range(lay.dp)]
     # the groups run in lock-step: their time is the rounds' maxima, bounded below by the slowest group's bound
     mbs.log.append((P.lockstep_time(chosen), max(every[g * lay.sp][1] for g in range(lay.dp))))
     k, maker = pick[lay.dp_rank], merged[lay.dp_rank][1][pick[lay.dp_rank]]
-    rounds = _from_member(mine.candidates[k][1] if lay.sp_rank == maker else None, lay, maker)
+    rounds = _from_member(mine.candidates[k][1], lay, maker)
     micros = []
     for job_round in rounds:
         job = next((j for j in job_round if j.first <= lay.sp_rank < j.first + j.degree), None)
@@ -122,7 +123,8 @@ def _group_min(value: float, lay: Layout, acc) -> float:
 
 
 def _from_member(rounds, lay: Layout, maker: int):
-    """``rounds`` of sub-rank ``maker`` on every rank of the SP group."""
+    """``rounds`` of sub-rank ``maker`` on every rank of the SP group (this rank's own ``rounds``, None where it
+    did not make that plan, are replaced by the maker's)."""
     import torch.distributed as tdist
 
     box = [rounds]

@@ -398,7 +398,15 @@ def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
 def _candidates(table: _Table, budget: int, mode: str) -> list[tuple[str, tuple[tuple[Job, ...], ...] | None]]:
     planner = GroupPlanner(table, budget, mode)
     planner.second(planner.first())
+    raise_failures([planner.error])
     return planner.candidates()
+
+
+def raise_failures(errors) -> None:
+    """A PlanError naming the first failure among members' ``errors`` (None: no failure)."""
+    failed = next((e for e in errors if e is not None), None)
+    if failed is not None:
+        raise PlanError(f"SP planning failed on a rank of the group: {failed}")
 
 
 class GroupPlanner:
@@ -445,16 +453,24 @@ class GroupPlanner:
         self.plans = list(dict.fromkeys(self._plan_of(k) for k in order))  # distinct plans, fixed first
         self.made: dict = {}  # plan -> rounds
         self.best = math.inf
+        self.error: str | None = None
 
     def _plan_of(self, k: int) -> tuple:
         _, key, top_up, rounded = self.specs[k]
         return key, top_up and self.mixed[key], rounded  # a top-up of one class is the plan without it
 
     def _make(self, plans: Sequence[tuple], member: int, members: int) -> None:
+        """Make this member's share of ``plans``. A failure (a plan that breaks its post-condition: a bug) is kept
+        in ``error``, not raised: a member that raised here would leave the rest of its group waiting in the next
+        collective; every rank raises it once the times are exchanged (``pick_plans``, rlkit.parallel.micro)."""
+        if self.error is not None:
+            return
         collecting = gc.isenabled()
         gc.disable()  # the plans are acyclic tuples, freed by reference counts; the collector's passes over the
         try:  # process's objects took up to a third of the planning time (issue 35 item 4)
             self._make_each(plans, member, members)
+        except Exception as e:  # noqa: BLE001 - carried to every rank of the group, then raised
+            self.error = f"{type(e).__name__}: {e}"
         finally:
             if collecting:
                 gc.enable()
@@ -547,6 +563,7 @@ class GroupOptions:
     candidates: list
     times: list[list[float]]
     bound: float
+    error: str | None = None  # a member's failure (GroupPlanner._make), raised by every rank after the exchange
 
     def plan(self, k: int) -> GroupPlan:
         name, rounds = self.candidates[k]
@@ -571,7 +588,7 @@ def options_of(planner: GroupPlanner) -> GroupOptions:
     """A planner's GroupOptions after its waves."""
     cands = planner.candidates()
     return GroupOptions(cands, [round_times(r) if r is not None else [math.inf] for _, r in cands],
-                        planner.table.lower_bound())
+                        planner.table.lower_bound(), planner.error)
 
 
 def group_planner(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed",
@@ -596,7 +613,8 @@ def merge_times(parts: Sequence[Sequence[Sequence[float]]]) -> tuple[list[list[f
 
 def pick_plans(options: Sequence[Sequence[GroupOptions]]) -> list[GroupPlan]:
     """The plans of SP groups that run in lock-step, chosen together (``choose``); ``options[g]`` holds group g's
-    members' options (one when a single rank planned for the group)."""
+    members' options (one when a single rank planned for the group). A member's failure is raised here."""
+    raise_failures(o.error for members in options for o in members)
     merged = [merge_times([o.times for o in members]) for members in options]
     pick = choose([times for times, _ in merged])
     return [members[makers[k]].plan(k) for members, (_, makers), k in zip(options, merged, pick)]
@@ -627,4 +645,4 @@ def plan_group(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
 __all__ = ["MODES", "CostModel", "GroupOptions", "GroupPlan", "GroupPlanner", "Job", "attention_ratio", "candidates",
            "check_rounds", "choose", "degrees_for", "dynamic_cp_rounds", "exchange_heads", "group_options",
            "group_planner", "head_padding", "lockstep_time", "lower_bound", "merge_times", "options_of",
-           "pick_plans", "plan_group", "plan_groups", "round_times"]
+           "pick_plans", "plan_group", "plan_groups", "raise_failures", "round_times"]
