@@ -624,7 +624,9 @@ def plan_groups(shares: Sequence[Sequence[int]], sp: int, budget: int, mode: str
                 cost: CostModel | None = None, *, members: int = 1) -> list[GroupPlan]:
     """Plans for SP groups that run in lock-step, one per share of lengths, chosen together (``choose``): what the
     trainer runs (rlkit.parallel.micro: each group's ``sp`` ranks share its planning, ``members`` here, the
-    group's best of the first wave exchanged, and the groups exchange the times)."""
+    group's best of the first wave exchanged, and the groups exchange the times). Per group, shared planning picks
+    a plan as fast as one planner's; with several groups its members may also make plans one planner would have
+    pruned, so the joint choice can differ (never predicted slower than fixed SP either way)."""
     options = []
     for share in shares:
         planners = [group_planner(share, sp, budget, mode, cost) for _ in range(members)]
