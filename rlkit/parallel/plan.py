@@ -575,10 +575,7 @@ def group_options(lengths: Sequence[int], sp: int, budget: int, mode: str = "fix
     """One group's candidates (each checked: check_rounds), their round times and the lower bound; with ``members``
     > 1, member ``member``'s share of them (GroupPlanner), ``exchange(best)`` giving the group's best of the
     first wave (the minimum over its members; None: this member's own)."""
-    if sp < 1 or budget < 1:
-        raise ValueError(f"plan_group: sp and budget must be >= 1, got {sp} and {budget}")
-    table = _Table([int(n) for n in lengths], sp, budget, mode, cost or CostModel())
-    planner = GroupPlanner(table, budget, mode)
+    planner = group_planner(lengths, sp, budget, mode, cost)
     best = planner.first(member, members)
     planner.second(exchange(best) if exchange is not None else best, member, members)
     return options_of(planner)
