@@ -456,5 +456,15 @@ def _eval_config(cfg, args: argparse.Namespace, budgets: tuple[int, ...]):
     return cfg
 
 
+def entry() -> None:
+    """The ``rlkit`` command and ``python -m rlkit.cli``: ``main``, then exit with its code (a rank of a
+    multi-process run leaves without interpreter finalization: rlkit.parallel.dist.leave_world says why)."""
+    code = main()
+    dist = sys.modules.get("rlkit.parallel.dist")  # not imported: no world to leave (and no torch import for --help)
+    if dist is not None:
+        dist.leave_world(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

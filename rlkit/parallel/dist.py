@@ -9,8 +9,12 @@ device for the collective and come back on the CPU.
 from __future__ import annotations
 
 import math
+import os
+import sys
 
 import torch
+
+_ENDED = {"world": False}  # whether this process tore down a multi-process world (see end_world)
 
 
 def all_reduce(acc, t: torch.Tensor, op: str, group=None) -> torch.Tensor:
@@ -90,3 +94,37 @@ def mean_metrics(acc, metrics: dict) -> dict:
         values = [m[key] for m in every if key in m and math.isfinite(m[key])]
         out[key] = sum(values) / len(values) if values else math.nan
     return out
+
+
+def end_world() -> None:
+    """Tear this process's part of a multi-process world down at the end of a run: destroy the process groups (a
+    colocated vLLM engine's shutdown may already have done it) and mark the process as one that should leave
+    without interpreter finalization (``leave_world``)."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        tdist.destroy_process_group()
+    _ENDED["world"] = True
+
+
+def leave_world(code: int) -> None:
+    """Exit a process that ended a multi-process world (``end_world``) right away, once its output is flushed;
+    any other process returns and exits normally.
+
+    Why: ``destroy_process_group`` drops the process-group registry but not the objects DeepSpeed, accelerate or
+    FSDP still reference, so their native threads (gloo's workers and transport loop) outlive the Python
+    interpreter's finalization; one of them touching a Python object then aborts the rank ("terminate called
+    without an active exception", SIGABRT: seen once under ZeRO-2 on CPU in CI, after a run that had written
+    everything). By then every checkpoint, metric and lock of the run is written and closed (the trainer's
+    ``finally``), so finalization has nothing left to do but race those threads."""
+    if not _ENDED["world"]:
+        return
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)

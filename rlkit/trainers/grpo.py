@@ -98,16 +98,7 @@ def _close(run: Run) -> None:
     if multi or run.engine_caps.remote:
         run.engine.close()
     if multi:
-        _end_process_group()
-
-
-def _end_process_group() -> None:
-    """Tear the process group down before exit (gloo's threads may abort at interpreter exit); a colocated vLLM
-    engine's shutdown may already have done it."""
-    import torch.distributed as tdist
-
-    if tdist.is_available() and tdist.is_initialized():
-        tdist.destroy_process_group()
+        dist.end_world()  # the process groups down; the CLI then leaves without finalization (leave_world)
 
 
 def _train(run: Run) -> RunResult:
