@@ -98,6 +98,10 @@ class RewardCaps(Capabilities):
     # (start, end, value) token spans ("chunks"); token and chunk rewards need an estimator and a loss that declare
     # ``tokens`` (a parse-time check)
     shape: Literal["scalar", "tokens", "chunks"] = "scalar"
+    # keys of per-sample values it reports besides its reward (it returns rlkit.rewards.Reported): each is the batch
+    # column "<term>/<key>" (metric reward/<term>/<key>), never added to any reward; stages that declare
+    # ``needs_terms`` read them (DECS's curriculum reads decs_redundancy/nrp_ratio)
+    reports: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,9 @@ class ShaperCaps(Capabilities):
 @dataclass(frozen=True)
 class FilterCaps(Capabilities):
     needs_shaped: bool = False  # decides on shaped rewards, so each generation round is shaped first
+    # the per-sample columns of the batch's reward terms it reads: a term's label, or "<term>/<key>" for a value a
+    # term reports (RewardCaps.reports); checked against the configured rewards before any model loads
+    needs_terms: tuple = ()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Callable
 from typing import Literal
 
@@ -95,13 +96,23 @@ class _Rounds:
     def record(self, informative: int, generated: int, reduce) -> dict:
         return {}
 
+    def admit(self, batch: StepBatch, good: set[int], where: int) -> tuple[list, list]:
+        """The groups of round ``where`` that join the batch and those kept only as fallback, as (round, group):
+        the informative groups (``good``), in order."""
+        groups = range(len(batch.prompts))
+        return [(where, g) for g in groups if g in good], [(where, g) for g in groups if g not in good]
+
+    def after(self, batch: StepBatch, reduce) -> dict:
+        """What the filter learns from the step's batch (its metrics); called once per step, on every rank."""
+        return {}
+
     def _values(self, batch: StepBatch) -> torch.Tensor:
         return {"correct": batch.correct, "reward": batch.rewards, "shaped": batch.shaped}[self.metric]
 
     def collect(self, quota: int, produce: Callable[[int, int], StepBatch],
                 reduce: Callable[[torch.Tensor, str], torch.Tensor]) -> StepBatch:
         batches: list[StepBatch] = []
-        kept, fallback, generated, need = [], [], 0, quota
+        kept, fallback, generated, informative, need = [], [], 0, 0, quota
         while len(batches) < self.max_rounds:
             need = int(reduce(torch.tensor(quota - len(kept)), "max"))
             if need <= 0:
@@ -110,10 +121,11 @@ class _Rounds:
             batches.append(batch)
             generated += len(batch.prompts)
             good = set(informative_groups(self._values(batch), batch.group_ids))
-            for g in range(len(batch.prompts)):
-                (kept if g in good else fallback).append((len(batches) - 1, g))
+            informative += len(good)
+            joined, spare = self.admit(batch, good, len(batches) - 1)
+            kept += joined
+            fallback += spare
         cap_hit = self.until_full and int(reduce(torch.tensor(quota - len(kept)), "max")) > 0
-        informative = len(kept)
         chosen, padded = fill_quota(kept, quota, fallback)
         out = _select(batches, chosen, padded)
         merged: dict = {}
@@ -122,7 +134,8 @@ class _Rounds:
         out.metrics = {**merged, "sampling/rounds": len(batches),
                        "sampling/informative_fraction": informative / max(generated, 1),
                        "sampling/padded_groups": padded, "sampling/prompts_generated": generated,
-                       "sampling/cap_hit": float(cap_hit), **self.record(informative, generated, reduce)}
+                       "sampling/cap_hit": float(cap_hit), **self.record(informative, generated, reduce),
+                       **self.after(out, reduce)}
         if padded:
             log.warning("dynamic sampling: %d of %d groups had signal after %d round(s); the batch is padded "
                         "with %d zero-weight copies%s", informative, quota, len(batches), padded,
@@ -191,3 +204,104 @@ class PredictiveOversampling(_Rounds):
 
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state["history"])
+
+
+@register("filter", "decs_curriculum")
+class DECSCurriculum(_Rounds):
+    """DECS's curriculum data scheduling (Jiang et al., "Overthinking Reduction with Decoupled Rewards and Curriculum
+    Data Scheduling", ICLR 2026, arXiv 2509.25827; released pixas/DECS src_valid/valid_ray_trainer.py, the
+    ``filter_groups.enable_kappa`` branch, on in scripts/train/*/train_rl_chunk*.sh): dynamic sampling (groups with
+    no variance in ``metric`` dropped, rounds until the quota or ``max_rounds``) that adds back all-correct groups in
+    a share kappa of the kept ones, kappa following the necessary-reasoning-prefix (NRP) ratio that
+    ``decs_redundancy`` reports (its ``nrp_ratio``, the column ``ratio``):
+
+        kappa_t = kappa_{t-1} + kappa_lr (r_t - r_{t-1}),   kappa_0 = 0,  r_0 = 0.5   (code L1661-1665)
+
+    with r_t the mean ratio over the step's batch (every rank's samples that have one), so kappa_t = kappa_lr
+    (r_t - 1/2): the later a correct answer first appears in its reasoning (less redundancy after it), the more
+    easy groups the next step trains on. While kappa > 0 each round adds int(kappa c / (1 - kappa)) all-correct groups
+    (mean of the metric > 0, no variance), at most as many as the round has, drawn at random; c counts the groups
+    kept since the last addition (code L1560-1570); a round's groups are then shuffled and the batch is the first
+    ``quota``. ``round_prompts``: each round generates that multiple of the quota (released gen_batch_size 128 for
+    64 prompts: 2.0); None generates the missing number, as ``dynamic_sampling``.
+
+    Deviations: a step without any ratio (no correct sample with a necessary prefix) leaves kappa and r as they are
+    (the released mean is NaN there, and kappa NaN for the rest of the run); a batch still short after ``max_rounds``
+    is padded with zero-weight copies (``fill_quota``, as dynamic_sampling) where the released trainer raises; the
+    draws use a generator seeded by ``seed`` and the step count (checkpointed with kappa and r). Metrics:
+    ``sampling/kappa`` (the value this step's rounds used), ``sampling/easy_groups`` (the all-correct groups they
+    added, all ranks), ``reward/decs_redundancy/nrp_ratio`` (the reward's report)."""
+
+    needs_terms = ("decs_redundancy/nrp_ratio",)  # the default ``ratio``; a built one declares its own
+
+    def __init__(self, metric: Literal["correct", "reward", "shaped"] = "correct", max_rounds: int = 10,
+                 kappa_lr: float = 0.2, ratio: str = "decs_redundancy/nrp_ratio", round_prompts: float | None = None,
+                 seed: int = 0):
+        if max_rounds < 1:
+            raise ValueError(f"decs_curriculum: max_rounds must be >= 1, got {max_rounds}")
+        if not 0 <= kappa_lr < 2:  # kappa = kappa_lr (r - 1/2) with r in (0, 1]: below 1, as int(kappa c / (1 - kappa))
+            raise ValueError(f"decs_curriculum: kappa_lr must be in [0, 2) (kappa = kappa_lr (r - 0.5) must stay "
+                             f"below 1), got {kappa_lr}")
+        if round_prompts is not None and not round_prompts >= 1:
+            raise ValueError(f"decs_curriculum: round_prompts must be >= 1 (a multiple of the quota) or null, got "
+                             f"{round_prompts}")
+        self.metric, self.max_rounds, self.kappa_lr, self.ratio = metric, int(max_rounds), float(kappa_lr), ratio
+        self.round_prompts, self.seed = round_prompts, int(seed)
+        self._declare()
+        self.needs_terms = (ratio,)
+        self.kappa, self.last_ratio, self.steps = 0.0, 0.5, 0
+        self._carried = self._added = 0
+        self._rng = random.Random(0)
+
+    def prompts_for(self, quota: int, need: int) -> int:
+        return need if self.round_prompts is None else max(need, int(quota * self.round_prompts))
+
+    def collect(self, quota, produce, reduce) -> StepBatch:
+        self._carried = self._added = 0
+        self._rng = random.Random(self.seed * 1_000_003 + self.steps)
+        return super().collect(quota, produce, reduce)
+
+    def admit(self, batch: StepBatch, good: set[int], where: int) -> tuple[list, list]:
+        values, ids = self._values(batch), batch.group_ids
+        easy = []
+        for idx in group_index(ids):
+            v = values[idx]
+            v = v[~torch.isnan(v)]
+            g = int(ids[idx[0]])
+            if g not in good and v.numel() and float(v.min()) == float(v.max()) and float(v[0]) > 0:
+                easy.append(g)
+        joined = sorted(good)
+        if self.kappa > 0:
+            self._carried += len(joined)
+            add = int(self.kappa * self._carried / (1 - self.kappa))
+            if add > 0:
+                self._carried = 0
+            add = min(add, len(easy))
+            joined += self._rng.sample(easy, add)
+            self._added += add
+        self._rng.shuffle(joined)
+        chosen = set(joined)
+        return [(where, g) for g in joined], [(where, g) for g in range(len(batch.prompts)) if g not in chosen]
+
+    def after(self, batch: StepBatch, reduce) -> dict:
+        column = batch.terms.get(self.ratio)
+        if column is None:
+            raise ValueError(f"decs_curriculum reads the per-sample column {self.ratio!r} (decs_redundancy's "
+                             f"nrp_ratio report), but the batch has only {sorted(batch.terms)}")
+        mine = column[batch.real]
+        mine = mine[~torch.isnan(mine)]
+        total = reduce(torch.tensor([float(mine.sum()), float(mine.numel())], dtype=torch.float64), "sum")
+        used = self.kappa
+        if float(total[1]) > 0:
+            mean = float(total[0] / total[1])
+            if self.last_ratio != 0:
+                self.kappa += (mean - self.last_ratio) * self.kappa_lr
+            self.last_ratio = mean
+        self.steps += 1
+        return {"sampling/kappa": used, "sampling/easy_groups": int(reduce(torch.tensor(self._added), "sum"))}
+
+    def state_dict(self) -> dict:
+        return {"kappa": self.kappa, "last_ratio": self.last_ratio, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kappa, self.last_ratio, self.steps = float(state["kappa"]), float(state["last_ratio"]), int(state["steps"])

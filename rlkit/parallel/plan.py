@@ -215,11 +215,16 @@ def _top_up(bins: list[list[int]], rooms: list[int], items: list[int], lengths: 
     return left
 
 
+def _cost_timer(lengths: Sequence[int], cost: CostModel):
+    """The default job timer: ``cost.time`` of the units' lengths at a degree."""
+    return lambda units, d: cost.time([lengths[i] for i in units], d)
+
+
 def _jobs(lengths: Sequence[int], degree_of: list[int], sp: int, budget: int, cost: CostModel, *, top_up: bool,
           rounded: bool, timer=None) -> list[tuple[int, tuple[int, ...], float]]:
     """Pack each degree class (highest first) into bins of degree x budget tokens; see the module docstring.
     ``timer(units, degree)``: a job's seconds (default ``cost.time`` of its lengths)."""
-    timer = timer or (lambda units, d: cost.time([lengths[i] for i in units], d))
+    timer = timer or _cost_timer(lengths, cost)
     bins: list[tuple[int, list[int]]] = []
     for degree in sorted(set(degree_of), reverse=True):
         items = [i for i, d in enumerate(degree_of) if d == degree]
@@ -332,7 +337,7 @@ def dynamic_cp_rounds(lengths: Sequence[int], ranks: int, budget: int) -> list[l
 def _dynamic_candidate(lengths: Sequence[int], sp: int, budget: int, cost: CostModel, timer=None) -> list[list[Job]]:
     """The Dynamic CP rule's rounds as jobs on aligned blocks (groups largest first, left to right: powers of two in
     non-increasing order start at multiples of their size), timed by ``cost`` (or ``timer(units, degree)``)."""
-    timer = timer or (lambda units, d: cost.time([lengths[i] for i in units], d))
+    timer = timer or _cost_timer(lengths, cost)
     out = []
     for groups in dynamic_cp_rounds(lengths, sp, budget):
         first, jobs = 0, []

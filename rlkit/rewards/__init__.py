@@ -24,6 +24,7 @@ _EXPORTS = {
     "boxed_format": "rlkit.rewards.builtin",
     "math_correct": "rlkit.rewards.builtin",
     "MathCorrect": "rlkit.rewards.builtin",
+    "Reported": "rlkit.rewards.combine",
     "RewardError": "rlkit.rewards.combine",
     "RewardSet": "rlkit.rewards.combine",
     "RewardValues": "rlkit.rewards.combine",
@@ -37,7 +38,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from rlkit.rewards.builtin import MathCorrect, boxed_format, math_correct  # noqa: F401
-    from rlkit.rewards.combine import RewardError, RewardSet, RewardValues  # noqa: F401
+    from rlkit.rewards.combine import Reported, RewardError, RewardSet, RewardValues  # noqa: F401
     from rlkit.rewards.registry import build_reward, list_rewards, register_reward, resolve_reward  # noqa: F401
 
 

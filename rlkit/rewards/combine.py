@@ -148,7 +148,32 @@ def make_term(term, label: str, fn: Any = None) -> Term:
     caps = registry.capabilities(fn, entry.flags, kind="reward")
     timeout = 0.0 if caps.timeouts == "own" else float(term.timeout)
     return Term(label, float(term.weight), fn, term.format, bool(term.correctness or caps.verifier), timeout,
-                term.on_error, caps.batch_errors, caps.shape)
+                term.on_error, caps.batch_errors, caps.shape, tuple(caps.reports))
+
+
+@dataclass
+class Reported:
+    """What a reward that declares ``reports`` returns: ``values``, what any reward of its shape returns, and
+    ``reports``, per declared key one number or None per sample: diagnostics of the scoring that later stages read
+    (DECS's curriculum reads the necessary-prefix ratio its redundancy reward finds), never added to a reward. They
+    become the batch's columns "<term>/<key>" (``RewardValues.terms``; None is NaN) and the metrics
+    reward/<term>/<key> (the mean over the samples that have one). A call that fails reports nothing (NaN)."""
+
+    values: Any
+    reports: dict
+
+
+def reward_columns(reward_terms, built: list) -> list[str]:
+    """The columns a batch's ``terms`` will have for the configured terms and their ``built`` components (in order):
+    each term's label, then "<label>/<key>" for each value it reports (``RewardSet.labels`` before it is made)."""
+    taken: set[str] = set()
+    out = []
+    for term, fn in zip(reward_terms, built):
+        label = _term_label(term.name, taken)
+        taken.add(label)
+        entry = registry.resolve("reward", term.name, factory=term.factory)
+        out += [label, *(f"{label}/{k}" for k in registry.capabilities(fn, entry.flags, kind="reward").reports)]
+    return out
 
 
 @dataclass
@@ -156,7 +181,8 @@ class RewardValues:
     """Per-sample rewards of one batch.
 
     total: [N] float32, sum of weight * term over the terms that apply (None terms are skipped).
-    terms: term name -> [N] float32, NaN where the term returned None (or failed under ``on_error: none``).
+    terms: term name -> [N] float32, NaN where the term returned None (or failed under ``on_error: none``); and
+    for each value a term reports (``Reported``), "<term>/<key>" -> [N] float32, NaN where it reported None.
     errors: term name -> number of samples whose call failed (raised or timed out), for every term with
     ``on_error: none`` (0 included, so dashboards always have the series).
     tokens: the per-token rewards of the terms that declare shape "tokens" or "chunks" (chunks already spread over
@@ -201,6 +227,7 @@ class Term:
     on_error: str = "raise"  # "raise" | "none"
     batch_errors: str = "per_sample"  # the reward's declaration: "per_sample" | "whole_batch" (no single-sample retry)
     shape: str = "scalar"  # the reward's declaration: "scalar" | "tokens" | "chunks" (RewardCaps.shape)
+    reports: tuple = ()  # the reward's declaration: keys of the per-sample values it reports (RewardCaps.reports)
 
     def __post_init__(self):
         if self.on_error not in ("raise", "none"):
@@ -380,6 +407,11 @@ class RewardSet:
                 _hook(t, "load_state_dict", state[t.label])
 
     @property
+    def labels(self) -> list[str]:
+        """The keys of ``RewardValues.terms``: each term's label, then the "<term>/<key>" of what it reports."""
+        return [x for t in self.terms for x in (t.label, *(f"{t.label}/{k}" for k in t.reports))]
+
+    @property
     def token_shaped(self) -> bool:
         """Some term returns per-token values (shape "tokens" or "chunks")."""
         return any(t.shape != "scalar" for t in self.terms)
@@ -403,7 +435,7 @@ class RewardSet:
         tokens = [torch.zeros(len(ids), dtype=torch.float32) for ids in completion_ids] if self.token_shaped else None
         for term in sorted(self.terms, key=lambda t: not t.correctness):  # the verifier first
             batch = _Batch.of(term, prompts, completions, completion_ids, kwargs, context.get("step"))
-            values, failed = score_term(term, batch)
+            values, failed, reported = score_term(term, batch)
             if term.on_error == "none":
                 errors[term.label] = failed
             if term.correctness:
@@ -419,9 +451,12 @@ class RewardSet:
                 values = [None if v is None else math.fsum(v) for v in values]
             t = torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
             terms[term.label] = t
+            for key in term.reports:
+                terms[f"{term.label}/{key}"] = torch.tensor(
+                    [math.nan if v is None else v for v in reported.get(key, [None] * n)], dtype=torch.float32)
             if term.shape == "scalar":
                 total += term.weight * torch.nan_to_num(t, nan=0.0)
-        return RewardValues(total=total, terms={t.label: terms[t.label] for t in self.terms},
+        return RewardValues(total=total, terms={k: terms[k] for k in self.labels},
                             errors={t.label: errors[t.label] for t in self.terms if t.label in errors}, tokens=tokens)
 
 
@@ -464,8 +499,8 @@ class GuardedReward:
 
     def __call__(self, prompts, completions, completion_ids, **kwargs) -> list[float | None]:
         step = None if self.phase else kwargs.get("step")
-        values, _ = score_term(self.term, _Batch.of(self.term, prompts, completions, completion_ids, kwargs,
-                                                    step, self.phase))
+        values, _, _ = score_term(self.term, _Batch.of(self.term, prompts, completions, completion_ids, kwargs,
+                                                       step, self.phase))
         return values
 
 
@@ -488,10 +523,10 @@ def _hook(term: Term, name: str, *args):
         raise RewardError(f"reward {term.label!r}: {name}() {_what(e)}") from None
 
 
-def score_term(term: Term, batch: _Batch) -> tuple[list, int]:
-    """One term on a batch under its watchdog: (value or None per sample, number of failed samples). A reward that
-    calls ``sys.exit`` stops the run naming it, whatever its on_error (it is a bug in the reward, not a sample's
-    failure)."""
+def score_term(term: Term, batch: _Batch) -> tuple[list, int, dict]:
+    """One term on a batch under its watchdog: (value or None per sample, number of failed samples, what it reports:
+    key -> finite number or None per sample, {} when the call failed). A reward that calls ``sys.exit`` stops the run
+    naming it, whatever its on_error (it is a bug in the reward, not a sample's failure)."""
     try:
         raw = call_with_timeout(term.fn, batch.call_kwargs(), term.timeout, term.label)
     except SystemExit as e:
@@ -500,8 +535,35 @@ def score_term(term: Term, batch: _Batch) -> tuple[list, int]:
     except Exception as e:
         if term.on_error == "raise":
             _raise_located(term, batch, e)
-        return _mask_failures(term, batch, e)
-    return _check(term, raw, batch, list(range(len(batch)))), 0
+        return (*_mask_failures(term, batch, e), {})
+    return _check(term, raw, batch, list(range(len(batch)))), 0, _reports(term, raw, batch)
+
+
+def _reports(term: Term, raw: Any, batch: _Batch) -> dict:
+    """The values a term reports (``Reported``), checked against its declaration: every declared key, one finite
+    number or None per sample."""
+    if not term.reports:
+        if isinstance(raw, Reported):
+            raise RewardError(f"reward {term.label!r} returned Reported values{batch.at()} but declares no `reports`: "
+                              "register it with reports=(...) naming the keys")
+        return {}
+    if not isinstance(raw, Reported):
+        raise RewardError(f"reward {term.label!r} declares reports {list(term.reports)} but returned "
+                          f"{_returned(raw)[0]}{batch.at()}; return rlkit.rewards.Reported(values, {{key: values}})")
+    got = raw.reports if isinstance(raw.reports, collections.abc.Mapping) else {}
+    if sorted(got) != sorted(term.reports):
+        raise RewardError(f"reward {term.label!r} reported {sorted(got)}{batch.at()}; it declares "
+                          f"{sorted(term.reports)}")
+    out = {}
+    for key in term.reports:
+        values = got[key]
+        if not _is_sequence(values) or len(values) != len(batch):
+            what = f"{len(values)} values" if _is_sequence(values) else _returned(values)[0]
+            raise RewardError(f"reward {term.label!r} reported {key!r} as {what} for {len(batch)} completions"
+                              f"{batch.at()}; expected one number or None per completion")
+        out[key] = [None if v is None else _number(term, v, batch, i, f"its report {key!r}")
+                    for i, v in enumerate(values)]
+    return out
 
 
 _FLOAT32_MAX = registry.FLOAT32_MAX  # one bound for config values and reward values
@@ -641,6 +703,8 @@ def _check(term: Term, raw: Any, batch: _Batch, idx: list[int]) -> list[float | 
     """``raw`` must hold one number or None for each sample of ``idx`` (indices into the batch, for messages); for a
     term of shape "tokens" / "chunks", one per-token list or span list (``_check_tokens``)."""
     n, label = len(idx), term.label
+    if isinstance(raw, Reported):
+        raw = raw.values
     if not _is_sequence(raw):
         what, hint = _returned(raw)
         raise RewardError(f"reward {label!r} returned {what} for {n} completions{batch.at()}; expected a list of "

@@ -34,6 +34,7 @@ lower-cased before the substring test; the released test is case-sensitive), for
 
 from __future__ import annotations
 
+from rlkit.rewards.combine import Reported
 from rlkit.rewards.registry import register_reward
 
 SPLIT_WORDS = ("Wait", "But", "Alternatively", "Hmm", "Let", "Therefore")
@@ -107,10 +108,13 @@ def redundant_span(ends: list[int], types: list[str]) -> tuple[int, int] | None:
     return (starts[late[0]], ends[late[-1]]) if late else None
 
 
-@register_reward("decs_redundancy", shape="chunks", factory=True)
+@register_reward("decs_redundancy", shape="chunks", factory=True, reports=("nrp_ratio",))
 class DECSRedundancy:
     """DECS (ICLR 2026) chunk reward: -beta L/T on the tokens after the first chunk a detector model finds reaching
-    the answer (module doc); needs a correctness term and a model of ``reward_engines``."""
+    the answer (module doc); needs a correctness term and a model of ``reward_engines``. Reports ``nrp_ratio``, the
+    necessary prefix's share of the chunks, (j_a + 1) / chunks with j_a the first 'a' chunk (released
+    ``first_correct_chunk_ratio``, reward_manager.py), for a correct sample with an 'a' chunk (None otherwise: the
+    released ratio is 0 there and its mean leaves 0 out); the curriculum filter ``decs_curriculum`` reads it."""
 
     needs_verifier = True
     batch_errors = "whole_batch"  # one detector pass per batch: a failing batch is not retried sample by sample
@@ -168,11 +172,15 @@ class DECSRedundancy:
             reply = next(replies) if ok else "no"
             verdicts[i].append(reply.lower() if self.ignore_case else reply)
         out: list = [[] for _ in range(n)]
+        ratio: list = [None] * n
         spans = {}
         for i, ends in plans.items():
-            span = redundant_span(ends, chunk_types(verdicts[i]))
+            types = chunk_types(verdicts[i])
+            span = redundant_span(ends, types)
             spans[i] = span
+            if "a" in types:
+                ratio[i] = (types.index("a") + 1) / len(types)
             if span is not None and self.beta > 0:
                 out[i] = [(span[0], span[1], -self.beta * len(completion_ids[i]) / self.cap)]
         self.last = {"verdicts": verdicts, "spans": spans, "chunks": plans}
-        return out
+        return Reported(out, {"nrp_ratio": ratio})

@@ -15,7 +15,7 @@ from rlkit.registry import Entry
 
 
 def register_reward(name: str, *, factory: bool | None = None, verifier: bool = False,
-                    options: tuple | None = None, shape: str = "scalar") -> Callable:
+                    options: tuple | None = None, shape: str = "scalar", reports: tuple = ()) -> Callable:
     """Decorator: ``@register_reward("my_reward")`` on a reward function, or on a class / function whose call
     with the config's ``kwargs`` returns the reward (``factory=True``; classes are factories by default).
     ``verifier=True`` marks a verifier: its 0/1 values reach the other terms as ``correct`` (a config term can also
@@ -23,8 +23,12 @@ def register_reward(name: str, *, factory: bool | None = None, verifier: bool = 
     ``options``: the keyword parameters that are options (default: every keyword parameter with a default).
     ``shape``: what it returns per sample: "scalar" (one number), "tokens" (one number per completion token) or
     "chunks" (a list of (start, end, value) token spans); token and chunk rewards reach the loss through an
-    estimator and a loss that declare ``tokens`` (e.g. decs with ppo_clip), checked when the config is parsed."""
-    return registry.register("reward", name, factory=factory, options=options, verifier=verifier, shape=shape)
+    estimator and a loss that declare ``tokens`` (e.g. decs with ppo_clip), checked when the config is parsed.
+    ``reports``: keys of per-sample values it reports besides its reward; it then returns
+    ``rlkit.rewards.Reported(values, {key: [number or None per sample]})`` (rlkit.rewards.combine.Reported)."""
+    flags = {"reports": tuple(reports)} if reports else {}
+    return registry.register("reward", name, factory=factory, options=options, verifier=verifier, shape=shape,
+                             **flags)
 
 
 def resolve_reward(name: str, factory: bool | None = None) -> Entry:

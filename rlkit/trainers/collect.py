@@ -66,7 +66,7 @@ def score(run, batch: StepBatch, idx: list[int] | None = None, *, step: int) -> 
         values = run.rewards(texts, completions, ids, columns, **context, step=step)
     if values is None:  # a rank with no share (e.g. fewer monitor prompts than ranks)
         if idx is None:
-            batch.rewards, batch.terms = torch.zeros(0), {t.label: torch.zeros(0) for t in run.rewards.terms}
+            batch.rewards, batch.terms = torch.zeros(0), {k: torch.zeros(0) for k in run.rewards.labels}
             batch.correct = batch.terms[label] if label else torch.zeros(0)
             batch.token_rewards = [] if run.rewards.token_shaped else None
         return

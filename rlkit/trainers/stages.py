@@ -32,7 +32,7 @@ from rlkit.config import (
     reference_coef,
 )
 from rlkit.registry import ConfigError
-from rlkit.rewards.combine import built_reward
+from rlkit.rewards.combine import built_reward, reward_columns
 from rlkit.trainers.update import LossSpec
 
 
@@ -48,6 +48,8 @@ def build_components(cfg: Config, source: str = "config", *, rewards: bool = Tru
     for _, kind, where, comp in components(cfg):
         built[where] = registry.build_entry(registry.resolve(kind, comp.name), comp.kwargs, where, source)
     _check_needs(cfg, built, source)
+    if rewards:
+        _check_terms(cfg, built, source)
     if "rollout_hook" in built:  # a hook that splits each group needs a group size it divides
         divisor = registry.capabilities(built["rollout_hook"], kind="rollout_hook").group_divisor
         if cfg.rollout.group_size % divisor:
@@ -69,6 +71,21 @@ def _check_needs(cfg: Config, built: dict[str, Any], source: str) -> None:
             prefix = f"{where}: " if entry.kind == "reward" else ""
             raise ConfigError(f"{source}: {prefix}{registry.KINDS[entry.kind][1]} {c.name!r} needs a correctness term "
                               "(e.g. math_correct, weight 0 if it should not add to the reward) in `rewards`")
+
+
+def _check_terms(cfg: Config, built: dict[str, Any], source: str) -> None:
+    """A built filter that reads columns of the reward terms (``needs_terms``: DECS's curriculum reads the ratio
+    decs_redundancy reports) finds each among the configured terms and what they report."""
+    if "filter" not in built:
+        return
+    wanted = registry.capabilities(built["filter"], registry.resolve("filter", cfg.filter.name).flags,
+                                   kind="filter").needs_terms
+    have = reward_columns(cfg.rewards, [built[f"rewards[{i}]"] for i in range(len(cfg.rewards))])
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        raise ConfigError(f"{source}: filter ({cfg.filter.name}) reads the reward column(s) {', '.join(missing)}, "
+                          f"which no reward term gives (the terms give: {', '.join(have)}); add the reward that "
+                          "reports it (e.g. decs_redundancy for decs_redundancy/nrp_ratio) to `rewards`")
 
 
 def build_loss(cfg: Config) -> LossSpec:

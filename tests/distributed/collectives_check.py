@@ -3,17 +3,17 @@ Rank 0 writes what it saw to the JSON file given on the command line."""
 
 import json
 import math
-import os
 import sys
 from types import SimpleNamespace
 
 import torch
 from accelerate import Accelerator
 
+from rlkit.algorithms.filters import DECSCurriculum
 from rlkit.algorithms.losses import KLCovOptions, MinibatchInputs, kl_cov_select
 from rlkit.config import load_config
 from rlkit.parallel import dist
-from rlkit.records import Prompt, Sample
+from rlkit.records import Prompt, Sample, StepBatch
 from rlkit.rewards import RewardSet
 from rlkit.trainers.collect import refresh_monitors
 from rlkit.trainers.stages import Stages
@@ -63,6 +63,18 @@ def main(out: str) -> None:
     shaper = run.stages.shapers[0][1]
     result["targets"] = shaper.targets
     result["monitor_sizes"] = dist.rank_sizes(acc, len(range(8)[rank::world]))
+    # 5. DECS's curriculum: kappa follows the necessary-prefix ratio's mean over every rank's batch. Rank r holds two
+    # groups of 4 whose r + 1 correct samples report the ratio 0.2 + 0.4 r (one process: all six groups)
+    mine = [r for r in range(3) if world == 1 or r == rank]
+    groups = [(r, [1.0] * (r + 1) + [0.0] * (3 - r)) for r in mine for _ in range(2)]
+    samples = [Sample([g], [1, 2], [], "stop", "", g) for g, (_, v) in enumerate(groups) for _ in v]
+    correct = torch.tensor([x for _, v in groups for x in v])
+    ratio = torch.tensor([0.2 + 0.4 * r if x else math.nan for r, v in groups for x in v])
+    batch = StepBatch([Prompt([g], f"q{g}", {}) for g in range(len(groups))], samples, rewards=correct.clone(),
+                      terms={"correct": correct, "decs_redundancy/nrp_ratio": ratio}, correct=correct)
+    curriculum = DECSCurriculum(kappa_lr=0.2)
+    curriculum.collect(len(groups), lambda n, i: batch, lambda t, op: dist.all_reduce(acc, t, op))
+    result["kappa"] = dist.gather_objects(acc, curriculum.kappa)
     if acc.is_main_process:
         with open(out, "w") as f:
             json.dump(result, f)
@@ -71,9 +83,7 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    # leave without interpreter teardown: the results are written and every rank is past the barrier, and
-    # gloo's threads can abort the process while being torn down ("terminate called without an active
-    # exception", seen intermittently on the 2-core CI machine), which would fail a finished check
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # leave without interpreter teardown, as rlkit's own ranks do (rlkit.parallel.dist.leave_world says why): the
+    # results are written and every rank is past the barrier
+    dist.end_world()
+    dist.leave_world(0)

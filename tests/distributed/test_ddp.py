@@ -95,8 +95,8 @@ def test_cli_segments_on_two_processes_gather_uneven_batches_and_save_both_pools
 
 def test_three_process_collectives_with_uneven_shares(tmp_path):
     """gloo, 3 ranks holding different numbers of samples: the variable-size gather, the metric mean over
-    ranks with different keys and NaNs, KL-Cov's global token choice and the LASER-D monitor refresh (8 monitor
-    prompts on 3 ranks) all equal the single-process result."""
+    ranks with different keys and NaNs, KL-Cov's global token choice, the LASER-D monitor refresh (8 monitor
+    prompts on 3 ranks) and DECS's curriculum kappa all equal the single-process result."""
     outs = {}
     for nproc in (1, 3):
         out = tmp_path / f"collectives_{nproc}.json"
@@ -110,6 +110,9 @@ def test_three_process_collectives_with_uneven_shares(tmp_path):
     assert three["kl_cov_chosen"] == one["kl_cov_chosen"] and sum(map(sum, one["kl_cov_chosen"])) == 4  # floor(0.1 x 46)
     assert three["monitor_sizes"] == [3, 3, 2] and one["monitor_sizes"] == [8]
     assert three["targets"] == one["targets"] and set(one["targets"].values()) != {None}
+    # DECS's curriculum: r = (2 x 1 x 0.2 + 2 x 2 x 0.6 + 2 x 3 x 1.0) / 12 = 8.8 / 12 on every rank, kappa = 0.2 (r - 0.5)
+    kappa = 0.2 * (8.8 / 12 - 0.5)
+    assert one["kappa"] == [pytest.approx(kappa)] and three["kappa"] == [pytest.approx(kappa)] * 3
 
 
 def test_a_reward_error_on_one_process_stops_every_process(tiny_model_dir, tmp_path):

@@ -218,7 +218,8 @@ def test_the_reward_spans_the_chunks_after_the_answer_and_only_for_correct_sampl
     reward.setup(RewardContext(device="cpu", tokenizer=tok, max_new_tokens=200, engines={"det": detector}))
     text = "First I add.\nSo it is 42.\nWait, check again.\nYes 42.\nBut also\nmaybe 40.\n"
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    out = reward(["q", "q"], [text, text], [ids, ids], correct=[1.0, 0.0], answer=["42", "42"], question=["6*7?"] * 2)
+    got = reward(["q", "q"], [text, text], [ids, ids], correct=[1.0, 0.0], answer=["42", "42"], question=["6*7?"] * 2)
+    out = got.values
     ends = reward.last["chunks"][0]
     assert len(ends) >= 2 and 1 not in reward.last["chunks"]  # the wrong sample is never sent to the detector
     types = chunk_types(["yes" if "42" in tok.decode(ids[a:b]) else "no" for a, b in zip([0] + ends[:-1], ends)])
@@ -226,9 +227,14 @@ def test_the_reward_spans_the_chunks_after_the_answer_and_only_for_correct_sampl
     assert span is not None and out[0] == [(span[0], span[1], pytest.approx(-0.1 * len(ids) / 200))]
     assert out[1] == [] and len(detector.prompts) == len(ends)
     assert "**Problem**: 6*7?" in detector.prompts[0] and "**Ground Truth**: 42" in detector.prompts[0]
-    # through the reward set: the chunk lands on its tokens, the term reports its sum
-    rs = RewardSet([Term("decs", 1.0, reward, shape="chunks")])
+    # the necessary prefix's share of the chunks (released first_correct_chunk_ratio); none for the wrong sample
+    assert types.count("a") == 1 and got.reports == {"nrp_ratio": [(types.index("a") + 1) / len(ends), None]}
+    # through the reward set: the chunk lands on its tokens, the term's value is its sum, the ratio a column
+    rs = RewardSet([Term("decs", 1.0, reward, shape="chunks", reports=("nrp_ratio",))])
     v = rs(["q"], [text], [ids], {"answer": ["42"]}, correct=[1.0], step=0)
+    assert list(v.terms) == ["decs", "decs/nrp_ratio"] and v.terms["decs/nrp_ratio"].tolist() == pytest.approx(
+        [(types.index("a") + 1) / len(ends)])
+    assert float(v.total[0]) == 0.0  # a report never adds to the reward
     assert v.tokens[0][span[0]:span[1]].tolist() == pytest.approx([-0.1 * len(ids) / 200] * (span[1] - span[0]))
     assert float(v.tokens[0][:span[0]].abs().sum()) == 0.0
 

@@ -133,3 +133,51 @@ def test_token_level_losses_read_each_tokens_advantage_under_the_same_weights():
 def test_reward_term_config_has_no_shape_key():
     """The shape is the component's declaration, not a config key (a config cannot disagree with its reward)."""
     assert "shape" not in RewardTerm.__dataclass_fields__
+
+
+def reports_ratio(prompts, completions, completion_ids, **kw):
+    from rlkit.rewards import Reported
+
+    return Reported([1.0, None, 2.0], {"ratio": [0.5, None, 1.0]})
+
+
+def test_reported_values_become_columns_and_never_add_to_the_reward():
+    from rlkit.rewards.combine import reward_columns
+
+    register_reward("test_reports_ratio", reports=("ratio",))(reports_ratio)
+    term = RewardTerm(name="test_reports_ratio", weight=2.0)
+    assert reward_columns([term, RewardTerm(name="test_reports_ratio")], [reports_ratio, reports_ratio]) == [
+        "test_reports_ratio", "test_reports_ratio/ratio", "test_reports_ratio_2", "test_reports_ratio_2/ratio"]
+    rs = RewardSet.from_config([term])
+    assert rs.labels == ["test_reports_ratio", "test_reports_ratio/ratio"]
+    v = _score(rs)
+    assert list(v.terms) == rs.labels and v.total.tolist() == [2.0, 0.0, 4.0]
+    got = v.terms["test_reports_ratio/ratio"]
+    assert got[0] == 0.5 and math.isnan(got[1]) and got[2] == 1.0
+
+
+@pytest.mark.parametrize("returned, declared, match", [
+    ("plain", ("ratio",), r"declares reports \['ratio'\] but returned a list"),
+    ("reported", (), "returned Reported values at step 1 but declares no `reports`"),
+    ({"other": [1, 2, 3]}, ("ratio",), r"reported \['other'\] at step 1; it declares \['ratio'\]"),
+    ({"ratio": [1, 2]}, ("ratio",), r"reported 'ratio' as 2 values for 3 completions"),
+    ({"ratio": [1, float("nan"), 3]}, ("ratio",), r"returned nan at its report 'ratio' at step 1, sample 1"),
+])
+def test_a_wrong_report_is_named(returned, declared, match):
+    from rlkit.rewards import Reported
+
+    def fn(prompts, completions, completion_ids, **kw):
+        if returned == "plain":
+            return [1.0, 1.0, 1.0]
+        return Reported([1.0, 1.0, 1.0], {"ratio": [1, 2, 3]} if returned == "reported" else returned)
+
+    with pytest.raises(RewardError, match=match):
+        _score(RewardSet([Term("t", 1.0, fn, reports=declared)]))
+
+
+def test_a_failed_call_reports_nothing():
+    def fails(prompts, completions, completion_ids, **kw):
+        raise RuntimeError("down")
+
+    v = _score(RewardSet([Term("t", 1.0, fails, on_error="none", batch_errors="whole_batch", reports=("ratio",))]))
+    assert torch.isnan(v.terms["t/ratio"]).all() and len(v.terms["t/ratio"]) == 3
