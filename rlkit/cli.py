@@ -457,13 +457,39 @@ def _eval_config(cfg, args: argparse.Namespace, budgets: tuple[int, ...]):
 
 
 def entry() -> None:
-    """The ``rlkit`` command and ``python -m rlkit.cli``: ``main``, then exit with its code (a rank of a
-    multi-process run leaves without interpreter finalization: rlkit.parallel.dist.leave_world says why)."""
-    code = main()
-    dist = sys.modules.get("rlkit.parallel.dist")  # not imported: no world to leave (and no torch import for --help)
-    if dist is not None:
-        dist.leave_world(code)
+    """The ``rlkit`` command and ``python -m rlkit.cli``: ``main``, then exit with its code. A rank of a
+    multi-process run leaves without interpreter finalization (rlkit.parallel.dist.leave_world says why), also when an
+    exception escapes ``main`` (its traceback printed, status 1) and after killing the reward pool's workers (what the
+    pool's exit hook would do)."""
+    try:
+        code = main()
+    except SystemExit as e:
+        _leave(e.code if isinstance(e.code, int) else 1)
+        raise
+    except BaseException:
+        if _world_ended():
+            import traceback
+
+            traceback.print_exc()
+            _leave(1)
+        raise
+    _leave(code)
     sys.exit(code)
+
+
+def _world_ended() -> bool:
+    dist = sys.modules.get("rlkit.parallel.dist")  # not imported: no world (and no torch import for --help)
+    return dist is not None and dist.world_ended()
+
+
+def _leave(code: int) -> None:
+    """Leave now if this process ended a multi-process world (else return)."""
+    if not _world_ended():
+        return
+    pool = sys.modules.get("rlkit.rewards.pool")
+    if pool is not None:
+        pool.shutdown_all()
+    sys.modules["rlkit.parallel.dist"].leave_world(code)
 
 
 if __name__ == "__main__":

@@ -121,9 +121,11 @@ class RunLogger:
         if self.enabled:
             print(text, file=sys.stdout, flush=True)
 
-    def finish(self) -> None:
+    def finish(self, exit_code: int = 0) -> None:
+        """End the wandb run (``exit_code`` non-zero: marked failed); once, later calls do nothing."""
         if self.wandb is not None:
-            self.wandb.finish()
+            run, self.wandb = self.wandb, None
+            run.finish(exit_code=exit_code)
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -25,6 +25,15 @@ from rlkit.registry import register
 log = logging.getLogger("rlkit")
 
 
+def _rank_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (0, 1 without a process group)."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
 def informative_groups(values: torch.Tensor, group_ids: torch.Tensor, tol: float = 1e-6) -> list[int]:
     """Group ids (ascending) whose `values` are not all equal (max - min > tol). NaN values (not applicable)
     are ignored; a group with fewer than two known values is dropped."""
@@ -96,9 +105,10 @@ class _Rounds:
     def record(self, informative: int, generated: int, reduce) -> dict:
         return {}
 
-    def admit(self, batch: StepBatch, good: set[int], where: int) -> tuple[list, list]:
+    def admit(self, batch: StepBatch, good: set[int], where: int, reduce) -> tuple[list, list]:
         """The groups of round ``where`` that join the batch and those kept only as fallback, as (round, group):
-        the informative groups (``good``), in order."""
+        the informative groups (``good``), in order. Every rank calls it at the same rounds (``reduce`` is there for
+        rules over the whole step's groups)."""
         groups = range(len(batch.prompts))
         return [(where, g) for g in groups if g in good], [(where, g) for g in groups if g not in good]
 
@@ -122,7 +132,7 @@ class _Rounds:
             generated += len(batch.prompts)
             good = set(informative_groups(self._values(batch), batch.group_ids))
             informative += len(good)
-            joined, spare = self.admit(batch, good, len(batches) - 1)
+            joined, spare = self.admit(batch, good, len(batches) - 1, reduce)
             kept += joined
             fallback += spare
         cap_hit = self.until_full and int(reduce(torch.tensor(quota - len(kept)), "max")) > 0
@@ -221,8 +231,9 @@ class DECSCurriculum(_Rounds):
     (r_t - 1/2): the later a correct answer first appears in its reasoning (less redundancy after it), the more
     easy groups the next step trains on. While kappa > 0 each round adds int(kappa c / (1 - kappa)) all-correct groups
     (mean of the metric > 0, no variance), at most as many as the round has, drawn at random; c counts the groups
-    kept since the last addition (code L1560-1570); a round's groups are then shuffled and the batch is the first
-    ``quota``. ``round_prompts``: each round generates that multiple of the quota (released gen_batch_size 128 for
+    kept since the last addition (code L1560-1570). The rule is the released single driver's over the whole step:
+    c and the draw span every rank's groups (the draw is the same on every rank, each takes its own); a round's
+    groups stay in their order and the batch is the first ``quota``. ``round_prompts``: each round generates that multiple of the quota (released gen_batch_size 128 for
     64 prompts: 2.0); None generates the missing number, as ``dynamic_sampling``.
 
     Deviations: a step without any ratio (no correct sample with a necessary prefix) leaves kappa and r as they are
@@ -261,7 +272,7 @@ class DECSCurriculum(_Rounds):
         self._rng = random.Random(self.seed * 1_000_003 + self.steps)
         return super().collect(quota, produce, reduce)
 
-    def admit(self, batch: StepBatch, good: set[int], where: int) -> tuple[list, list]:
+    def admit(self, batch: StepBatch, good: set[int], where: int, reduce) -> tuple[list, list]:
         values, ids = self._values(batch), batch.group_ids
         easy = []
         for idx in group_index(ids):
@@ -270,18 +281,22 @@ class DECSCurriculum(_Rounds):
             g = int(ids[idx[0]])
             if g not in good and v.numel() and float(v.min()) == float(v.max()) and float(v[0]) > 0:
                 easy.append(g)
-        joined = sorted(good)
-        if self.kappa > 0:
-            self._carried += len(joined)
-            add = int(self.kappa * self._carried / (1 - self.kappa))
+        joined = set(good)
+        if self.kappa > 0:  # the same on every rank: all of them make this exchange
+            rank, world = _rank_world()
+            counts = torch.zeros(world + 1, dtype=torch.float64)
+            counts[rank], counts[world] = len(easy), len(good)
+            counts = reduce(counts, "sum")  # each rank's all-correct groups, and the informative ones of all
+            self._carried += int(counts[world])
+            slots = [(r, k) for r in range(world) for k in range(int(counts[r]))]
+            add = len(slots) if self.kappa >= 1 else int(self.kappa * self._carried / (1 - self.kappa))
             if add > 0:
                 self._carried = 0
-            add = min(add, len(easy))
-            joined += self._rng.sample(easy, add)
+            add = min(add, len(slots))
+            joined |= {easy[k] for r, k in self._rng.sample(slots, add) if r == rank}
             self._added += add
-        self._rng.shuffle(joined)
-        chosen = set(joined)
-        return [(where, g) for g in joined], [(where, g) for g in range(len(batch.prompts)) if g not in chosen]
+        return ([(where, g) for g in sorted(joined)],
+                [(where, g) for g in range(len(batch.prompts)) if g not in joined])
 
     def after(self, batch: StepBatch, reduce) -> dict:
         column = batch.terms.get(self.ratio)
@@ -298,7 +313,7 @@ class DECSCurriculum(_Rounds):
                 self.kappa += (mean - self.last_ratio) * self.kappa_lr
             self.last_ratio = mean
         self.steps += 1
-        return {"sampling/kappa": used, "sampling/easy_groups": int(reduce(torch.tensor(self._added), "sum"))}
+        return {"sampling/kappa": used, "sampling/easy_groups": self._added}
 
     def state_dict(self) -> dict:
         return {"kappa": self.kappa, "last_ratio": self.last_ratio, "steps": self.steps}

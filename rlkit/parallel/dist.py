@@ -107,6 +107,11 @@ def end_world() -> None:
     _ENDED["world"] = True
 
 
+def world_ended() -> bool:
+    """Whether this process tore down a multi-process world (``end_world``)."""
+    return _ENDED["world"]
+
+
 def leave_world(code: int) -> None:
     """Exit a process that ended a multi-process world (``end_world``) right away, once its output is flushed;
     any other process returns and exits normally.

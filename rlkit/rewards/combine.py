@@ -146,6 +146,9 @@ def make_term(term, label: str, fn: Any = None) -> Term:
     if fn is None:
         fn = built_reward(term, entry, label)
     caps = registry.capabilities(fn, entry.flags, kind="reward")
+    if "errors" in caps.reports:  # reward/<term>/errors counts the term's failed samples
+        raise RewardError(f"reward {label!r} declares a report named 'errors', the name of its failure count; "
+                          "choose another key")
     timeout = 0.0 if caps.timeouts == "own" else float(term.timeout)
     return Term(label, float(term.weight), fn, term.format, bool(term.correctness or caps.verifier), timeout,
                 term.on_error, caps.batch_errors, caps.shape, tuple(caps.reports))

@@ -73,21 +73,23 @@ def train(cfg: Config, checked: Preflight) -> RunResult:
     directory and its lock, resume, data; ``rlkit.train`` runs both). The lock is released at the end."""
     # 0. set-up (then restore from a checkpoint), then the "before" column of the held-out table
     progress.at("set-up", run_dir=cfg.output_dir)
-    run = None
+    run, failed = None, True
     try:
         run = setup(cfg, checked)
         result = _train(run)
         progress.at("teardown")
+        failed = False
         return result
     finally:
         try:
             if run is not None:
-                _close(run)
+                _close(run, failed)
         finally:
             checked.release()  # the lock; a directory the run never wrote into is removed again
 
 
-def _close(run: Run) -> None:
+def _close(run: Run, failed: bool) -> None:
+    run.logger.finish(exit_code=1 if failed else 0)  # a failed run's dashboard says so (a finished one: done already)
     run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
     run.rewards.close()  # the reward terms' own resources (a scoring model, a pool)
     for engine in run.reward_engines.values():  # the models they asked for (reward_engines)

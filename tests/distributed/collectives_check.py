@@ -75,6 +75,23 @@ def main(out: str) -> None:
     curriculum = DECSCurriculum(kappa_lr=0.2)
     curriculum.collect(len(groups), lambda n, i: batch, lambda t, op: dist.all_reduce(acc, t, op))
     result["kappa"] = dist.gather_objects(acc, curriculum.kappa)
+    # ... and at kappa 0.25 the easy groups it adds back are counted and drawn over every rank's groups: rank r holds
+    # two informative groups and r + 1 all-correct ones, so 6 informative groups add int(0.25 x 6 / 0.75) = 2 of 6
+    texts = [(f"informative {r}.{j}", [1.0, 0.0, 0.0, 0.0]) for r in mine for j in range(2)]
+    texts = [x for r in mine for x in [t for t in texts if t[0].startswith(f"informative {r}.")]
+             + [(f"easy {r}.{j}", [1.0] * 4) for j in range(r + 1)]]
+    c = torch.tensor([x for _, v in texts for x in v])
+    batch = StepBatch([Prompt([g], text, {}) for g, (text, _) in enumerate(texts)],
+                      [Sample([g], [1, 2], [], "stop", "", g) for g, (_, v) in enumerate(texts) for _ in v],
+                      rewards=c.clone(), terms={"correct": c, "decs_redundancy/nrp_ratio": torch.full_like(c, math.nan)},
+                      correct=c)
+    curriculum = DECSCurriculum(max_rounds=1)
+    curriculum.kappa = 0.25
+    got = curriculum.collect(len(texts), lambda n, i: batch, lambda t, op: dist.all_reduce(acc, t, op))
+    real = got.prompts[:len(got.prompts) - got.metrics["sampling/padded_groups"]]
+    result["easy_added"] = dist.gather_objects(acc, got.metrics["sampling/easy_groups"])
+    result["easy_chosen"] = sorted(t for texts in dist.gather_objects(acc, [p.text for p in real if "easy" in p.text])
+                                   for t in texts)
     if acc.is_main_process:
         with open(out, "w") as f:
             json.dump(result, f)

@@ -113,6 +113,9 @@ def test_three_process_collectives_with_uneven_shares(tmp_path):
     # DECS's curriculum: r = (2 x 1 x 0.2 + 2 x 2 x 0.6 + 2 x 3 x 1.0) / 12 = 8.8 / 12 on every rank, kappa = 0.2 (r - 0.5)
     kappa = 0.2 * (8.8 / 12 - 0.5)
     assert one["kappa"] == [pytest.approx(kappa)] and three["kappa"] == [pytest.approx(kappa)] * 3
+    # the easy groups added back: counted over all ranks (the released single driver's rule) and the same ones drawn
+    assert one["easy_added"] == [2] and three["easy_added"] == [2, 2, 2]
+    assert three["easy_chosen"] == one["easy_chosen"] and len(one["easy_chosen"]) == 2
 
 
 def test_a_reward_error_on_one_process_stops_every_process(tiny_model_dir, tmp_path):

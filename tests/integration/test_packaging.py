@@ -54,7 +54,7 @@ def test_the_wheel_installs_in_a_fresh_environment_and_its_command_runs(tmp_path
         assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("rlkit/recipes/")) == recipes
         metadata = z.read(f"{info}/METADATA").decode()
         assert "Name: rlkit-reasoning" in metadata and "License-Expression: Apache-2.0" in metadata
-        assert "rlkit = rlkit.cli:main" in z.read(f"{info}/entry_points.txt").decode()
+        assert "rlkit = rlkit.cli:entry" in z.read(f"{info}/entry_points.txt").decode()
     with tarfile.open(sdist) as t:
         members = t.getnames()
         top = f"rlkit_reasoning-{rlkit.__version__}"

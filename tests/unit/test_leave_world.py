@@ -37,3 +37,29 @@ def test_any_other_process_returns_from_leave_world_and_finalizes():
     """)
     assert proc.returncode == 5
     assert proc.stdout == "written before after leave_world\nfinalized\n"
+
+
+def test_the_cli_entry_leaves_after_an_escaping_error_once_the_world_ended():
+    """An exception that escapes ``main`` after the run ended its world: traceback, status 1, no finalization."""
+    proc = _run("""
+        from rlkit import cli
+
+        def main():
+            dist.end_world()
+            raise RuntimeError("after teardown")
+
+        cli.main = main
+        cli.entry()
+    """)
+    assert proc.returncode == 1
+    assert proc.stdout == "written before" and "RuntimeError: after teardown" in proc.stderr
+
+
+def test_the_cli_entry_exits_normally_without_a_world():
+    proc = _run("""
+        from rlkit import cli
+
+        cli.main = lambda: 4
+        cli.entry()
+    """)
+    assert proc.returncode == 4 and proc.stdout == "written beforefinalized\n"

@@ -181,3 +181,11 @@ def test_a_failed_call_reports_nothing():
 
     v = _score(RewardSet([Term("t", 1.0, fails, on_error="none", batch_errors="whole_batch", reports=("ratio",))]))
     assert torch.isnan(v.terms["t/ratio"]).all() and len(v.terms["t/ratio"]) == 3
+
+
+def test_a_report_may_not_take_the_failure_counts_name():
+    from rlkit.rewards.combine import make_term
+
+    register_reward("test_reports_errors", reports=("errors",))(reports_ratio)
+    with pytest.raises(RewardError, match="declares a report named 'errors'"):
+        make_term(RewardTerm(name="test_reports_errors"), "test_reports_errors")
