@@ -395,13 +395,7 @@ def candidates(lengths: Sequence[int], sp: int, budget: int, mode: str = "fixed"
     Pruned (rounds None): a candidate whose own lower bound (its degrees, perfect packing) is above the predicted
     time of a plan already made; they are made in the order of their bounds, the fixed plan first (issue 35:
     planning 8,192 samples over 64 degrees-worth of floors and lifts took 5% of the step it planned)."""
-    if sp < 1 or budget < 1:
-        raise ValueError(f"plan_group: sp and budget must be >= 1, got {sp} and {budget}")
-    return _candidates(_Table([int(n) for n in lengths], sp, budget, mode, cost or CostModel()), budget, mode)
-
-
-def _candidates(table: _Table, budget: int, mode: str) -> list[tuple[str, tuple[tuple[Job, ...], ...] | None]]:
-    planner = GroupPlanner(table, budget, mode)
+    planner = group_planner(lengths, sp, budget, mode, cost)
     planner.second(planner.first())
     raise_failures([planner.error])
     return planner.candidates()
