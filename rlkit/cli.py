@@ -464,7 +464,7 @@ def entry() -> None:
     try:
         code = main()
     except SystemExit as e:
-        _leave(e.code if isinstance(e.code, int) else 1)
+        _leave(0 if e.code is None else e.code if isinstance(e.code, int) else 1)  # sys.exit's own convention
         raise
     except BaseException:
         if _world_ended():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -58,6 +59,8 @@ from rlkit.trainers.update import (
     token_weights,
 )
 
+log = logging.getLogger("rlkit")
+
 
 @dataclass
 class RunResult:
@@ -89,7 +92,10 @@ def train(cfg: Config, checked: Preflight) -> RunResult:
 
 
 def _close(run: Run, failed: bool) -> None:
-    run.logger.finish(exit_code=1 if failed else 0)  # a failed run's dashboard says so (a finished one: done already)
+    try:  # a failed run's dashboard says so (a finished one was finished already); never in the way of the rest
+        run.logger.finish(exit_code=1 if failed else 0)
+    except Exception as e:  # noqa: BLE001 - the run's outcome is decided; its resources must still close
+        log.warning("wandb: finishing the run failed (%s: %s)", type(e).__name__, e)
     run.rollout.close()  # asynchronous rollouts: drop the jobs queued ahead
     run.rewards.close()  # the reward terms' own resources (a scoring model, a pool)
     for engine in run.reward_engines.values():  # the models they asked for (reward_engines)
