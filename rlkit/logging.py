@@ -122,7 +122,7 @@ class RunLogger:
             print(text, file=sys.stdout, flush=True)
 
     def finish(self, exit_code: int = 0) -> None:
-        """End the wandb run (``exit_code`` non-zero: marked failed); once, later calls do nothing."""
+        """End the wandb run (``exit_code`` non-zero: marked failed); later calls do nothing."""
         if self.wandb is not None:
             run, self.wandb = self.wandb, None
             run.finish(exit_code=exit_code)

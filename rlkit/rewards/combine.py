@@ -166,16 +166,28 @@ class Reported:
     reports: dict
 
 
-def reward_columns(reward_terms, built: list) -> list[str]:
-    """The columns a batch's ``terms`` will have for the configured terms and their ``built`` components (in order):
-    each term's label, then "<label>/<key>" for each value it reports (``RewardSet.labels`` before it is made)."""
+def _term_labels(reward_terms) -> list[str]:
+    """Each configured term's label: its short name, numbered when it repeats (``_term_label``)."""
+    labels: list[str] = []
     taken: set[str] = set()
+    for term in reward_terms:
+        labels.append(_term_label(term.name, taken))
+        taken.add(labels[-1])
+    return labels
+
+
+def _columns(label: str, reports) -> list[str]:
+    """A term's columns in ``RewardValues.terms``: its label, then "<label>/<key>" for each value it reports."""
+    return [label, *(f"{label}/{k}" for k in reports)]
+
+
+def reward_columns(reward_terms, built: list) -> list[str]:
+    """The columns a batch's ``terms`` will have for the configured terms and their ``built`` components (in order),
+    as ``RewardSet.labels`` gives them once the set is made."""
     out = []
-    for term, fn in zip(reward_terms, built):
-        label = _term_label(term.name, taken)
-        taken.add(label)
+    for term, label, fn in zip(reward_terms, _term_labels(reward_terms), built):
         entry = registry.resolve("reward", term.name, factory=term.factory)
-        out += [label, *(f"{label}/{k}" for k in registry.capabilities(fn, entry.flags, kind="reward").reports)]
+        out += _columns(label, registry.capabilities(fn, entry.flags, kind="reward").reports)
     return out
 
 
@@ -350,13 +362,8 @@ class RewardSet:
         notice = check_weights(reward_terms, shaping)
         if notice:
             log.warning("%s", notice)
-        taken: set[str] = set()
-        terms = []
-        for i, term in enumerate(reward_terms):
-            label = _term_label(term.name, taken)
-            taken.add(label)
-            terms.append(make_term(term, label, built[i] if built is not None else None))
-        return cls(terms)
+        return cls([make_term(term, label, built[i] if built is not None else None)
+                    for i, (term, label) in enumerate(zip(reward_terms, _term_labels(reward_terms)))])
 
     # lifecycle: every term's optional hooks (rlkit.registry.hooks), called by the trainer once each
 
@@ -412,7 +419,7 @@ class RewardSet:
     @property
     def labels(self) -> list[str]:
         """The keys of ``RewardValues.terms``: each term's label, then the "<term>/<key>" of what it reports."""
-        return [x for t in self.terms for x in (t.label, *(f"{t.label}/{k}" for k in t.reports))]
+        return [x for t in self.terms for x in _columns(t.label, t.reports)]
 
     @property
     def token_shaped(self) -> bool:

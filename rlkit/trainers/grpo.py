@@ -92,7 +92,7 @@ def train(cfg: Config, checked: Preflight) -> RunResult:
 
 
 def _close(run: Run, failed: bool) -> None:
-    try:  # a failed run's dashboard says so (a finished one was finished already); never in the way of the rest
+    try:  # the dashboard's run ends (marked failed when the run failed); never in the way of the rest
         run.logger.finish(exit_code=1 if failed else 0)
     except Exception as e:  # noqa: BLE001 - the run's outcome is decided; its resources must still close
         log.warning("wandb: finishing the run failed (%s: %s)", type(e).__name__, e)
@@ -236,7 +236,6 @@ def _train(run: Run) -> RunResult:
         run.logger.console(eval_table({"before": run.before, "after": after}, len(run.eval_set.prompts),
                                       cfg.eval.data))
         run.logger.log_table("eval/table", *eval_rows({"before": run.before, "after": after}), step=cfg.train.steps)
-    run.logger.finish()
     if acc.num_processes > 1:
         acc.wait_for_everyone()  # every process is done before any tears its groups down (train's finally)
     return RunResult(run.run_dir, cfg.train.steps, run.before, after, metrics)

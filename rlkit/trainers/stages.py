@@ -80,7 +80,7 @@ def _check_terms(cfg: Config, built: dict[str, Any], source: str) -> None:
         return
     wanted = registry.capabilities(built["filter"], registry.resolve("filter", cfg.filter.name).flags,
                                    kind="filter").needs_terms
-    have = reward_columns(cfg.rewards, [built[f"rewards[{i}]"] for i in range(len(cfg.rewards))])
+    have = reward_columns(cfg.rewards, built_rewards(cfg, built))
     missing = [c for c in wanted if c not in have]
     if missing:
         raise ConfigError(f"{source}: filter ({cfg.filter.name}) reads the reward column(s) {', '.join(missing)}, "
